@@ -1,0 +1,196 @@
+"""The GAL algorithm (paper Sec. 3, Eq. 6-10): pure functions over score arrays.
+
+Nothing here touches a model, a file or a database: every function takes arrays and returns arrays,
+so each equation is tested with known answers. Shapes are written in comments: ``A`` anchors,
+``m`` images per anchor.
+
+Verdict convention: ``1`` = overfit (the non-subject content of the references leaked in),
+``0`` = aligned with the anchor. ``-1`` marks "no verdict" where a person may not have judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STRATEGIES = ("random", "human", "uncertainty", "uncertainty+balance", "human+balance")
+
+
+def overfit_verdicts(sim_anchor: np.ndarray, sim_non_soi: np.ndarray) -> np.ndarray:
+    """Eq. 8: Φ = 1 when sim(image, anchor) <= sim(image, non-SoI text), else 0.
+
+    ``sim_non_soi`` may carry one column per non-SoI caption (``[A, m, c]``); the max is taken,
+    since an image that matches *any* reference background is overfit.
+    """
+    sim_anchor = np.asarray(sim_anchor, dtype=np.float64)  # [A, m]
+    sim_non_soi = np.asarray(sim_non_soi, dtype=np.float64)  # [A, m] or [A, m, c]
+    if sim_non_soi.ndim == sim_anchor.ndim + 1:
+        sim_non_soi = sim_non_soi.max(axis=-1)
+    if sim_anchor.shape != sim_non_soi.shape:
+        raise ValueError(f"similarity shapes differ: anchor {sim_anchor.shape} vs non-SoI {sim_non_soi.shape}")
+    if not (np.isfinite(sim_anchor).all() and np.isfinite(sim_non_soi).all()):
+        raise ValueError("similarities contain NaN or inf: the oracle returned an invalid score")
+    return (sim_anchor <= sim_non_soi).astype(np.int64)
+
+
+def final_verdicts(oracle: np.ndarray, person: np.ndarray | None = None) -> np.ndarray:
+    """The person's verdict where given (``>= 0``), else the oracle's. Both ``[A, m]``."""
+    oracle = np.asarray(oracle, dtype=np.int64)
+    if person is None:
+        return oracle.copy()
+    person = np.asarray(person, dtype=np.int64)
+    if person.shape != oracle.shape:
+        raise ValueError(f"person verdicts {person.shape} do not match oracle verdicts {oracle.shape}")
+    return np.where(person >= 0, person, oracle)
+
+
+def overfit_rate(verdicts: np.ndarray) -> np.ndarray:
+    """Eq. 7: β_i = Σ_j Φ(I_ij) / m, the share of overfit images of each anchor. ``[A, m] -> [A]``."""
+    verdicts = np.asarray(verdicts)
+    if verdicts.ndim != 2 or verdicts.shape[1] == 0:
+        raise ValueError(f"verdicts must be [anchors, m] with m >= 1, got shape {verdicts.shape}")
+    if not np.isin(verdicts, (0, 1)).all():
+        raise ValueError("verdicts must be 0 (aligned) or 1 (overfit)")
+    return verdicts.mean(axis=1)
+
+
+def direction_uncertainty(rate: np.ndarray) -> np.ndarray:
+    """Eq. 6: Ω_i = -[(1-β) ln(1-β) + β ln β], natural log; 0 at β ∈ {0, 1}, max ln 2 at β = 0.5."""
+    rate = np.asarray(rate, dtype=np.float64)  # [A]
+    if ((rate < 0) | (rate > 1) | ~np.isfinite(rate)).any():
+        raise ValueError("overfit rates must lie in [0, 1]")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(rate > 0, rate * np.log(rate), 0.0) + np.where(
+            rate < 1, (1 - rate) * np.log(1 - rate), 0.0
+        )
+    return -terms
+
+
+def openness(uncertainty: np.ndarray, lam: float) -> float:
+    """Eq. 9: Δ = λ / |A| · Σ_i Ω(a_i), the loss weight of the references a round adds."""
+    uncertainty = np.asarray(uncertainty, dtype=np.float64)  # [A]
+    check_lambda(lam)
+    if uncertainty.size == 0:
+        return 0.0
+    return float(lam * uncertainty.mean())
+
+
+def should_stop(uncertainty: np.ndarray, k: int) -> bool:
+    """Eq. 10: stop when fewer than k anchors still have Ω > 0 (too few open directions)."""
+    return int((np.asarray(uncertainty) > 0).sum()) < k
+
+
+def top_k_anchors(uncertainty: np.ndarray, k: int, candidates: np.ndarray | None = None) -> np.ndarray:
+    """The k anchors with the highest Ω, ties broken by the lower anchor index (deterministic).
+
+    ``candidates`` is a boolean mask of anchors still in the pool.
+    """
+    uncertainty = np.asarray(uncertainty, dtype=np.float64)  # [A]
+    pool = np.arange(uncertainty.size) if candidates is None else np.flatnonzero(candidates)
+    check_k(k, pool.size)
+    # lexsort sorts by the last key first: -Ω descending, then index ascending.
+    order = np.lexsort((pool, -uncertainty[pool]))
+    return pool[order[:k]]
+
+
+def best_image(sim_anchor: np.ndarray, anchors: np.ndarray, verdicts: np.ndarray | None = None) -> np.ndarray:
+    """The new reference of each picked anchor: its image with the highest sim(image, anchor).
+
+    With ``verdicts`` given, overfit images are passed over when the anchor has an aligned one
+    (the paper picks by similarity alone; a person's "overfit" must not be picked back in).
+    """
+    sim_anchor = np.asarray(sim_anchor, dtype=np.float64)  # [A, m]
+    picks = []
+    for a in np.asarray(anchors, dtype=np.int64):
+        scores = sim_anchor[a].copy()
+        if verdicts is not None and (np.asarray(verdicts)[a] == 0).any():
+            scores[np.asarray(verdicts)[a] != 0] = -np.inf
+        picks.append(int(np.argmax(scores)))  # argmax: first index wins ties
+    return np.asarray(picks, dtype=np.int64)
+
+
+def check_k(k: int, n_anchors: int) -> None:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+    if k > n_anchors:
+        raise ValueError(f"k={k} is larger than the {n_anchors} anchors in the pool: lower k or add anchors")
+
+
+def check_lambda(lam: float) -> None:
+    if not np.isfinite(lam) or lam < 0:
+        raise ValueError(f"λ (openness learning rate) must be a finite number >= 0, got {lam!r}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one round adds: for each pick, the anchor, the image slot and the loss weight."""
+
+    anchors: np.ndarray  # [n] anchor indices
+    slots: np.ndarray  # [n] image index within the anchor's m images
+    weight: float  # the loss weight of every added image (Δ with Balance, else 1.0)
+    openness: float  # Δ of the round (Eq. 9), reported even when Balance is off
+    overfit_rate: np.ndarray  # [A] β
+    uncertainty: np.ndarray  # [A] Ω
+    stop: bool  # Eq. 10 says the pool is exhausted
+
+
+def select(
+    strategy: str,
+    sim_anchor: np.ndarray,
+    verdicts: np.ndarray,
+    *,
+    k: int,
+    lam: float,
+    in_pool: np.ndarray | None = None,
+    person: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> Selection:
+    """One query step of Table 1's five strategies.
+
+    ``verdicts`` are the final verdicts ``[A, m]`` (oracle, overridden by the person where given).
+    ``person`` is ``[A, m]`` with -1 where the person gave no verdict; the Human strategies take the
+    images the person accepted (verdict 0). ``in_pool`` masks anchors not yet selected.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    verdicts = np.asarray(verdicts, dtype=np.int64)  # [A, m]
+    sim_anchor = np.asarray(sim_anchor, dtype=np.float64)  # [A, m]
+    n_anchors = verdicts.shape[0]
+    in_pool = np.ones(n_anchors, dtype=bool) if in_pool is None else np.asarray(in_pool, dtype=bool)
+    check_lambda(lam)
+
+    rate = overfit_rate(verdicts)
+    uncertainty = direction_uncertainty(rate)
+    # Openness and the stopping rule look at the directions still open to query.
+    pool_uncertainty = uncertainty[in_pool]
+    delta = openness(pool_uncertainty, lam)
+    stop = should_stop(pool_uncertainty, k)
+    balanced = strategy.endswith("+balance")
+    weight = delta if balanced else 1.0
+
+    if strategy == "random":
+        if rng is None:
+            raise ValueError("the random strategy needs a seeded np.random.Generator")
+        pool = np.flatnonzero(in_pool)
+        check_k(k, pool.size)
+        anchors = np.sort(rng.choice(pool, size=k, replace=False))
+        slots = rng.integers(0, verdicts.shape[1], size=k)
+    elif strategy.startswith("uncertainty"):
+        anchors = top_k_anchors(uncertainty, k, in_pool)
+        slots = best_image(sim_anchor, anchors, verdicts)
+    else:  # human, human+balance: every image the person accepted, from anchors in the pool
+        if person is None:
+            raise ValueError("the human strategies need the person's verdicts: review the round first")
+        person = np.asarray(person, dtype=np.int64)
+        accepted = (person == 0) & in_pool[:, None]
+        anchors, slots = np.nonzero(accepted)
+    return Selection(
+        anchors=np.asarray(anchors, dtype=np.int64),
+        slots=np.asarray(slots, dtype=np.int64),
+        weight=float(weight),
+        openness=delta,
+        overfit_rate=rate,
+        uncertainty=uncertainty,
+        stop=stop,
+    )

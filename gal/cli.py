@@ -1,0 +1,284 @@
+"""The ``gal`` command line: run, images, decide, commit, export, runs, app.
+
+Every subcommand is a thin layer over :class:`gal.engine.Studio`; errors in the input print one line
+that says what to fix (exit code 2), and nothing already saved is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+VERDICT_WORDS = {
+    "1": 1, "overfit": 1, "reject": 1, "x": 1,
+    "0": 0, "aligned": 0, "accept": 0, "a": 0,
+    "": None, "clear": None, "none": None, "oracle": None,
+}
+
+
+def parse_verdict(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return value
+    word = str(value).strip().lower()
+    if word not in VERDICT_WORDS:
+        raise ValueError(f"unknown verdict {value!r}: use overfit/reject/1, aligned/accept/0, or clear")
+    return VERDICT_WORDS[word]
+
+
+def read_decisions(path: str | Path) -> dict[int, int | None]:
+    """A CSV (``image_id,verdict``) or JSON (``{"12": "overfit"}`` or ``[{"image_id": 12, "verdict": 1}]``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"decisions file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        items = data.items() if isinstance(data, dict) else ((d["image_id"], d.get("verdict")) for d in data)
+    else:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or not {"image_id", "verdict"} <= set(reader.fieldnames):
+            raise ValueError(f"{path} needs a header with image_id and verdict columns")
+        items = ((row["image_id"], row["verdict"]) for row in reader)
+    out = {}
+    for image_id, verdict in items:
+        try:
+            out[int(image_id)] = parse_verdict(verdict)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: bad row image_id={image_id!r} verdict={verdict!r}: {err}") from err
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gal", description="Generative Active Learning for Stable Diffusion personalization")
+    p.add_argument("--runs-dir", default=os.environ.get("GAL_RUNS_DIR", "runs"), help="folder of runs and gal.db (default ./runs)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "no"], help="weights dtype on CUDA")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start a new run, or --resume one")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue a run where it stopped")
+    run.add_argument("--config", help="a JSON RunConfig (flags below override it)")
+    run.add_argument("--demo", action="store_true", help="the built-in toy-world scenario (default when no --ref is given)")
+    run.add_argument("--task", choices=["object", "style"])
+    run.add_argument("--ref", action="append", default=[], help="a reference image (repeat for several)")
+    run.add_argument("--prompt", help="the references' prompt, e.g. 'a <sks> cat on the stairs'")
+    run.add_argument("--non-soi", help="what the model must NOT learn, e.g. 'a cat on the stairs' (default: prompt without token)")
+    run.add_argument("--token", help="the SoI token (default <sks>)")
+    run.add_argument("--subject", help="replaces {} in the anchors, e.g. 'a <sks> cat'")
+    run.add_argument("--anchors", help="a text file, one anchor template per line ({} = subject)")
+    run.add_argument("--strategy", choices=["random", "human", "uncertainty", "uncertainty+balance", "human+balance"])
+    run.add_argument("--m", type=int, help="images per anchor (10)")
+    run.add_argument("--k", type=int, help="anchors picked per round (3)")
+    run.add_argument("--lam", type=float, help="λ of Eq. 9 (0.005)")
+    run.add_argument("--rounds", type=int, help="max rounds (4)")
+    run.add_argument("--steps", type=int, help="LoRA steps per round")
+    run.add_argument("--lr", type=float, help="LoRA learning rate")
+    run.add_argument("--rank", type=int, help="LoRA rank")
+    run.add_argument("--resolution", type=int, help="training/generation size (default: the model's)")
+    run.add_argument("--gen-steps", type=int, help="denoising steps")
+    run.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    run.add_argument("--scheduler", help="dpmsolver++, ddim, euler, euler_a, pndm, ddpm")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--name")
+    run.add_argument("--model", help="tiny, toy, a hub id or a local diffusers folder")
+    run.add_argument("--oracle", help="tiny, toy, ViT-B-32/openai or a local open_clip folder")
+    run.add_argument("--continue-adapter", action="store_true", help="each round continues the last adapter (official: retrain from base)")
+    run.add_argument("--keep-selected", action="store_true", help="selected anchors stay in the pool (official: removed)")
+    run.add_argument("--pause", action="store_true", help="stop at every round's review (then gal decide / gal commit)")
+
+    images = sub.add_parser("images", help="print the current round's images as CSV (to fill in verdicts)")
+    images.add_argument("run_id")
+
+    decide = sub.add_parser("decide", help="apply a person's verdicts from a CSV/JSON file")
+    decide.add_argument("run_id")
+    decide.add_argument("file")
+    decide.add_argument("--commit", action="store_true", help="commit the round afterwards")
+    decide.add_argument("--mode", choices=["auto", "human"], help="the round's mode when committing")
+
+    commit = sub.add_parser("commit", help="commit the round under review and go on")
+    commit.add_argument("run_id")
+    commit.add_argument("--mode", choices=["auto", "human"])
+    commit.add_argument("--no-advance", action="store_true", help="do not start the next round's training")
+
+    export = sub.add_parser("export", help="export the run's final LoRA, dataset and model card")
+    export.add_argument("run_id")
+    export.add_argument("out")
+    export.add_argument("--format", default="diffusers,kohya,dataset,card", help="comma list of diffusers,kohya,fused,dataset,card")
+    export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+
+    sub.add_parser("runs", help="list the runs")
+
+    app = sub.add_parser("app", help="launch the GAL Studio web app (same flags as python app.py)")
+    app.add_argument("app_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _progress_printer():
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int, info: dict) -> None:
+        key = f"{stage}{info.get('round', '')}"
+        if key not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars.clear()
+            label = f"round {info['round']} {stage}" if "round" in info else stage
+            bars[key] = tqdm(total=total, desc=label, unit="step" if stage == "train" else "img", file=sys.stderr)
+        bar = bars[key]
+        bar.n = done
+        if "loss" in info:
+            bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
+        bar.refresh()
+        if done >= total:
+            bar.close()
+            bars.pop(key, None)
+
+    return progress
+
+
+def _new_config(args):
+    from gal.config import RunConfig
+    from gal.demo import demo_scenario
+
+    if args.config:
+        config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+        references = []
+    elif args.demo or not args.ref:
+        config, references = demo_scenario(Path(args.runs_dir) / "demo-references", task=args.task or "object")
+    else:
+        config = RunConfig(task=args.task or "object")
+        references = []
+    from gal.engine import ReferenceInput
+
+    if args.ref:
+        if not args.prompt:
+            raise ValueError("--ref needs --prompt: the caption of the references, with the SoI token")
+        references = [ReferenceInput(path, args.prompt, args.non_soi) for path in args.ref]
+    for flag, (section, key) in {
+        "task": (None, "task"), "token": (None, "soi_token"), "subject": (None, "subject_phrase"), "seed": (None, "seed"),
+        "name": (None, "name"), "model": (None, "model"), "oracle": (None, "oracle"),
+        "strategy": ("gal", "strategy"), "m": ("gal", "m"), "k": ("gal", "k"), "lam": ("gal", "lam"),
+        "rounds": ("gal", "max_rounds"), "steps": ("train", "steps"), "lr": ("train", "learning_rate"),
+        "rank": ("train", "rank"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
+        "guidance": ("generate", "guidance_scale"), "scheduler": ("generate", "scheduler"),
+    }.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(getattr(config, section) if section else config, key, value)
+    if args.anchors:
+        path = Path(args.anchors)
+        if not path.is_file():
+            raise ValueError(f"anchors file {path} does not exist")
+        config.anchors = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if args.continue_adapter:
+        config.train.retrain_from_base = False
+    if args.keep_selected:
+        config.gal.remove_selected = False
+    if args.pause:
+        config.gal.pause_for_review = True
+    if args.task == "object" and args.token and args.subject is None and args.ref:
+        config.subject_phrase = f"a {args.token}"
+    return config, references
+
+
+def _report_run(studio, run: dict) -> None:
+    rounds = studio.history(run["id"])["rounds"]
+    for r in rounds:
+        m = r.get("metrics") or {}
+        if "txt_aln" in m:
+            print(f"round {r['round_index']}: TXT-ALN {m['txt_aln']:.4f}  IMG-ALN {m['img_aln']:.4f}  OVF {m['ovf']:.3f}"
+                  f"  Δ {r.get('openness') if r.get('openness') is not None else '–'}")
+    status = run["status"]
+    if status == "awaiting_review":
+        print(f"run {run['id']}: round {run['current_round']} awaits review.\n"
+              f"  gal images {run['id']} > verdicts.csv   # fill the verdict column\n"
+              f"  gal decide {run['id']} verdicts.csv --commit")
+    elif status == "finished":
+        print(f"run {run['id']} finished. Export: gal export {run['id']} out/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "app":
+        # The one upward hop: `gal app` is an entry point that hands over to app.py.
+        import importlib
+
+        return importlib.import_module("app").main(args.app_args)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted: what was saved is kept; resume with gal run --resume RUN_ID", file=sys.stderr)
+        return 130
+    except ValueError as err:  # our input errors (storage errors are ValueErrors too)
+        print(f"gal: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    from gal.engine import Studio
+
+    if args.command == "runs":
+        from storage import list_runs, open_db
+
+        with open_db(Path(args.runs_dir) / "gal.db") as db:
+            runs = list_runs(db)
+        if not runs:
+            print("no runs yet: gal run --demo")
+        for run in runs:
+            print(f"{run['id']}\t{run['status']}\tround {run['current_round']}\t{run['created_at']}")
+        return 0
+    if args.command == "run":
+        config = references = None
+        if not args.resume:
+            config, references = _new_config(args)
+        studio = Studio(args.runs_dir, model=(config.model if config else None), oracle=(config.oracle if config else None),
+                        device=args.device, precision=args.precision)
+        run_id = args.resume or studio.create_run(config, references)
+        print(f"run {run_id} in {studio.run_dir(run_id)}", file=sys.stderr)
+        run = studio.advance(run_id, progress=_progress_printer())
+        _report_run(studio, run)
+        return 0
+    studio = Studio(args.runs_dir, device=args.device, precision=args.precision)
+    if args.command == "images":
+        state = studio.review_state(args.run_id)
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["image_id", "anchor_index", "slot", "prompt", "file", "seed", "sim_anchor", "sim_non_soi",
+                         "oracle_verdict", "verdict"])
+        for a in state["anchors"]:
+            for im in a["images"]:
+                writer.writerow([im["id"], a["anchor_index"], im["slot"], a["prompt"], im["path"], im["seed"],
+                                 f"{im['sim_anchor']:.5f}" if im["sim_anchor"] is not None else "",
+                                 f"{im['sim_non_soi']:.5f}" if im["sim_non_soi"] is not None else "",
+                                 im["oracle_verdict"], "" if im["person_verdict"] is None else im["person_verdict"]])
+        return 0
+    if args.command == "decide":
+        n = studio.decide_many(args.run_id, read_decisions(args.file))
+        print(f"recorded {n} verdicts", file=sys.stderr)
+        if args.commit:
+            studio.commit_round(args.run_id, args.mode)
+            _report_run(studio, studio.advance(args.run_id, progress=_progress_printer()))
+        return 0
+    if args.command == "commit":
+        run = studio.commit_round(args.run_id, args.mode)
+        if not args.no_advance:
+            run = studio.advance(args.run_id, progress=_progress_printer())
+        _report_run(studio, run)
+        return 0
+    if args.command == "export":
+        written = studio.export(args.run_id, args.out, tuple(f.strip() for f in args.format.split(",") if f.strip()), force=args.force)
+        for fmt, path in written.items():
+            print(f"{fmt}\t{path}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Generator loading: a diffusers Stable Diffusion 1.x/2.x pipeline from a name, a folder or a config.
+
+``tiny`` builds a small random-init pipeline from configs with a fixed seed and no download (the tests'
+model). ``toy`` is the trained toy world shipped in ``gal/assets/toyworld`` (drawn images a person can
+judge). Anything else is a hub id or a local diffusers folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+TOY_PIPELINE = ASSETS / "toyworld" / "pipeline"
+TOY_CLIP = ASSETS / "toyworld" / "clip"
+
+
+def default_model() -> str:
+    """The offline default: the trained toy world when its weights are present, else ``tiny``."""
+    return "toy" if (TOY_PIPELINE / "model_index.json").exists() else "tiny"
+
+
+def default_oracle() -> str:
+    return "toy" if (TOY_CLIP / "open_clip_config.json").exists() else "tiny"
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """fp32 on CPU (half is slow or unsupported there); on CUDA bf16 where supported, else fp16."""
+    if device.type != "cuda" or precision == "no":
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# -- tokenizer -----------------------------------------------------------------------------------
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # OpenAI CLIP's reversible byte -> unicode table (the BPE alphabet).
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_clip_tokenizer(folder: str | Path) -> Path:
+    """Write a CLIPTokenizer folder built from open_clip's bundled BPE, ids identical to open_clip's.
+
+    No download: the vocabulary is the 49,408-token OpenAI CLIP vocabulary shipped inside open_clip.
+    """
+    import gzip
+
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    merges = gzip.open(open_clip.tokenizer.default_bpe()).read().decode("utf-8").split("\n")
+    merges = merges[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab.extend("".join(m) for m in merges)
+    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    tok = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, pad_token="<|endoftext|>")
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_dir() -> Path:
+    cache = Path(os.environ.get("GAL_CACHE", Path.home() / ".cache" / "gal-studio")) / "clip-tokenizer"
+    if not (cache / "tokenizer_config.json").exists():
+        write_clip_tokenizer(cache)
+    return cache
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(_tokenizer_dir()))
+
+
+# -- tiny pipeline -------------------------------------------------------------------------------
+
+
+def build_tiny_pipeline(seed: int = 0):
+    """A small random-init SD pipeline (32 px, ~2 M UNet params) built from configs: same seed, same weights."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=32,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_size=32,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=32,
+        )
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def resolve_model_path(spec: str) -> str:
+    """Map a model spec to what ``from_pretrained`` takes, failing fast with the fix when it can't exist."""
+    if spec == "toy":
+        if not (TOY_PIPELINE / "model_index.json").exists():
+            raise ValueError(f"the toy world's weights are missing from {TOY_PIPELINE}: use --model tiny")
+        return str(TOY_PIPELINE)
+    path = Path(spec).expanduser()
+    looks_like_path = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") > 1
+    if looks_like_path:
+        if not (path / "model_index.json").exists():
+            raise ValueError(
+                f"model folder {spec!r} not found or not a diffusers pipeline (no model_index.json): "
+                "pass a folder saved with save_pretrained, a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5', "
+                "or 'tiny'"
+            )
+        return str(path)
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
+            raise ValueError(
+                f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a download: "
+                "download it once with network access, pass a local folder, or use --model tiny"
+            )
+    return spec
+
+
+def load_pipeline(spec: str, device: torch.device, dtype: torch.dtype, scheduler: str = "dpmsolver++"):
+    """Load a StableDiffusionPipeline by spec, move it to device/dtype and set its scheduler."""
+    from diffusers import StableDiffusionPipeline
+
+    if spec == "tiny":
+        pipe = build_tiny_pipeline()
+    else:
+        source = resolve_model_path(spec)
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+            )
+        except (OSError, EnvironmentError) as err:
+            raise ValueError(f"could not load model {spec!r}: {err}. Pass a local folder or check the hub id") from err
+    pipe.to(device=device, dtype=dtype)
+    set_scheduler(pipe, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def set_scheduler(pipe, name: str) -> None:
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    config = pipe.scheduler.config
+    if name == "dpmsolver++":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    else:
+        cls = {
+            "ddim": DDIMScheduler,
+            "euler": EulerDiscreteScheduler,
+            "euler_a": EulerAncestralDiscreteScheduler,
+            "pndm": PNDMScheduler,
+            "ddpm": DDPMScheduler,
+        }.get(name)
+        if cls is None:
+            raise ValueError(f"unknown scheduler {name!r}")
+        pipe.scheduler = cls.from_config(config)
+
+
+def native_resolution(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -1,0 +1,246 @@
+"""Generated images, the oracle's and the person's verdicts on them, and undo.
+
+`decisions` is append-only (triggers refuse UPDATE and DELETE): the latest person row of an image
+(highest id) is the person's verdict, NULL there meaning "cleared, back to the oracle". The final
+verdict is the person's when given, else the oracle's. `images.oracle_verdict` mirrors the latest
+oracle row, written in the same transaction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlite_utils import Database
+
+from .db import (
+    Row,
+    as_int,
+    as_opt_float,
+    as_opt_int,
+    check_choice,
+    check_fields,
+    check_verdict,
+    now,
+    one,
+    require_round,
+    require_run,
+    rows,
+    storage_op,
+    transaction,
+)
+
+IMAGE_KINDS = ("anchor", "eval")
+DECISION_SOURCES = ("oracle", "person")
+_IMAGE_REQUIRED = ("run_id", "round_index", "anchor_index", "slot", "file", "kind")
+_IMAGE_OPTIONAL = ("prompt", "seed")
+_SIMILARITY_KEYS = ("sim_anchor", "sim_non_soi", "oracle_verdict")
+
+# The person's verdict of each image: the verdict of its latest person decision.
+_PERSON_VERDICT = (
+    "(SELECT d.verdict FROM decisions AS d WHERE d.image_id = images.id AND d.source = 'person'"
+    " ORDER BY d.id DESC LIMIT 1)"
+)
+
+
+@storage_op
+def add_images(db: Database, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert generated images (run_id, round_index, anchor_index, slot, file, kind, prompt, seed); return their ids.
+
+    `anchor_index` may be None for `eval` images. (run, round, kind, anchor, slot) is unique.
+    """
+    prepared = []
+    for row in rows:
+        missing = [key for key in _IMAGE_REQUIRED if key not in row]
+        if missing:
+            raise ValueError(f"an image row needs {', '.join(missing)}; got keys {sorted(row)}")
+        check_fields(row, _IMAGE_REQUIRED + _IMAGE_OPTIONAL, "an image")
+        check_choice(row["kind"], IMAGE_KINDS, "image kind")
+        if row["anchor_index"] is None and row["kind"] == "anchor":
+            raise ValueError("an 'anchor' image needs an anchor_index; only 'eval' images may have None")
+        prepared.append(
+            [
+                row["run_id"],
+                as_int(row["round_index"], "round_index"),
+                as_opt_int(row["anchor_index"], "anchor_index"),
+                as_int(row["slot"], "slot"),
+                row["kind"],
+                row.get("prompt"),
+                str(row["file"]),
+                as_opt_int(row.get("seed"), "seed"),
+            ]
+        )
+    ids = []
+    with transaction(db):
+        for run_round in {(values[0], values[1]) for values in prepared}:
+            require_round(db, *run_round)
+        stamp = now()
+        for values in prepared:
+            duplicate = db.execute(
+                "SELECT id FROM images WHERE run_id = ? AND round_index = ? AND kind = ? AND anchor_index IS ?"
+                " AND slot = ?",
+                [values[0], values[1], values[4], values[2], values[3]],
+            ).fetchone()
+            if duplicate is not None:
+                raise ValueError(
+                    f"round {values[1]} of run {values[0]!r} already has image {duplicate[0]} "
+                    f"(kind {values[4]}, anchor {values[2]}, slot {values[3]}); use another slot"
+                )
+            cursor = db.execute(
+                "INSERT INTO images (run_id, round_index, anchor_index, slot, kind, prompt, file, seed, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [*values, stamp],
+            )
+            ids.append(cursor.lastrowid)
+    return ids
+
+
+@storage_op
+def list_images(db: Database, run_id: str, round_index: int, kind: str | None = "anchor") -> list[Row]:
+    """The round's images of `kind` (None: all) by anchor_index, slot; each with oracle_verdict,
+    person_verdict and final_verdict (person's if not None, else oracle's)."""
+    where, params = "run_id = ? AND round_index = ?", [run_id, round_index]
+    if kind is not None:
+        check_choice(kind, IMAGE_KINDS, "image kind")
+        where, params = where + " AND kind = ?", [*params, kind]
+    found = rows(
+        db,
+        f"SELECT images.*, {_PERSON_VERDICT} AS person_verdict FROM images WHERE {where}"
+        " ORDER BY kind, anchor_index, slot",
+        params,
+    )
+    if not found:
+        require_run(db, run_id)
+    for row in found:
+        row["final_verdict"] = (
+            row["person_verdict"] if row["person_verdict"] is not None else row["oracle_verdict"]
+        )
+    return found
+
+
+@storage_op
+def final_verdicts(
+    db: Database, run_id: str, round_index: int, *, kind: str | None = None
+) -> dict[int, dict]:
+    """image_id -> {"oracle", "person", "final"} for the round's images (of one kind when given)."""
+    return {
+        row["id"]: {
+            "oracle": row["oracle_verdict"],
+            "person": row["person_verdict"],
+            "final": row["final_verdict"],
+        }
+        for row in list_images(db, run_id, round_index, kind=kind)
+    }
+
+
+@storage_op
+def set_similarities(db: Database, rows: list[dict[str, Any]]) -> None:
+    """Store the oracle's output per image: `id` (or `image_id`), sim_anchor, sim_non_soi, oracle_verdict.
+
+    Each row also appends one `oracle` decision, all in one transaction.
+    """
+    prepared = []
+    for row in rows:
+        image_id = row.get("id", row.get("image_id"))
+        if image_id is None:
+            raise ValueError(f"a similarity row needs the image 'id'; got keys {sorted(row)}")
+        missing = [key for key in _SIMILARITY_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"similarity row of image {image_id} needs {', '.join(missing)}")
+        check_fields(row, ("id", "image_id", *_SIMILARITY_KEYS), "a similarity row")
+        prepared.append(
+            (
+                as_int(image_id, "image id"),
+                as_opt_float(row["sim_anchor"], "sim_anchor"),
+                as_opt_float(row["sim_non_soi"], "sim_non_soi"),
+                check_verdict(row["oracle_verdict"]),
+            )
+        )
+    with transaction(db):
+        stamp = now()
+        for image_id, sim_anchor, sim_non_soi, verdict in prepared:
+            image = _require_image(db, image_id)
+            db.execute(
+                "UPDATE images SET sim_anchor = ?, sim_non_soi = ?, oracle_verdict = ? WHERE id = ?",
+                [sim_anchor, sim_non_soi, verdict, image_id],
+            )
+            _append_decision(db, image, verdict, "oracle", None, None, stamp)
+
+
+@storage_op
+def record_decision(
+    db: Database, *, image_id: int, verdict: int | None, source: str, note: str | None = None
+) -> int:
+    """Append a decision and return its id. A person's None clears their verdict (back to the oracle's);
+    an oracle decision also becomes the image's `oracle_verdict`."""
+    verdict = check_verdict(verdict)
+    check_choice(source, DECISION_SOURCES, "decision source")
+    image_id = as_int(image_id, "image_id")
+    with transaction(db):
+        image = _require_image(db, image_id)
+        if source == "oracle":
+            db.execute("UPDATE images SET oracle_verdict = ? WHERE id = ?", [verdict, image_id])
+        return _append_decision(db, image, verdict, source, note, None, now())
+
+
+@storage_op
+def undo_last_decision(db: Database, run_id: str, round_index: int) -> Row | None:
+    """Undo the round's latest person decision that is not an undo and not undone yet.
+
+    Appends a person decision that gives that image back the person verdict it had before
+    (None when it had none), with `undoes` = the undone id and note 'undo:<id>'. Calling it
+    again walks further back; returns the appended row, or None when nothing is left to undo.
+    """
+    with transaction(db):
+        target = one(
+            db,
+            "SELECT * FROM decisions AS d WHERE d.run_id = ? AND d.round_index = ? AND d.source = 'person'"
+            " AND d.undoes IS NULL AND NOT EXISTS (SELECT 1 FROM decisions AS u WHERE u.undoes = d.id)"
+            " ORDER BY d.id DESC LIMIT 1",
+            [run_id, round_index],
+        )
+        if target is None:
+            require_run(db, run_id)
+            return None
+        before = db.execute(
+            "SELECT verdict FROM decisions WHERE image_id = ? AND source = 'person' AND id < ?"
+            " ORDER BY id DESC LIMIT 1",
+            [target["image_id"], target["id"]],
+        ).fetchone()
+        image = _require_image(db, target["image_id"])
+        decision_id = _append_decision(
+            db, image, before[0] if before else None, "person", f"undo:{target['id']}", target["id"], now()
+        )
+        return one(db, "SELECT * FROM decisions WHERE id = ?", [decision_id])
+
+
+@storage_op
+def decision_history(db: Database, image_id: int) -> list[Row]:
+    """Every decision on the image, oldest first."""
+    found = rows(db, "SELECT * FROM decisions WHERE image_id = ? ORDER BY id", [image_id])
+    if not found:
+        _require_image(db, image_id)
+    return found
+
+
+def _require_image(db: Database, image_id: int) -> Row:
+    image = one(db, "SELECT id, run_id, round_index FROM images WHERE id = ?", [image_id])
+    if image is None:
+        raise ValueError(f"image {image_id!r} does not exist; pass an id add_images() returned")
+    return image
+
+
+def _append_decision(
+    db: Database,
+    image: Row,
+    verdict: int | None,
+    source: str,
+    note: str | None,
+    undoes: int | None,
+    stamp: str,
+) -> int:
+    cursor = db.execute(
+        "INSERT INTO decisions (image_id, run_id, round_index, verdict, source, note, undoes, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [image["id"], image["run_id"], image["round_index"], verdict, source, note, undoes, stamp],
+    )
+    return cursor.lastrowid
