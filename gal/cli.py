@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--oracle", help="tiny, toy, ViT-B-32/openai or a local open_clip folder")
     run.add_argument("--continue-adapter", action="store_true", help="each round continues the last adapter (official: retrain from base)")
     run.add_argument("--keep-selected", action="store_true", help="selected anchors stay in the pool (official: removed)")
+    run.add_argument("--no-adaptive-stop", action="store_true", help="run all --rounds even when Eq. 10 says stop")
     run.add_argument("--pause", action="store_true", help="stop at every round's review (then gal decide / gal commit)")
 
     images = sub.add_parser("images", help="print the current round's images as CSV (to fill in verdicts)")
@@ -184,13 +185,15 @@ def _new_config(args):
         config.gal.remove_selected = False
     if args.pause:
         config.gal.pause_for_review = True
+    if args.no_adaptive_stop:
+        config.gal.adaptive_stop = False
     if args.task == "object" and args.token and args.subject is None and args.ref:
         config.subject_phrase = f"a {args.token}"
     return config, references
 
 
 def _report_run(studio, run: dict) -> None:
-    rounds = studio.history(run["id"])["rounds"]
+    rounds = studio.history(run["run_id"])["rounds"]
     for r in rounds:
         m = r.get("metrics") or {}
         if "txt_aln" in m:
@@ -198,11 +201,11 @@ def _report_run(studio, run: dict) -> None:
                   f"  Δ {r.get('openness') if r.get('openness') is not None else '–'}")
     status = run["status"]
     if status == "awaiting_review":
-        print(f"run {run['id']}: round {run['current_round']} awaits review.\n"
-              f"  gal images {run['id']} > verdicts.csv   # fill the verdict column\n"
-              f"  gal decide {run['id']} verdicts.csv --commit")
+        print(f"run {run['run_id']}: round {run['current_round']} awaits review.\n"
+              f"  gal images {run['run_id']} > verdicts.csv   # fill the verdict column\n"
+              f"  gal decide {run['run_id']} verdicts.csv --commit")
     elif status == "finished":
-        print(f"run {run['id']} finished. Export: gal export {run['id']} out/")
+        print(f"run {run['run_id']} finished. Export: gal export {run['run_id']} out/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,7 +236,7 @@ def _dispatch(args) -> int:
         if not runs:
             print("no runs yet: gal run --demo")
         for run in runs:
-            print(f"{run['id']}\t{run['status']}\tround {run['current_round']}\t{run['created_at']}")
+            print(f"{run['run_id']}\t{run['status']}\tround {run['current_round']}\t{run['created_at']}")
         return 0
     if args.command == "run":
         config = references = None

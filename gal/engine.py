@@ -32,9 +32,24 @@ from gal import algorithm
 from gal.config import RunConfig, load_presets
 from gal.evaluation import round_metrics
 from gal.generation import generate, image_seed
-from gal.models import default_model, default_oracle, load_pipeline, native_resolution, pick_device, pick_dtype
+from gal.models import (
+    default_model,
+    default_oracle,
+    load_pipeline,
+    native_resolution,
+    pick_device,
+    pick_dtype,
+)
 from gal.oracle import ClipOracle, Oracle
-from gal.training import Cancelled, TrainExample, adapter_state, load_adapter, remove_adapter, save_adapter, train_lora
+from gal.training import (
+    Cancelled,
+    TrainExample,
+    adapter_state,
+    load_adapter,
+    remove_adapter,
+    save_adapter,
+    train_lora,
+)
 
 MAX_IMAGE_PIXELS = 40_000_000  # a reference larger than this is refused (decompression bombs)
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -571,6 +586,11 @@ class Studio:
             return configured if configured.startswith("human") else "human+balance"
         return configured if not configured.startswith("human") else "uncertainty+balance"
 
+    @staticmethod
+    def _stops(selection: algorithm.Selection, config: RunConfig, strategy: str) -> bool:
+        """Eq. 10 ends auto runs early; in Human mode the person's accepted images are always used."""
+        return bool(selection.stop and config.gal.adaptive_stop and not strategy.startswith("human"))
+
     def _selection(self, db, run_id: str, config: RunConfig, r: int, mode: str) -> tuple[algorithm.Selection, np.ndarray, str]:
         anchors = storage.list_anchors(db, run_id, r)
         oracle, person, sim, ids = self._verdict_arrays(db, run_id, r, len(anchors), config.gal.m)
@@ -597,7 +617,7 @@ class Studio:
             except ValueError as err:
                 return {"error": str(err), "picks": [], "mode": mode}
         last = r >= config.gal.max_rounds
-        stop = bool(selection.stop and config.gal.adaptive_stop)
+        stop = self._stops(selection, config, strategy)
         return {
             "mode": mode, "strategy": strategy, "round": r, "weight": selection.weight, "openness": selection.openness,
             "stop": stop, "last_round": last,
@@ -623,7 +643,7 @@ class Studio:
         with self.db() as db:
             selection, ids, strategy = self._selection(db, run_id, config, r, mode)
             last = r >= config.gal.max_rounds
-            stop = selection.stop and config.gal.adaptive_stop
+            stop = self._stops(selection, config, strategy)
             finish = last or stop
             if not finish and strategy.startswith("human") and selection.anchors.size == 0:
                 raise ValueError("no image is accepted: accept at least one image (key a) or switch the round to auto")

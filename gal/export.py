@@ -69,12 +69,7 @@ def export_run(studio, run_id: str, out_dir: Path, formats=None, *, force: bool 
                 (staging / LORA_FILE).unlink()
                 written.pop("diffusers")
         if "fused" in formats:
-            pipe = studio._activate(run_id, config, final["round_index"])
-            pipe.fuse_lora()
-            try:
-                pipe.save_pretrained(staging / "pipeline")
-            finally:
-                pipe.unfuse_lora()
+            _write_fused(studio._activate(run_id, config, final["round_index"]), staging / "pipeline")
             written["fused"] = out_dir / "pipeline"
         if "dataset" in formats:
             folder = staging / "dataset"
@@ -99,6 +94,19 @@ def export_run(studio, run_id: str, out_dir: Path, formats=None, *, force: bool 
     return written
 
 
+def _write_fused(pipe, folder: Path) -> None:
+    """A plain diffusers pipeline with the LoRA merged in; the live pipeline keeps its adapter untouched."""
+    import copy
+
+    from diffusers import StableDiffusionPipeline
+
+    unet = copy.deepcopy(pipe.unet).to("cpu")
+    unet.fuse_lora(lora_scale=1.0)
+    unet.unload_lora()  # drop the LoRA modules, keep the merged weights
+    parts = {name: part for name, part in pipe.components.items() if name != "unet"}
+    StableDiffusionPipeline(**parts, unet=unet).save_pretrained(folder)
+
+
 def _write_kohya(diffusers_file: Path, out: Path, config: RunConfig, provenance: dict) -> None:
     """A1111/ComfyUI read kohya keys (``lora_unet_…``), not diffusers keys."""
     from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
@@ -121,7 +129,7 @@ def _write_kohya(diffusers_file: Path, out: Path, config: RunConfig, provenance:
 
 def model_card(run: dict, config: RunConfig, rounds: list[dict], references: list[dict], provenance: dict) -> str:
     lines = [
-        f"# {run.get('name') or run['id']}",
+        f"# {run.get('name') or run['run_id']}",
         "",
         "A LoRA trained with GAL Studio (Generative Active Learning for image-synthesis personalization).",
         "",

@@ -106,7 +106,12 @@ def clip_tokenizer():
 
 def build_tiny_pipeline(seed: int = 0):
     """A small random-init SD pipeline (32 px, ~2 M UNet params) built from configs: same seed, same weights."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -207,7 +212,7 @@ def load_pipeline(spec: str, device: torch.device, dtype: torch.dtype, scheduler
             pipe = StableDiffusionPipeline.from_pretrained(
                 source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
-        except (OSError, EnvironmentError) as err:
+        except OSError as err:
             raise ValueError(f"could not load model {spec!r}: {err}. Pass a local folder or check the hub id") from err
     pipe.to(device=device, dtype=dtype)
     set_scheduler(pipe, scheduler)

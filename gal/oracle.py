@@ -61,8 +61,8 @@ class ClipOracle:
         if spec.startswith((".", "/", "~")) or path.exists():
             if not (path / "open_clip_config.json").exists():
                 raise ValueError(
-                    f"oracle folder {spec!r} has no open_clip_config.json: save an open_clip model there "
-                    "(config + weights) or pass a name like ViT-B-32/openai"
+                    f"oracle folder {spec!r} not found or has no open_clip_config.json: save an open_clip model there "
+                    "(config + weights), pass a name like ViT-B-32/openai, or use --oracle tiny"
                 )
             model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}")
             tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")

@@ -1,0 +1,5 @@
+import sys
+
+from gal.cli import main
+
+sys.exit(main())

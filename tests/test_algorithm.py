@@ -1,0 +1,149 @@
+"""Known answers for Eq. 6-10 and properties of the selection strategies."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from gal import algorithm as A
+
+
+def test_eq8_overfit_when_not_closer_to_anchor():
+    sim_anchor = np.array([[0.30, 0.20, 0.25]])
+    sim_non_soi = np.array([[0.25, 0.20, 0.30]])
+    # strictly closer to the anchor -> aligned (0); tie or closer to non-SoI -> overfit (1)
+    assert A.overfit_verdicts(sim_anchor, sim_non_soi).tolist() == [[0, 1, 1]]
+
+
+def test_eq8_takes_max_over_several_non_soi_captions():
+    sim_anchor = np.array([[0.30, 0.30]])
+    sim_non_soi = np.array([[[0.10, 0.35], [0.10, 0.20]]])  # [A, m, c]
+    assert A.overfit_verdicts(sim_anchor, sim_non_soi).tolist() == [[1, 0]]
+
+
+def test_eq8_refuses_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        A.overfit_verdicts(np.array([[np.nan]]), np.array([[0.1]]))
+
+
+def test_eq7_rate_is_share_of_overfit():
+    verdicts = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 1]])
+    np.testing.assert_allclose(A.overfit_rate(verdicts), [0.5, 1.0, 0.25])
+
+
+def test_eq6_known_values():
+    omega = A.direction_uncertainty(np.array([0.0, 0.5, 1.0, 0.25]))
+    expected_quarter = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    np.testing.assert_allclose(omega, [0.0, math.log(2), 0.0, expected_quarter])
+
+
+def test_eq9_openness():
+    omega = np.array([math.log(2), 0.0, math.log(2), 0.0])
+    assert A.openness(omega, lam=0.005) == pytest.approx(0.005 * math.log(2) / 2)
+    # the official λ keeps Δ <= λ ln 2 ≈ 0.0035
+    assert A.openness(np.full(18, math.log(2)), 0.005) == pytest.approx(0.005 * math.log(2))
+
+
+@pytest.mark.parametrize("lam", [-0.1, float("nan"), float("inf")])
+def test_eq9_refuses_bad_lambda(lam):
+    with pytest.raises(ValueError, match="λ"):
+        A.openness(np.array([0.5]), lam)
+
+
+def test_eq10_stop_when_fewer_than_k_open():
+    assert A.should_stop(np.array([0.6, 0.0, 0.0]), k=2)
+    assert not A.should_stop(np.array([0.6, 0.1, 0.0]), k=2)
+
+
+def test_top_k_ties_break_by_lower_index():
+    omega = np.array([0.5, 0.69, 0.5, 0.69, 0.1])
+    assert A.top_k_anchors(omega, 3).tolist() == [1, 3, 0]
+
+
+def test_top_k_respects_pool():
+    omega = np.array([0.9, 0.8, 0.7, 0.6])
+    assert A.top_k_anchors(omega, 2, candidates=np.array([False, True, False, True])).tolist() == [1, 3]
+
+
+def test_k_larger_than_pool_is_refused():
+    with pytest.raises(ValueError, match="k=3 is larger than the 2 anchors"):
+        A.top_k_anchors(np.array([0.1, 0.2]), 3)
+
+
+def test_best_image_is_highest_anchor_similarity():
+    sim = np.array([[0.1, 0.9, 0.3], [0.5, 0.2, 0.6]])
+    assert A.best_image(sim, np.array([0, 1])).tolist() == [1, 2]
+
+
+def test_best_image_skips_images_a_person_marked_overfit():
+    sim = np.array([[0.1, 0.9, 0.3]])
+    verdicts = np.array([[0, 1, 0]])
+    assert A.best_image(sim, np.array([0]), verdicts).tolist() == [2]
+
+
+def test_person_overrides_oracle():
+    oracle = np.array([[1, 1, 0]])
+    person = np.array([[-1, 0, 1]])
+    assert A.final_verdicts(oracle, person).tolist() == [[1, 0, 1]]
+
+
+def test_planted_mixed_anchor_is_selected_with_its_best_image():
+    # anchor 2 is the only mixed one: uncertainty picks it first, with its most anchor-like image.
+    verdicts = np.array([[0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]])
+    sim = np.array([[0.3] * 4, [0.1] * 4, [0.2, 0.1, 0.4, 0.1], [0.3, 0.2, 0.25, 0.1]])
+    sel = A.select("uncertainty", sim, verdicts, k=2, lam=0.005)
+    assert sel.anchors.tolist() == [2, 3]
+    assert sel.slots.tolist() == [2, 0]
+    assert sel.weight == 1.0
+    balanced = A.select("uncertainty+balance", sim, verdicts, k=2, lam=0.005)
+    assert balanced.weight == pytest.approx(balanced.openness)
+    assert balanced.openness == pytest.approx(0.005 * (math.log(2) + A.direction_uncertainty(np.array([0.25]))[0]) / 4)
+
+
+def test_human_strategy_takes_accepted_images_in_pool():
+    verdicts = np.zeros((3, 2), dtype=int)
+    person = np.array([[0, -1], [1, 0], [0, 0]])
+    sel = A.select("human+balance", np.zeros((3, 2)), verdicts, k=1, lam=0.01, person=person,
+                   in_pool=np.array([True, True, False]))
+    assert list(zip(sel.anchors.tolist(), sel.slots.tolist())) == [(0, 0), (1, 1)]
+    assert sel.weight == sel.openness
+
+
+def test_human_strategy_needs_person_verdicts():
+    with pytest.raises(ValueError, match="review the round"):
+        A.select("human", np.zeros((2, 2)), np.zeros((2, 2), dtype=int), k=1, lam=0.0)
+
+
+def test_unknown_strategy_lists_the_choices():
+    with pytest.raises(ValueError, match="uncertainty\\+balance"):
+        A.select("greedy", np.zeros((2, 2)), np.zeros((2, 2), dtype=int), k=1, lam=0.0)
+
+
+verdict_matrices = st.integers(2, 12).flatmap(
+    lambda a: st.integers(1, 8).flatmap(lambda m: arrays(np.int64, (a, m), elements=st.integers(0, 1)))
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(verdict_matrices, st.integers(0, 2**31 - 1))
+def test_selection_properties(verdicts, seed):
+    n_anchors, m = verdicts.shape
+    k = max(1, n_anchors // 3)
+    sim = np.random.default_rng(seed).random(verdicts.shape)
+    omega = A.direction_uncertainty(A.overfit_rate(verdicts))
+    assert np.isfinite(omega).all() and (omega >= 0).all() and (omega <= math.log(2) + 1e-12).all()
+    for strategy in ("random", "uncertainty", "uncertainty+balance"):
+        s1 = A.select(strategy, sim, verdicts, k=k, lam=0.005, rng=np.random.default_rng(seed))
+        s2 = A.select(strategy, sim, verdicts, k=k, lam=0.005, rng=np.random.default_rng(seed))
+        assert len(set(s1.anchors.tolist())) == k  # exactly k distinct anchors
+        assert ((s1.slots >= 0) & (s1.slots < m)).all()
+        assert s1.anchors.tolist() == s2.anchors.tolist() and s1.slots.tolist() == s2.slots.tolist()  # same seed
+        assert 0 <= s1.openness <= 0.005 * math.log(2) + 1e-12
+    # uncertainty never prefers a less uncertain anchor over a more uncertain one left out
+    picked = A.select("uncertainty", sim, verdicts, k=k, lam=0.0).anchors
+    left = np.setdiff1d(np.arange(n_anchors), picked)
+    if left.size:
+        assert omega[picked].min() >= omega[left].max() - 1e-12

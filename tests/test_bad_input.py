@@ -1,0 +1,144 @@
+"""Bad input gets a clear message that says what to fix, and loses nothing already saved."""
+
+import sqlite3
+import time
+
+import pytest
+from conftest import tiny_config
+from PIL import Image
+
+import storage
+from gal.config import RunConfig
+from gal.engine import ReferenceInput, Studio, check_run_id, load_image, safe_join
+from gal.models import load_pipeline
+from gal.oracle import ClipOracle
+
+
+def test_not_an_image(tmp_path, shared_studio):
+    bad = tmp_path / "notes.png"
+    bad.write_text("this is not a picture")
+    with pytest.raises(ValueError, match="not a readable image"):
+        shared_studio.create_run(tiny_config(), [ReferenceInput(bad, "a <sks> star on stairs")])
+
+
+def test_corrupt_image(tmp_path, reference_files):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(reference_files[0].read_bytes()[:60])
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_image(broken)
+
+
+def test_decompression_bomb_is_refused(tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("L", (9000, 5000)).save(huge)  # 45 MP of zeros: a few KB on disk
+    with pytest.raises(ValueError, match="downscale"):
+        load_image(huge)
+
+
+def test_zero_references(shared_studio):
+    with pytest.raises(ValueError, match="at least one image"):
+        shared_studio.create_run(tiny_config(), [])
+
+
+def test_soi_token_missing_from_prompt(shared_studio, reference_files):
+    with pytest.raises(ValueError, match="lacks the SoI token '<sks>'"):
+        shared_studio.create_run(tiny_config(), [ReferenceInput(reference_files[0], "a star on stairs")])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: setattr(c.gal, "k", 9), "k=9 is larger than the 4 anchors"),
+        (lambda c: c.anchors.__setitem__(1, "  "), "anchor 2 is empty"),
+        (lambda c: c.anchors.__setitem__(2, "{} ON GRASS"), "anchor 3 repeats anchor 1"),
+        (lambda c: setattr(c.gal, "lam", -0.1), "λ must be a finite number >= 0"),
+        (lambda c: setattr(c.gal, "lam", float("nan")), "λ must be a finite number >= 0"),
+        (lambda c: setattr(c.gal, "m", 0), "m must be a whole number >= 1"),
+        (lambda c: setattr(c, "subject_phrase", "a star"), "lacks the SoI token"),
+        (lambda c: setattr(c.gal, "strategy", "greedy"), "unknown strategy 'greedy'"),
+        (lambda c: setattr(c.train, "resolution", 30), "multiple of 8"),
+        (lambda c: setattr(c, "anchors", []), "no anchors"),
+    ],
+)
+def test_config_errors_name_the_fix(change, message):
+    config = tiny_config()
+    change(config)
+    with pytest.raises(ValueError, match=message):
+        config.validate()
+
+
+def test_config_round_trips_through_json():
+    config = tiny_config()
+    assert RunConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown config keys: colour"):
+        RunConfig.from_dict({**config.to_dict(), "colour": "red"})
+
+
+def test_unknown_run_id(shared_studio):
+    with pytest.raises(ValueError, match="run 'nope' does not exist; `gal runs` lists the runs"):
+        shared_studio.advance("nope")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "", "..", "x" * 200])
+def test_run_ids_cannot_leave_the_runs_folder(name):
+    with pytest.raises(ValueError, match="invalid run id"):
+        check_run_id(name)
+
+
+def test_files_cannot_leave_the_run_folder(tmp_path):
+    with pytest.raises(ValueError, match="leaves the run folder"):
+        safe_join(tmp_path, "../../etc/passwd")
+    assert safe_join(tmp_path, "rounds/r01/a.png") == (tmp_path / "rounds/r01/a.png").resolve()
+
+
+def test_locked_database_fails_clearly_and_keeps_earlier_verdicts(tmp_path, references):
+    studio = Studio(tmp_path / "runs", model="tiny", oracle="tiny")
+    run_id = studio.create_run(tiny_config("uncertainty", pause_for_review=True), references)
+    studio.advance(run_id)
+    first, second = studio.review_state(run_id)["anchors"][0]["images"][:2]
+    studio.decide(run_id, first["id"], 0)
+    blocker = sqlite3.connect(studio.db_path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        studio.db = lambda: storage.open_db(studio.db_path, busy_timeout_ms=100)
+        with pytest.raises(storage.StorageError, match="locked"):
+            studio.decide(run_id, second["id"], 0)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    state = studio.review_state(run_id)["anchors"][0]["images"]
+    assert state[0]["person_verdict"] == 0 and state[1]["person_verdict"] is None
+    studio.decide(run_id, second["id"], 0)  # works again once the lock is gone
+    assert studio.review_state(run_id)["anchors"][0]["images"][1]["person_verdict"] == 0
+
+
+def test_decisions_only_while_the_round_is_in_review(shared_studio, references):
+    run_id = shared_studio.create_run(tiny_config("uncertainty", max_rounds=1), references)
+    shared_studio.advance(run_id)
+    image = shared_studio.review_state(run_id, 1)["anchors"][0]["images"][0]
+    with pytest.raises(ValueError, match="not in review"):
+        shared_studio.decide(run_id, image["id"], 1)
+
+
+def test_human_commit_without_accepted_images(shared_studio, references):
+    run_id = shared_studio.create_run(tiny_config("human+balance"), references)
+    shared_studio.advance(run_id)
+    with pytest.raises(ValueError, match="accept at least one image"):
+        shared_studio.commit_round(run_id)
+    assert shared_studio.review_state(run_id)["round"]["state"] == "review"  # nothing lost
+
+
+@pytest.mark.parametrize("spec", ["./no/such/model", "/definitely/missing", "someone/missing-model-xyz"])
+def test_missing_model_fails_fast_with_the_fix(spec):
+    import torch
+
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="tiny"):
+        load_pipeline(spec, torch.device("cpu"), torch.float32)
+    assert time.perf_counter() - started < 10  # measured ~0.01 s; generous bound for a busy machine
+
+
+@pytest.mark.parametrize("spec", ["./no/such/clip", "NotAModel-B-99/openai"])
+def test_missing_oracle_names_the_fix(spec):
+    with pytest.raises(ValueError, match="tiny"):
+        ClipOracle.from_spec(spec)

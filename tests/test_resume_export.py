@@ -1,0 +1,142 @@
+"""A killed `gal run` resumes without redoing work; an export reloads in a fresh process and redraws the images."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+from PIL import Image
+
+import storage
+from gal.export import KOHYA_FILE
+
+
+def _gal(runs_dir, *args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "gal", "--runs-dir", str(runs_dir), *args],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--demo", "--model", "tiny", "--oracle", "tiny",
+           "--steps", "4", "--gen-steps", "8", "--m", "10", "--rounds", "2", "--no-adaptive-stop"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    run_id, before = None, []
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # kill it in the middle of round 1's generation
+            time.sleep(0.05)
+            if not (runs / "gal.db").exists():
+                continue
+            with storage.open_db(runs / "gal.db") as db:
+                found = storage.list_runs(db)
+                if not found:
+                    continue
+                run_id = found[0]["run_id"]
+                rnd = storage.get_round(db, run_id, 1)
+                before = storage.list_images(db, run_id, 1)
+            if rnd and rnd["state"] == "generating" and 0 < len(before) < 180:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        else:
+            pytest.fail("the run never reached the middle of generation")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    adapter = runs / run_id / "rounds" / "r01" / "adapter" / "pytorch_lora_weights.safetensors"
+    adapter_mtime = adapter.stat().st_mtime_ns
+
+    done = _gal(runs, "run", "--resume", run_id)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with storage.open_db(runs / "gal.db") as db:
+        run = storage.get_run(db, run_id)
+        after = storage.list_images(db, run_id, 1)
+        rounds = storage.list_rounds(db, run_id)
+    assert run["status"] == "finished"
+    assert len(after) == 18 * 10  # every image once
+    assert len({(im["anchor_index"], im["slot"]) for im in after}) == 180
+    before_ids = {im["id"]: im["file"] for im in before}
+    assert {im["id"]: im["file"] for im in after if im["id"] in before_ids} == before_ids  # kept, not redrawn
+    assert adapter.stat().st_mtime_ns == adapter_mtime  # round 1 was not retrained
+    assert [r["state"] for r in rounds] == ["done", "done"]
+
+
+REPLAY = textwrap.dedent("""
+    import json, sys
+    import numpy as np, torch
+    from diffusers import StableDiffusionPipeline
+    from gal.models import build_tiny_pipeline
+    out, cases = sys.argv[1], json.loads(sys.argv[2])
+    def draw(pipe, case):
+        g = [torch.Generator().manual_seed(case["seed"])]
+        return np.asarray(pipe([case["prompt"]], num_inference_steps=case["steps"], guidance_scale=case["guidance"],
+                               height=32, width=32, generator=g).images[0], dtype=np.float32)
+    results = {}
+    pipe = build_tiny_pipeline()
+    pipe.load_lora_weights(out, weight_name="pytorch_lora_weights.safetensors")
+    results["diffusers"] = [draw(pipe, c).tolist() for c in cases]
+    pipe = build_tiny_pipeline()
+    pipe.load_lora_weights(out, weight_name=sys.argv[3])
+    results["kohya"] = [draw(pipe, c).tolist() for c in cases]
+    fused = StableDiffusionPipeline.from_pretrained(out + "/pipeline", safety_checker=None)
+    results["fused"] = [draw(fused, c).tolist() for c in cases]
+    print(json.dumps(results))
+""")
+
+
+def test_export_round_trip_in_a_fresh_process(shared_studio, references, tmp_path):
+    studio = shared_studio
+    config = tiny_config("uncertainty", max_rounds=1)
+    run_id = studio.create_run(config, references)
+    studio.advance(run_id)
+    out = tmp_path / "export"
+    written = studio.export(run_id, out, ("diffusers", "kohya", "fused", "dataset", "card"))
+    assert set(written) == {"diffusers", "kohya", "fused", "dataset", "card"}
+
+    images = studio.review_state(run_id, 1)["anchors"][0]["images"][:2]
+    cases = [{"seed": im["seed"], "prompt": im["prompt"], "steps": config.generate.steps,
+              "guidance": config.generate.guidance_scale} for im in images]
+    proc = subprocess.run([sys.executable, "-c", REPLAY, str(out), json.dumps(cases), KOHYA_FILE],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for fmt in ("diffusers", "kohya", "fused"):
+        for im, redrawn in zip(images, results[fmt]):
+            saved = np.asarray(Image.open(im["path"]), dtype=np.float32)
+            assert np.allclose(np.asarray(redrawn), saved, atol=2.0), f"{fmt} export does not redraw image {im['id']}"
+
+    # Provenance in the safetensors headers; kohya keys for A1111; dataset and card.
+    from safetensors import safe_open
+
+    with safe_open(str(written["diffusers"]), "pt") as f:
+        meta = f.metadata()
+        assert meta["gal.run_id"] == run_id and meta["gal.config_hash"] == config.config_hash()
+    with safe_open(str(written["kohya"]), "pt") as f:
+        assert all(k.startswith("lora_unet_") for k in f.keys())
+        assert f.metadata()["ss_network_dim"] == str(config.train.rank)
+    rows = [json.loads(line) for line in (out / "dataset" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all((out / "dataset" / r["file_name"]).exists() for r in rows)
+    assert {"prompt", "weight", "round", "source"} <= set(rows[0])
+    card = (out / "README.md").read_text()
+    assert "tiny" in card and "uncertainty" in card and "| 1 |" in card
+
+
+def test_export_refuses_existing_folder_unless_forced(shared_studio, references, tmp_path):
+    studio = shared_studio
+    run_id = studio.create_run(tiny_config("uncertainty", max_rounds=1), references)
+    studio.advance(run_id)
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="--force"):
+        studio.export(run_id, out)
+    assert (out / "precious.txt").read_text() == "keep me"
+    studio.export(run_id, out, ("card",), force=True)
+    assert (out / "README.md").exists() and not (out / "precious.txt").exists()
