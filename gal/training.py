@@ -146,6 +146,8 @@ def train_lora(
     # 2. cache what the frozen parts produce
     all_examples = examples + list(class_examples or [])
     moments_mean, moments_std = _latent_moments(pipe, [e.image for e in all_examples], resolution)
+    # The noising arithmetic runs in fp32 even when the VAE runs in half precision; autocast casts for the UNet.
+    moments_mean, moments_std = moments_mean.float(), moments_std.float()
     prompts = sorted({e.prompt for e in all_examples})
     embeds = _encode_prompts(pipe, prompts)
     prompt_index = torch.tensor([prompts.index(e.prompt) for e in all_examples], device=device)
