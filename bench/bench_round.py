@@ -134,7 +134,10 @@ def main() -> None:
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--m", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"model {args.model}, torch threads {torch.get_num_threads()}, m={args.m}, 18 anchors\n")
 
     row = bench_round(args.model, args.m)

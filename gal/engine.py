@@ -246,6 +246,8 @@ class Studio:
         Safe to call again after a crash, a kill or a cancel: it resumes from the persisted state.
         """
         check_run_id(run_id)
+        with self.db() as db:
+            r = storage.get_run(db, run_id)["current_round"]  # raises RunNotFound with the fix
         cancel_event = self._cancel.setdefault(run_id, threading.Event())
         cancel_event.clear()
         cancel = cancel_event.is_set

@@ -214,7 +214,9 @@ def load_pipeline(spec: str, device: torch.device, dtype: torch.dtype, scheduler
             )
         except OSError as err:
             raise ValueError(f"could not load model {spec!r}: {err}. Pass a local folder or check the hub id") from err
-    pipe.to(device=device, dtype=dtype)
+    if pipe.unet.dtype != dtype:  # from_pretrained already loaded in dtype; tiny is built in fp32
+        pipe.to(dtype=dtype)
+    pipe.to(device)
     set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe

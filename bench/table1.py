@@ -1,0 +1,155 @@
+"""Table 1 of the paper on the toy world: 5 strategies × seeds × rounds, TXT-ALN / IMG-ALN / OVF.
+
+    .venv/bin/python bench/table1.py                       # object task, 3 seeds, 4 rounds
+    .venv/bin/python bench/table1.py --tasks object style --seeds 0 1 2 --rounds 4 --out artifacts/table1
+
+Human is simulated: the *person* is the evaluation CLIP (the toy CLIP's own Eq. 8 verdicts, so a perfect
+stand-in for the oracle), and ``human-noisy`` flips each of that person's verdicts with probability
+``--noise``. Prints mean ± sd per strategy and round, writes ``results.json`` and ``table1.png``.
+Not a test: it takes tens of minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from gal.demo import demo_scenario  # noqa: E402
+from gal.engine import Studio  # noqa: E402
+from gal.models import default_model, default_oracle  # noqa: E402
+
+ROWS = ["random", "human", "human-noisy", "uncertainty", "uncertainty+balance", "human+balance"]
+METRICS = ("txt_aln", "img_aln", "ovf")
+
+
+def simulated_person(studio: Studio, run_id: str, noise: float, rng: np.random.Generator) -> None:
+    state = studio.review_state(run_id)
+    verdicts = {}
+    for anchor in state["anchors"]:
+        for image in anchor["images"]:
+            verdict = int(image["oracle_verdict"])
+            if noise and rng.random() < noise:
+                verdict = 1 - verdict
+            verdicts[image["id"]] = verdict
+    if verdicts:
+        studio.decide_many(run_id, verdicts)
+
+
+def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, noise: float, folder: Path) -> dict:
+    config, refs = demo_scenario(folder / "refs", task, model=studio.default_model)
+    config.oracle = studio.default_oracle
+    config.seed = seed
+    config.name = f"t1-{task}-{strategy}-{seed}"
+    config.gal.strategy = "human" if strategy == "human-noisy" else strategy
+    config.gal.max_rounds = rounds
+    config.gal.adaptive_stop = False  # compare every strategy over the same number of rounds
+    run_id = studio.create_run(config, refs)
+    rng = np.random.default_rng([seed, 99])
+    started = time.perf_counter()
+    while True:
+        run = studio.advance(run_id)
+        if run["status"] == "finished":
+            break
+        simulated_person(studio, run_id, noise if strategy == "human-noisy" else 0.0, rng)
+        try:
+            studio.commit_round(run_id)
+        except ValueError:  # the person accepted nothing: fall back to the oracle's picks this round
+            studio.commit_round(run_id, "auto")
+    history = studio.history(run_id)
+    return {
+        "task": task, "strategy": strategy, "seed": seed, "seconds": time.perf_counter() - started,
+        "rounds": [{k: (r.get("metrics") or {}).get(k) for k in METRICS} | {"openness": r.get("openness")}
+                   for r in history["rounds"]],
+        "added": sum(r["source"] == "synthetic" for r in history["references"]),
+    }
+
+
+def summarise(results: list[dict], rounds: int) -> str:
+    lines = []
+    for task in sorted({r["task"] for r in results}):
+        lines.append(f"\n{task} task — mean ± sd over seeds; R1 is plain DreamBooth-LoRA (no synthetic data)")
+        lines.append(f"{'strategy':<22}{'round':>6}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
+        base = [r for r in results if r["task"] == task]
+        for strategy in ROWS:
+            runs = [r for r in base if r["strategy"] == strategy]
+            if not runs:
+                continue
+            for i in range(rounds):
+                cells = []
+                for m in METRICS:
+                    values = [r["rounds"][i][m] for r in runs if i < len(r["rounds"]) and r["rounds"][i][m] is not None]
+                    cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "–")
+                extra = f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}" if i == rounds - 1 else ""
+                lines.append(f"{strategy if i == 0 else '':<22}{i + 1:>6}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{extra}")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], rounds: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in results})
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(13, 3.6 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        for col, metric in enumerate(METRICS):
+            ax = axes[row][col]
+            for strategy in ROWS:
+                runs = [r for r in results if r["task"] == task and r["strategy"] == strategy]
+                if not runs:
+                    continue
+                mean = [np.mean([r["rounds"][i][metric] for r in runs]) for i in range(rounds)]
+                sd = [np.std([r["rounds"][i][metric] for r in runs]) for i in range(rounds)]
+                ax.errorbar(range(1, rounds + 1), mean, yerr=sd, label=strategy, capsize=3, marker="o")
+            ax.set_title(f"{task}: {metric.upper().replace('_', '-')}")
+            ax.set_xlabel("round")
+            ax.set_xticks(range(1, rounds + 1))
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", nargs="+", default=["object"], choices=["object", "style"])
+    parser.add_argument("--strategies", nargs="+", default=ROWS, choices=ROWS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--noise", type=float, default=0.2, help="flip probability of the noisy person")
+    parser.add_argument("--model", default=default_model())
+    parser.add_argument("--oracle", default=default_oracle())
+    parser.add_argument("--out", default="artifacts/table1")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        studio = Studio(Path(tmp) / "runs", model=args.model, oracle=args.oracle)
+        for task in args.tasks:
+            for seed in args.seeds:
+                for strategy in args.strategies:
+                    result = one_run(studio, task, strategy, seed, args.rounds, args.noise, Path(tmp))
+                    results.append(result)
+                    print(f"{task} {strategy} seed {seed}: " + "  ".join(
+                        f"R{i + 1} OVF {r['ovf']:.3f}" for i, r in enumerate(result["rounds"])) +
+                        f"  ({result['seconds']:.0f} s)", flush=True)
+                    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"model {args.model}, oracle {args.oracle}")
+    print(summarise(results, args.rounds))
+    plot(results, args.rounds, out / "table1.png")
+    print(f"\nwrote {out / 'results.json'} and {out / 'table1.png'}")
+
+
+if __name__ == "__main__":
+    main()
