@@ -115,8 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("runs", help="list the runs")
 
-    app = sub.add_parser("app", help="launch the GAL Studio web app (same flags as python app.py)")
-    app.add_argument("app_args", nargs=argparse.REMAINDER)
+    sub.add_parser("app", help="launch the GAL Studio web app (same flags as python app.py: gal app --port 7870)")
     return p
 
 
@@ -209,12 +208,14 @@ def _report_run(studio, run: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "app":
-        # The one upward hop: `gal app` is an entry point that hands over to app.py.
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:
+        # The one upward hop: `gal app` is an entry point that hands every flag over to app.py.
         import importlib
 
-        return importlib.import_module("app").main(args.app_args)
+        rest = argv[1:]
+        return importlib.import_module("app").main(rest[1:] if rest[:1] == ["--"] else rest)
+    args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

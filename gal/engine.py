@@ -134,6 +134,7 @@ class Studio:
         self._oracles: dict[str, Oracle] = {}
         self._loaded_adapter: dict[str, tuple[str, int] | None] = {}
         self._job_lock = threading.Lock()  # one model job at a time (one GPU)
+        self._commit_lock = threading.Lock()  # a double-click commits once; never waits on training
         self._cancel: dict[str, threading.Event] = {}
         self.jobs: dict[str, dict] = {}  # run_id -> live progress for pollers
         storage.open_db(self.db_path).close()  # create + migrate once, fail early on a bad folder
@@ -252,6 +253,7 @@ class Studio:
         cancel_event.clear()
         cancel = cancel_event.is_set
         with self._job_lock:
+            self.jobs.setdefault(run_id, {}).update(running=True, updated=time.time())
             try:
                 while True:
                     with self.db() as db:
@@ -277,7 +279,8 @@ class Studio:
                             with self.db() as db:
                                 storage.update_run(db, run_id, status="awaiting_review")
                                 return storage.get_run(db, run_id)
-                        self._commit(run_id, config, r, mode)  # 5. select, 6. weigh
+                        with self._commit_lock:
+                            self._commit(run_id, config, r, mode)  # 5. select, 6. weigh
                     else:
                         raise ValueError(f"round {r} of run {run_id} is in state {state!r}, which cannot advance")
             except Cancelled as err:
@@ -513,8 +516,9 @@ class Studio:
             r = self._review_round(db, run_id)
             if image_id not in {im["id"] for im in storage.list_images(db, run_id, r)}:
                 raise ValueError(f"image {image_id} is not an image of run {run_id}'s round {r} under review")
-            storage.record_decision(db, image_id=image_id, verdict=verdict, source="person")
-            self._store_anchor_scores(db, run_id, r)
+            with storage.transaction(db):  # the verdict and the anchor's β/Ω land together: one commit
+                storage.record_decision(db, image_id=image_id, verdict=verdict, source="person")
+                self._store_anchor_scores(db, run_id, r)
         return {"image_id": image_id, "verdict": verdict}
 
     def decide_many(self, run_id: str, verdicts: dict[int, int | None]) -> int:
@@ -630,8 +634,11 @@ class Studio:
         }
 
     def commit_round(self, run_id: str, mode: str | None = None) -> dict:
-        """Select and weigh from the current review, then start the next round (or finish the run)."""
-        with self._job_lock:
+        """Select and weigh from the current review, then start the next round (or finish the run).
+
+        Touches only this run's rows and files (no model), so it does not wait for another run's training.
+        """
+        with self._commit_lock:
             with self.db() as db:
                 r = self._review_round(db, run_id)
                 config = RunConfig.from_dict(storage.get_run(db, run_id)["config"])

@@ -7,7 +7,6 @@ judge). Anything else is a hub id or a local diffusers folder.
 
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -48,50 +47,13 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 # -- tokenizer -----------------------------------------------------------------------------------
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # OpenAI CLIP's reversible byte -> unicode table (the BPE alphabet).
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def write_clip_tokenizer(folder: str | Path) -> Path:
-    """Write a CLIPTokenizer folder built from open_clip's bundled BPE, ids identical to open_clip's.
-
-    No download: the vocabulary is the 49,408-token OpenAI CLIP vocabulary shipped inside open_clip.
-    """
-    import gzip
-
-    import open_clip
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    merges = gzip.open(open_clip.tokenizer.default_bpe()).read().decode("utf-8").split("\n")
-    merges = merges[1 : 49152 - 256 - 2 + 1]
-    merges = [tuple(m.split()) for m in merges]
-    vocab = list(_bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab.extend("".join(m) for m in merges)
-    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
-    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tok = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, pad_token="<|endoftext|>")
-    tok.save_pretrained(str(folder))
-    return folder
-
-
 @lru_cache(maxsize=1)
 def _tokenizer_dir() -> Path:
     cache = Path(os.environ.get("GAL_CACHE", Path.home() / ".cache" / "gal-studio")) / "clip-tokenizer"
     if not (cache / "tokenizer_config.json").exists():
-        write_clip_tokenizer(cache)
+        from gal.toyworld.tokenizer import build_clip_tokenizer  # offline, from open_clip's bundled BPE
+
+        build_clip_tokenizer(cache)
     return cache
 
 

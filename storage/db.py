@@ -65,6 +65,9 @@ def open_db(path: str | Path, *, busy_timeout_ms: int = 5000) -> Database:
         db.execute("PRAGMA foreign_keys = ON")
         if not db.memory:
             db.enable_wal()  # only writes when the file is not in WAL mode yet
+            # Under WAL, NORMAL syncs at checkpoints, not at every commit: a committed row survives a
+            # process crash (the case resume cares about); only a power cut can lose the last commits.
+            db.execute("PRAGMA synchronous = NORMAL")
         migrate(db)
     except sqlite3.DatabaseError as exc:
         db.close()

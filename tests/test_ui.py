@@ -1,0 +1,379 @@
+"""The web app's handlers, called directly on the tiny models, and the launched app through gradio_client.
+
+One run is set up once for the module (round 1 trains in the app's worker thread, ~10 s on 2 cores);
+the tests then review it through the same functions the page calls, checking SQLite after each step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import types
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import app  # noqa: E402
+import storage  # noqa: E402
+from gal.engine import Studio  # noqa: E402
+from ui.handlers import FORM_FIELDS, Handlers, config_from_form, default_form, references_from  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"anchors": "{} on grass\n{} in the sea\n{} in the snow\n{} at sunset", "m": 3, "k": 2, "train_steps": 10,
+        "gen_steps": 3, "eval_per_prompt": 1, "gen_batch": 12}
+
+
+def form_values(form: dict) -> list:
+    return [form[name] for name in FORM_FIELDS]
+
+
+def tile_ids(html: str) -> list[int]:
+    return [int(x) for x in re.findall(r'class="gal-tile[^"]*" data-id="(\d+)"', html)]
+
+
+def select(index: int, **value) -> gr.SelectData:
+    return gr.SelectData(None, {"index": index, "value": value})
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory) -> Studio:
+    return Studio(tmp_path_factory.mktemp("runs"), model="tiny", oracle="tiny")
+
+
+@pytest.fixture(scope="module")
+def handlers(studio) -> Handlers:
+    return Handlers(studio)
+
+
+@pytest.fixture(scope="module")
+def demo_form(handlers) -> tuple[list[str], list[list], dict]:
+    out = dict(zip(("files", "gallery", "table", *FORM_FIELDS, "validation"), handlers.demo_fill("object"), strict=True))
+    form = {name: out[name] for name in FORM_FIELDS}
+    form.update(TINY)
+    return out["files"], out["table"], form
+
+
+@pytest.fixture(scope="module")
+def run_id(handlers, demo_form) -> str:
+    files, table, form = demo_form
+    view = handlers.start_run(files, table, *form_values(form))
+    assert view.run_id and view.run_box == view.run_id
+    assert handlers.worker.wait_idle(120), "round 1 did not finish in 2 minutes"
+    assert not handlers.worker.errors, handlers.worker.errors
+    return view.run_id
+
+
+def rows(studio, run_id, r=1) -> dict[int, dict]:
+    with storage.open_db(studio.db_path) as db:
+        return {im["id"]: im for im in storage.list_images(db, run_id, r)}
+
+
+# -- the set-up form ------------------------------------------------------------------------------
+
+
+def test_default_form_is_valid_and_pauses_for_review():
+    config = config_from_form(default_form("tiny", "tiny"))
+    assert config.gal.pause_for_review is True
+    assert len(config.anchors) == 18 and config.task == "object"
+
+
+@pytest.mark.parametrize(
+    ("change", "fix"),
+    [
+        ({"k": 30}, "lower k or add anchors"),
+        ({"m": 2.5}, "m (images per anchor) must be a whole number"),
+        ({"m": None}, "m (images per anchor) is empty"),
+        ({"lam": -1}, "λ must be a finite number >= 0"),
+        ({"resolution": 100}, "multiple of 8"),
+        ({"subject_phrase": "a cat"}, "lacks the SoI token"),
+        ({"anchors": ""}, "no anchors"),
+        ({"strategy": "best"}, "choose a strategy"),
+    ],
+)
+def test_invalid_values_are_refused_with_the_fix(handlers, change, fix):
+    form = {**default_form("tiny", "tiny"), **change}
+    with pytest.raises(ValueError, match=re.escape(fix)):
+        config_from_form(form)
+    message = handlers.validate_form(*form_values(form))
+    assert "✗" in message and fix.split()[0] in message
+    with pytest.warns(UserWarning, match=re.escape(fix)):  # leaving the field says it at once, too
+        handlers.check_field(*form_values(form))
+
+
+def test_demo_fills_the_form_with_the_toy_scenario(handlers, demo_form):
+    files, table, form = demo_form
+    assert len(files) == 4 and all(Path(f).is_file() for f in files)
+    assert [row[1] for row in table] == ["a <sks> star on stairs"] * 4
+    assert form["soi_token"] == "<sks>" and form["subject_phrase"] == "a <sks> star"
+    assert "✓" in handlers.validate_form(*form_values(form))
+
+
+def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tmp_path):
+    paths = [str(tmp_path / f"img{i}.png") for i in range(3)]
+    preview, table = handlers.files_changed(paths, [["img1.png", "a <sks> cat", "a cat on a sofa"]])
+    assert preview == paths
+    assert table == [["img0.png", "", ""], ["img1.png", "a <sks> cat", "a cat on a sofa"], ["img2.png", "", ""]]
+    with pytest.raises(ValueError, match="image 1 .* has no prompt"):
+        references_from(paths, table)
+    with pytest.raises(ValueError, match="2 rows for 3 images"):
+        references_from(paths, table[:2])
+
+
+def test_switching_the_task_loads_the_papers_presets(handlers):
+    anchors, eval_prompts, subject = handlers.task_changed("style", "a <sks> cat")
+    assert len(anchors.splitlines()) == 18 and anchors.startswith("A tie {}")
+    assert subject == "in <sks> style" and eval_prompts
+    assert handlers.task_changed("object", "a <sks> red mug")[2] == "a <sks> red mug"  # typed: kept
+
+
+def test_the_style_demo_is_valid_too(handlers):
+    out = dict(zip(("files", "gallery", "table", *FORM_FIELDS, "validation"), handlers.demo_fill("style"), strict=True))
+    assert out["task"] == "style" and len(out["files"]) == 2 and "✓" in out["validation"]
+
+
+def test_start_refuses_a_run_without_images(handlers):
+    with pytest.raises(gr.Error, match="no reference images"):
+        handlers.start_run([], [], *form_values(default_form("tiny", "tiny")))
+
+
+# -- review ---------------------------------------------------------------------------------------
+
+
+def test_round_one_opens_as_a_grid_with_verdicts_and_scores(handlers, studio, run_id):
+    view = handlers.open(run_id)
+    ids = tile_ids(view.grid)
+    assert len(ids) == 12 and set(ids) == set(rows(studio, run_id))
+    assert view.grid.count("✓ aligned") + view.grid.count("✗ overfit") >= 12  # words, not colour alone
+    assert "β " in view.grid and "Ω " in view.grid
+    assert "Reviewed <b>0/12</b>" in view.counters
+    assert view.mode == "auto" and "If you commit now" in view.preview
+    assert "awaiting review" in view.header
+
+
+def test_select_writes_the_verdict_to_sqlite_at_once(handlers, studio, run_id):
+    ids = tile_ids(handlers.review(run_id).grid)
+    target = ids[2]
+    oracle = rows(studio, run_id)[target]["oracle_verdict"]
+    # the page sends the tile's position and the verdict it painted
+    view = handlers.select_tile(run_id, select(2, image_id=target, verdict=1 - oracle))
+    assert rows(studio, run_id)[target]["person_verdict"] == 1 - oracle
+    assert "Reviewed <b>1/12</b>" in view.counters and "Overrides <b>1</b>" in view.counters
+    # the grid is not re-sent: a patch carries every tile's verdicts [id, final, person, oracle, pick]
+    patch = json.loads(view.patch)
+    assert patch["ack"] and [1 - oracle, 1 - oracle, oracle] in [t[1:4] for t in patch["tiles"] if t[0] == target]
+    # no verdict: a click flips the current one; no image id: the index names the tile
+    handlers.select_tile(run_id, gr.SelectData(None, {"index": 2, "value": {}}))
+    assert rows(studio, run_id)[target]["person_verdict"] == oracle
+    handlers.undo(run_id)
+    assert rows(studio, run_id)[target]["person_verdict"] == 1 - oracle
+    handlers.decide(run_id, f"{target} clear")
+    assert rows(studio, run_id)[target]["person_verdict"] is None
+    with storage.open_db(studio.db_path) as db:
+        history = [d["verdict"] for d in storage.decision_history(db, target) if d["source"] == "person"]
+    assert history == [1 - oracle, oracle, 1 - oracle, None]  # append-only
+
+
+def test_a_bad_click_warns_and_rerenders_from_sqlite(handlers, run_id):
+    with pytest.warns(UserWarning, match="no image at position 99"):
+        view = handlers.select_tile(run_id, gr.SelectData(None, {"index": 99, "value": None}))
+    assert len(tile_ids(view.grid)) == 12
+    with pytest.raises(gr.Error, match="expected '<image_id> <verdict>'"):
+        handlers.decide(run_id, "overfit")
+
+
+def test_preview_follows_each_verdict_and_the_mode(handlers, studio, run_id):
+    images = sorted(rows(studio, run_id).values(), key=lambda im: (im["anchor_index"], im["slot"]))
+    # open two anchors (k = 2) by overriding one image in each: the preview then picks 2 images
+    for im in (images[0], images[3]):
+        handlers.select_tile(run_id, select(0, image_id=im["id"], verdict=1 - im["oracle_verdict"]))
+    view = handlers.review(run_id)
+    assert 'data-picks="2"' in view.preview
+    assert len(re.findall(r'class="gal-tile[^"]* pick"', view.grid)) == 2  # ★ on the tiles commit would add
+    assert "2</b> mixed" in view.counters
+    human = handlers.set_mode(run_id, "human")
+    assert "mode <b>human</b>" in human.preview and studio.round_mode(run_id) == "human"
+    handlers.set_mode(run_id, "auto")
+
+
+def test_bulk_actions(handlers, studio, run_id):
+    before = rows(studio, run_id)
+    view = handlers.mark_below(run_id, -2.0)  # nothing is that dissimilar
+    assert rows(studio, run_id) == before and len(json.loads(view.patch)["tiles"]) == 12
+    with pytest.raises(gr.Error, match="enter a similarity threshold"):
+        handlers.mark_below(run_id, None)
+    handlers.accept_oracle(run_id)
+    after = rows(studio, run_id)
+    assert all(im["person_verdict"] is not None for im in after.values())
+    assert all(after[i]["person_verdict"] == before[i]["person_verdict"] for i in before
+               if before[i]["person_verdict"] is not None)  # overrides survive
+
+
+def test_the_timer_rerenders_only_on_a_change(handlers, run_id):
+    view = handlers.open(run_id)
+    skip = handlers.tick(run_id, view.seen)
+    assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in skip)  # gr.skip()
+    fresh = handlers.tick(run_id, "")
+    assert fresh[3] == view.seen and tile_ids(fresh[4])
+
+
+def test_human_mode_refuses_a_commit_without_an_accepted_image(handlers, studio, run_id):
+    accepted = [i for i, im in rows(studio, run_id).items() if im["person_verdict"] == 0]
+    handlers.set_mode(run_id, "human")
+    try:
+        studio.decide_many(run_id, {i: 1 for i in accepted})
+        with pytest.raises(gr.Error, match="no image is accepted"):
+            handlers.commit(run_id, "human")
+    finally:
+        studio.decide_many(run_id, {i: 0 for i in accepted})
+        handlers.set_mode(run_id, "auto")
+
+
+def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
+    view = handlers.commit(run_id, "auto")
+    assert view.run_id == run_id
+    assert handlers.worker.wait_idle(120) and not handlers.worker.errors
+    with storage.open_db(studio.db_path) as db:
+        assert len(storage.list_selections(db, run_id, 1)) == 2
+        assert storage.get_run(db, run_id)["current_round"] == 2
+    round2 = handlers.tick(run_id, view.seen)
+    assert 'data-round="2"' in round2[4] and "Round <b>2</b>" in round2[5]
+    assert "out of the pool" in round2[4]  # the two picked anchors left the pool
+    with pytest.raises(gr.Error, match="awaits your review"):
+        handlers.resume(run_id)
+
+
+def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers, run_id):
+    h = handlers.history(run_id)
+    assert list(h.txt_aln["round"]) == ["1", "2"] and len(h.ovf) == 2 and len(h.delta) == 1
+    assert len(h.references) == 6 and sum("round 1" in caption for _, caption in h.references) == 2
+    assert "round 1" in h.compare and "round 2" in h.compare and "seed" in h.compare
+    assert h.compare.count("<img") == 6  # an anchor still in the pool: 3 slots × 2 rounds
+
+
+def test_runs_list_opens_a_run_by_click_and_by_url(handlers, run_id):
+    table, dropdown = handlers.runs()
+    assert table[0][0] == run_id and table[0][3] == "awaiting_review"
+    opened = handlers.run_selected(gr.SelectData(None, {"index": [0, 1], "value": table[0][1], "row_value": table[0]}))
+    assert opened.run_id == run_id
+    by_url = handlers.load(types.SimpleNamespace(query_params={"run": run_id}))
+    assert by_url.run_id == run_id and tile_ids(by_url.grid) == tile_ids(opened.grid)
+    with pytest.warns(UserWarning, match="could not open run"):
+        assert handlers.load(types.SimpleNamespace(query_params={"run": "nope"})).run_id is None
+
+
+def test_export_writes_the_run_folder_and_a_zip(handlers, studio, run_id):
+    out = handlers.export(run_id, ["diffusers", "dataset", "card"], False)
+    folder = studio.run_dir(run_id) / "export"
+    assert (folder / "README.md").is_file() and (folder / "dataset" / "metadata.jsonl").is_file()
+    assert {"README.md", "dataset/metadata.jsonl"} <= set(zipfile.ZipFile(out.file).namelist())
+    with pytest.raises(gr.Error, match="tick 'Replace the previous export'"):
+        handlers.export(run_id, ["card"], False)
+    handlers.export(run_id, ["card"], True)
+    assert not (folder / "dataset").exists()
+    with pytest.raises(gr.Error, match="choose at least one format"):
+        handlers.export(run_id, [], True)
+
+
+def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, studio, demo_form):
+    files, table, form = demo_form
+    view = handlers.start_run(files, table, *form_values({**form, "train_steps": 100_000, "name": "long"}))
+    run_b = view.run_id
+    try:
+        def training():
+            progress = handlers.tick(run_b, "")[0]
+            return "Training the LoRA" in progress and " left" in progress and progress
+        progress = wait_for(training, 60, "a training progress line with an ETA")
+        assert re.search(r"\d+/100000 \(\d+%\)", progress)
+    finally:
+        handlers.cancel(run_b)
+        assert handlers.worker.wait_idle(60)
+    assert "cancelled" in handlers.worker.errors[run_b]
+    with storage.open_db(studio.db_path) as db:
+        assert storage.get_run(db, run_b)["status"] == "cancelled"
+    assert "Continue" in handlers.open(run_b).progress
+
+
+def wait_for(check, timeout: float, what: str):
+    import time
+
+    end = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return value
+
+
+# -- the app: flags, launch, gradio_client -------------------------------------------------------------
+
+
+def test_app_flags_refuse_bad_values(tmp_path, capsys):
+    assert app.main(["--runs-dir", str(tmp_path), "--auth", "nopassword"]) == 2
+    assert "--auth must be USER:PASS" in capsys.readouterr().err
+    assert app.main(["--runs-dir", str(tmp_path), "--model", str(tmp_path / "missing")]) == 2
+    assert "not a diffusers pipeline" in capsys.readouterr().err
+    args = app.build_parser().parse_args([])
+    assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
+    from gal.cli import main as gal_main
+
+    # `gal app` hands every flag over to app.main (with or without a `--` separator)
+    assert gal_main(["app", "--runs-dir", str(tmp_path), "--auth", ":"]) == 2
+    assert gal_main(["app", "--", "--runs-dir", str(tmp_path), "--auth", ":"]) == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_launched_app_through_gradio_client(studio, run_id):
+    from gradio_client import Client
+
+    port = free_port()
+    args = app.build_parser().parse_args(["--runs-dir", str(studio.runs_root), "--model", "tiny", "--oracle", "tiny",
+                                          "--port", str(port)])
+    _, demo, kwargs = app.create_app(args)
+    assert kwargs["allowed_paths"] == [str(studio.runs_root)] and kwargs["server_name"] == "127.0.0.1"
+    demo.queue()
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(run_id, api_name="/open_run")
+        target = tile_ids(handlers_grid(studio, run_id))[0]
+        _, counters, _, patch = client.predict(f"{target} overfit", api_name="/decide")
+        assert rows(studio, run_id, 2)[target]["person_verdict"] == 1
+        assert [target, 1, 1] in [t[:3] for t in json.loads(patch)["tiles"]] and "Reviewed <b>1/" in counters
+        client.predict(api_name="/undo")
+        assert rows(studio, run_id, 2)[target]["person_verdict"] is None
+        runs, _ = client.predict(api_name="/runs")
+        assert run_id in [row[0] for row in runs["data"]]
+
+        base = f"http://127.0.0.1:{port}/gradio_api/file="
+        image = next(iter(rows(studio, run_id, 2).values()))["file"]
+        with urllib.request.urlopen(base + str(studio.run_dir(run_id) / image)) as served:
+            assert served.status == 200  # run folders are served
+        for refused in (studio.db_path, ROOT / "pyproject.toml"):  # the database and anything else are not
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(base + str(refused))
+            assert err.value.code == 403
+    finally:
+        demo.close()
+
+
+def handlers_grid(studio, run_id) -> str:
+    return Handlers(studio).review(run_id).grid
+
+
+def test_only_ui_and_app_import_gradio():
+    for package in ("gal", "storage"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert not re.search(r"^\s*(import|from)\s+gradio", path.read_text(), re.M), path

@@ -1,0 +1,368 @@
+"""HTML for the review grid, counters, selection preview, progress and history: plain functions of dicts.
+
+Everything shown comes from ``Studio`` (which reads SQLite), so two tabs render the same page. Text that
+a person typed (prompts, captions, run names) is escaped. A verdict is never shown by colour alone:
+each tile also carries ✓/✗ and a word, and the border style tells a person's verdict from the oracle's.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from PIL import Image
+
+VERDICT_WORD = {0: "✓ aligned", 1: "✗ overfit"}
+STAGE_NAMES = {
+    "train": "Training the LoRA",
+    "class images": "Drawing class images",
+    "generate": "Generating anchor images",
+    "judge": "Judging with the oracle",
+    "evaluate": "Evaluating held-out prompts",
+}
+ROUND_STEPS = ("training", "generating", "judging", "evaluating", "review", "done")
+PIXEL_ART_MAX = 96  # images this small are upscaled with hard pixels instead of blur
+
+
+def esc(text) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def file_url(path: str | Path) -> str:
+    """A URL Gradio serves for a file under an ``allowed_paths`` folder (relative: works under a root path)."""
+    return "gradio_api/file=" + quote(str(path))
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def message(text: str, kind: str = "") -> str:
+    return f'<div class="gal-msg {esc(kind)}">{text}</div>'
+
+
+def is_pixel_art(path: str | Path | None) -> bool:
+    if not path:
+        return False
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return max(im.size) <= PIXEL_ART_MAX
+    except OSError:
+        return False
+
+
+# -- header ------------------------------------------------------------------------------------
+
+
+def header_html(run: dict | None, round_row: dict | None = None, job_state: str | None = None) -> str:
+    if run is None:
+        return (
+            '<div class="gal-head"><span class="gal-title">GAL Studio</span>'
+            '<span class="gal-muted">no run open — set one up, or open one from the Runs tab</span></div>'
+        )
+    config = run.get("config") or {}
+    max_rounds = (config.get("gal") or {}).get("max_rounds", "?")
+    status = run["status"]
+    state = f" · round {run['current_round']}/{max_rounds}"
+    if round_row is not None and status not in ("finished",):
+        state += f" · {esc(round_row['state'])}"
+    worker = f' <span class="gal-pill">{esc(job_state)}</span>' if job_state else ""
+    return (
+        f'<div class="gal-head"><span class="gal-title">GAL Studio</span>'
+        f'<span><b>{esc(run.get("name") or run["run_id"])}</b> <span class="gal-muted">{esc(run["run_id"])}</span></span>'
+        f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>'
+        f'<span class="gal-muted">{esc(config.get("task", ""))} · {esc((config.get("gal") or {}).get("strategy", ""))}'
+        f"{state}</span>{worker}</div>"
+    )
+
+
+# -- review ------------------------------------------------------------------------------------
+
+
+def anchor_state(anchor: dict) -> tuple[str, str]:
+    """(css class, words) for an anchor: mixed (Ω > 0, worth querying), settled, or out of the pool."""
+    if not anchor.get("in_pool"):
+        return "out", "out of the pool (already picked)"
+    omega, beta = anchor.get("uncertainty"), anchor.get("overfit_rate")
+    if omega is None:
+        return "pending", "not judged yet"
+    if omega > 0:
+        return "mixed", "◐ mixed"
+    return "settled", "● settled: all overfit" if beta == 1 else "● settled: all aligned"
+
+
+def grid_html(state: dict | None, preview: dict | None = None, note: str = "") -> str:
+    """The round's images, one block per anchor, each tile showing its final verdict and similarities."""
+    if state is None:
+        return '<div class="gal-grid"><div class="gal-empty">No run open. Set one up, or open one from the Runs tab.</div></div>'
+    rnd = state["round"]
+    anchors = state["anchors"]
+    images = [im for a in anchors for im in a["images"]]
+    if rnd["state"] != "review" or not images:
+        what = {
+            "training": "is training",
+            "generating": "is generating its images",
+            "judging": "is being judged by the oracle",
+            "evaluating": "is being evaluated",
+            "done": "is committed",
+        }.get(rnd["state"], f"is {rnd['state']}")
+        status = state["run"]["status"]
+        extra = note or (
+            "The run is finished: see History and Export." if status == "finished"
+            else "The grid appears here when the round's images are judged; progress is shown above and on the Progress tab."
+        )
+        return (f'<div class="gal-grid"><div class="gal-empty"><b>Round {rnd["round_index"]} {esc(what)}.</b>'
+                f"<br>{esc(extra)}</div></div>")
+    picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
+    pixel = is_pixel_art(images[0]["path"]) if images else False
+    parts = [
+        f'<div class="gal-grid{" pixel" if pixel else ""}" data-round="{rnd["round_index"]}">',
+        '<div class="gal-legend"><b class="a">✓ aligned</b> (green) · <b class="o">✗ overfit</b> (red) · '
+        "solid border: your verdict, dashed: the oracle's · ✎ you overrode the oracle · "
+        "<b>★</b> commit would add it · numbers: sim(image, anchor) / sim(image, non-SoI caption) · "
+        "click flips · keys <kbd>a</kbd> <kbd>x</kbd> <kbd>←↑→↓</kbd> <kbd>u</kbd> <kbd>?</kbd></div>",
+    ]
+    pos = 0
+    for a in anchors:
+        css, words = anchor_state(a)
+        title = (f'<div class="gal-anchor-title"><span class="idx">#{a["anchor_index"]}</span>'
+                 f'{esc(a["prompt"])}</div>')
+        if not a["in_pool"]:
+            parts.append(f'<section class="gal-anchor out" data-anchor="{a["anchor_index"]}"><div>{title}</div>'
+                         f'<div class="gal-anchor-stats"><span class="gal-state">{words}</span></div></section>')
+            continue
+        stats = (f'<div class="gal-anchor-stats"><span class="beta" title="overfit rate β (Eq. 6): share of its images '
+                 f'judged overfit">β {fmt(a.get("overfit_rate"))}</span><span class="omega" title="direction uncertainty Ω '
+                 f'(Eq. 7)">Ω {fmt(a.get("uncertainty"))}</span><span class="gal-state {css}">{words}</span></div>')
+        tiles = []
+        for im in sorted(a["images"], key=lambda x: x["slot"]):
+            tiles.append(tile_html(im, pos, im["id"] in picks))
+            pos += 1
+        parts.append(f'<section class="gal-anchor {css}" data-anchor="{a["anchor_index"]}"><div>{title}{stats}</div>'
+                     f'<div class="gal-tiles">{"".join(tiles)}</div></section>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def grid_patch(state: dict, preview: dict | None, seq: int, ack: bool) -> str:
+    """The grid's state as compact JSON, applied in the page without re-rendering the grid's HTML.
+
+    A verdict changes one tile, its anchor's β/Ω and the ★ picks; re-sending 20 KB of HTML for that
+    cost the page ~100 ms of rendering per click (measured), so verdict events send this instead.
+    ``ack`` marks the answer to a tile click (the page counts its clicks in flight).
+    """
+    picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
+    tiles = [[im["id"], im["final_verdict"], im["person_verdict"], im["oracle_verdict"], int(im["id"] in picks)]
+             for a in state["anchors"] for im in a["images"]]
+    anchors = []
+    for a in state["anchors"]:
+        if a["in_pool"]:
+            css, words = anchor_state(a)
+            anchors.append([a["anchor_index"], fmt(a.get("overfit_rate")), fmt(a.get("uncertainty")), css, words])
+    return json.dumps({"seq": seq, "ack": ack, "round": state["round"]["round_index"], "tiles": tiles,
+                       "anchors": anchors}, separators=(",", ":"), ensure_ascii=False)
+
+
+def tile_html(im: dict, pos: int, picked: bool) -> str:
+    oracle, person = im["oracle_verdict"], im["person_verdict"]
+    final = person if person is not None else oracle
+    if final is None:  # generated but not judged yet
+        final_cls, badge = "", "… judging"
+    else:
+        final_cls, badge = f"v{final}", VERDICT_WORD[final]
+    classes = ["gal-tile", final_cls]
+    if person is not None:
+        classes.append("person")
+        who = "✎ you (override)" if person != oracle else "you"
+        if person != oracle:
+            classes.append("override")
+    else:
+        who = "oracle"
+    if picked:
+        classes.append("pick")
+    sims = f'{fmt(im.get("sim_anchor"))}/{fmt(im.get("sim_non_soi"))}'
+    label = (f'anchor {im["anchor_index"]} image {im["slot"] + 1}: {badge[2:] if final is not None else "not judged"}'
+             f' ({"your verdict" if person is not None else "oracle"}), similarities {sims}'
+             f'{", commit would add it" if picked else ""}')
+    return (
+        f'<button type="button" class="{" ".join(c for c in classes if c)}" data-id="{im["id"]}" data-pos="{pos}" '
+        f'data-anchor="{im["anchor_index"]}" data-slot="{im["slot"]}" data-oracle="{"" if oracle is None else oracle}" '
+        f'data-final="{"" if final is None else final}" aria-label="{esc(label)}" title="seed {im.get("seed")}">'
+        f'<img src="{esc(file_url(im["path"]))}" alt="" loading="lazy" draggable="false">'
+        f'<span class="gal-pick">★ pick</span>'
+        f'<span class="gal-badge">{badge}</span><span class="gal-sims">{sims}</span>'
+        f'<span class="gal-who">{who}</span></button>'
+    )
+
+
+def counters_html(state: dict | None, mode: str | None = None) -> str:
+    if state is None or state["round"]["state"] != "review":
+        return '<div class="gal-counters gal-muted">Nothing to review right now.</div>'
+    c = state["counters"]
+    share = c["reviewed"] / c["total"] if c["total"] else 0.0
+    mode_span = f"<span>Mode <b>{esc(mode)}</b></span>" if mode else ""
+    return (
+        f'<div class="gal-counters" data-reviewed="{c["reviewed"]}" data-total="{c["total"]}">'
+        f'<span>Round <b>{state["round"]["round_index"]}</b></span>'
+        f'<span>Reviewed <b>{c["reviewed"]}/{c["total"]}</b></span>'
+        f'<span class="gal-bar" style="width:140px" title="{share:.0%} reviewed"><span style="width:{share:.0%}"></span></span>'
+        f'<span>Overrides <b>{c["overrides"]}</b></span>'
+        f'<span>Anchors <b>{c["mixed"]}</b> mixed · <b>{c["settled"]}</b> settled</span>'
+        f"{mode_span}</div>"
+    )
+
+
+def preview_html(preview: dict | None, state: dict | None) -> str:
+    """What 'Commit round' would add right now: anchors, images and their loss weight."""
+    if preview is None or state is None:
+        return '<div class="gal-preview gal-muted">The selection preview appears while a round is in review.</div>'
+    if preview.get("error"):
+        return f'<div class="gal-preview">{message(esc(preview["error"]), "error")}</div>'
+    k = state["config"].gal.k
+    head = (f'<h4>If you commit now</h4><div class="gal-muted">mode <b>{esc(preview["mode"])}</b> · strategy '
+            f'<b>{esc(preview["strategy"])}</b> · openness Δ = {preview["openness"]:.5f} (Eq. 9)</div>')
+    if preview.get("last_round"):
+        text = f"Round {preview['round']} is the last one: committing finishes the run (nothing is added). Export the result afterwards."
+        return f'<div class="gal-preview">{head}{message(text, "ok")}</div>'
+    if preview.get("stop"):
+        text = (f"Eq. 10 stops here: fewer than k = {k} anchors are still mixed, so committing finishes the run. "
+                "Flip verdicts to open more anchors, or turn adaptive stop off in a new run.")
+        return f'<div class="gal-preview">{head}{message(text, "ok")}</div>'
+    picks = preview["picks"]
+    if not picks:
+        text = ("No image is accepted yet: human mode adds the images you accept (key a)."
+                if preview["mode"] == "human" else "Nothing would be added.")
+        return f'<div class="gal-preview">{head}{message(text, "error")}</div>'
+    by_id = {im["id"]: im for a in state["anchors"] for im in a["images"]}
+    prompts = {a["anchor_index"]: a["prompt"] for a in state["anchors"]}
+    per_anchor: dict[int, list[dict]] = {}
+    for p in picks:
+        per_anchor.setdefault(p["anchor_index"], []).append(p)
+    items = "".join(
+        f'<li><b>#{a}</b> {esc(prompts.get(a, ""))} — {len(ps)} image{"s" if len(ps) > 1 else ""} '
+        f'(slot {", ".join(str(p["slot"] + 1) for p in ps)})</li>'
+        for a, ps in per_anchor.items()
+    )
+    thumbs = "".join(
+        f'<img src="{esc(file_url(by_id[p["image_id"]]["path"]))}" alt="anchor {p["anchor_index"]} image {p["slot"] + 1}" '
+        f'title="#{p["anchor_index"]} slot {p["slot"] + 1}">'
+        for p in picks if p["image_id"] in by_id
+    )
+    return (
+        f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
+        f'<div>Adds <b>{len(picks)}</b> image{"s" if len(picks) > 1 else ""} from <b>{len(per_anchor)}</b> '
+        f'anchor{"s" if len(per_anchor) > 1 else ""}, each weighing <b>{preview["weight"]:.5g}</b> in the next round\'s loss '
+        f'(real references weigh 1).</div><ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
+    )
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+def eta_text(seconds) -> str:
+    if seconds is None:
+        return "estimating…"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"~{seconds} s left"
+    return f"~{seconds // 60} min {seconds % 60:02d} s left"
+
+
+def progress_html(run: dict | None, round_row: dict | None, job: dict | None, job_state: str | None,
+                  error: str | None, compact: bool = False) -> str:
+    if run is None:
+        return '<div class="gal-progress gal-muted">No run open.</div>'
+    status, r = run["status"], run["current_round"]
+    state = round_row["state"] if round_row else "?"
+    steps = "".join(
+        f'<span class="{"now" if s == state else ("done" if ROUND_STEPS.index(s) < ROUND_STEPS.index(state) else "")}">{s}</span>'
+        for s in ROUND_STEPS if state in ROUND_STEPS
+    )
+    stages = "" if compact else f'<div class="gal-stages" aria-label="round steps">{steps}</div>'
+    if job_state == "running" and job and job.get("total"):
+        done, total = job.get("done", 0), job.get("total", 0)
+        share = done / total if total else 0.0
+        info = job.get("info") or {}
+        loss = f" · loss {info['loss']:.3f}" if isinstance(info.get("loss"), (int, float)) else ""
+        stage = STAGE_NAMES.get(job.get("stage"), job.get("stage", "working"))
+        fresh = time.time() - job.get("updated", time.time())
+        stale = f" · last update {fresh:.0f} s ago" if fresh > 10 else ""
+        return (
+            f'<div class="gal-progress" data-stage="{esc(job.get("stage"))}" data-done="{done}" data-total="{total}">'
+            f'<div><span class="stage">Round {r}: {esc(stage)}</span> — {done}/{total} ({share:.0%}) · '
+            f"{esc(eta_text(job.get('eta')))}{loss}{stale}</div>"
+            f'<div class="gal-bar" role="progressbar" aria-valuenow="{done}" aria-valuemax="{total}">'
+            f'<span style="width:{share:.1%}"></span></div>{stages}</div>'
+        )
+    if job_state == "running":
+        return f'<div class="gal-progress"><span class="stage">Round {r}: {esc(state)}…</span> starting{stages}</div>'
+    if job_state == "queued":
+        return f'<div class="gal-progress">Queued: waits for the model worker to finish another run.{stages}</div>'
+    if error:
+        text = (f"<b>{esc(status)}</b>: {esc(error)}. What was saved is kept — "
+                "press <b>Continue</b> to resume from the last saved step.")
+        return f'<div class="gal-progress">{message(text, "error")}{stages}</div>'
+    texts = {
+        "awaiting_review": f"Round {r} awaits your review on the Review tab.",
+        "finished": "The run is finished. See History, and Export the result.",
+        "cancelled": f"Round {r} was cancelled at the {state} step. Continue resumes from there.",
+        "failed": f"Round {r} failed at the {state} step{': ' + esc(round_row.get('error')) if round_row and round_row.get('error') else ''}. "
+                  "Continue retries it.",
+        "active": f"Round {r} is at the {state} step and no job is running (the app was restarted?). Continue resumes it.",
+    }
+    kind = "error" if status in ("failed", "cancelled") else ("ok" if status in ("finished", "awaiting_review") else "")
+    return f'<div class="gal-progress" data-status="{esc(status)}">{message(esc(texts.get(status, status)), kind)}{stages}</div>'
+
+
+# -- history -----------------------------------------------------------------------------------
+
+
+def metrics_table_html(rounds: list[dict]) -> str:
+    if not rounds:
+        return '<div class="gal-muted">No round yet.</div>'
+    rows = []
+    for r in rounds:
+        m = r.get("metrics") or {}
+        rows.append(
+            f"<tr><td>{r['round_index']}</td><td>{esc(r['mode'])}</td><td>{esc(r['state'])}</td>"
+            f"<td>{fmt(m.get('txt_aln'), 3)}</td><td>{fmt(m.get('img_aln'), 3)}</td><td>{fmt(m.get('ovf'), 3)}</td>"
+            f"<td>{fmt(r.get('openness'), 5)}</td><td>{esc(m.get('strategy', ''))}</td></tr>"
+        )
+    return ('<table class="gal-table"><thead><tr><th>round</th><th>mode</th><th>state</th><th>TXT-ALN</th>'
+            "<th>IMG-ALN</th><th>OVF</th><th>Δ</th><th>strategy</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def compare_html(anchor_prompt: str, per_round: dict[int, list[dict]], rounds: list[int]) -> str:
+    """One anchor's images across rounds: a row per slot (same seed in every round), a column per round."""
+    if not rounds:
+        return '<div class="gal-muted">No images yet.</div>'
+    slots = sorted({im["slot"] for ims in per_round.values() for im in ims})
+    if not slots:
+        return f'<div class="gal-muted">Anchor “{esc(anchor_prompt)}” has no images yet.</div>'
+    first = next((im for ims in per_round.values() for im in ims), None)
+    pixel = is_pixel_art(first["path"]) if first else False
+    head = "".join(f"<th>round {r}</th>" for r in rounds)
+    body = []
+    for s in slots:
+        cells = []
+        seed = None
+        for r in rounds:
+            im = next((x for x in per_round.get(r, []) if x["slot"] == s), None)
+            if im is None:
+                cells.append('<td class="gal-muted">—<br>(out of the pool)</td>')
+                continue
+            seed = im.get("seed")
+            v = im["final_verdict"]
+            word = VERDICT_WORD.get(v, "not judged")
+            cells.append(f'<td class="v{v}"><img src="{esc(file_url(im["path"]))}" alt="round {r}: {esc(word)}">'
+                         f"{word}<br>{fmt(im.get('sim_anchor'))}/{fmt(im.get('sim_non_soi'))}</td>")
+        body.append(f"<tr><th>slot {s + 1}<br><span class='gal-muted'>seed {seed}</span></th>{''.join(cells)}</tr>")
+    return (f'<div class="gal-muted">“{esc(anchor_prompt)}”: the same seed in every round, so a change is the model\'s.</div>'
+            f'<table class="gal-table gal-compare{" pixel" if pixel else ""}"><thead><tr><th></th>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
