@@ -22,6 +22,19 @@ from gal.toyworld.world import (
 )
 
 __all__ = [
-    "BACKGROUNDS", "COLOURS", "PATTERNS", "RESERVED_PATTERN", "SHAPES", "Batch", "CaptionDrop", "Scenario",
-    "Spec", "caption", "heldout_set", "iter_batches", "render", "sample_spec", "scenarios",
+    "BACKGROUNDS",
+    "COLOURS",
+    "PATTERNS",
+    "RESERVED_PATTERN",
+    "SHAPES",
+    "Batch",
+    "CaptionDrop",
+    "Scenario",
+    "Spec",
+    "caption",
+    "heldout_set",
+    "iter_batches",
+    "render",
+    "sample_spec",
+    "scenarios",
 ]

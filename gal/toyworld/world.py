@@ -34,7 +34,14 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 
 PATTERNS = ("plain", "striped", "dotted", "checkered")
 RESERVED_PATTERN = "rainbow-striped"  # never in base training data: the GAL subject
-RAINBOW = ((0.9, 0.1, 0.1), (1.0, 0.55, 0.0), (0.98, 0.9, 0.1), (0.1, 0.7, 0.2), (0.1, 0.35, 0.95), (0.55, 0.15, 0.8))
+RAINBOW = (
+    (0.9, 0.1, 0.1),
+    (1.0, 0.55, 0.0),
+    (0.98, 0.9, 0.1),
+    (0.1, 0.7, 0.2),
+    (0.1, 0.35, 0.95),
+    (0.55, 0.15, 0.8),
+)
 
 # Each background is a scene; the first phrase is canonical, the second a paraphrase that also appears
 # in training captions (so anchors can use both).
@@ -72,7 +79,9 @@ class Spec:
             raise ValueError(f"unknown background {self.background!r}; use one of {tuple(BACKGROUNDS)}")
         if self.pattern == RESERVED_PATTERN:
             if self.colour is not None:
-                raise ValueError(f"pattern {RESERVED_PATTERN!r} has no colour; pass colour=None, not {self.colour!r}")
+                raise ValueError(
+                    f"pattern {RESERVED_PATTERN!r} has no colour; pass colour=None, not {self.colour!r}"
+                )
         elif self.colour not in COLOURS:
             raise ValueError(f"unknown colour {self.colour!r}; use one of {tuple(COLOURS)}")
 
@@ -102,7 +111,7 @@ class CaptionDrop:
 
 
 def subject_phrase(spec: Spec, *, colour: bool = True, pattern: bool = True, shape: bool = True) -> str:
-    """"a red striped star" (without the background)."""
+    """ "a red striped star" (without the background)."""
     words = []
     if spec.pattern == RESERVED_PATTERN:
         if pattern:
@@ -128,7 +137,9 @@ def caption(spec: Spec, rng: np.random.Generator | None = None, drop: CaptionDro
     return caption_and_kept(spec, rng, drop)[0]
 
 
-def caption_and_kept(spec: Spec, rng: np.random.Generator, drop: CaptionDrop = CaptionDrop()) -> tuple[str, dict[str, bool]]:
+def caption_and_kept(
+    spec: Spec, rng: np.random.Generator, drop: CaptionDrop = CaptionDrop()
+) -> tuple[str, dict[str, bool]]:
     """A random training caption and which attributes it names (``{"shape": True, "colour": False, ...}``).
 
     Contrastive training uses ``kept`` to know which other images a caption also describes.
@@ -181,7 +192,9 @@ def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
         for _ in range(70):  # blades
             bx, by = rng.uniform(0, n), rng.uniform(0, n)
             h = rng.uniform(0.06, 0.12) * n
-            shade = tuple(int(v) for v in rng.choice([(40, 100, 20), (110, 190, 60)]) + rng.integers(-15, 15, 3))
+            shade = tuple(
+                int(v) for v in rng.choice([(40, 100, 20), (110, 190, 60)]) + rng.integers(-15, 15, 3)
+            )
             d.line([(bx, by), (bx + rng.uniform(-0.03, 0.03) * n, by - h)], fill=shade, width=max(1, n // 64))
         return np.asarray(pil, np.float32) / 255
     if name == "stairs":
@@ -217,15 +230,24 @@ def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
         if rng.random() < 0.5:  # a crescent moon
             mx, my = rng.uniform(0.15, 0.85), rng.uniform(0.1, 0.3)
             _disc(img, mx, my, 0.09, (0.98, 0.95, 0.75), x, y)
-            _disc(img, mx + 0.04, my - 0.02, 0.08, img[int(my * n), min(n - 1, int((mx + 0.3) * n)) % n], x, y)
+            _disc(
+                img, mx + 0.04, my - 0.02, 0.08, img[int(my * n), min(n - 1, int((mx + 0.3) * n)) % n], x, y
+            )
         return np.clip(img, 0, 1)
     if name == "clouds":
         img = _vgrad(n, np.array((0.45, 0.70, 0.95)) + j(), np.array((0.65, 0.82, 0.98)) + j())
         for _ in range(int(rng.integers(3, 5))):
             cx, cy = rng.uniform(0.0, 1.0), rng.uniform(0.1, 0.9)
             for _ in range(5):
-                _disc(img, cx + rng.uniform(-0.12, 0.12), cy + rng.uniform(-0.04, 0.04), rng.uniform(0.06, 0.11),
-                      (0.98, 0.98, 1.0), x, y)
+                _disc(
+                    img,
+                    cx + rng.uniform(-0.12, 0.12),
+                    cy + rng.uniform(-0.04, 0.04),
+                    rng.uniform(0.06, 0.11),
+                    (0.98, 0.98, 1.0),
+                    x,
+                    y,
+                )
         return img
     if name == "desert":
         img = _vgrad(n, np.array((0.95, 0.82, 0.55)) + j(), np.array((0.85, 0.66, 0.38)) + j())
@@ -254,7 +276,7 @@ def _background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
         by = ((y + oy) % bh) / bh
         inside = (bx > 0.06) & (by > 0.14)
         base = np.array((0.66, 0.26, 0.16)) + j(0.04)
-        shade = (rng.uniform(-0.06, 0.06, (rows + 2, 6)).astype(np.float32))
+        shade = rng.uniform(-0.06, 0.06, (rows + 2, 6)).astype(np.float32)
         tone = shade[r_i.astype(int) % (rows + 2), np.floor((x + ox) / 0.25).astype(int) % 6]
         img[inside] = np.clip(base[None] + tone[inside][:, None], 0, 1)
         return img
@@ -284,7 +306,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
             pts.append((rad * math.cos(t), rad * math.sin(t) + 0.08))
     elif shape == "cross":
         a, b = 0.32, 0.92
-        pts = [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+        pts = [
+            (-a, -b),
+            (a, -b),
+            (a, -a),
+            (b, -a),
+            (b, a),
+            (a, a),
+            (a, b),
+            (-a, b),
+            (-a, a),
+            (-b, a),
+            (-b, -a),
+            (-a, -a),
+        ]
     elif shape == "heart":
         pts = []
         for k in range(48):
@@ -293,7 +328,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
             hy = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
             pts.append((hx / 16.5, -hy / 16.5 + 0.1))
     elif shape == "circle":
-        pts = [(0.85 * math.cos(2 * math.pi * k / 64), 0.85 * math.sin(2 * math.pi * k / 64)) for k in range(64)]
+        pts = [
+            (0.85 * math.cos(2 * math.pi * k / 64), 0.85 * math.sin(2 * math.pi * k / 64)) for k in range(64)
+        ]
     else:
         raise ValueError(f"unknown shape {shape!r}; use one of {SHAPES}")
     c, s = math.cos(angle), math.sin(angle)
@@ -362,7 +399,9 @@ class Batch:
     specs: list[Spec]
 
 
-def make_batch(rng: np.random.Generator, batch_size: int, size: int = 32, drop: CaptionDrop | None = CaptionDrop()) -> Batch:
+def make_batch(
+    rng: np.random.Generator, batch_size: int, size: int = 32, drop: CaptionDrop | None = CaptionDrop()
+) -> Batch:
     """One batch; ``drop=None`` gives full canonical captions."""
     specs = [sample_spec(rng) for _ in range(batch_size)]
     images = np.stack([np.asarray(render(s, rng, size)) for s in specs])
@@ -370,7 +409,9 @@ def make_batch(rng: np.random.Generator, batch_size: int, size: int = 32, drop: 
     return Batch(images, captions, specs)
 
 
-def iter_batches(seed: int, batch_size: int, size: int = 32, drop: CaptionDrop | None = CaptionDrop()) -> Iterator[Batch]:
+def iter_batches(
+    seed: int, batch_size: int, size: int = 32, drop: CaptionDrop | None = CaptionDrop()
+) -> Iterator[Batch]:
     """Endless training batches, with randomly dropped caption attributes. Same seed, same stream."""
     rng = np.random.default_rng([seed, 0])
     while True:
@@ -458,11 +499,17 @@ def scenarios() -> dict[str, Scenario]:
         reference_specs=[star] * 4,
         reference_prompts=["a <sks> star on stairs"] * 4,
         anchors=_anchor_templates("stairs"),
-        eval_prompts=["a <sks> star", "a <sks> star in a field of grass", "a <sks> star under the night sky",
-                      "a <sks> star by the sea", "a <sks> star on a snowy field", "a <sks> star in the sand"],
+        eval_prompts=[
+            "a <sks> star",
+            "a <sks> star in a field of grass",
+            "a <sks> star under the night sky",
+            "a <sks> star by the sea",
+            "a <sks> star on a snowy field",
+            "a <sks> star in the sand",
+        ],
         seed=0,
         notes="Subject: a rainbow-striped star (a pattern never in base training). Every reference is on "
-              "stairs, so stairs are the non-SoI content that can leak into anchors.",
+        "stairs, so stairs are the non-SoI content that can leak into anchors.",
     )
     heart = Spec("heart", None, RESERVED_PATTERN, "blank")
     style_anchor_shapes = ("circle", "square", "triangle", "star", "cross", "diamond")
@@ -478,11 +525,15 @@ def scenarios() -> dict[str, Scenario]:
         reference_specs=[heart] * 2,
         reference_prompts=["a heart in <sks> style on a blank background"] * 2,
         anchors=[f"a {s} {{}} {BACKGROUNDS[b][0]}" for s in style_anchor_shapes for b in style_bgs],
-        eval_prompts=["a circle in <sks> style", "a star in <sks> style in the snow",
-                      "a square in <sks> style in the desert", "a cross in <sks> style at sunset"],
+        eval_prompts=[
+            "a circle in <sks> style",
+            "a star in <sks> style in the snow",
+            "a square in <sks> style in the desert",
+            "a cross in <sks> style at sunset",
+        ],
         seed=0,
         notes="Style: the rainbow-striped palette. References are rainbow-striped hearts on a blank "
-              "background; the heart shape and the blank background are what can leak.",
+        "background; the heart shape and the blank background are what can leak.",
     )
     return {"object": obj, "style": sty}
 

@@ -1,0 +1,161 @@
+"""The toy world: deterministic, captions match specs, the GAL subject is unseen, presets well-formed,
+and (when the shipped weights are present) the pipeline and the CLIP load offline and run."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gal.toyworld.world import (
+    BACKGROUNDS,
+    COLOURS,
+    PATTERNS,
+    RESERVED_PATTERN,
+    SHAPES,
+    CaptionDrop,
+    Spec,
+    caption,
+    heldout_set,
+    iter_batches,
+    render,
+    sample_spec,
+    scenarios,
+)
+
+ASSETS = Path(__file__).resolve().parents[1] / "gal" / "assets" / "toyworld"
+
+
+def test_render_is_deterministic_per_seed():
+    spec = Spec("star", "red", "striped", "grass")
+    a = np.asarray(render(spec, np.random.default_rng(3)))
+    b = np.asarray(render(spec, np.random.default_rng(3)))
+    c = np.asarray(render(spec, np.random.default_rng(4)))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_batches_and_heldout_are_deterministic_and_distinct():
+    b1, b2 = next(iter_batches(7, 8)), next(iter_batches(7, 8))
+    assert np.array_equal(b1.images, b2.images) and b1.captions == b2.captions
+    h1, h2 = heldout_set(7, 8), heldout_set(7, 8)
+    assert np.array_equal(h1.images, h2.images)
+    assert not np.array_equal(h1.images, b1.images)  # held-out stream is not the training stream
+    assert h1.captions == [caption(s) for s in h1.specs]
+
+
+def test_full_caption_names_every_attribute():
+    assert caption(Spec("star", "red", "striped", "grass")) == "a red striped star on grass"
+    assert caption(Spec("heart", "orange", "plain", "sea")) == "an orange plain heart in the sea"
+    assert caption(Spec("star", None, RESERVED_PATTERN, "stairs")) == "a rainbow-striped star on stairs"
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        s = sample_spec(rng)
+        c = caption(s)
+        assert s.colour in c.split() and s.pattern in c.split() and s.shape in c.split()
+        assert c.endswith(BACKGROUNDS[s.background][0])
+
+
+def test_dropped_captions_never_lie_and_bare_prompts_occur():
+    rng = np.random.default_rng(1)
+    bare = 0
+    for _ in range(500):
+        s = sample_spec(rng)
+        c = caption(s, rng)
+        words = set(c.split())
+        assert words & {s.shape, "shape"}  # always a noun
+        assert not words & (set(COLOURS) - {s.colour})  # never a wrong colour ...
+        assert not words & (set(SHAPES) - {s.shape})  # ... shape ...
+        assert not words & (set(PATTERNS) - {s.pattern})  # ... or pattern
+        other_bgs = [p for b, ps in BACKGROUNDS.items() if b != s.background for p in ps]
+        assert not any(c.endswith(p) for p in other_bgs)
+        bare += c == f"a {s.shape}"
+    assert bare > 0  # "a star" is a training caption
+    assert (
+        caption(Spec("star", "red", "plain", "sea"), rng, CaptionDrop(0, 0, 0, 0, 0))
+        == "a red plain star in the sea"
+    )
+
+
+def test_rainbow_pattern_never_in_base_sampling():
+    rng = np.random.default_rng(2)
+    assert all(sample_spec(rng).pattern != RESERVED_PATTERN for _ in range(5000))
+    batch = next(iter_batches(0, 64))
+    assert not any("rainbow" in c for c in batch.captions)
+
+
+def test_invalid_spec_names_the_value():
+    with pytest.raises(ValueError, match="'hexagram'"):
+        Spec("hexagram", "red", "plain", "grass")
+    with pytest.raises(ValueError, match="colour=None"):
+        Spec("star", "red", RESERVED_PATTERN, "grass")
+
+
+def test_scenarios_are_well_formed(tmp_path):
+    sc = scenarios()
+    assert set(sc) == {"object", "style"}
+    for s in sc.values():
+        assert len(s.anchors) == 18 and len(set(s.anchors)) == 18
+        assert all(a.count("{}") == 1 for a in s.anchors)
+        assert 1 <= len(s.reference_specs) <= 5
+        assert len({r.background for r in s.reference_specs}) == 1  # one non-SoI background
+        assert all(r.pattern == RESERVED_PATTERN for r in s.reference_specs)
+        assert all(s.token in p for p in s.anchor_prompts())
+        assert all(s.token not in t and "  " not in t for t in s.anchor_oracle_texts())
+        assert s.token in s.prompt and s.token not in s.non_soi_text
+        assert not set(s.eval_prompts) & set(s.anchor_prompts())
+        paths = s.write_references(tmp_path / s.name)
+        assert len(paths) == len(s.reference_specs) and all(p.exists() for p in paths)
+    obj = sc["object"]
+    assert obj.prompt == "a <sks> star on stairs" and obj.non_soi_text == "a star on stairs"
+    assert not any("stairs" in a for a in obj.anchors)
+    assert "{} on grass" in obj.anchors and "{} in the sea" in obj.anchors
+    # every anchor phrase is a phrase the base model saw in training captions
+    phrases = {p for ps in BACKGROUNDS.values() for p in ps}
+    assert all(re.sub(r"^\{\} ", "", a) in phrases for a in obj.anchors)
+
+
+@pytest.mark.skipif(not (ASSETS / "pipeline" / "model_index.json").exists(), reason="no shipped pipeline")
+def test_shipped_pipeline_loads_offline_and_draws(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(ASSETS / "pipeline"))
+    pipe.set_progress_bar_config(disable=True)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    # the tokenizer is the full CLIP BPE (a broken folder silently gives a 2-token vocab)
+    assert len(pipe.tokenizer) == 49408
+    assert pipe.tokenizer("a red star").input_ids == [49406, 320, 736, 1565, 49407]
+    out = pipe(
+        ["a red star on grass", "a blue circle in the night sky"],
+        num_inference_steps=2,
+        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)],
+        output_type="np",
+    )
+    assert out.images.shape == (2, 32, 32, 3)
+    assert np.isfinite(out.images).all()
+    assert np.abs(out.images[0] - out.images[1]).mean() > 1e-3  # the prompt matters
+
+
+@pytest.mark.skipif(not (ASSETS / "clip" / "open_clip_config.json").exists(), reason="no shipped clip")
+def test_shipped_clip_loads_and_embeds():
+    import open_clip
+    import torch
+
+    from gal.toyworld.clip import load_toy_clip
+
+    model, preprocess, tokenizer = load_toy_clip(ASSETS / "clip")
+    img = preprocess(render(Spec("star", "red", "plain", "grass"), np.random.default_rng(0))).unsqueeze(0)
+    with torch.no_grad():
+        f = model.encode_image(img)
+        t = model.encode_text(tokenizer(["a red star", "a blue circle"]))
+    assert f.shape[-1] == t.shape[-1] and torch.isfinite(f).all()
+    # the standard open_clip path works too
+    m2 = open_clip.create_model(f"local-dir:{ASSETS / 'clip'}")
+    assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in model.parameters())
+    assert os.path.getsize(ASSETS / "clip" / "open_clip_model.safetensors") < 20e6
