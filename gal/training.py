@@ -75,13 +75,19 @@ def adapter_state(unet) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER).items()}
 
 
-def attach_adapter(unet, cfg: TrainConfig, state: dict[str, torch.Tensor] | None = None) -> list[torch.nn.Parameter]:
+def attach_adapter(
+    unet, cfg: TrainConfig, state: dict[str, torch.Tensor] | None = None, *, seed: int = 0
+) -> list[torch.nn.Parameter]:
     """(Re)create the ``gal`` adapter, optionally from a saved state; return its trainable parameters (fp32)."""
     from peft.utils import set_peft_model_state_dict
 
     remove_adapter(unet)
     unet.requires_grad_(False)
-    unet.add_adapter(lora_config(cfg), adapter_name=ADAPTER)
+    # peft draws LoRA's initial A matrices from the global RNG: seed it in a fork, so the same config gives
+    # the same adapter whatever ran before in this process (and the caller's RNG state is left alone).
+    with torch.random.fork_rng(devices=[unet.device] if unet.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        unet.add_adapter(lora_config(cfg), adapter_name=ADAPTER)
     if state is not None:
         incompatible = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
         unexpected = getattr(incompatible, "unexpected_keys", None)
@@ -162,7 +168,7 @@ def train_lora(
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
 
     # 3. adapter and optimiser
-    params = attach_adapter(pipe.unet, cfg, init_state)
+    params = attach_adapter(pipe.unet, cfg, init_state, seed=seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction_type = noise_scheduler.config.prediction_type

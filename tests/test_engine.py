@@ -173,3 +173,19 @@ def test_openness_weights_match_lambda(shared_studio, references):
         anchors = storage.list_anchors(db, run_id, 1)
     assert r1["openness"] == pytest.approx(0.5 * np.mean([a["uncertainty"] for a in anchors]))
     assert r1["openness"] <= 0.5 * math.log(2)
+
+
+def test_same_config_same_round_one_whatever_ran_before(shared_studio, references):
+    """Round 1 (plain DreamBooth-LoRA) is identical across strategies: LoRA init and training are seeded."""
+    import torch
+
+    studio = shared_studio
+    first = studio.create_run(tiny_config("uncertainty", max_rounds=1), references)
+    studio.advance(first)
+    torch.rand(1000)  # disturb the global RNG, as any other work in the process would
+    second = studio.create_run(tiny_config("random", max_rounds=1), references)
+    studio.advance(second)
+    with storage.open_db(studio.db_path) as db:
+        a = storage.get_round(db, first, 1)["metrics"]
+        b = storage.get_round(db, second, 1)["metrics"]
+    assert a["train_loss"] == b["train_loss"] and a["txt_aln"] == b["txt_aln"]
