@@ -168,7 +168,7 @@ def test_select_writes_the_verdict_to_sqlite_at_once(handlers, studio, run_id):
     assert "Reviewed <b>1/12</b>" in view.counters and "Overrides <b>1</b>" in view.counters
     # the grid is not re-sent: a patch carries every tile's verdicts [id, final, person, oracle, pick]
     patch = json.loads(view.patch)
-    assert patch["ack"] and [1 - oracle, 1 - oracle, oracle] in [t[1:4] for t in patch["tiles"] if t[0] == target]
+    assert patch["ack"] == 0 and [1 - oracle, 1 - oracle, oracle] in [t[1:4] for t in patch["tiles"] if t[0] == target]
     # no verdict: a click flips the current one; no image id: the index names the tile
     handlers.select_tile(run_id, gr.SelectData(None, {"index": 2, "value": {}}))
     assert rows(studio, run_id)[target]["person_verdict"] == oracle
@@ -179,6 +179,31 @@ def test_select_writes_the_verdict_to_sqlite_at_once(handlers, studio, run_id):
     with storage.open_db(studio.db_path) as db:
         history = [d["verdict"] for d in storage.decision_history(db, target) if d["source"] == "person"]
     assert history == [1 - oracle, oracle, 1 - oracle, None]  # append-only
+
+
+def test_every_answer_acknowledges_the_pages_clicks_so_far(handlers, studio, run_id):
+    """The page numbers its clicks (``nonce``); any later answer to that page -- a patch for another
+    click, for undo, a full render -- says the latest one handled, so an answer the page misses (two
+    answers merged into one ``watch`` call) or gets late still settles every pending tile."""
+    page, other = types.SimpleNamespace(session_hash="page-1"), types.SimpleNamespace(session_hash="page-2")
+    ids = tile_ids(handlers.review(run_id).grid)
+    first = json.loads(handlers.select_tile(run_id, select(0, image_id=ids[0], verdict=1, nonce=1), page).patch)
+    second = json.loads(handlers.select_tile(run_id, select(1, image_id=ids[1], verdict=1, nonce=2), page).patch)
+    assert (first["ack"], second["ack"]) == (1, 2) and second["seq"] > first["seq"]  # seq: the order of reads
+    assert [ids[1], 1, 1] in [t[:3] for t in second["tiles"]]
+    undone = json.loads(handlers.undo(run_id, page).patch)
+    assert undone["ack"] == 2 and undone["seq"] > second["seq"]  # cumulative: undo's answer covers click 2
+    assert json.loads(handlers.undo(run_id, other).patch)["ack"] == 0  # another page's clicks are its own
+    # a full render (the poll, a reload) carries the same state, read in the same order
+    html = handlers.review(run_id, request=page).grid
+    state = json.loads(re.search(r'data-state="([^"]*)"', html).group(1).replace("&quot;", '"'))
+    assert state["ack"] == 2 and state["seq"] > undone["seq"] and len(state["tiles"]) == 12
+    assert [t[2] for t in state["tiles"] if t[0] in ids[:2]] == [None, None]
+    # a refused click is acknowledged too: the next answer shows SQLite's truth for it
+    with pytest.warns(UserWarning):
+        handlers.select_tile(run_id, gr.SelectData(None, {"index": 99, "value": {"nonce": 3}}), page)
+    assert json.loads(handlers.mark_below(run_id, -2.0, page).patch)["ack"] == 3  # marks nothing
+    assert all(r["person_verdict"] is None for r in rows(studio, run_id).values())
 
 
 def test_a_bad_click_warns_and_rerenders_from_sqlite(handlers, run_id):

@@ -4,7 +4,9 @@ The review grid is a ``gr.HTML`` whose ``js_on_load`` (``GRID_JS``) turns clicks
 ``trigger('select', {index, value: {image_id, verdict}})`` — one ``.select`` event per verdict, so
 clicks and keys share one server path. The verdict is painted at once in the page; the server's
 answer, read back from SQLite, arrives as a small JSON patch (``PATCH_JS``) that sets every tile and
-anchor of the round, so a click does not cost a 20 KB re-render of the grid.
+anchor of the round, so a click does not cost a 20 KB re-render of the grid. Each click carries a
+nonce and every answer (patch or full render) the latest nonce handled, so a tile's 'pending' always
+resolves to what SQLite holds, even when answers are merged or arrive out of order.
 """
 
 from __future__ import annotations
@@ -173,39 +175,67 @@ function setTile(tile, final, person, oracle, pick) {
   if (who) who.textContent = person == null ? 'oracle' : (person !== oracle ? '✎ you (override)' : 'you');
 }
 
-// A click or a key: paint at once, send it, and remember it is in flight until its answer comes.
+// A click or a key: paint at once, send it with a nonce (this page's click number), and remember it
+// as in flight until an answer acknowledges it. Answers acknowledge cumulatively (``ack``: the latest
+// nonce the server had handled before reading), so an answer the page never sees -- two answers that
+// land together reach ``watch`` once, with the later value -- or one that arrives late loses nothing.
+window.galInflight = window.galInflight || new Map();  // nonce -> {id, verdict, round}
+function roundOf() { const root = grid.querySelector('.gal-grid'); return root ? String(root.dataset.round) : null; }
+
 function decide(tile, verdict) {
   if (!tile) return;
   const oracle = tile.dataset.oracle === '' ? null : Number(tile.dataset.oracle);
   setTile(tile, verdict, verdict, oracle, null);
   tile.classList.add('pending');
-  tile.dataset.pend = String(Number(tile.dataset.pend || 0) + 1);
-  (window.galInflight = window.galInflight || []).push(tile.dataset.id);
+  const nonce = window.galNonce = (window.galNonce || 0) + 1;
+  window.galInflight.set(nonce, {id: String(tile.dataset.id), verdict: verdict, round: roundOf()});
   window.galSent = (window.galSent || 0) + 1;
   trigger('select', {index: Number(tile.dataset.pos),
-                     value: {image_id: Number(tile.dataset.id), verdict: verdict}});
+                     value: {image_id: Number(tile.dataset.id), verdict: verdict, nonce: nonce}});
 }
 
-// The server's answer, read back from SQLite: every tile and anchor of the round. Tiles with a later
-// click still in flight keep their painted state until that click's own answer arrives.
-window.galApplyPatch = function (text) {
-  let patch;
-  try { patch = JSON.parse(text); } catch (e) { return; }
-  if (!patch || !patch.tiles) return;
-  const root = grid.querySelector('.gal-grid');
-  if (!root || String(root.dataset.round) !== String(patch.round)) return;
-  if (patch.ack && window.galInflight && window.galInflight.length) {
-    const acked = tileById(window.galInflight.shift());
-    if (acked) acked.dataset.pend = String(Math.max(0, Number(acked.dataset.pend || 0) - 1));
+// The newest painted verdict of each tile still in flight (later clicks win).
+function inflightTiles(round) {
+  const out = new Map();
+  for (const [nonce, c] of [...window.galInflight.entries()].sort((x, y) => x[0] - y[0])) {
+    if (c.round === round) out.set(c.id, c.verdict);
   }
-  for (const [id, final, person, oracle, pick] of patch.tiles) {
+  return out;
+}
+
+// Apply one state read from SQLite (a patch, or the one a full render carries): every tile and
+// anchor of the round. Clicks up to ``ack`` are settled; tiles with a later click still in flight keep
+// their painted verdict (and 'pending') until an answer covering that click arrives. A state read
+// before one already shown (lower ``seq``) only settles clicks: the newer state is shown.
+function applyState(state) {
+  const round = roundOf();
+  if (!state || !state.tiles || round === null || round !== String(state.round)) return;
+  for (const nonce of [...window.galInflight.keys()]) {
+    const c = window.galInflight.get(nonce);
+    if (nonce <= (state.ack || 0) || c.round !== round) window.galInflight.delete(nonce);
+  }
+  const shown = window.galShown;
+  if (shown && String(shown.round) === round && shown.seq > state.seq) {
+    // read before the state already shown (a late answer, or a full render that replaced the DOM with
+    // an older read): show the newer one again, now with the clicks this answer settled
+    state = shown;
+  } else {
+    window.galShown = state;
+  }
+  const painted = inflightTiles(round);
+  for (const [id, final, person, oracle, pick] of state.tiles) {
     const tile = tileById(id);
     if (!tile) continue;
-    if (Number(tile.dataset.pend || 0) > 0) { tile.classList.toggle('pick', !!pick); continue; }
+    if (painted.has(String(id))) {
+      const v = painted.get(String(id));
+      setTile(tile, v, v, tile.dataset.oracle === '' ? null : Number(tile.dataset.oracle), pick);
+      tile.classList.add('pending');
+      continue;
+    }
     setTile(tile, final, person, oracle, pick);
     tile.classList.remove('pending');
   }
-  for (const [a, beta, omega, css, words] of patch.anchors) {
+  for (const [a, beta, omega, css, words] of state.anchors) {
     const section = grid.querySelector(`.gal-anchor[data-anchor="${a}"]`);
     if (!section) continue;
     section.className = 'gal-anchor ' + css;
@@ -214,8 +244,27 @@ window.galApplyPatch = function (text) {
     if (o) o.textContent = 'Ω ' + omega;
     if (st) { st.className = 'gal-state ' + css; st.textContent = words; }
   }
+}
+
+window.galApplyPatch = function (text) {
+  let patch;
+  try { patch = JSON.parse(text); } catch (e) { return; }
+  applyState(patch);
   window.galRenders = (window.galRenders || 0) + 1;
 };
+
+// A full render (open, the poll, a new round, an error): it carries its state too.
+function onRender() {
+  const root = grid.querySelector('.gal-grid');
+  let state = null;
+  try { state = root && root.dataset.state ? JSON.parse(root.dataset.state) : null; } catch (e) { state = null; }
+  if (state) {
+    applyState(state);
+  } else {
+    window.galInflight.clear();  // no grid to review: nothing of the old one is in flight any more
+    window.galShown = null;
+  }
+}
 
 function move(dx, dy) {
   const all = tiles();
@@ -278,8 +327,8 @@ if (window.galOnKey) document.removeEventListener('keydown', window.galOnKey);
 window.galOnKey = onKey;
 document.addEventListener('keydown', onKey);
 
-// A full re-render (open, new round, an error): nothing of the old grid is in flight any more.
-watch('value', () => { window.galInflight = []; window.galRenders = (window.galRenders || 0) + 1; restoreCursor(); });
+watch('value', () => { onRender(); window.galRenders = (window.galRenders || 0) + 1; restoreCursor(); });
+onRender();
 restoreCursor();
 """
 

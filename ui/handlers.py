@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,6 +53,7 @@ FIELD_LABELS = {
 }
 TABLE_HEADERS = ["image", "prompt (with the SoI token)", "non-SoI caption (what the model must NOT learn)"]
 DEMO_OUTPUTS = ("files", "gallery", "table", *FORM_FIELDS, "validation")
+MAX_SESSIONS = 1000  # pages whose latest click nonce is remembered
 RUN_HEADERS = ["run id", "name", "task", "status", "round", "strategy", "created"]
 
 
@@ -227,7 +230,24 @@ class Handlers:
         # the *last* connection closes, and every Studio call opens and closes its own. Holding this
         # one open halves a click's write time (27 -> 13 ms measured). It never runs a statement.
         self._keeper = storage.open_db(studio.db_path)
-        self._seq = itertools.count(1)  # numbers the grid patches, so the page sees each one as a change
+        # Every read of the grid gets the next number under one lock, so a larger number is a newer read:
+        # the page keeps the newest state when a full render (the poll) and a patch (a click) cross.
+        self._seq = itertools.count(1)
+        self._read_lock = threading.Lock()
+        # Per page (Gradio session): the latest click nonce handled, so every answer -- a patch, a
+        # full render, even one for undo -- tells the page which of its clicks are settled.
+        self._acks: OrderedDict[str, int] = OrderedDict()
+
+    def _handled(self, request: gr.Request | None, nonce) -> None:
+        """Record that this page's click ``nonce`` was handled (written, or refused) before any later read."""
+        session = getattr(request, "session_hash", None)
+        if not session or not isinstance(nonce, int) or isinstance(nonce, bool):
+            return
+        with self._read_lock:
+            self._acks[session] = max(self._acks.get(session, 0), nonce)
+            self._acks.move_to_end(session)
+            while len(self._acks) > MAX_SESSIONS:
+                self._acks.popitem(last=False)
 
     # -- reading ------------------------------------------------------------------------------
     def _snapshot(self, run_id: str) -> tuple[dict, dict | None]:
@@ -236,19 +256,30 @@ class Handlers:
             rnd = storage.get_round(db, run_id, run["current_round"]) if run["current_round"] else None
         return run, rnd
 
-    def review(self, run_id: str | None, patch: bool = False, ack: bool = False) -> ReviewView:
-        """The review tab, read from SQLite: the full grid, or (``patch``) just its state as JSON."""
+    def review(self, run_id: str | None, patch: bool = False, request: gr.Request | None = None,
+               nonce: int = 0) -> ReviewView:
+        """The review tab, read from SQLite: the full grid, or (``patch``) just its state as JSON.
+
+        Both carry ``seq`` (the order of this read) and ``ack`` (the latest click of the asking page,
+        ``request``'s session, handled before this read; at least ``nonce``), so the page can settle
+        its pending tiles from any answer, whichever answers it misses or gets out of order.
+        """
         if not run_id:
             return ReviewView(render.grid_html(None), render.counters_html(None), render.preview_html(None, None),
                               gr.skip())
-        state = self.studio.review_state(run_id)
-        in_review = state["round"]["state"] == "review"
-        preview = self.studio.preview_selection(run_id) if in_review else None
+        session = getattr(request, "session_hash", None)
+        with self._read_lock:
+            seq = next(self._seq)
+            ack = max(self._acks.get(session, 0) if session else 0, nonce if isinstance(nonce, int) else 0)
+            state = self.studio.review_state(run_id)
+            in_review = state["round"]["state"] == "review"
+            preview = self.studio.preview_selection(run_id) if in_review else None
         counters = render.counters_html(state, preview["mode"] if preview else None)
         if patch and in_review:
             return ReviewView(gr.skip(), counters, render.preview_html(preview, state),
-                              render.grid_patch(state, preview, next(self._seq), ack))
-        return ReviewView(render.grid_html(state, preview), counters, render.preview_html(preview, state), gr.skip())
+                              render.grid_patch(state, preview, seq, ack))
+        return ReviewView(render.grid_html(state, preview, seq=seq, ack=ack), counters,
+                          render.preview_html(preview, state), gr.skip())
 
     def _key(self, run: dict, rnd: dict | None) -> str:
         job = self.worker.state(run["run_id"])
@@ -371,11 +402,14 @@ class Handlers:
         """The grid's tiles in page order (the ``index`` a select event carries)."""
         return [im for a in state["anchors"] if a["in_pool"] for im in sorted(a["images"], key=lambda x: x["slot"])]
 
-    def select_tile(self, run_id: str | None, evt: gr.SelectData) -> ReviewView:
+    def select_tile(self, run_id: str | None, evt: gr.SelectData, request: gr.Request | None = None) -> ReviewView:
         """A click or a key on the grid: ``value`` carries the image id and the verdict to set;
-        without a verdict the image's current verdict flips (aligned ⇄ overfit)."""
+        without a verdict the image's current verdict flips (aligned ⇄ overfit). ``value.nonce``
+        numbers the page's clicks: the answer (and every later one to this page) acknowledges it."""
         run_id = self._require(run_id)
         value = evt.value if isinstance(evt.value, dict) else {}
+        nonce = value.get("nonce")
+        nonce = nonce if isinstance(nonce, int) and not isinstance(nonce, bool) else 0
         try:
             image_id = value.get("image_id")
             verdict = value.get("verdict", "flip")
@@ -395,10 +429,12 @@ class Handlers:
             self.studio.decide(run_id, int(image_id), parse_verdict(verdict))
         except ValueError as err:
             gr.Warning(str(err))
-            return self.review(run_id)  # re-read everything: the page showed something stale
-        return self.review(run_id, patch=True, ack=True)
+            return self.review(run_id, request=request, nonce=nonce)  # re-read everything: the page was stale
+        finally:
+            self._handled(request, nonce)  # written or refused: either way, the next read shows the truth
+        return self.review(run_id, patch=True, request=request, nonce=nonce)
 
-    def decide(self, run_id: str | None, action: str) -> ReviewView:
+    def decide(self, run_id: str | None, action: str, request: gr.Request | None = None) -> ReviewView:
         """The scripted form of a click (``api_name="decide"``): ``"<image_id> <verdict>"``,
         verdict one of aligned/accept/0, overfit/reject/1, clear."""
         run_id = self._require(run_id)
@@ -409,28 +445,28 @@ class Handlers:
             self.studio.decide(run_id, int(parts[0]), parse_verdict(parts[1] if len(parts) > 1 else ""))
         except ValueError as err:
             raise gr.Error(str(err)) from err
-        return self.review(run_id, patch=True)
+        return self.review(run_id, patch=True, request=request)
 
-    def undo(self, run_id: str | None) -> ReviewView:
+    def undo(self, run_id: str | None, request: gr.Request | None = None) -> ReviewView:
         run_id = self._require(run_id)
         try:
             if self.studio.undo(run_id) is None:
                 gr.Info("nothing to undo in this round")
         except ValueError as err:
             gr.Warning(str(err))
-            return self.review(run_id)
-        return self.review(run_id, patch=True)
+            return self.review(run_id, request=request)
+        return self.review(run_id, patch=True, request=request)
 
-    def accept_oracle(self, run_id: str | None) -> ReviewView:
+    def accept_oracle(self, run_id: str | None, request: gr.Request | None = None) -> ReviewView:
         run_id = self._require(run_id)
         try:
             n = self.studio.accept_oracle(run_id)
         except ValueError as err:
             raise gr.Error(str(err)) from err
         gr.Info(f"you agreed with the oracle on {n} image{'s' if n != 1 else ''} you had not judged")
-        return self.review(run_id, patch=True)
+        return self.review(run_id, patch=True, request=request)
 
-    def mark_below(self, run_id: str | None, threshold) -> ReviewView:
+    def mark_below(self, run_id: str | None, threshold, request: gr.Request | None = None) -> ReviewView:
         run_id = self._require(run_id)
         if threshold is None or threshold == "":
             raise gr.Error("enter a similarity threshold first, e.g. 0.25")
@@ -439,15 +475,15 @@ class Handlers:
         except (TypeError, ValueError) as err:
             raise gr.Error(str(err)) from err
         gr.Info(f"marked {n} image{'s' if n != 1 else ''} with sim(image, anchor) < {float(threshold):g} overfit")
-        return self.review(run_id, patch=True)
+        return self.review(run_id, patch=True, request=request)
 
-    def set_mode(self, run_id: str | None, mode: str) -> ReviewView:
+    def set_mode(self, run_id: str | None, mode: str, request: gr.Request | None = None) -> ReviewView:
         run_id = self._require(run_id)
         try:
             self.studio.set_round_mode(run_id, mode)
         except ValueError as err:
             raise gr.Error(str(err)) from err
-        return self.review(run_id, patch=True)
+        return self.review(run_id, patch=True, request=request)
 
     def commit(self, run_id: str | None, mode: str | None) -> OpenView:
         """Select + weigh this round in the worker, which then trains the next round."""
@@ -476,7 +512,7 @@ class Handlers:
         return self.open(run_id, tab=None)
 
     # -- progress -----------------------------------------------------------------------------
-    def tick(self, run_id: str | None, seen: str) -> tuple:
+    def tick(self, run_id: str | None, seen: str, request: gr.Request | None = None) -> tuple:
         """The 1 s poll: progress while a job runs; the rest only when the run's state changed."""
         skip = gr.skip()
         if not run_id:
@@ -493,7 +529,7 @@ class Handlers:
             full, mini = self._progress(run, rnd)
             return (full, mini, skip, skip, skip, skip, skip, skip, skip)
         full, mini = self._progress(run, rnd)
-        view = self.review(run_id)
+        view = self.review(run_id, request=request)
         mode = rnd["mode"] if rnd else skip
         return (full, mini, render.header_html(run, rnd, self.worker.state(run_id)), key, *view, mode)
 

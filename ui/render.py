@@ -96,8 +96,13 @@ def anchor_state(anchor: dict) -> tuple[str, str]:
     return "settled", "● settled: all overfit" if beta == 1 else "● settled: all aligned"
 
 
-def grid_html(state: dict | None, preview: dict | None = None, note: str = "") -> str:
-    """The round's images, one block per anchor, each tile showing its final verdict and similarities."""
+def grid_html(state: dict | None, preview: dict | None = None, note: str = "", seq: int = 0, ack: int = 0) -> str:
+    """The round's images, one block per anchor, each tile showing its final verdict and similarities.
+
+    The grid's root carries the same state as a patch (``data-state``: ``grid_state`` as JSON), so the
+    page can tell a full render read *before* a patch it already applied (a lower ``seq``) and keep the
+    newer state, and can settle the clicks the render's ``ack`` covers.
+    """
     if state is None:
         return '<div class="gal-grid"><div class="gal-empty">No run open. Set one up, or open one from the Runs tab.</div></div>'
     rnd = state["round"]
@@ -121,7 +126,8 @@ def grid_html(state: dict | None, preview: dict | None = None, note: str = "") -
     picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
     pixel = is_pixel_art(images[0]["path"]) if images else False
     parts = [
-        f'<div class="gal-grid{" pixel" if pixel else ""}" data-round="{rnd["round_index"]}">',
+        f'<div class="gal-grid{" pixel" if pixel else ""}" data-round="{rnd["round_index"]}" data-seq="{seq}" '
+        f'data-state="{esc(json.dumps(grid_state(state, preview, seq, ack), separators=(",", ":"), ensure_ascii=False))}">',
         '<div class="gal-legend"><b class="a">✓ aligned</b> (green) · <b class="o">✗ overfit</b> (red) · '
         "solid border: your verdict, dashed: the oracle's · ✎ you overrode the oracle · "
         "<b>★</b> commit would add it · numbers: sim(image, anchor) / sim(image, non-SoI caption) · "
@@ -149,12 +155,12 @@ def grid_html(state: dict | None, preview: dict | None = None, note: str = "") -
     return "".join(parts)
 
 
-def grid_patch(state: dict, preview: dict | None, seq: int, ack: bool) -> str:
-    """The grid's state as compact JSON, applied in the page without re-rendering the grid's HTML.
+def grid_state(state: dict, preview: dict | None, seq: int, ack: int) -> dict:
+    """The grid's state: every tile ``[id, final, person, oracle, pick]`` and every pooled anchor's stats.
 
-    A verdict changes one tile, its anchor's β/Ω and the ★ picks; re-sending 20 KB of HTML for that
-    cost the page ~100 ms of rendering per click (measured), so verdict events send this instead.
-    ``ack`` marks the answer to a tile click (the page counts its clicks in flight).
+    ``seq`` orders the reads (a larger one was read later, so it is at least as new); ``ack`` is the
+    latest click of this page (its ``nonce``) that the server had handled before this read, so every
+    click up to it is in ``tiles`` and the page can stop showing those tiles as pending.
     """
     picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
     tiles = [[im["id"], im["final_verdict"], im["person_verdict"], im["oracle_verdict"], int(im["id"] in picks)]
@@ -164,8 +170,18 @@ def grid_patch(state: dict, preview: dict | None, seq: int, ack: bool) -> str:
         if a["in_pool"]:
             css, words = anchor_state(a)
             anchors.append([a["anchor_index"], fmt(a.get("overfit_rate")), fmt(a.get("uncertainty")), css, words])
-    return json.dumps({"seq": seq, "ack": ack, "round": state["round"]["round_index"], "tiles": tiles,
-                       "anchors": anchors}, separators=(",", ":"), ensure_ascii=False)
+    return {"seq": seq, "ack": ack, "round": state["round"]["round_index"], "tiles": tiles, "anchors": anchors}
+
+
+def grid_patch(state: dict, preview: dict | None, seq: int, ack: int) -> str:
+    """The grid's state as compact JSON, applied in the page without re-rendering the grid's HTML.
+
+    A verdict changes one tile, its anchor's β/Ω and the ★ picks; re-sending 20 KB of HTML for that
+    cost the page ~100 ms of rendering per click (measured), so verdict events send this instead.
+    Every patch is the whole round's state, so a patch the page never sees (two answers that land
+    together reach the page's ``watch`` as one change) loses nothing: the next one carries it all.
+    """
+    return json.dumps(grid_state(state, preview, seq, ack), separators=(",", ":"), ensure_ascii=False)
 
 
 def tile_html(im: dict, pos: int, picked: bool) -> str:
