@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import secrets
 import shutil
@@ -709,6 +708,3 @@ class Studio:
         with self._job_lock:
             return export_run(self, run_id, Path(out_dir), formats, force=force)
 
-
-def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
