@@ -156,10 +156,6 @@ class Studio:
             self._oracles[spec] = ClipOracle.from_spec(spec, self.device)
         return self._oracles[spec]
 
-    def config(self, run_id: str) -> RunConfig:
-        with self.db() as db:
-            return RunConfig.from_dict(storage.get_run(db, run_id)["config"])
-
     def cancel(self, run_id: str) -> None:
         """Ask a running job to stop at its next step; work already saved is kept."""
         self._cancel.setdefault(run_id, threading.Event()).set()
