@@ -453,13 +453,16 @@ class Studio:
             storage.update_round(db, run_id, r, state="review")
 
     # -- 4. review ------------------------------------------------------------------------------
-    def _verdict_arrays(self, db, run_id: str, r: int, n_anchors: int, m: int):
-        """Oracle, person and similarity matrices ``[A, m]`` (-1 / NaN where an anchor drew nothing)."""
+    @staticmethod
+    def _verdict_arrays(db, run_id: str, r: int, n_anchors: int):
+        """Oracle, person and similarity matrices ``[A, m]`` (-1 / -inf where an anchor drew nothing)."""
+        images = storage.list_images(db, run_id, r)
+        m = max((im["slot"] for im in images), default=-1) + 1
         oracle = np.full((n_anchors, m), -1, dtype=np.int64)
         person = np.full((n_anchors, m), -1, dtype=np.int64)
         sim = np.full((n_anchors, m), -np.inf)
         ids = np.full((n_anchors, m), -1, dtype=np.int64)
-        for im in storage.list_images(db, run_id, r):
+        for im in images:
             a, j = im["anchor_index"], im["slot"]
             if im["oracle_verdict"] is None:
                 continue
@@ -471,8 +474,7 @@ class Studio:
 
     def _store_anchor_scores(self, db, run_id: str, r: int, selected: set[int] = frozenset()) -> None:
         anchors = storage.list_anchors(db, run_id, r)
-        config = RunConfig.from_dict(storage.get_run(db, run_id)["config"])
-        oracle, person, _, _ = self._verdict_arrays(db, run_id, r, len(anchors), config.gal.m)
+        oracle, person, _, _ = self._verdict_arrays(db, run_id, r, len(anchors))
         final = algorithm.final_verdicts(oracle, person)
         rows = []
         for a in anchors:
@@ -509,7 +511,8 @@ class Studio:
         """A person's verdict on one image (1 overfit/reject, 0 aligned/accept, None back to the oracle)."""
         with self.db() as db:
             r = self._review_round(db, run_id)
-            if image_id not in {im["id"] for im in storage.list_images(db, run_id, r)}:
+            image = storage.get_image(db, image_id)
+            if image is None or (image["run_id"], image["round_index"], image["kind"]) != (run_id, r, "anchor"):
                 raise ValueError(f"image {image_id} is not an image of run {run_id}'s round {r} under review")
             with storage.transaction(db):  # the verdict and the anchor's β/Ω land together: one commit
                 storage.record_decision(db, image_id=image_id, verdict=verdict, source="person")
@@ -594,7 +597,7 @@ class Studio:
 
     def _selection(self, db, run_id: str, config: RunConfig, r: int, mode: str) -> tuple[algorithm.Selection, np.ndarray, str]:
         anchors = storage.list_anchors(db, run_id, r)
-        oracle, person, sim, ids = self._verdict_arrays(db, run_id, r, len(anchors), config.gal.m)
+        oracle, person, sim, ids = self._verdict_arrays(db, run_id, r, len(anchors))
         in_pool = np.array([bool(a["in_pool"]) for a in anchors])
         if (oracle[in_pool] < 0).any():
             raise ValueError(f"round {r} has anchors without judged images: resume the run to finish judging")

@@ -222,6 +222,12 @@ def decision_history(db: Database, image_id: int) -> list[Row]:
     return found
 
 
+@storage_op
+def get_image(db: Database, image_id: int) -> Row | None:
+    """One image row by id, or None."""
+    return one(db, "SELECT * FROM images WHERE id = ?", [image_id])
+
+
 def _require_image(db: Database, image_id: int) -> Row:
     image = one(db, "SELECT id, run_id, round_index FROM images WHERE id = ?", [image_id])
     if image is None:
