@@ -45,11 +45,21 @@ def simulated_person(studio: Studio, run_id: str, noise: float, rng: np.random.G
         studio.decide_many(run_id, verdicts)
 
 
-def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, noise: float, folder: Path) -> dict:
+def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, noise: float, folder: Path,
+            variant: dict | None = None) -> dict:
+    variant = variant or {}
     config, refs = demo_scenario(folder / "refs", task, model=studio.default_model)
     config.oracle = studio.default_oracle
     config.seed = seed
     config.name = f"t1-{task}-{strategy}-{seed}"
+    if variant.get("eval_images"):
+        config.eval.images_per_prompt = variant["eval_images"]
+    if variant.get("sampling"):
+        config.train.reference_sampling = variant["sampling"]
+    if variant.get("lam") is not None:
+        config.gal.lam = variant["lam"]
+    if variant.get("steps"):
+        config.train.steps = variant["steps"]
     config.gal.strategy = "human" if strategy == "human-noisy" else strategy
     config.gal.max_rounds = rounds
     config.gal.adaptive_stop = False  # compare every strategy over the same number of rounds
@@ -67,7 +77,7 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, no
             studio.commit_round(run_id, "auto")
     history = studio.history(run_id)
     return {
-        "task": task, "strategy": strategy, "seed": seed, "seconds": time.perf_counter() - started,
+        "task": task, "strategy": strategy, "seed": seed, "seconds": time.perf_counter() - started, "variant": variant,
         "rounds": [{k: (r.get("metrics") or {}).get(k) for k in METRICS} | {"openness": r.get("openness")}
                    for r in history["rounds"]],
         "added": sum(r["source"] == "synthetic" for r in history["references"]),
@@ -120,6 +130,32 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+_WORKER: dict = {}
+
+
+def _init_worker(model: str, oracle: str, root: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core: 2 threads each thrash a shared 2-core machine
+    folder = Path(tempfile.mkdtemp(dir=root))
+    _WORKER.update(studio=Studio(folder / "runs", model=model, oracle=oracle), folder=folder)
+
+
+def _work(job: tuple) -> dict:
+    task, strategy, seed, rounds, noise, variant = job
+    try:
+        return one_run(_WORKER["studio"], task, strategy, seed, rounds, noise, _WORKER["folder"], variant)
+    except Exception as err:  # one failed run is reported, the others go on
+        import traceback
+
+        return {"task": task, "strategy": strategy, "seed": seed, "variant": variant,
+                "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+def _key(r: dict) -> tuple:
+    return (r["task"], r["strategy"], r["seed"], json.dumps(r.get("variant") or {}, sort_keys=True))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", nargs="+", default=["object"], choices=["object", "style"])
@@ -129,26 +165,57 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.2, help="flip probability of the noisy person")
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--oracle", default=default_oracle())
+    parser.add_argument("--eval-images", type=int, default=8, help="images per held-out prompt (the demo uses 4)")
+    parser.add_argument("--sampling", choices=["pooled", "real-rate"], help="train.reference_sampling (default: the config's)")
+    parser.add_argument("--lam", type=float, help="λ of Eq. 9 (default: the config's 0.005)")
+    parser.add_argument("--steps", type=int, help="training steps per round (default: the demo's 300)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each")
     parser.add_argument("--out", default="artifacts/table1")
+    parser.add_argument("--fresh", action="store_true", help="ignore results already in --out/results.json")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    variant = {k: v for k, v in {"eval_images": args.eval_images, "sampling": args.sampling, "lam": args.lam,
+                                  "steps": args.steps}.items() if v is not None}
+    saved = out / "results.json"
+    results = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
+    done = {_key(r) for r in results}
+    jobs = [(task, strategy, seed, args.rounds, args.noise, variant)
+            for task in args.tasks for seed in args.seeds for strategy in args.strategies
+            if _key({"task": task, "strategy": strategy, "seed": seed, "variant": variant}) not in done]
+    print(f"{len(jobs)} runs to do ({len(results)} already in {saved}), {args.jobs} at a time; variant {variant}", flush=True)
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        studio = Studio(Path(tmp) / "runs", model=args.model, oracle=args.oracle)
-        for task in args.tasks:
-            for seed in args.seeds:
-                for strategy in args.strategies:
-                    result = one_run(studio, task, strategy, seed, args.rounds, args.noise, Path(tmp))
-                    results.append(result)
-                    print(f"{task} {strategy} seed {seed}: " + "  ".join(
-                        f"R{i + 1} OVF {r['ovf']:.3f}" for i, r in enumerate(result["rounds"])) +
-                        f"  ({result['seconds']:.0f} s)", flush=True)
-                    (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"model {args.model}, oracle {args.oracle}")
-    print(summarise(results, args.rounds))
-    plot(results, args.rounds, out / "table1.png")
-    print(f"\nwrote {out / 'results.json'} and {out / 'table1.png'}")
+        if args.jobs == 1:
+            _init_worker(args.model, args.oracle, tmp)
+            finished = map(_work, jobs)
+        else:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(args.jobs, _init_worker, (args.model, args.oracle, tmp))
+            finished = pool.imap_unordered(_work, jobs)
+        failed = []
+        for result in finished:
+            if "error" in result:
+                failed.append(result)
+                print(f"{result['task']} {result['strategy']} seed {result['seed']} FAILED: {result['traceback']}", flush=True)
+                continue
+            results.append(result)
+            print(f"{result['task']} {result['strategy']} seed {result['seed']}: " + "  ".join(
+                f"R{i + 1} OVF {r['ovf']:.3f}" for i, r in enumerate(result["rounds"])) +
+                f"  ({result['seconds']:.0f} s)", flush=True)
+            saved.write_text(json.dumps(results, indent=1))
+        if args.jobs > 1:
+            pool.close()
+            pool.join()
+    print(f"model {args.model}, oracle {args.oracle}; {len(jobs) - len(failed)} runs in "
+          f"{(time.perf_counter() - started) / 60:.1f} min, {len(failed)} failed")
+    shown = [r for r in results if (r.get("variant") or {}) == variant]
+    print(summarise(shown, args.rounds))
+    plot(shown, args.rounds, out / "table1.png")
+    print(f"\nwrote {saved} and {out / 'table1.png'}")
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed: see the tracebacks above")
 
 
 if __name__ == "__main__":

@@ -169,15 +169,17 @@ def select(
     balanced = strategy.endswith("+balance")
     weight = delta if balanced else 1.0
 
+    check_k(k, n_anchors)
+    # Late rounds may have fewer than k anchors left in the pool: take what is left (none when empty).
+    k_round = min(k, int(in_pool.sum()))
     if strategy == "random":
         if rng is None:
             raise ValueError("the random strategy needs a seeded np.random.Generator")
         pool = np.flatnonzero(in_pool)
-        check_k(k, pool.size)
-        anchors = np.sort(rng.choice(pool, size=k, replace=False))
-        slots = rng.integers(0, verdicts.shape[1], size=k)
+        anchors = np.sort(rng.choice(pool, size=k_round, replace=False))
+        slots = rng.integers(0, verdicts.shape[1], size=k_round)
     elif strategy.startswith("uncertainty"):
-        anchors = top_k_anchors(uncertainty, k, in_pool)
+        anchors = top_k_anchors(uncertainty, k_round, in_pool) if k_round else np.zeros(0, dtype=np.int64)
         slots = best_image(sim_anchor, anchors, verdicts)
     else:  # human, human+balance: every image the person accepted, from anchors in the pool
         if person is None:

@@ -19,6 +19,9 @@ SCHEDULERS = ("dpmsolver++", "ddim", "euler", "euler_a", "pndm", "ddpm")
 PRESETS_FILE = Path(__file__).parent / "presets" / "anchor_prompts.json"
 
 
+REFERENCE_SAMPLING = ("pooled", "real-rate")
+
+
 @dataclass
 class TrainConfig:
     rank: int = 8  # LoRA rank r
@@ -35,6 +38,11 @@ class TrainConfig:
     prior_loss_weight: float = 1.0
     max_grad_norm: float = 1.0
     mixed_precision: str = "auto"  # auto: bf16 on GPUs that support it, else fp16; fp32 on CPU
+    # How batches mix real and added references. "pooled" (official code): draw uniformly from all of
+    # them, so every added image takes batch slots from the real ones whatever its weight. "real-rate":
+    # draw real references exactly as round 1 does and the added ones in a second half-batch, so the
+    # real references keep their round-1 training and an added image counts by its weight only.
+    reference_sampling: str = "pooled"
 
     def validate(self) -> None:
         _positive_int("train.rank", self.rank)
@@ -52,6 +60,8 @@ class TrainConfig:
             raise ValueError("prior preservation needs a class prompt, e.g. 'a cat'")
         if self.mixed_precision not in ("auto", "fp16", "bf16", "no"):
             raise ValueError(f"train.mixed_precision must be auto, fp16, bf16 or no, got {self.mixed_precision!r}")
+        if self.reference_sampling not in REFERENCE_SAMPLING:
+            raise ValueError(f"train.reference_sampling must be {' or '.join(REFERENCE_SAMPLING)}, got {self.reference_sampling!r}")
 
 
 @dataclass

@@ -270,7 +270,7 @@ class Studio:
                         self._evaluate(run_id, config, r, progress, cancel)
                     elif state == "review":  # 4. review (a person, or straight on)
                         mode = self.round_mode(run_id)
-                        if config.gal.pause_for_review or mode == "human":
+                        if (config.gal.pause_for_review or mode == "human") and not self._exhausted(run_id, r):
                             with self.db() as db:
                                 storage.update_run(db, run_id, status="awaiting_review")
                                 return storage.get_run(db, run_id)
@@ -309,7 +309,8 @@ class Studio:
         pipe = self.pipeline(config.model)
         with self.db() as db:
             refs = storage.list_references(db, run_id, up_to_round=r - 1)
-        examples = [TrainExample(Image.open(safe_join(run_dir, x["file"])).convert("RGB"), x["prompt"], x["weight"]) for x in refs]
+        examples = [TrainExample(Image.open(safe_join(run_dir, x["file"])).convert("RGB"), x["prompt"], x["weight"],
+                                 added=x["source"] == "synthetic") for x in refs]
         init_state = None
         if not config.train.retrain_from_base and r > 1:
             init_state = adapter_state(self._activate(run_id, config, r - 1).unet)
@@ -399,6 +400,11 @@ class Studio:
             texts = {a["anchor_index"]: a["oracle_text"] for a in storage.list_anchors(db, run_id, r)}
             non_soi = self._non_soi_texts(db, run_id)
         self._report(run_id, progress, "judge", 0, len(images), round=r)
+        if not images:  # every anchor has left the pool: nothing was drawn, nothing to judge
+            with self.db() as db:
+                self._add_timing(db, run_id, r, "judge", time.perf_counter() - started)
+                storage.update_round(db, run_id, r, state="evaluating")
+            return
         pil = [Image.open(safe_join(run_dir, im["file"])).convert("RGB") for im in images]
         anchor_texts = list(dict.fromkeys(texts.values()))
         sims = oracle.text_similarities(pil, anchor_texts + non_soi)  # [n, |texts| + c]
@@ -616,6 +622,9 @@ class Studio:
             r = self._review_round(db, run_id)
             config = RunConfig.from_dict(storage.get_run(db, run_id)["config"])
             mode = mode or storage.get_round(db, run_id, r)["mode"]
+            if not any(a["in_pool"] for a in storage.list_anchors(db, run_id, r)):
+                return {"mode": mode, "strategy": self._strategy(config, mode), "round": r, "weight": 0.0,
+                        "openness": 0.0, "stop": True, "last_round": True, "exhausted": True, "picks": []}
             try:
                 selection, ids, strategy = self._selection(db, run_id, config, r, mode)
             except ValueError as err:
@@ -645,8 +654,19 @@ class Studio:
             with self.db() as db:
                 return storage.get_run(db, run_id)
 
+    def _exhausted(self, run_id: str, r: int) -> bool:
+        """Every anchor has been selected in an earlier round: this round drew nothing and ends the run."""
+        with self.db() as db:
+            return not any(a["in_pool"] for a in storage.list_anchors(db, run_id, r))
+
     def _commit(self, run_id: str, config: RunConfig, r: int, mode: str) -> None:
         run_dir = self.run_dir(run_id)
+        if self._exhausted(run_id, r):
+            with self.db() as db, storage.transaction(db):
+                storage.update_round(db, run_id, r, state="done", mode=mode,
+                                     metrics={**self._metrics(db, run_id, r), "pool_exhausted": True})
+                storage.update_run(db, run_id, status="finished")
+            return
         with self.db() as db:
             selection, ids, strategy = self._selection(db, run_id, config, r, mode)
             last = r >= config.gal.max_rounds

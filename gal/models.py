@@ -172,7 +172,7 @@ def load_pipeline(spec: str, device: torch.device, dtype: torch.dtype, scheduler
         source = resolve_model_path(spec)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
-                source, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+                source, dtype=dtype, safety_checker=None, requires_safety_checker=False
             )
         except OSError as err:
             raise ValueError(f"could not load model {spec!r}: {err}. Pass a local folder or check the hub id") from err

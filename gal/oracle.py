@@ -98,9 +98,13 @@ class ClipOracle:
         return np.stack([self._text_cache[t] for t in texts])
 
     def text_similarities(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
+        if not images or not texts:
+            return np.zeros((len(images), len(texts)))
         return self.encode_images(images) @ self.encode_texts(texts).T
 
     def image_similarities(self, images: list[Image.Image], references: list[Image.Image]) -> np.ndarray:
+        if not images or not references:
+            return np.zeros((len(images), len(references)))
         return self.encode_images(images) @ self.encode_images(references).T
 
 

@@ -31,6 +31,7 @@ class TrainExample:
     image: Image.Image
     prompt: str
     weight: float  # real references 1.0; synthetic ones the Δ of the round that added them
+    added: bool = False  # added by a GAL round (synthetic), not one of the person's references
 
 
 @dataclass
@@ -121,6 +122,36 @@ def _latent_moments(pipe, images: list[Image.Image], resolution: int) -> tuple[t
     return torch.cat(means), torch.cat(stds)
 
 
+def draw_batch(examples: list[TrainExample], cfg: TrainConfig, generator: torch.Generator, *, n_class: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's sample indices and their loss coefficients (the loss is ``Σ coef · weight · mse``).
+
+    ``pooled`` draws ``batch_size`` from all references: the loss estimates ``mean_i w_i ℓ_i`` over
+    them, so each added image dilutes the real ones. ``real-rate`` draws ``batch_size`` real references
+    as round 1 does plus ``max(1, batch_size // 2)`` added ones, scaled by ``n_added / n_real``: the
+    loss estimates ``Σ_i w_i ℓ_i / n_real``, so real references keep their round-1 gradient and an added
+    image contributes its weight's worth on top. Class images (prior preservation) are appended one per
+    instance sample and the instance and class halves averaged, as in DreamBooth.
+    """
+    b = cfg.batch_size
+    real = [i for i, e in enumerate(examples) if not e.added]
+    added = [i for i, e in enumerate(examples) if e.added]
+    if cfg.reference_sampling == "real-rate" and real and added:
+        real_idx = torch.tensor(real)[torch.randint(0, len(real), (b,), generator=generator)]
+        b_added = max(1, b // 2)
+        added_idx = torch.tensor(added)[torch.randint(0, len(added), (b_added,), generator=generator)]
+        batch = torch.cat([real_idx, added_idx])
+        coef = torch.cat([torch.full((b,), 1.0 / b), torch.full((b_added,), len(added) / (len(real) * b_added))])
+    else:
+        batch = torch.randint(0, len(examples), (b,), generator=generator)
+        coef = torch.full((b,), 1.0 / b)
+    if n_class:
+        # Prior preservation: pair each instance sample with a class sample (DreamBooth).
+        n = len(batch)
+        batch = torch.cat([batch, len(examples) + torch.randint(0, n_class, (n,), generator=generator)])
+        coef = torch.cat([coef, torch.full((n,), 1.0 / n)]) / 2
+    return batch, coef
+
+
 def train_lora(
     pipe,
     examples: list[TrainExample],
@@ -162,7 +193,6 @@ def train_lora(
         dtype=torch.float32,
         device=device,
     )
-    n_instance = len(examples)
     vae_cfg = pipe.vae.config
     scaling = float(vae_cfg.scaling_factor)
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
@@ -182,11 +212,8 @@ def train_lora(
         for step in range(cfg.steps):
             if cancel is not None and cancel():
                 raise Cancelled(f"training cancelled at step {step}/{cfg.steps}")
-            batch = torch.randint(0, n_instance, (cfg.batch_size,), generator=generator)
-            if class_examples:
-                # Prior preservation: pair each instance sample with a class sample (DreamBooth).
-                batch = torch.cat([batch, n_instance + torch.randint(0, len(class_examples), (cfg.batch_size,), generator=generator)])
-            batch = batch.to(device)
+            batch, coef = draw_batch(examples, cfg, generator, n_class=len(class_examples or []))
+            batch, coef = batch.to(device), coef.to(device)
             eps = torch.randn(moments_mean[batch].shape, generator=generator).to(device, moments_mean.dtype)
             latents = (moments_mean[batch] + moments_std[batch] * eps - shift) * scaling
             noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
@@ -201,7 +228,7 @@ def train_lora(
             with torch.autocast(device.type, dtype=dtype, enabled=autocast):
                 pred = pipe.unet(noisy, t, encoder_hidden_states=embeds[prompt_index[batch]]).sample
             per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # [b]
-            loss = (per_sample * sample_weight[batch]).mean()
+            loss = (per_sample * sample_weight[batch] * coef).sum()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")
             optimizer.zero_grad(set_to_none=True)

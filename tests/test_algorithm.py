@@ -147,3 +147,16 @@ def test_selection_properties(verdicts, seed):
     left = np.setdiff1d(np.arange(n_anchors), picked)
     if left.size:
         assert omega[picked].min() >= omega[left].max() - 1e-12
+
+
+def test_late_rounds_take_what_is_left_of_the_pool():
+    verdicts = np.array([[0, 1], [1, 1], [0, 0], [0, 1]])
+    sim = np.arange(8, dtype=float).reshape(4, 2)
+    pool = np.array([False, False, True, True])  # 2 anchors left, k = 3
+    for strategy in ("random", "uncertainty", "uncertainty+balance"):
+        sel = A.select(strategy, sim, verdicts, k=3, lam=0.005, in_pool=pool, rng=np.random.default_rng(0))
+        assert sorted(sel.anchors.tolist()) == [2, 3] and len(sel.slots) == 2
+    empty = A.select("uncertainty", sim, verdicts, k=3, lam=0.005, in_pool=np.zeros(4, dtype=bool))
+    assert empty.anchors.size == 0 and empty.slots.size == 0 and empty.stop and empty.openness == 0.0
+    with pytest.raises(ValueError, match="k=5 is larger than the 4 anchors"):
+        A.select("uncertainty", sim, verdicts, k=5, lam=0.005)

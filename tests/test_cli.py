@@ -13,7 +13,8 @@ FAST = ["--model", "tiny", "--oracle", "tiny", "--steps", "3", "--gen-steps", "2
 
 def test_scripted_human_round(tmp_path, capsys):
     runs = str(tmp_path / "runs")
-    assert main(["--runs-dir", runs, "run", "--demo", *FAST, "--strategy", "human+balance"]) == 0
+    assert main(["--runs-dir", runs, "run", "--demo", *FAST, "--strategy", "human+balance",
+                 "--sampling", "real-rate"]) == 0
     out = capsys.readouterr().out
     assert "awaits review" in out
     with storage.open_db(tmp_path / "runs" / "gal.db") as db:
@@ -30,6 +31,7 @@ def test_scripted_human_round(tmp_path, capsys):
         selections = storage.list_selections(db, run_id)
         assert {s["image_id"] for s in selections} == {int(r["image_id"]) for r in rows[:3]}
         assert storage.get_run(db, run_id)["current_round"] == 2
+        assert storage.get_run(db, run_id)["config"]["train"]["reference_sampling"] == "real-rate"
 
     assert main(["--runs-dir", runs, "runs"]) == 0
     assert run_id in capsys.readouterr().out

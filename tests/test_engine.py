@@ -189,3 +189,21 @@ def test_same_config_same_round_one_whatever_ran_before(shared_studio, reference
         a = storage.get_round(db, first, 1)["metrics"]
         b = storage.get_round(db, second, 1)["metrics"]
     assert a["train_loss"] == b["train_loss"] and a["txt_aln"] == b["txt_aln"]
+
+
+def test_a_pool_emptied_by_the_person_ends_the_run_after_training_on_the_picks(shared_studio, references):
+    """Human mode may select every anchor in one round; the next round trains on the picks, evaluates, and ends."""
+    studio = shared_studio
+    run_id = studio.create_run(tiny_config("human+balance", max_rounds=3), references)
+    assert studio.advance(run_id)["status"] == "awaiting_review"
+    state = studio.review_state(run_id)
+    studio.decide_many(run_id, {a["images"][0]["id"]: 0 for a in state["anchors"]})  # one image of every anchor
+    studio.commit_round(run_id)
+    run = studio.advance(run_id)
+    assert run["status"] == "finished" and run["current_round"] == 2
+    with storage.open_db(studio.db_path) as db:
+        r2 = storage.get_round(db, run_id, 2)
+        assert r2["state"] == "done" and r2["metrics"]["pool_exhausted"] is True
+        assert {"txt_aln", "img_aln", "ovf"} <= set(r2["metrics"])  # round 2's model was still evaluated
+        assert [im for im in storage.list_images(db, run_id, 2) if im["kind"] == "anchor"] == []
+        assert sum(x["source"] == "synthetic" for x in storage.list_references(db, run_id)) == 4

@@ -120,6 +120,11 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                         f["gen_batch"] = _number("generation batch", form0["gen_batch"], "images per UNet batch")
                         f["eval_per_prompt"] = _number("eval images / prompt", form0["eval_per_prompt"],
                                                        "images per held-out prompt")
+                        f["reference_sampling"] = gr.Radio(
+                            [("pooled (official)", "pooled"), ("real refs at round-1 rate", "real-rate")],
+                            value=form0["reference_sampling"], label="Batches of added images",
+                            info="pooled: added images take batch slots from your references; "
+                                 "real-rate: your references train as in round 1, added ones on top")
                         f["adaptive_stop"] = gr.Checkbox(form0["adaptive_stop"], label="Adaptive stop (Eq. 10)",
                                                          info="finish early when fewer than k anchors are mixed")
                         f["name"] = gr.Textbox(form0["name"], label="Run name", info="optional; shown in the Runs list")

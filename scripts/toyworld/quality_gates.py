@@ -100,7 +100,7 @@ def main() -> None:
     if not args.skip_generator:
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, torch_dtype=torch.float32)
+        pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
         rng = np.random.default_rng(7)
         specs = [sample_spec(rng) for _ in range(args.n_prompts)]
