@@ -5,7 +5,8 @@
 
 Human is simulated: the *person* is the evaluation CLIP (the toy CLIP's own Eq. 8 verdicts, so a perfect
 stand-in for the oracle), and ``human-noisy`` flips each of that person's verdicts with probability
-``--noise``. Prints mean ± sd per strategy and round, writes ``results.json`` and ``table1.png``.
+``--noise``. Prints mean ± sd per strategy and round, writes ``results.json``, ``table1.png`` and, per run,
+``grids/TASK-STRATEGY-seedN.png`` (one row per round: the first 16 held-out images, same seeds every round).
 Not a test: it takes tens of minutes on 2 CPU cores.
 """
 
@@ -46,7 +47,7 @@ def simulated_person(studio: Studio, run_id: str, noise: float, rng: np.random.G
 
 
 def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, noise: float, folder: Path,
-            variant: dict | None = None) -> dict:
+            variant: dict | None = None, grid_dir: Path | None = None) -> dict:
     variant = variant or {}
     config, refs = demo_scenario(folder / "refs", task, model=studio.default_model)
     config.oracle = studio.default_oracle
@@ -76,12 +77,52 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, no
         except ValueError:  # the person accepted nothing: fall back to the oracle's picks this round
             studio.commit_round(run_id, "auto")
     history = studio.history(run_id)
+    if grid_dir is not None:
+        save_grid(studio.run_dir(run_id), len(history["rounds"]), grid_dir / f"{task}-{strategy}-seed{seed}.png")
     return {
         "task": task, "strategy": strategy, "seed": seed, "seconds": time.perf_counter() - started, "variant": variant,
         "rounds": [{k: (r.get("metrics") or {}).get(k) for k in METRICS} | {"openness": r.get("openness")}
                    for r in history["rounds"]],
         "added": sum(r["source"] == "synthetic" for r in history["references"]),
     }
+
+
+def save_grid(run_dir: Path, rounds: int, path: Path, per_round: int = 16, scale: int = 2) -> None:
+    """One row per round: its first held-out evaluation images (the same prompts and seeds every round)."""
+    from PIL import Image
+
+    rows = [sorted((run_dir / f"rounds/r{r:02d}/eval").glob("e*.png"))[:per_round] for r in range(1, rounds + 1)]
+    if not rows or not rows[0]:
+        return
+    w, h = Image.open(rows[0][0]).size
+    grid = Image.new("RGB", (per_round * w * scale, len(rows) * h * scale), "white")
+    for i, files in enumerate(rows):
+        for j, f in enumerate(files):
+            grid.paste(Image.open(f).convert("RGB").resize((w * scale, h * scale), Image.NEAREST), (j * w * scale, i * h * scale))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def direction(results: list[dict]) -> list[str]:
+    """The issue's target, checked per task on each run's last round: Uncertainty+Balance lowers OVF
+    against round 1 and against Random, and IMG-ALN does not collapse (kept within 10 % of round 1)."""
+    lines = []
+    for task in sorted({r["task"] for r in results}):
+        def last(strategy, metric):
+            return [r["rounds"][-1][metric] for r in results if r["task"] == task and r["strategy"] == strategy]
+
+        ub_ovf, rnd_ovf = last("uncertainty+balance", "ovf"), last("random", "ovf")
+        r1 = [r["rounds"][0] for r in results if r["task"] == task]
+        if not ub_ovf or not r1:
+            continue
+        r1_ovf, r1_img = np.mean([x["ovf"] for x in r1]), np.mean([x["img_aln"] for x in r1])
+        ub_img = np.mean(last("uncertainty+balance", "img_aln"))
+        checks = [f"OVF {np.mean(ub_ovf):.3f} vs R1 {r1_ovf:.3f}: {'lower' if np.mean(ub_ovf) < r1_ovf else 'NOT lower'}"]
+        if rnd_ovf:
+            checks.append(f"vs Random {np.mean(rnd_ovf):.3f}: {'lower' if np.mean(ub_ovf) < np.mean(rnd_ovf) else 'NOT lower'}")
+        checks.append(f"IMG-ALN {ub_img:.3f} vs R1 {r1_img:.3f}: {'kept' if ub_img >= 0.9 * r1_img else 'COLLAPSED'} (>= 90 %)")
+        lines.append(f"{task}: Uncertainty+Balance, last round — " + "; ".join(checks))
+    return lines
 
 
 def summarise(results: list[dict], rounds: int) -> str:
@@ -101,6 +142,7 @@ def summarise(results: list[dict], rounds: int) -> str:
                     cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "–")
                 extra = f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}" if i == rounds - 1 else ""
                 lines.append(f"{strategy if i == 0 else '':<22}{i + 1:>6}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{extra}")
+    lines += ["", *direction(results)]
     return "\n".join(lines)
 
 
@@ -119,9 +161,14 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
                 runs = [r for r in results if r["task"] == task and r["strategy"] == strategy]
                 if not runs:
                     continue
-                mean = [np.mean([r["rounds"][i][metric] for r in runs]) for i in range(rounds)]
-                sd = [np.std([r["rounds"][i][metric] for r in runs]) for i in range(rounds)]
-                ax.errorbar(range(1, rounds + 1), mean, yerr=sd, label=strategy, capsize=3, marker="o")
+                xs, mean, sd = [], [], []
+                for i in range(rounds):  # a Human run that emptied the pool ends early
+                    values = [r["rounds"][i][metric] for r in runs if i < len(r["rounds"])]
+                    if values:
+                        xs.append(i + 1)
+                        mean.append(np.mean(values))
+                        sd.append(np.std(values))
+                ax.errorbar(xs, mean, yerr=sd, label=strategy, capsize=3, marker="o")
             ax.set_title(f"{task}: {metric.upper().replace('_', '-')}")
             ax.set_xlabel("round")
             ax.set_xticks(range(1, rounds + 1))
@@ -133,18 +180,19 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
 _WORKER: dict = {}
 
 
-def _init_worker(model: str, oracle: str, root: str) -> None:
+def _init_worker(model: str, oracle: str, root: str, grid_dir: str) -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core: 2 threads each thrash a shared 2-core machine
     folder = Path(tempfile.mkdtemp(dir=root))
-    _WORKER.update(studio=Studio(folder / "runs", model=model, oracle=oracle), folder=folder)
+    _WORKER.update(studio=Studio(folder / "runs", model=model, oracle=oracle), folder=folder, grid_dir=Path(grid_dir))
 
 
 def _work(job: tuple) -> dict:
     task, strategy, seed, rounds, noise, variant = job
     try:
-        return one_run(_WORKER["studio"], task, strategy, seed, rounds, noise, _WORKER["folder"], variant)
+        return one_run(_WORKER["studio"], task, strategy, seed, rounds, noise, _WORKER["folder"], variant,
+                       _WORKER["grid_dir"])
     except Exception as err:  # one failed run is reported, the others go on
         import traceback
 
@@ -172,6 +220,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each")
     parser.add_argument("--out", default="artifacts/table1")
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out/results.json")
+    parser.add_argument("--report", action="store_true", help="only print the table and plot from --out/results.json")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +228,13 @@ def main() -> None:
                                   "steps": args.steps}.items() if v is not None}
     saved = out / "results.json"
     results = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
+    if args.report:
+        shown = [r for r in results if (r.get("variant") or {}) == variant]
+        rounds = max(len(r["rounds"]) for r in shown)
+        print(summarise(shown, rounds))
+        plot(shown, rounds, out / "table1.png")
+        print(f"\nwrote {out / 'table1.png'}")
+        return
     done = {_key(r) for r in results}
     jobs = [(task, strategy, seed, args.rounds, args.noise, variant)
             for task in args.tasks for seed in args.seeds for strategy in args.strategies
@@ -187,12 +243,12 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.jobs == 1:
-            _init_worker(args.model, args.oracle, tmp)
+            _init_worker(args.model, args.oracle, tmp, str(out / "grids"))
             finished = map(_work, jobs)
         else:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(args.jobs, _init_worker, (args.model, args.oracle, tmp))
+            pool = mp.get_context("spawn").Pool(args.jobs, _init_worker, (args.model, args.oracle, tmp, str(out / "grids")))
             finished = pool.imap_unordered(_work, jobs)
         failed = []
         for result in finished:
