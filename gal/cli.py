@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name")
     run.add_argument("--model", help="tiny, toy, a hub id or a local diffusers folder")
     run.add_argument("--oracle", help="tiny, toy, ViT-B-32/openai or a local open_clip folder")
+    run.add_argument("--lr-schedule", choices=["constant", "cosine"], help="learning-rate schedule per round (constant)")
     run.add_argument("--sampling", choices=["pooled", "real-rate"],
                      help="how batches mix real and added references (pooled: official; real-rate: real ones keep round 1's rate)")
     run.add_argument("--continue-adapter", action="store_true", help="each round continues the last adapter (official: retrain from base)")
@@ -169,7 +170,7 @@ def _new_config(args):
         "name": (None, "name"), "model": (None, "model"), "oracle": (None, "oracle"),
         "strategy": ("gal", "strategy"), "m": ("gal", "m"), "k": ("gal", "k"), "lam": ("gal", "lam"),
         "rounds": ("gal", "max_rounds"), "steps": ("train", "steps"), "lr": ("train", "learning_rate"),
-        "rank": ("train", "rank"), "sampling": ("train", "reference_sampling"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
+        "rank": ("train", "rank"), "sampling": ("train", "reference_sampling"), "lr_schedule": ("train", "lr_schedule"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
         "guidance": ("generate", "guidance_scale"), "scheduler": ("generate", "scheduler"),
     }.items():
         value = getattr(args, flag)

@@ -43,6 +43,9 @@ class TrainConfig:
     # draw real references exactly as round 1 does and the added ones in a second half-batch, so the
     # real references keep their round-1 training and an added image counts by its weight only.
     reference_sampling: str = "pooled"
+    # Learning-rate schedule over a round's steps: "constant" (diffusers' default) or "cosine" (5 % linear
+    # warm-up, then cosine decay to 0), which keeps long high-lr rounds from blowing up late.
+    lr_schedule: str = "constant"
 
     def validate(self) -> None:
         _positive_int("train.rank", self.rank)
@@ -60,6 +63,8 @@ class TrainConfig:
             raise ValueError("prior preservation needs a class prompt, e.g. 'a cat'")
         if self.mixed_precision not in ("auto", "fp16", "bf16", "no"):
             raise ValueError(f"train.mixed_precision must be auto, fp16, bf16 or no, got {self.mixed_precision!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.reference_sampling not in REFERENCE_SAMPLING:
             raise ValueError(f"train.reference_sampling must be {' or '.join(REFERENCE_SAMPLING)}, got {self.reference_sampling!r}")
 

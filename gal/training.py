@@ -6,6 +6,7 @@ latents' moments and prompt embeddings are computed once per round, not once per
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,6 +123,18 @@ def _latent_moments(pipe, images: list[Image.Image], resolution: int) -> tuple[t
     return torch.cat(means), torch.cat(stds)
 
 
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """The learning-rate multiplier at ``step``: 1 for ``constant``; ``cosine`` warms up linearly over the
+    first 5 % of the steps, then decays along a half cosine to 0 at ``total``."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, total // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def draw_batch(examples: list[TrainExample], cfg: TrainConfig, generator: torch.Generator, *, n_class: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One step's sample indices and their loss coefficients (the loss is ``Σ coef · weight · mse``).
 
@@ -200,6 +213,7 @@ def train_lora(
     # 3. adapter and optimiser
     params = attach_adapter(pipe.unet, cfg, init_state, seed=seed)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.steps, cfg.lr_schedule))
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     prediction_type = noise_scheduler.config.prediction_type
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -235,6 +249,7 @@ def train_lora(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
+            scheduler.step()
             result.losses.append(float(loss.detach()))
             result.steps = step + 1
             if progress is not None:

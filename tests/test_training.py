@@ -9,7 +9,7 @@ from PIL import Image
 import storage
 from gal import training
 from gal.config import TrainConfig
-from gal.training import TrainExample, draw_batch
+from gal.training import TrainExample, draw_batch, lr_factor
 
 BLANK = Image.new("RGB", (8, 8))
 
@@ -99,3 +99,15 @@ def test_real_rate_run_trains_round_two_on_both_halves(shared_studio, references
         stored = storage.get_run(db, run_id)["config"]
         assert stored["train"]["reference_sampling"] == "real-rate"
         assert np.isfinite(storage.get_round(db, run_id, 2)["metrics"]["train_loss"])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_and_constant_stays_put():
+    total = 900
+    factors = [lr_factor(s, total, "cosine") for s in range(total)]
+    warm = total // 20
+    assert factors[0] == pytest.approx(1 / warm) and factors[warm - 1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[warm - 1:], factors[warm:]))  # never rises after warm-up
+    assert factors[-1] < 1e-4 and factors[warm + (total - warm) // 2] == pytest.approx(0.5, abs=0.01)
+    assert {lr_factor(s, total, "constant") for s in range(0, total, 50)} == {1.0}
+    with pytest.raises(ValueError, match="constant or cosine"):
+        TrainConfig(lr_schedule="linear").validate()

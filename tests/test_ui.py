@@ -116,6 +116,18 @@ def test_demo_fills_the_form_with_the_toy_scenario(handlers, demo_form):
     assert "✓" in handlers.validate_form(*form_values(form))
 
 
+def test_a_run_started_from_the_demo_form_trains_as_the_demo_does(handlers, tmp_path):
+    """Every training setting of the demo survives the form (a lost lr schedule made rounds blow up)."""
+    from gal.demo import demo_scenario
+
+    demo, _ = demo_scenario(tmp_path, "object", model=handlers.studio.default_model)
+    out = dict(zip(("files", "gallery", "table", *FORM_FIELDS, "validation"), handlers.demo_fill("object"), strict=True))
+    started = config_from_form({name: out[name] for name in FORM_FIELDS})
+    assert started.train == demo.train and started.generate == demo.generate
+    assert started.gal.m == demo.gal.m and started.gal.k == demo.gal.k and started.gal.lam == demo.gal.lam
+    assert started.train.lr_schedule == "cosine"
+
+
 def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tmp_path):
     paths = [str(tmp_path / f"img{i}.png") for i in range(3)]
     preview, table = handlers.files_changed(paths, [["img1.png", "a <sks> cat", "a cat on a sofa"]])

@@ -120,6 +120,10 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                         f["gen_batch"] = _number("generation batch", form0["gen_batch"], "images per UNet batch")
                         f["eval_per_prompt"] = _number("eval images / prompt", form0["eval_per_prompt"],
                                                        "images per held-out prompt")
+                        f["lr_schedule"] = gr.Radio(
+                            [("constant", "constant"), ("cosine", "cosine")], value=form0["lr_schedule"],
+                            label="Learning-rate schedule",
+                            info="cosine: 5 % warm-up, then decay to 0; keeps long high-lr rounds stable")
                         f["reference_sampling"] = gr.Radio(
                             [("pooled (official)", "pooled"), ("real refs at round-1 rate", "real-rate")],
                             value=form0["reference_sampling"], label="Batches of added images",

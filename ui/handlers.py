@@ -42,7 +42,7 @@ FORM_FIELDS = (
     "task", "soi_token", "subject_phrase", "oracle_subject", "anchors", "eval_prompts", "model", "oracle",
     "strategy", "m", "k", "lam", "rounds", "train_steps", "resolution", "seed",
     "learning_rate", "rank", "train_batch", "gen_steps", "guidance", "gen_batch", "eval_per_prompt",
-    "reference_sampling", "adaptive_stop", "name",
+    "lr_schedule", "reference_sampling", "adaptive_stop", "name",
 )
 # Labels used in messages, so an error names the field as the page shows it.
 FIELD_LABELS = {
@@ -143,6 +143,7 @@ def config_from_form(form: dict) -> RunConfig:
             learning_rate=_number(form, "learning_rate"), rank=rank, alpha=float(rank),
             batch_size=_whole(form, "train_batch"),
             reference_sampling=form.get("reference_sampling") or "pooled",
+            lr_schedule=form.get("lr_schedule") or "constant",
         ),
         generate=GenerateConfig(steps=_whole(form, "gen_steps"), guidance_scale=_number(form, "guidance"),
                                 batch_size=_whole(form, "gen_batch")),
@@ -172,7 +173,7 @@ def form_from_config(config: RunConfig) -> dict:
         "train_batch": config.train.batch_size, "gen_steps": config.generate.steps,
         "guidance": config.generate.guidance_scale, "gen_batch": config.generate.batch_size,
         "eval_per_prompt": config.eval.images_per_prompt, "adaptive_stop": config.gal.adaptive_stop,
-        "reference_sampling": config.train.reference_sampling,
+        "reference_sampling": config.train.reference_sampling, "lr_schedule": config.train.lr_schedule,
         "name": config.name,
     }
 
