@@ -24,7 +24,7 @@ def demo_scenario(folder: str | Path, task: str = "object", model: str | None = 
         model=model or default_model(),
         oracle=default_oracle(),
         name=f"toy-{task}",
-        # Sized for a CPU: a round trains and draws in ~1.5 minutes on 2 cores with the toy world.
+        # Sized for a CPU: a round trains, draws and evaluates in ~2 minutes on one core (table1 bench: 7.7-8.1 min per 4 rounds).
         # lr 6e-3 with a cosine schedule × 900 steps: the stairs leak into part of the images after round 1
         # (OVF 0.15-0.21 on 18 anchors × 4 images, 2-5 anchors mixed, 2 training seeds) and rounds that add
         # images stay stable. Measured edges (docs/bench/table1.md): a constant lr >= 5e-3 blows up late in
