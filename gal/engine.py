@@ -622,7 +622,7 @@ class Studio:
             r = self._review_round(db, run_id)
             config = RunConfig.from_dict(storage.get_run(db, run_id)["config"])
             mode = mode or storage.get_round(db, run_id, r)["mode"]
-            if not any(a["in_pool"] for a in storage.list_anchors(db, run_id, r)):
+            if self._pool_empty(db, run_id, r):
                 return {"mode": mode, "strategy": self._strategy(config, mode), "round": r, "weight": 0.0,
                         "openness": 0.0, "stop": True, "last_round": True, "exhausted": True, "picks": []}
             try:
@@ -654,10 +654,14 @@ class Studio:
             with self.db() as db:
                 return storage.get_run(db, run_id)
 
-    def _exhausted(self, run_id: str, r: int) -> bool:
+    @staticmethod
+    def _pool_empty(db, run_id: str, r: int) -> bool:
         """Every anchor has been selected in an earlier round: this round drew nothing and ends the run."""
+        return not any(a["in_pool"] for a in storage.list_anchors(db, run_id, r))
+
+    def _exhausted(self, run_id: str, r: int) -> bool:
         with self.db() as db:
-            return not any(a["in_pool"] for a in storage.list_anchors(db, run_id, r))
+            return self._pool_empty(db, run_id, r)
 
     def _commit(self, run_id: str, config: RunConfig, r: int, mode: str) -> None:
         run_dir = self.run_dir(run_id)
