@@ -1,7 +1,8 @@
 """Shared helpers of the toy-world training scripts: the rendered-data cache, checkpoints, logging.
 
 Every script sets ``torch.set_num_threads`` (1 by default: the 2-core machine is shared) and writes its
-checkpoints to ``artifacts/toyworld/`` (git-ignored), so a killed job resumes where it stopped.
+checkpoints to ``artifacts/toyworld/`` (git-ignored; ``TOYWORLD_WORK`` points elsewhere), so a killed job
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gal.toyworld.world import (  # noqa: E402
     sample_spec,
 )
 
-WORK = ROOT / "artifacts" / "toyworld"
+WORK = Path(os.environ.get("TOYWORLD_WORK", ROOT / "artifacts" / "toyworld"))
 ASSETS = ROOT / "gal" / "assets" / "toyworld"
 SHAPE_I = {s: i for i, s in enumerate(SHAPES)}
 COLOUR_I = {c: i for i, c in enumerate(COLOURS)}
@@ -44,6 +45,31 @@ def log(path: Path, **row) -> None:
     print(line, flush=True)
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+def load_checkpoint(path: Path, **parts) -> int:
+    """Load each part (a module or optimizer, by its key in the file) from ``path``; return its step.
+
+    A missing file is a fresh start: step 0, parts untouched.
+    """
+    import torch
+
+    if not path.exists():
+        return 0
+    ck = torch.load(path, weights_only=False)
+    for key, part in parts.items():
+        part.load_state_dict(ck[key])
+    print(f"resumed at step {ck['step']}", flush=True)
+    return ck["step"]
+
+
+def save_checkpoint(path: Path, step: int, **parts) -> None:
+    """Write every part's state dict and ``step`` to ``path`` (atomically: a kill mid-save keeps the old one)."""
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({key: part.state_dict() for key, part in parts.items()} | {"step": step}, tmp)
+    tmp.replace(path)
 
 
 def set_threads() -> int:

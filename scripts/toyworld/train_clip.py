@@ -19,7 +19,7 @@ import time
 import numpy as np
 import open_clip
 import torch
-from _common import WORK, log, set_threads, spec_arrays, spec_at, train_data
+from _common import WORK, load_checkpoint, log, save_checkpoint, set_threads, spec_arrays, spec_at, train_data
 from safetensors.torch import save_file
 
 from gal.toyworld.clip import images_to_tensor, zero_shot
@@ -93,13 +93,7 @@ def main() -> None:
         betas=(0.9, 0.98),
     )
     ckpt_path, log_path = WORK / "clip_ckpt.pt", WORK / "clip_log.jsonl"
-    step = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step = ck["step"]
-        print(f"resumed at step {step}", flush=True)
+    step = load_checkpoint(ckpt_path, model=model, opt=opt)
     rng = np.random.default_rng([args.seed, step])
     attr_arrays = np.stack([data[a] for a in ATTRS], 1)  # [N, 4]
     start = last_ckpt = time.time()
@@ -150,9 +144,9 @@ def main() -> None:
         if step % args.eval_every == 0:
             log(log_path, step=step, zero_shot=evaluate(model, tokenizer, held))
         if time.time() - last_ckpt > args.ckpt_every:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            save_checkpoint(ckpt_path, step, model=model, opt=opt)
             last_ckpt = time.time()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+    save_checkpoint(ckpt_path, step, model=model, opt=opt)
     export(model, WORK / "clip")
     log(log_path, step=step, final_zero_shot=evaluate(model, tokenizer, held))
 

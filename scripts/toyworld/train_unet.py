@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from _common import WORK, log, random_captions, set_threads, train_data
+from _common import WORK, load_checkpoint, log, random_captions, save_checkpoint, set_threads, train_data
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -102,29 +102,8 @@ def main() -> None:
     alphas = sched.alphas_cumprod
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()
     ckpt_path, log_path = WORK / "unet_ckpt.pt", WORK / "unet_log.jsonl"
-    step = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        unet.load_state_dict(ck["unet"])
-        text.load_state_dict(ck["text"])
-        ema_unet.load_state_dict(ck["ema_unet"])
-        ema_text.load_state_dict(ck["ema_text"])
-        opt.load_state_dict(ck["opt"])
-        step = ck["step"]
-        print(f"resumed at step {step}", flush=True)
-
-    def save():
-        torch.save(
-            {
-                "unet": unet.state_dict(),
-                "text": text.state_dict(),
-                "ema_unet": ema_unet.state_dict(),
-                "ema_text": ema_text.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-            },
-            ckpt_path,
-        )
+    parts = dict(unet=unet, text=text, ema_unet=ema_unet, ema_text=ema_text, opt=opt)
+    step = load_checkpoint(ckpt_path, **parts)
 
     rng = np.random.default_rng([args.seed, step])
     gen = torch.Generator().manual_seed(args.seed * 100003 + step)
@@ -172,10 +151,10 @@ def main() -> None:
             )
             losses, last_log = [], time.time()
         if time.time() - last_ckpt > args.ckpt_every:
-            save()
+            save_checkpoint(ckpt_path, step, **parts)
             last_ckpt = time.time()
     if not args.export_only:
-        save()
+        save_checkpoint(ckpt_path, step, **parts)
     ema_unet.save_pretrained(WORK / "unet")
     ema_text.save_pretrained(WORK / "text_encoder")
     log(log_path, step=step, exported=str(WORK))

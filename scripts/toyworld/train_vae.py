@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import torch
-from _common import WORK, log, set_threads, train_data
+from _common import WORK, load_checkpoint, log, save_checkpoint, set_threads, train_data
 from diffusers import AutoencoderKL
 
 VAE_CONFIG = dict(
@@ -83,13 +83,7 @@ def main() -> None:
     vae = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     ckpt_path, log_path = WORK / "vae_ckpt.pt", WORK / "vae_log.jsonl"
-    step = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        vae.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        step = ck["step"]
-        print(f"resumed at step {step}", flush=True)
+    step = load_checkpoint(ckpt_path, model=vae, opt=opt)
     rng = np.random.default_rng([args.seed, step])
     start = last_ckpt = time.time()
     vae.train()
@@ -110,10 +104,10 @@ def main() -> None:
         if step % 100 == 0:
             log(log_path, step=step, rec=round(float(rec), 5), kl=round(float(kl), 1))
         if time.time() - last_ckpt > args.ckpt_every:
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            save_checkpoint(ckpt_path, step, model=vae, opt=opt)
             last_ckpt = time.time()
     if not args.export_only:
-        torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+        save_checkpoint(ckpt_path, step, model=vae, opt=opt)
     vae.eval()
     stats = centre_and_scale(vae, images[:4000])
     p = psnr(vae, held[:500])
