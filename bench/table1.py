@@ -130,19 +130,24 @@ def summarise(results: list[dict], rounds: int) -> str:
     lines = []
     for task in sorted({r["task"] for r in results}):
         lines.append(f"\n{task} task — mean ± sd over seeds; R1 is plain DreamBooth-LoRA (no synthetic data)")
-        lines.append(f"{'strategy':<22}{'round':>6}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
+        lines.append(f"{'strategy':<22}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
         base = [r for r in results if r["task"] == task]
         for strategy in ROWS:
             runs = [r for r in base if r["strategy"] == strategy]
             if not runs:
                 continue
+            def cell(values):
+                values = [v for v in values if v is not None]
+                return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "–"
+
             for i in range(rounds):
-                cells = []
-                for m in METRICS:
-                    values = [r["rounds"][i][m] for r in runs if i < len(r["rounds"]) and r["rounds"][i][m] is not None]
-                    cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "–")
-                extra = f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}" if i == rounds - 1 else ""
-                lines.append(f"{strategy if i == 0 else '':<22}{i + 1:>6}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{extra}")
+                cells = [cell([r["rounds"][i][m] for r in runs if i < len(r["rounds"])]) for m in METRICS]
+                reached = sum(i < len(r["rounds"]) for r in runs)
+                lines.append(f"{strategy if i == 0 else '':<22}{i + 1:>6}{reached:>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
+            # a Human run whose pool emptied ends early: its own last round, next to the others' last round
+            cells = [cell([r["rounds"][-1][m] for r in runs]) for m in METRICS]
+            lines.append(f"{'':<22}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
+                         f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}")
     lines += ["", *direction(results)]
     return "\n".join(lines)
 

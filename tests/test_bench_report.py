@@ -1,0 +1,76 @@
+"""The Table 1 report: what bench/table1.py prints from results.json (no training here).
+
+A wrong mean, a miscounted run or a direction check that always says "lower" would misreport every
+benchmark, so the report is checked on hand-made results with known answers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("table1", Path(__file__).resolve().parents[1] / "bench" / "table1.py")
+table1 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(table1)
+
+
+def _run(strategy: str, seed: int, rounds: list[tuple[float, float, float]], added: int = 9) -> dict:
+    return {
+        "task": "object", "strategy": strategy, "seed": seed, "seconds": 60.0 * (seed + 1), "variant": {},
+        "rounds": [{"txt_aln": t, "img_aln": i, "ovf": o, "openness": None} for t, i, o in rounds],
+        "added": added,
+    }
+
+
+R1 = (1.0, 0.6, 0.4)
+
+
+@pytest.fixture
+def results() -> list[dict]:
+    return [
+        _run("random", 0, [R1, (0.8, 0.3, 0.1)]),
+        _run("random", 1, [R1, (0.6, 0.3, 0.3)]),
+        _run("uncertainty+balance", 0, [R1, (1.2, 0.6, 0.2)]),
+        _run("uncertainty+balance", 1, [R1, (1.4, 0.58, 0.3)]),
+        # a Human run whose pool emptied after round 1 ends early; the other one reached round 2
+        _run("human", 0, [R1], added=130),
+        _run("human", 1, [R1, (0.9, 0.5, 0.0)], added=120),
+    ]
+
+
+def _rows(text: str, strategy: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(strategy + " "))
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith(" "):
+            break
+        block.append(line)
+    return [line.split() for line in block]
+
+
+def test_means_runs_and_last_round(results):
+    text = table1.summarise(results, rounds=2)
+    ub = _rows(text, "uncertainty+balance")
+    # round 2: TXT (1.2, 1.4) -> 1.3 ± 0.1; OVF (0.2, 0.3) -> 0.25 ± 0.05
+    assert ub[1][:4] == ["2", "2", "1.3000", "±"] and ub[1][4] == "0.1000"
+    assert ub[1][-3:] == ["0.2500", "±", "0.0500"]
+    human = _rows(text, "human")
+    assert human[1][:3] == ["2", "1", "0.9000"]  # only one run reached round 2
+    # "last": each run's own last round -> OVF (0.4, 0.0) -> 0.2; added (130, 120) -> 125; min/run (1, 2) -> 1.5
+    assert human[2][:2] == ["last", "2"]
+    assert human[2][-5:] == ["0.2000", "±", "0.2000", "125.0", "1.5"]
+
+
+def test_direction_reads_the_numbers(results):
+    (line,) = table1.direction(results)
+    # U+B OVF 0.25 < R1 0.4 but > Random 0.2; IMG-ALN 0.59 >= 0.9 * 0.6
+    assert "OVF 0.250 vs R1 0.400: lower" in line
+    assert "vs Random 0.200: NOT lower" in line and "Random's IMG-ALN 0.300" in line
+    assert "IMG-ALN 0.590 vs R1 0.600: kept" in line
+    results[3]["rounds"][1]["img_aln"] = 0.2  # U+B mean IMG-ALN 0.4 < 0.54
+    results[3]["rounds"][1]["ovf"] = 0.0  # U+B mean OVF 0.1 < Random 0.2
+    (line,) = table1.direction(results)
+    assert "vs Random 0.200: lower" in line and "COLLAPSED" in line
