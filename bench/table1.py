@@ -1,13 +1,15 @@
 """Table 1 of the paper on the toy world: 5 strategies × seeds × rounds, TXT-ALN / IMG-ALN / OVF.
 
     .venv/bin/python bench/table1.py                       # object task, 3 seeds, 4 rounds
-    .venv/bin/python bench/table1.py --tasks object style --seeds 0 1 2 --rounds 4 --out artifacts/table1
+    .venv/bin/python bench/table1.py --tasks object style --seeds 0 1 2 --rounds 4 --jobs 2 --out artifacts/table1
 
-Human is simulated: the *person* is the evaluation CLIP (the toy CLIP's own Eq. 8 verdicts, so a perfect
-stand-in for the oracle), and ``human-noisy`` flips each of that person's verdicts with probability
-``--noise``. Prints mean ± sd per strategy and round, writes ``results.json``, ``table1.png`` and, per run,
-``grids/TASK-STRATEGY-seedN.png`` (one row per round: the first 16 held-out images, same seeds every round).
-Not a test: it takes tens of minutes on 2 CPU cores.
+Human is simulated by a stand-in *person* who reads each image as the evaluation CLIP does (its Eq. 8
+verdict, so a perfect stand-in for the oracle); ``human-noisy`` misreads each image with probability
+``--noise``. The person hand-picks ``--person-budget`` images a round (default 3, the k the automatic
+strategies add, so every row spends the same budget); ``--person-budget 0`` is a person who accepts every
+image they judge aligned. Prints mean ± sd per strategy and round, writes ``results.json``, ``table1.png``
+and, per run, ``grids/TASK-STRATEGY-seedN.png`` (one row per round: the first 16 held-out images, same seeds
+every round). Not a test: a 4-round run takes ~8 minutes on one CPU core.
 """
 
 from __future__ import annotations
@@ -33,20 +35,44 @@ ROWS = ["random", "human", "human-noisy", "uncertainty", "uncertainty+balance", 
 METRICS = ("txt_aln", "img_aln", "ovf")
 
 
-def simulated_person(studio: Studio, run_id: str, noise: float, rng: np.random.Generator) -> None:
-    state = studio.review_state(run_id)
-    verdicts = {}
-    for anchor in state["anchors"]:
-        for image in anchor["images"]:
-            verdict = int(image["oracle_verdict"])
-            if noise and rng.random() < noise:
-                verdict = 1 - verdict
-            verdicts[image["id"]] = verdict
+def person_verdicts(images: list[dict], *, budget: int, noise: float, rng: np.random.Generator) -> dict[int, int]:
+    """What the simulated person records on one round's images (``id``, ``anchor_index``, ``sim_anchor``,
+    ``sim_non_soi``): image id -> verdict (0 accept, 1 reject).
+
+    The person reads an image as the evaluation CLIP does: aligned when sim(image, anchor) beats
+    sim(image, non-SoI) (Eq. 8), and the larger the margin the clearer it looks. The noisy person misreads
+    each image with probability ``noise``, as sure of the wrong reading as the margin is large.
+    ``budget`` 0: the person judges every image (Human mode then adds every image they call aligned).
+    ``budget`` n: they accept the n clearest images they read as aligned, one per anchor, as a person
+    hand-picks a few good images (StyleDrop's feedback), and leave the rest to the oracle.
+    """
+    images = sorted(images, key=lambda im: im["id"])  # one draw per image, in a fixed order
+    misread = rng.random(len(images)) < noise if noise else np.zeros(len(images), dtype=bool)
+    margin = np.array([im["sim_anchor"] - im["sim_non_soi"] for im in images], dtype=np.float64)  # [n]
+    seen = np.where(misread, -margin, margin)  # > 0: the person reads the image as aligned
+    if budget == 0:
+        return {im["id"]: int(s <= 0) for im, s in zip(images, seen)}
+    picks: dict[int, int] = {}
+    anchors: set[int] = set()
+    for i in np.lexsort((np.arange(len(images)), -seen)):  # clearest first, ties by id
+        if seen[i] <= 0 or len(picks) == budget:
+            break
+        if images[i]["anchor_index"] not in anchors:
+            anchors.add(images[i]["anchor_index"])
+            picks[images[i]["id"]] = 0
+    return picks
+
+
+def simulated_person(studio: Studio, run_id: str, budget: int, noise: float, rng: np.random.Generator) -> int:
+    """The stand-in person reviews the round under review; returns how many verdicts they recorded."""
+    images = [im for anchor in studio.review_state(run_id)["anchors"] for im in anchor["images"]]
+    verdicts = person_verdicts(images, budget=budget, noise=noise, rng=rng)
     if verdicts:
         studio.decide_many(run_id, verdicts)
+    return len(verdicts)
 
 
-def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, noise: float, folder: Path,
+def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, folder: Path,
             variant: dict | None = None, grid_dir: Path | None = None) -> dict:
     variant = variant or {}
     config, refs = demo_scenario(folder / "refs", task, model=studio.default_model)
@@ -67,15 +93,18 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, no
     run_id = studio.create_run(config, refs)
     rng = np.random.default_rng([seed, 99])
     started = time.perf_counter()
+    fallbacks = 0
     while True:
         run = studio.advance(run_id)
         if run["status"] == "finished":
             break
-        simulated_person(studio, run_id, noise if strategy == "human-noisy" else 0.0, rng)
+        if strategy.startswith("human"):
+            simulated_person(studio, run_id, variant["person_budget"], variant.get("noise", 0.0), rng)
         try:
             studio.commit_round(run_id)
         except ValueError:  # the person accepted nothing: fall back to the oracle's picks this round
             studio.commit_round(run_id, "auto")
+            fallbacks += 1
     history = studio.history(run_id)
     if grid_dir is not None:
         save_grid(studio.run_dir(run_id), len(history["rounds"]), grid_dir / f"{task}-{strategy}-seed{seed}.png")
@@ -84,7 +113,19 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, no
         "rounds": [{k: (r.get("metrics") or {}).get(k) for k in METRICS} | {"openness": r.get("openness")}
                    for r in history["rounds"]],
         "added": sum(r["source"] == "synthetic" for r in history["references"]),
+        "auto_fallbacks": fallbacks,
     }
+
+
+def job_variant(base: dict, strategy: str, person_budget: int, noise: float) -> dict:
+    """The settings a run is keyed and reported by: the person's budget belongs to the Human rows only,
+    the misreading rate to the noisy person's."""
+    variant = dict(base)
+    if strategy.startswith("human"):
+        variant["person_budget"] = person_budget
+    if strategy == "human-noisy":
+        variant["noise"] = noise
+    return variant
 
 
 def save_grid(run_dir: Path, rounds: int, path: Path, per_round: int = 16, scale: int = 2) -> None:
@@ -195,9 +236,9 @@ def _init_worker(model: str, oracle: str, root: str, grid_dir: str) -> None:
 
 
 def _work(job: tuple) -> dict:
-    task, strategy, seed, rounds, noise, variant = job
+    task, strategy, seed, rounds, variant = job
     try:
-        return one_run(_WORKER["studio"], task, strategy, seed, rounds, noise, _WORKER["folder"], variant,
+        return one_run(_WORKER["studio"], task, strategy, seed, rounds, _WORKER["folder"], variant,
                        _WORKER["grid_dir"])
     except Exception as err:  # one failed run is reported, the others go on
         import traceback
@@ -216,7 +257,9 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--noise", type=float, default=0.2, help="flip probability of the noisy person")
+    parser.add_argument("--noise", type=float, default=0.2, help="how often the noisy person misreads an image")
+    parser.add_argument("--person-budget", type=int, default=3,
+                        help="images the simulated person accepts per round (default 3 = k; 0 = every image they call aligned)")
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--oracle", default=default_oracle())
     parser.add_argument("--eval-images", type=int, default=8, help="images per held-out prompt (the demo uses 4)")
@@ -230,21 +273,34 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.person_budget < 0 or not 0 <= args.noise <= 1:
+        parser.error("--person-budget must be >= 0 and --noise within [0, 1]")
     variant = {k: v for k, v in {"eval_images": args.eval_images, "sampling": args.sampling, "lam": args.lam,
                                   "steps": args.steps}.items() if v is not None}
+
+    def variant_of(strategy: str) -> dict:
+        return job_variant(variant, strategy, args.person_budget, args.noise)
+
+    def selected(results: list[dict]) -> list[dict]:
+        return [r for r in results if (r.get("variant") or {}) == variant_of(r["strategy"])]
+
     saved = out / "results.json"
     results = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
     if args.report:
-        shown = [r for r in results if (r.get("variant") or {}) == variant]
+        shown = selected(results)
+        if not shown:
+            found = sorted({json.dumps(r.get("variant") or {}, sort_keys=True) for r in results})
+            sys.exit(f"no runs with variant {variant} in {saved}; it holds {', '.join(found) or 'none'}: "
+                     "pass the same --eval-images/--sampling/--lam/--steps/--person-budget/--noise as the runs")
         rounds = max(len(r["rounds"]) for r in shown)
         print(summarise(shown, rounds))
         plot(shown, rounds, out / "table1.png")
         print(f"\nwrote {out / 'table1.png'}")
         return
     done = {_key(r) for r in results}
-    jobs = [(task, strategy, seed, args.rounds, args.noise, variant)
+    jobs = [(task, strategy, seed, args.rounds, variant_of(strategy))
             for task in args.tasks for seed in args.seeds for strategy in args.strategies
-            if _key({"task": task, "strategy": strategy, "seed": seed, "variant": variant}) not in done]
+            if _key({"task": task, "strategy": strategy, "seed": seed, "variant": variant_of(strategy)}) not in done]
     print(f"{len(jobs)} runs to do ({len(results)} already in {saved}), {args.jobs} at a time; variant {variant}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,7 +328,7 @@ def main() -> None:
             pool.join()
     print(f"model {args.model}, oracle {args.oracle}; {len(jobs) - len(failed)} runs in "
           f"{(time.perf_counter() - started) / 60:.1f} min, {len(failed)} failed")
-    shown = [r for r in results if (r.get("variant") or {}) == variant]
+    shown = selected(results)
     print(summarise(shown, args.rounds))
     plot(shown, args.rounds, out / "table1.png")
     print(f"\nwrote {saved} and {out / 'table1.png'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _spec = importlib.util.spec_from_file_location("table1", Path(__file__).resolve().parents[1] / "bench" / "table1.py")
@@ -74,3 +75,50 @@ def test_direction_reads_the_numbers(results):
     results[3]["rounds"][1]["ovf"] = 0.0  # U+B mean OVF 0.1 < Random 0.2
     (line,) = table1.direction(results)
     assert "vs Random 0.200: lower" in line and "COLLAPSED" in line
+
+
+# -- the simulated person (bench/table1.py's Human rows) ------------------------------------------------
+
+
+def _images(margins: list[list[float]]) -> list[dict]:
+    """One image per margin, anchors by row: sim_anchor - sim_non_soi = margin."""
+    return [
+        {"id": 10 * a + j, "anchor_index": a, "sim_anchor": 0.5 + d, "sim_non_soi": 0.5}
+        for a, row in enumerate(margins) for j, d in enumerate(row)
+    ]
+
+
+MARGINS = [[0.30, 0.20, -0.1], [0.05, -0.2, -0.3], [0.25, 0.01, 0.02]]
+
+
+def test_person_without_budget_judges_every_image_as_eq8():
+    verdicts = table1.person_verdicts(_images(MARGINS), budget=0, noise=0.0, rng=np.random.default_rng(0))
+    assert verdicts == {0: 0, 1: 0, 2: 1, 10: 0, 11: 1, 12: 1, 20: 0, 21: 0, 22: 0}
+
+
+def test_person_with_budget_accepts_the_clearest_image_of_different_anchors():
+    rng = np.random.default_rng(0)
+    # clearest aligned: 0 (0.30, anchor 0), then 20 (0.25, anchor 2); 1 (0.20) is anchor 0 again
+    assert table1.person_verdicts(_images(MARGINS), budget=2, noise=0.0, rng=rng) == {0: 0, 20: 0}
+    assert table1.person_verdicts(_images(MARGINS), budget=3, noise=0.0, rng=rng) == {0: 0, 20: 0, 10: 0}
+    # only three anchors have an aligned image: a larger budget accepts no more, and never an overfit one
+    assert table1.person_verdicts(_images(MARGINS), budget=9, noise=0.0, rng=rng) == {0: 0, 20: 0, 10: 0}
+    assert table1.person_verdicts(_images([[-0.1, -0.2]]), budget=3, noise=0.0, rng=rng) == {}
+
+
+def test_noisy_person_misreads_with_the_given_rate_and_is_reproducible():
+    # a person who misreads everything picks the most overfit image of each anchor
+    wrong = table1.person_verdicts(_images(MARGINS), budget=3, noise=1.0, rng=np.random.default_rng(0))
+    assert wrong == {12: 0, 2: 0}  # -0.3 (anchor 1), -0.1 (anchor 0); anchor 2 has no overfit image
+    many = _images([[0.1] * 50] * 40)  # 2,000 aligned images
+    verdicts = table1.person_verdicts(many, budget=0, noise=0.2, rng=np.random.default_rng(1))
+    assert 0.17 < np.mean(list(verdicts.values())) < 0.23
+    again = table1.person_verdicts(many, budget=0, noise=0.2, rng=np.random.default_rng(1))
+    assert verdicts == again
+
+
+def test_job_variant_keys_the_person_only_on_human_rows():
+    base = {"eval_images": 8}
+    assert table1.job_variant(base, "uncertainty+balance", 3, 0.2) == base
+    assert table1.job_variant(base, "human+balance", 3, 0.2) == {"eval_images": 8, "person_budget": 3}
+    assert table1.job_variant(base, "human-noisy", 0, 0.2) == {"eval_images": 8, "person_budget": 0, "noise": 0.2}
