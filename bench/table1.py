@@ -110,8 +110,10 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, fo
         save_grid(studio.run_dir(run_id), len(history["rounds"]), grid_dir / f"{task}-{strategy}-seed{seed}.png")
     return {
         "task": task, "strategy": strategy, "seed": seed, "seconds": time.perf_counter() - started, "variant": variant,
-        "rounds": [{k: (r.get("metrics") or {}).get(k) for k in METRICS} | {"openness": r.get("openness")}
-                   for r in history["rounds"]],
+        # mixed: anchors in the pool with 0 < β < 1 after the round's training, the directions GAL can query
+        "rounds": [{k: (r.get("metrics") or {}).get(k) for k in METRICS}
+                   | {"openness": r.get("openness"), "mixed": studio.review_state(run_id, i + 1)["counters"]["mixed"]}
+                   for i, r in enumerate(history["rounds"])],
         "added": sum(r["source"] == "synthetic" for r in history["references"]),
         "auto_fallbacks": fallbacks,
     }
@@ -320,7 +322,7 @@ def main() -> None:
                 continue
             results.append(result)
             print(f"{result['task']} {result['strategy']} seed {result['seed']}: " + "  ".join(
-                f"R{i + 1} OVF {r['ovf']:.3f}" for i, r in enumerate(result["rounds"])) +
+                f"R{i + 1} OVF {r['ovf']:.3f} mixed {r['mixed']}" for i, r in enumerate(result["rounds"])) +
                 f"  ({result['seconds']:.0f} s)", flush=True)
             saved.write_text(json.dumps(results, indent=1))
         if args.jobs > 1:

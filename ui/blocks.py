@@ -128,7 +128,8 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                             [("pooled (official)", "pooled"), ("real refs at round-1 rate", "real-rate")],
                             value=form0["reference_sampling"], label="Batches of added images",
                             info="pooled: added images take batch slots from your references; "
-                                 "real-rate: your references train as in round 1, added ones on top")
+                                 "real-rate: your references train as in round 1, added ones on top "
+                                 "(try it when you accept many images: docs/bench/table1.md)")
                         f["adaptive_stop"] = gr.Checkbox(form0["adaptive_stop"], label="Adaptive stop (Eq. 10)",
                                                          info="finish early when fewer than k anchors are mixed")
                         f["name"] = gr.Textbox(form0["name"], label="Run name", info="optional; shown in the Runs list")
