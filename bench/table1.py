@@ -169,10 +169,36 @@ def direction(results: list[dict]) -> list[str]:
     return lines
 
 
+def paired(results: list[dict]) -> list[str]:
+    """Each run's last round against round 1 of the same seed (which every strategy shares) and against
+    Random's last round of the same seed. With a handful of seeds, how many seeds moved which way says
+    more than means whose sd overlap."""
+    lines = []
+    for task in sorted({r["task"] for r in results}):
+        runs = {(r["strategy"], r["seed"]): r for r in results if r["task"] == task}
+        lines.append(f"{task}: last round against round 1 of the same seed, and against Random's last round")
+        for strategy in ROWS:
+            seeds = sorted(seed for name, seed in runs if name == strategy)
+            if not seeds:
+                continue
+            first = [runs[strategy, s]["rounds"][0] for s in seeds]
+            last = [runs[strategy, s]["rounds"][-1] for s in seeds]
+            d_ovf = [b["ovf"] - a["ovf"] for a, b in zip(first, last)]
+            kept = sum(b["img_aln"] >= 0.9 * a["img_aln"] for a, b in zip(first, last))
+            text = (f"  {strategy:<20} ΔOVF {np.mean(d_ovf):+.3f}, lower in {sum(d < 0 for d in d_ovf)}/{len(seeds)} seeds; "
+                    f"IMG-ALN kept (>= 90 % of R1) in {kept}/{len(seeds)}")
+            rivals = [s for s in seeds if ("random", s) in runs]
+            if strategy != "random" and rivals:
+                vs = [runs[strategy, s]["rounds"][-1]["ovf"] - runs["random", s]["rounds"][-1]["ovf"] for s in rivals]
+                text += f"; OVF vs Random {np.mean(vs):+.3f}, lower in {sum(d < 0 for d in vs)}/{len(rivals)}"
+            lines.append(text)
+    return lines
+
+
 def summarise(results: list[dict], rounds: int) -> str:
     lines = []
     for task in sorted({r["task"] for r in results}):
-        lines.append(f"\n{task} task — mean ± sd over seeds; R1 is plain DreamBooth-LoRA (no synthetic data)")
+        lines.append(f"\n{task} task — mean ± sd (sample sd, n-1) over seeds; R1 is plain DreamBooth-LoRA (no synthetic data)")
         lines.append(f"{'strategy':<22}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
         base = [r for r in results if r["task"] == task]
         for strategy in ROWS:
@@ -181,7 +207,10 @@ def summarise(results: list[dict], rounds: int) -> str:
                 continue
             def cell(values):
                 values = [v for v in values if v is not None]
-                return f"{np.mean(values):.4f} ± {np.std(values):.4f}" if values else "–"
+                if not values:
+                    return "–"
+                sd = f"{np.std(values, ddof=1):.4f}" if len(values) > 1 else "–"
+                return f"{np.mean(values):.4f} ± {sd:>6}"
 
             for i in range(rounds):
                 cells = [cell([r["rounds"][i][m] for r in runs if i < len(r["rounds"])]) for m in METRICS]
@@ -191,7 +220,7 @@ def summarise(results: list[dict], rounds: int) -> str:
             cells = [cell([r["rounds"][-1][m] for r in runs]) for m in METRICS]
             lines.append(f"{'':<22}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
                          f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}")
-    lines += ["", *direction(results)]
+    lines += ["", *direction(results), "", *paired(results)]
     return "\n".join(lines)
 
 
@@ -216,7 +245,7 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
                     if values:
                         xs.append(i + 1)
                         mean.append(np.mean(values))
-                        sd.append(np.std(values))
+                        sd.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
                 ax.errorbar(xs, mean, yerr=sd, label=strategy, capsize=3, marker="o")
             ax.set_title(f"{task}: {metric.upper().replace('_', '-')}")
             ax.set_xlabel("round")

@@ -55,14 +55,27 @@ def _rows(text: str, strategy: str) -> list[list[str]]:
 def test_means_runs_and_last_round(results):
     text = table1.summarise(results, rounds=2)
     ub = _rows(text, "uncertainty+balance")
-    # round 2: TXT (1.2, 1.4) -> 1.3 ± 0.1; OVF (0.2, 0.3) -> 0.25 ± 0.05
-    assert ub[1][:4] == ["2", "2", "1.3000", "±"] and ub[1][4] == "0.1000"
-    assert ub[1][-3:] == ["0.2500", "±", "0.0500"]
+    # round 2: TXT (1.2, 1.4) -> 1.3 ± 0.1414 (sample sd); OVF (0.2, 0.3) -> 0.25 ± 0.0707
+    assert ub[1][:4] == ["2", "2", "1.3000", "±"] and ub[1][4] == "0.1414"
+    assert ub[1][-3:] == ["0.2500", "±", "0.0707"]
     human = _rows(text, "human")
-    assert human[1][:3] == ["2", "1", "0.9000"]  # only one run reached round 2
-    # "last": each run's own last round -> OVF (0.4, 0.0) -> 0.2; added (130, 120) -> 125; min/run (1, 2) -> 1.5
+    assert human[1][:5] == ["2", "1", "0.9000", "±", "–"]  # only one run reached round 2: no sd
+    # "last": each run's own last round -> OVF (0.4, 0.0) -> 0.2 ± 0.2828; added (130, 120) -> 125; min/run (1, 2) -> 1.5
     assert human[2][:2] == ["last", "2"]
-    assert human[2][-5:] == ["0.2000", "±", "0.2000", "125.0", "1.5"]
+    assert human[2][-5:] == ["0.2000", "±", "0.2828", "125.0", "1.5"]
+
+
+def test_paired_counts_seeds_against_their_own_round_1_and_random(results):
+    lines = table1.paired(results)
+    ub = next(line for line in lines if "uncertainty+balance" in line)
+    # OVF 0.4 -> (0.2, 0.3): -0.15, lower in both; IMG-ALN (0.6, 0.58) >= 0.54 in both; vs Random per seed +0.1, 0.0
+    assert "ΔOVF -0.150, lower in 2/2 seeds" in ub and "kept (>= 90 % of R1) in 2/2" in ub
+    assert "OVF vs Random +0.050, lower in 0/2" in ub
+    rnd = next(line for line in lines if "random" in line)
+    assert "IMG-ALN kept (>= 90 % of R1) in 0/2" in rnd and "vs Random" not in rnd
+    human = next(line for line in lines if line.strip().startswith("human "))
+    # each run's own last round: (0.4 -> 0.4) and (0.4 -> 0.0): -0.2, lower in 1/2
+    assert "ΔOVF -0.200, lower in 1/2 seeds" in human
 
 
 def test_direction_reads_the_numbers(results):
