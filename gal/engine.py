@@ -572,6 +572,7 @@ class Studio:
             rnd = storage.get_round(db, run_id, r)
             anchors = storage.list_anchors(db, run_id, r)
             images = storage.list_images(db, run_id, r)
+            references = storage.list_references(db, run_id, up_to_round=r - 1)  # what round r trained on
         by_anchor: dict[int, list[dict]] = {}
         for im in images:
             by_anchor.setdefault(im["anchor_index"], []).append({**im, "path": str(safe_join(run_dir, im["file"]))})
@@ -586,7 +587,10 @@ class Studio:
         settled = sum(1 for a in anchors if a["in_pool"] and a.get("uncertainty") == 0)
         return {
             "run": run, "config": config, "round": rnd, "anchors": out_anchors,
-            "counters": {"reviewed": reviewed, "total": total, "overrides": overrides, "mixed": mixed, "settled": settled},
+            "counters": {"reviewed": reviewed, "total": total, "overrides": overrides, "mixed": mixed, "settled": settled,
+                         # the person's references and the images earlier rounds added
+                         "real_refs": sum(ref["source"] == "real" for ref in references),
+                         "added_refs": sum(ref["source"] != "real" for ref in references)},
         }
 
     # -- 5. select, 6. weigh ----------------------------------------------------------------------

@@ -30,10 +30,14 @@ def test_two_rounds_of_every_strategy(shared_studio, references, strategy):
     accepted = []
     if strategy.startswith("human"):
         assert run["status"] == "awaiting_review"  # Human mode waits for the person
+        counters = studio.review_state(run_id)["counters"]
+        assert (counters["real_refs"], counters["added_refs"]) == (len(references), 0)
         accepted = _accept_first_images(studio, run_id)
         studio.commit_round(run_id)
         run = studio.advance(run_id)
         assert run["status"] == "awaiting_review"
+        counters = studio.review_state(run_id)["counters"]  # round 2 trained on the references + the 2 picks
+        assert (counters["real_refs"], counters["added_refs"]) == (len(references), 2)
         studio.commit_round(run_id)
         run = studio.advance(run_id)
     assert run["status"] == "finished"

@@ -273,6 +273,22 @@ def test_human_mode_refuses_a_commit_without_an_accepted_image(handlers, studio,
         handlers.set_mode(run_id, "auto")
 
 
+def test_human_preview_warns_when_added_images_would_outnumber_the_references(handlers, studio, run_id):
+    before = {i: im["person_verdict"] for i, im in rows(studio, run_id).items()}
+    handlers.set_mode(run_id, "human")
+    try:
+        studio.decide_many(run_id, dict.fromkeys(before, 0))  # accept all 12 images: 4 references vs 12 added
+        preview = handlers.review(run_id).preview
+        assert 'data-picks="12"' in preview and "would fill only 25% of the next round" in preview
+        first = min(before)
+        studio.decide_many(run_id, {i: int(i != first) for i in before})  # accept one: no warning
+        preview = handlers.review(run_id).preview
+        assert 'data-picks="1"' in preview and "would fill only" not in preview
+    finally:
+        studio.decide_many(run_id, before)
+        handlers.set_mode(run_id, "auto")
+
+
 def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
     view = handlers.commit(run_id, "auto")
     assert view.run_id == run_id

@@ -29,6 +29,7 @@ CSS = f"""
   background: var(--background-fill-secondary); }}
 .gal-msg.error {{ border-color: var(--gal-overfit); }}
 .gal-msg.ok {{ border-color: var(--gal-aligned); }}
+.gal-msg.warn {{ border-color: var(--gal-pick); margin: .3rem 0; }}
 
 /* set-up */
 #gal-validation .gal-msg {{ margin: 0; }}

@@ -273,8 +273,23 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
         f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
         f'<div>Adds <b>{len(picks)}</b> image{"s" if len(picks) > 1 else ""} from <b>{len(per_anchor)}</b> '
         f'anchor{"s" if len(per_anchor) > 1 else ""}, each weighing <b>{preview["weight"]:.5g}</b> in the next round\'s loss '
-        f'(real references weigh 1).</div><ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
+        f'(real references weigh 1).</div>{dilution_note(state, len(picks))}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
     )
+
+
+def dilution_note(state: dict, n_picks: int) -> str:
+    """A warning when, under pooled sampling, the added images would outnumber the person's references in the
+    next round's batches: each added image takes a batch slot whatever its weight, so the references train less."""
+    counters, train = state["counters"], state["config"].train
+    real, added = counters.get("real_refs", 0), counters.get("added_refs", 0) + n_picks
+    if train.reference_sampling != "pooled" or not real or added <= real:
+        return ""
+    share = real / (real + added)
+    text = (f"Your {real} reference{'s' if real > 1 else ''} would fill only {share:.0%} of the next round's training "
+            f"batches: the {added} added images take the other slots (pooled sampling), whatever their weight. "
+            "Accept fewer images, or start the run with “Batches of added images” = real-rate, which keeps your "
+            "references' round-1 share.")
+    return message(esc(text), "warn")
 
 
 # -- progress ----------------------------------------------------------------------------------
