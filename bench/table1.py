@@ -235,7 +235,7 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
     for row, task in enumerate(tasks):
         for col, metric in enumerate(METRICS):
             ax = axes[row][col]
-            for strategy in ROWS:
+            for n, strategy in enumerate(ROWS):
                 runs = [r for r in results if r["task"] == task and r["strategy"] == strategy]
                 if not runs:
                     continue
@@ -243,10 +243,12 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
                 for i in range(rounds):  # a Human run that emptied the pool ends early
                     values = [r["rounds"][i][metric] for r in runs if i < len(r["rounds"])]
                     if values:
-                        xs.append(i + 1)
+                        xs.append(i + 1 + (n - len(ROWS) / 2) * 0.04)  # side by side, so error bars do not hide each other
                         mean.append(np.mean(values))
                         sd.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
-                ax.errorbar(xs, mean, yerr=sd, label=strategy, capsize=3, marker="o")
+                # Balance rows solid, weight-1 rows dashed: the split the results fall along
+                ax.errorbar(xs, mean, yerr=sd, label=strategy, capsize=2, marker="o", markersize=4,
+                            color=f"C{n}", linestyle="-" if strategy.endswith("balance") else "--")
             ax.set_title(f"{task}: {metric.upper().replace('_', '-')}")
             ax.set_xlabel("round")
             ax.set_xticks(range(1, rounds + 1))
