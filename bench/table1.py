@@ -195,6 +195,27 @@ def paired(results: list[dict]) -> list[str]:
     return lines
 
 
+def variants(results: list[dict]) -> str:
+    """Every setting in a results file side by side (controls, λ sweeps, sampling): per task, strategy and
+    variant, round 1 and each run's last round, mean ± sd over the seeds."""
+    def cell(values):
+        sd = f"{np.std(values, ddof=1):.3f}" if len(values) > 1 else "–"
+        return f"{np.mean(values):.3f} ± {sd:>5}"
+
+    lines = [f"{'task':<7}{'strategy':<21}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
+             f"  {'last IMG-ALN':>13}  {'last OVF':>13}{'added':>7}"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        label = " ".join(f"{k}={v}" for k, v in sorted((r.get("variant") or {}).items()))
+        groups.setdefault((r["task"], ROWS.index(r["strategy"]), label), []).append(r)
+    for (task, row, label), runs in sorted(groups.items()):
+        last = [r["rounds"][-1] for r in runs]
+        lines.append(f"{task:<7}{ROWS[row]:<21}{label:<48}{len(runs):>5}  {cell([r['rounds'][0]['ovf'] for r in runs])}"
+                     f"  {cell([x['txt_aln'] for x in last])}  {cell([x['img_aln'] for x in last])}"
+                     f"  {cell([x['ovf'] for x in last])}{np.mean([r['added'] for r in runs]):>7.1f}")
+    return "\n".join(lines)
+
+
 def summarise(results: list[dict], rounds: int) -> str:
     lines = []
     for task in sorted({r["task"] for r in results}):
@@ -303,6 +324,7 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/table1")
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out/results.json")
     parser.add_argument("--report", action="store_true", help="only print the table and plot from --out/results.json")
+    parser.add_argument("--variants", action="store_true", help="only print every setting in --out/results.json side by side")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,6 +341,9 @@ def main() -> None:
 
     saved = out / "results.json"
     results = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
+    if args.variants:
+        print(variants(results))
+        return
     if args.report:
         shown = selected(results)
         if not shown:

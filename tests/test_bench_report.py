@@ -135,3 +135,14 @@ def test_job_variant_keys_the_person_only_on_human_rows():
     assert table1.job_variant(base, "uncertainty+balance", 3, 0.2) == base
     assert table1.job_variant(base, "human+balance", 3, 0.2) == {"eval_images": 8, "person_budget": 3}
     assert table1.job_variant(base, "human-noisy", 0, 0.2) == {"eval_images": 8, "person_budget": 0, "noise": 0.2}
+
+
+def test_variants_lists_every_setting_side_by_side(results):
+    control = _run("uncertainty+balance", 0, [R1, (1.0, 0.5, 0.1)])
+    control["variant"] = {"lam": 0.0}
+    lines = table1.variants([*results, control]).splitlines()
+    ub = [line.split() for line in lines if "uncertainty+balance" in line]
+    default, lam0 = ub  # one row each, sorted by the variant's label ("" before "lam=0.0")
+    # default: 2 runs, R1 OVF 0.4, last TXT (1.2, 1.4) -> 1.3, IMG (0.6, 0.58) -> 0.59, OVF (0.2, 0.3) -> 0.25
+    assert default[2:] == ["2", "0.400", "±", "0.000", "1.300", "±", "0.141", "0.590", "±", "0.014", "0.250", "±", "0.071", "9.0"]
+    assert lam0[2:] == ["lam=0.0", "1", "0.400", "±", "–", "1.000", "±", "–", "0.500", "±", "–", "0.100", "±", "–", "9.0"]
