@@ -8,8 +8,8 @@ verdict, so a perfect stand-in for the oracle); ``human-noisy`` misreads each im
 ``--noise``. The person hand-picks ``--person-budget`` images a round (default 3, the k the automatic
 strategies add, so every row spends the same budget); ``--person-budget 0`` is a person who accepts every
 image they judge aligned. Prints mean ± sd per strategy and round, writes ``results.json``, ``table1.png``
-and, per run, ``grids/TASK-STRATEGY-seedN.png`` (one row per round: the first 16 held-out images, same seeds
-every round). Not a test: a 4-round run takes ~8 minutes on one CPU core.
+and, per run, ``grids/TASK-STRATEGY[-SETTING…]-seedN.png`` (one row per round: the first 16 held-out images,
+same seeds every round). Not a test: a 4-round run takes ~8 minutes on one CPU core.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, fo
             fallbacks += 1
     history = studio.history(run_id)
     if grid_dir is not None:
-        save_grid(studio.run_dir(run_id), len(history["rounds"]), grid_dir / f"{task}-{strategy}-seed{seed}.png")
+        save_grid(studio.run_dir(run_id), len(history["rounds"]), grid_dir / grid_name(task, strategy, seed, variant))
     return {
         "task": task, "strategy": strategy, "seed": seed, "seconds": time.perf_counter() - started, "variant": variant,
         # mixed: anchors in the pool with 0 < β < 1 after the round's training, the directions GAL can query
@@ -128,6 +128,17 @@ def job_variant(base: dict, strategy: str, person_budget: int, noise: float) -> 
     if strategy == "human-noisy":
         variant["noise"] = noise
     return variant
+
+
+# the settings every run has unless a flag changes them: they stay out of grid file names
+DEFAULT_VARIANT = {"eval_images": 8, "person_budget": 3, "noise": 0.2}
+
+
+def grid_name(task: str, strategy: str, seed: int, variant: dict) -> str:
+    """``TASK-STRATEGY[-SETTING…]-seedN.png``: a run with a non-default setting (λ, sampling, person budget, …)
+    gets its own file instead of overwriting the main row's."""
+    tags = [f"{k}{v}" for k, v in sorted(variant.items()) if DEFAULT_VARIANT.get(k) != v]
+    return "-".join([task, strategy, *tags, f"seed{seed}"]) + ".png"
 
 
 def save_grid(run_dir: Path, rounds: int, path: Path, per_round: int = 16, scale: int = 2) -> None:
@@ -311,12 +322,12 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--noise", type=float, default=0.2, help="how often the noisy person misreads an image")
-    parser.add_argument("--person-budget", type=int, default=3,
+    parser.add_argument("--noise", type=float, default=DEFAULT_VARIANT["noise"], help="how often the noisy person misreads an image")
+    parser.add_argument("--person-budget", type=int, default=DEFAULT_VARIANT["person_budget"],
                         help="images the simulated person accepts per round (default 3 = k; 0 = every image they call aligned)")
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--oracle", default=default_oracle())
-    parser.add_argument("--eval-images", type=int, default=8, help="images per held-out prompt (the demo uses 4)")
+    parser.add_argument("--eval-images", type=int, default=DEFAULT_VARIANT["eval_images"], help="images per held-out prompt (the demo uses 4)")
     parser.add_argument("--sampling", choices=["pooled", "real-rate"], help="train.reference_sampling (default: the config's)")
     parser.add_argument("--lam", type=float, help="λ of Eq. 9 (default: the config's 0.005)")
     parser.add_argument("--steps", type=int, help="training steps per round (default: the demo's 900)")

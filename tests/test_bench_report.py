@@ -137,6 +137,19 @@ def test_job_variant_keys_the_person_only_on_human_rows():
     assert table1.job_variant(base, "human-noisy", 0, 0.2) == {"eval_images": 8, "person_budget": 0, "noise": 0.2}
 
 
+def test_grid_names_keep_variants_apart():
+    default = table1.job_variant({"eval_images": 8}, "human+balance", 3, 0.2)
+    names = {
+        table1.grid_name("object", "human+balance", 1, default),
+        table1.grid_name("object", "human+balance", 1, default | {"person_budget": 0}),
+        table1.grid_name("object", "human+balance", 1, default | {"person_budget": 0, "sampling": "real-rate"}),
+        table1.grid_name("object", "uncertainty+balance", 1, {"eval_images": 8, "lam": 0.0}),
+    }
+    assert names == {"object-human+balance-seed1.png", "object-human+balance-person_budget0-seed1.png",
+                     "object-human+balance-person_budget0-samplingreal-rate-seed1.png",
+                     "object-uncertainty+balance-lam0.0-seed1.png"}
+
+
 def test_variants_lists_every_setting_side_by_side(results):
     control = _run("uncertainty+balance", 0, [R1, (1.0, 0.5, 0.1)])
     control["variant"] = {"lam": 0.0}
