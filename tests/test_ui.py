@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import app  # noqa: E402
 import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
+from ui import render  # noqa: E402
 from ui.handlers import FORM_FIELDS, Handlers, config_from_form, default_form, references_from  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,6 +285,12 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
         studio.decide_many(run_id, {i: int(i != first) for i in before})  # accept one: no warning
         preview = handlers.review(run_id).preview
         assert 'data-picks="1"' in preview and "would fill only" not in preview
+        state = studio.review_state(run_id)
+        many = [{"anchor_index": 0, "slot": i, "image_id": -1 - i} for i in range(12)]
+        assert "would fill only" in render.dilution_note(state, 12)
+        auto = render.preview_html({"mode": "auto", "strategy": "uncertainty+balance", "openness": 0.001,
+                                    "weight": 0.001, "round": 1, "picks": many}, state)
+        assert 'data-picks="12"' in auto and "would fill only" not in auto  # auto adds k a round by design
     finally:
         studio.decide_many(run_id, before)
         handlers.set_mode(run_id, "auto")

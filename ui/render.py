@@ -273,13 +273,15 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
         f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
         f'<div>Adds <b>{len(picks)}</b> image{"s" if len(picks) > 1 else ""} from <b>{len(per_anchor)}</b> '
         f'anchor{"s" if len(per_anchor) > 1 else ""}, each weighing <b>{preview["weight"]:.5g}</b> in the next round\'s loss '
-        f'(real references weigh 1).</div>{dilution_note(state, len(picks))}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
+        f'(real references weigh 1).</div>{dilution_note(state, len(picks)) if preview["mode"] == "human" else ""}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
     )
 
 
 def dilution_note(state: dict, n_picks: int) -> str:
-    """A warning when, under pooled sampling, the added images would outnumber the person's references in the
-    next round's batches: each added image takes a batch slot whatever its weight, so the references train less."""
+    """Human mode: a warning when, under pooled sampling, the added images would outnumber the person's
+    references in the next round's batches: each added image takes a batch slot whatever its weight, so the
+    references train less (docs/bench/table1.md: accepting every aligned image doubled round-2 OVF). Not shown
+    for the automatic strategies, which add k a round by design."""
     counters, train = state["counters"], state["config"].train
     real, added = counters.get("real_refs", 0), counters.get("added_refs", 0) + n_picks
     if train.reference_sampling != "pooled" or not real or added <= real:
