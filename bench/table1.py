@@ -180,6 +180,21 @@ def direction(results: list[dict]) -> list[str]:
     return lines
 
 
+def sample_sd(values: list[float]) -> float | None:
+    """The sample sd (n-1); None for a single value, which has none."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def mean_sd(values: list, digits: int = 4) -> str:
+    """``mean ± sd`` over the values that exist (a Human run that ended early has no later rounds)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    sd = sample_sd(values)
+    sd_text = "–" if sd is None else f"{sd:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {sd_text:>{digits + 2}}"
+
+
 def paired(results: list[dict]) -> list[str]:
     """Each run's last round against round 1 of the same seed (which every strategy shares) and against
     Random's last round of the same seed. With a handful of seeds, how many seeds moved which way says
@@ -209,10 +224,6 @@ def paired(results: list[dict]) -> list[str]:
 def variants(results: list[dict]) -> str:
     """Every setting in a results file side by side (controls, λ sweeps, sampling): per task, strategy and
     variant, round 1 and each run's last round, mean ± sd over the seeds."""
-    def cell(values):
-        sd = f"{np.std(values, ddof=1):.3f}" if len(values) > 1 else "–"
-        return f"{np.mean(values):.3f} ± {sd:>5}"
-
     lines = [f"{'task':<7}{'strategy':<21}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
              f"  {'last IMG-ALN':>13}  {'last OVF':>13}{'added':>7}"]
     groups: dict[tuple, list[dict]] = {}
@@ -221,9 +232,9 @@ def variants(results: list[dict]) -> str:
         groups.setdefault((r["task"], ROWS.index(r["strategy"]), label), []).append(r)
     for (task, row, label), runs in sorted(groups.items()):
         last = [r["rounds"][-1] for r in runs]
-        lines.append(f"{task:<7}{ROWS[row]:<21}{label:<48}{len(runs):>5}  {cell([r['rounds'][0]['ovf'] for r in runs])}"
-                     f"  {cell([x['txt_aln'] for x in last])}  {cell([x['img_aln'] for x in last])}"
-                     f"  {cell([x['ovf'] for x in last])}{np.mean([r['added'] for r in runs]):>7.1f}")
+        cells = [mean_sd([r["rounds"][0]["ovf"] for r in runs], 3), *(mean_sd([x[m] for x in last], 3) for m in METRICS)]
+        lines.append(f"{task:<7}{ROWS[row]:<21}{label:<48}{len(runs):>5}  " + "  ".join(cells)
+                     + f"{np.mean([r['added'] for r in runs]):>7.1f}")
     return "\n".join(lines)
 
 
@@ -237,19 +248,12 @@ def summarise(results: list[dict], rounds: int) -> str:
             runs = [r for r in base if r["strategy"] == strategy]
             if not runs:
                 continue
-            def cell(values):
-                values = [v for v in values if v is not None]
-                if not values:
-                    return "–"
-                sd = f"{np.std(values, ddof=1):.4f}" if len(values) > 1 else "–"
-                return f"{np.mean(values):.4f} ± {sd:>6}"
-
             for i in range(rounds):
-                cells = [cell([r["rounds"][i][m] for r in runs if i < len(r["rounds"])]) for m in METRICS]
+                cells = [mean_sd([r["rounds"][i][m] for r in runs if i < len(r["rounds"])]) for m in METRICS]
                 reached = sum(i < len(r["rounds"]) for r in runs)
                 lines.append(f"{strategy if i == 0 else '':<22}{i + 1:>6}{reached:>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
             # a Human run whose pool emptied ends early: its own last round, next to the others' last round
-            cells = [cell([r["rounds"][-1][m] for r in runs]) for m in METRICS]
+            cells = [mean_sd([r["rounds"][-1][m] for r in runs]) for m in METRICS]
             lines.append(f"{'':<22}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
                          f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}")
     lines += ["", *direction(results), "", *paired(results)]
@@ -277,7 +281,7 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
                     if values:
                         xs.append(i + 1 + (n - len(ROWS) / 2) * 0.04)  # side by side, so error bars do not hide each other
                         mean.append(np.mean(values))
-                        sd.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
+                        sd.append(sample_sd(values) or 0.0)
                 # Balance rows solid, weight-1 rows dashed: the split the results fall along
                 ax.errorbar(xs, mean, yerr=sd, label=strategy, capsize=2, marker="o", markersize=4,
                             color=f"C{n}", linestyle="-" if strategy.endswith("balance") else "--")

@@ -269,11 +269,12 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
         f'title="#{p["anchor_index"]} slot {p["slot"] + 1}">'
         for p in picks if p["image_id"] in by_id
     )
+    note = dilution_note(state, len(picks)) if preview["mode"] == "human" else ""  # auto adds k a round by design
     return (
         f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
         f'<div>Adds <b>{len(picks)}</b> image{"s" if len(picks) > 1 else ""} from <b>{len(per_anchor)}</b> '
         f'anchor{"s" if len(per_anchor) > 1 else ""}, each weighing <b>{preview["weight"]:.5g}</b> in the next round\'s loss '
-        f'(real references weigh 1).</div>{dilution_note(state, len(picks)) if preview["mode"] == "human" else ""}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
+        f'(real references weigh 1).</div>{note}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
     )
 
 
@@ -283,7 +284,7 @@ def dilution_note(state: dict, n_picks: int) -> str:
     references train less (docs/bench/table1.md: accepting every aligned image doubled round-2 OVF). Not shown
     for the automatic strategies, which add k a round by design."""
     counters, train = state["counters"], state["config"].train
-    real, added = counters.get("real_refs", 0), counters.get("added_refs", 0) + n_picks
+    real, added = counters["real_refs"], counters["added_refs"] + n_picks
     if train.reference_sampling != "pooled" or not real or added <= real:
         return ""
     share = real / (real + added)
