@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gal.algorithm import STRATEGIES
+from gal.algorithm import Strategy
 
 TASKS = ("object", "style")
 SCHEDULERS = ("dpmsolver++", "ddim", "euler", "euler_a", "pndm", "ddpm")
@@ -88,7 +88,8 @@ class GenerateConfig:
 
 @dataclass
 class GALConfig:
-    strategy: str = "uncertainty+balance"  # one of Table 1's five rows
+    # query × Balance: random | uncertainty | human, "+balance" to weigh added images by Δ (Table 1's rows)
+    strategy: str = "uncertainty+balance"
     m: int = 10  # images per anchor per round (paper: 10)
     k: int = 3  # anchors picked per round (paper: 3)
     lam: float = 0.005  # λ of Eq. 9 (official 0.005: added images then weigh Δ <= 0.0035)
@@ -97,9 +98,12 @@ class GALConfig:
     pause_for_review: bool = False  # stop at each round's review (the app and Human mode do)
     adaptive_stop: bool = True  # Eq. 10: finish early when fewer than k anchors are still uncertain
 
+    @property
+    def parsed_strategy(self) -> Strategy:
+        return Strategy.parse(self.strategy)
+
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        Strategy.parse(self.strategy)  # raises, listing the choices
         _positive_int("m", self.m)
         _positive_int("k", self.k)
         _positive_int("max_rounds", self.max_rounds)
