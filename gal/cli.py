@@ -13,46 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-VERDICT_WORDS = {
-    "1": 1, "overfit": 1, "reject": 1, "x": 1,
-    "0": 0, "aligned": 0, "accept": 0, "a": 0,
-    "": None, "clear": None, "none": None, "oracle": None,
-}
-
-
-def parse_verdict(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
-        return value
-    word = str(value).strip().lower()
-    if word not in VERDICT_WORDS:
-        raise ValueError(f"unknown verdict {value!r}: use overfit/reject/1, aligned/accept/0, or clear")
-    return VERDICT_WORDS[word]
-
-
-def read_decisions(path: str | Path) -> dict[int, int | None]:
-    """A CSV (``image_id,verdict``) or JSON (``{"12": "overfit"}`` or ``[{"image_id": 12, "verdict": 1}]``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"decisions file {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        items = data.items() if isinstance(data, dict) else ((d["image_id"], d.get("verdict")) for d in data)
-    else:
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or not {"image_id", "verdict"} <= set(reader.fieldnames):
-            raise ValueError(f"{path} needs a header with image_id and verdict columns")
-        items = ((row["image_id"], row["verdict"]) for row in reader)
-    out = {}
-    for image_id, verdict in items:
-        try:
-            out[int(image_id)] = parse_verdict(verdict)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: bad row image_id={image_id!r} verdict={verdict!r}: {err}") from err
-    return out
-
+from gal.review import parse_verdict, read_decisions  # noqa: F401  (the CLI's verdict words; tests use them)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gal", description="Generative Active Learning for Stable Diffusion personalization")
@@ -213,11 +174,10 @@ def _report_run(studio, run: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["app"]:
-        # The one upward hop: `gal app` is an entry point that hands every flag over to app.py.
-        import importlib
-
-        rest = argv[1:]
-        return importlib.import_module("app").main(rest[1:] if rest[:1] == ["--"] else rest)
+        # The web app sits above the engine (app.py -> ui -> gal): the `gal` console script routes
+        # `gal app` to app.py before it gets here; from `python -m gal` say where the app is.
+        print("gal: error: start the web app with `gal app` (the console script) or `python -m app`", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)

@@ -15,6 +15,7 @@ import torch
 
 import storage
 from gal.config import RunConfig
+from gal.runfolder import safe_join
 from gal.training import LORA_FILE, add_safetensors_metadata
 
 FORMATS = ("diffusers", "kohya", "fused", "dataset", "card")
@@ -23,8 +24,6 @@ KOHYA_FILE = "gal_lora_kohya.safetensors"
 
 
 def export_run(studio, run_id: str, out_dir: Path, formats=None, *, force: bool = False) -> dict[str, Path]:
-    from gal.engine import safe_join
-
     formats = tuple(formats or DEFAULT_FORMATS)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -69,7 +68,8 @@ def export_run(studio, run_id: str, out_dir: Path, formats=None, *, force: bool 
                 (staging / LORA_FILE).unlink()
                 written.pop("diffusers")
         if "fused" in formats:
-            _write_fused(studio._activate(run_id, config, final["round_index"]), staging / "pipeline")
+            pipe = studio.models.with_adapter(config.model, (run_id, final["round_index"]), adapter_dir)
+            _write_fused(pipe, staging / "pipeline")
             written["fused"] = out_dir / "pipeline"
         if "dataset" in formats:
             folder = staging / "dataset"

@@ -9,7 +9,8 @@ from PIL import Image
 
 import storage
 from gal.config import RunConfig
-from gal.engine import ReferenceInput, Studio, check_run_id, load_image, safe_join
+from gal.engine import ReferenceInput, Studio
+from gal.runfolder import check_run_id, load_image, safe_join
 from gal.models import load_pipeline
 from gal.oracle import ClipOracle
 
