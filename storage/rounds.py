@@ -28,13 +28,10 @@ ROUND_STATES = (
     "training",
     "generating",
     "judging",
-    "review",
     "evaluating",
-    "selecting",
+    "review",
     "done",
-    "failed",
-    "cancelled",
-)
+)  # a round's steps in order; a failed or cancelled job leaves the round in its step's state
 ROUND_MODES = ("auto", "human")
 _ROUND_FIELDS = ("mode", "state", "openness", "timings", "metrics", "adapter_path", "error")
 _ROUND_JSON = ("timings", "metrics")
