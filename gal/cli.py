@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gal.review import parse_verdict, read_decisions  # noqa: F401  (the CLI's verdict words; tests use them)
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gal", description="Generative Active Learning for Stable Diffusion personalization")
     p.add_argument("--runs-dir", default=os.environ.get("GAL_RUNS_DIR", "runs"), help="folder of runs and gal.db (default ./runs)")

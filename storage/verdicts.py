@@ -20,6 +20,7 @@ from .db import (
     check_choice,
     check_fields,
     check_verdict,
+    get_row,
     now,
     one,
     require_round,
@@ -225,7 +226,7 @@ def decision_history(db: Database, image_id: int) -> list[Row]:
 @storage_op
 def get_image(db: Database, image_id: int) -> Row | None:
     """One image row by id, or None."""
-    return one(db, "SELECT * FROM images WHERE id = ?", [image_id])
+    return get_row(db, "images", image_id)
 
 
 def _require_image(db: Database, image_id: int) -> Row:

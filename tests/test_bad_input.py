@@ -10,9 +10,9 @@ from PIL import Image
 import storage
 from gal.config import RunConfig
 from gal.engine import ReferenceInput, Studio
-from gal.runfolder import check_run_id, load_image, safe_join
 from gal.models import load_pipeline
 from gal.oracle import ClipOracle
+from gal.runfolder import check_run_id, load_image, safe_join
 
 
 def test_not_an_image(tmp_path, shared_studio):
