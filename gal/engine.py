@@ -14,16 +14,21 @@ the UI and the CLI use.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import storage
 from gal import review, selection
+from gal.faults import checkpoint
 from gal.config import RunConfig, load_presets
 from gal.jobs import Jobs, Progress
 from gal.loaded import LoadedModels
-from gal.models import default_model, default_oracle
+from gal.models import default_model, default_oracle, resolve_model_path
 from gal.runfolder import RunFolder, check_run_id, load_image, new_run_id
 from gal.steps import STEPS, Round
 from gal.training import Cancelled
@@ -36,6 +41,12 @@ class ReferenceInput:
     path: str | Path
     prompt: str
     non_soi_text: str | None = None  # object: prompt without the token; style: the prompt itself
+
+
+def check_model_spec(spec: str) -> None:
+    """Fail fast, naming the fix, when a generator spec cannot be loaded (``tiny`` is built in)."""
+    if spec != "tiny":
+        resolve_model_path(spec)
 
 
 def _timings(rnd: dict, stage: str, seconds: float) -> dict:
@@ -98,6 +109,7 @@ class Studio:
         if not config.eval.prompts:
             config.eval.prompts = list(load_presets()["eval"][config.task])
         config.validate()
+        check_model_spec(config.model)  # a model that cannot be found fails here, before any row or folder
         if not references:
             raise ValueError("no reference images: add at least one image of the subject or style")
         loaded = []
@@ -144,9 +156,13 @@ class Studio:
         folder = self.folder(run_id)
         with self.db() as db:
             r = storage.get_run(db, run_id)["current_round"]  # raises RunNotFound with the fix
-        cancel = self.jobs.start(run_id)
-        report = self.jobs.reporter(run_id, progress)
         with self._job_lock:
+            # One process works on a run at a time: a second `gal run --resume` is refused, naming the first.
+            owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+            with self.db() as db:
+                storage.acquire_lease(db, run_id, owner)
+            cancel = self.jobs.start(run_id)
+            report = self._heartbeat(run_id, owner, self.jobs.reporter(run_id, progress))
             try:
                 while True:
                     with self.db() as db:
@@ -162,6 +178,7 @@ class Studio:
                     if state in STEPS:  # 1. train, 2. generate, 3. judge, then evaluate on held-out prompts
                         step, next_state = STEPS[state]
                         done = step(Round(self.models, folder, config, r, self.db, report, cancel))
+                        checkpoint(f"{state}.done", r)  # the step's work exists, nothing recorded yet
                         self._record(run_id, r, state, next_state, done)
                     elif state == "review":  # 4. review: a person's turn, or straight on
                         with self.db() as db:
@@ -172,6 +189,7 @@ class Studio:
                                 storage.update_run(db, run_id, status="awaiting_review")
                                 return storage.get_run(db, run_id)
                             selection.commit(db, folder)  # 5. select, 6. weigh, and the next round
+                        checkpoint("committed", r)
                     else:
                         raise ValueError(f"round {r} of run {run_id} is in state {state!r}, which cannot advance")
             except Cancelled as err:
@@ -186,6 +204,22 @@ class Studio:
                 raise
             finally:
                 self.jobs.stop(run_id)
+                with self.db() as db:
+                    storage.release_lease(db, run_id, owner)
+
+    def _heartbeat(self, run_id: str, owner: str, report, every: float = 5.0):
+        """``report`` that also renews the run's lease every ``every`` seconds of work."""
+        last = time.monotonic()
+
+        def beat(*args, **info) -> None:
+            nonlocal last
+            report(*args, **info)
+            if time.monotonic() - last > every:
+                with self.db() as db:
+                    storage.renew_lease(db, run_id, owner)
+                last = time.monotonic()
+
+        return beat
 
     def _record(self, run_id: str, r: int, state: str, next_state: str, done) -> None:
         """A step's rows, timings, metrics and the round's next state: one transaction."""
@@ -195,6 +229,7 @@ class Studio:
                 raise ValueError(f"round {r} of run {run_id} moved from {state} to {rnd['state']} meanwhile")
             if done.write is not None:
                 done.write(db)
+            checkpoint(f"{state}.recording", r)  # inside the transaction: rows written, not committed
             stage = {"training": "train", "generating": "generate", "judging": "judge", "evaluating": "evaluate"}
             storage.update_round(
                 db, run_id, r, state=next_state, timings=_timings(rnd, stage[state], done.seconds),
@@ -213,6 +248,10 @@ class Studio:
     def decide_many(self, run_id: str, verdicts: dict[int, int | None]) -> int:
         with self.db() as db:
             return review.decide_many(db, run_id, verdicts)
+
+    def apply_decisions(self, run_id: str, decisions: dict[int, int | None], *, force: bool = False) -> dict:
+        with self.db() as db:
+            return review.apply_decisions(db, run_id, decisions, force=force)
 
     def accept_oracle(self, run_id: str) -> int:
         with self.db() as db:

@@ -17,6 +17,7 @@ import storage
 from gal import algorithm
 from gal.algorithm import Strategy
 from gal.config import RunConfig
+from gal.faults import checkpoint
 from gal.review import round_under_review, store_anchor_scores, verdict_arrays
 from gal.runfolder import RunFolder
 
@@ -161,6 +162,7 @@ def commit(db, folder: RunFolder, mode: str | None = None) -> dict:
         metrics = {**_metrics(db, run_id, r), "strategy": strategy.name, "weight": selection.weight,
                    "stopped_by_eq10": bool(stop and not last)}  # fmt: skip
         storage.update_round(db, run_id, r, state="done", openness=selection.openness, mode=mode, metrics=metrics)
+        checkpoint("committing", r)  # inside the transaction: picks copied and recorded, not committed
         if finish:
             storage.update_run(db, run_id, status="finished")
         else:
