@@ -212,7 +212,9 @@ class RunConfig:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         kwargs = {}
         for key, value in data.items():
-            if key in nested and isinstance(value, dict):
+            if key in nested and not isinstance(value, dict):
+                raise ValueError(f"config key {key!r} must be an object of {key} settings, got {type(value).__name__}")
+            if key in nested:
                 sub_known = {f.name for f in fields(nested[key])}
                 bad = set(value) - sub_known
                 if bad:

@@ -37,24 +37,85 @@ def parse_verdict(value) -> int | None:
     return VERDICT_WORDS[word]
 
 
-def read_decisions(path: str | Path) -> dict[int, int | None]:
-    """A CSV (``image_id,verdict``) or JSON (``{"12": "overfit"}`` or ``[{"image_id": 12, "verdict": 1}]``)."""
+MAX_DECISION_FILE = 20_000_000  # bytes: a round of 18 anchors × 10 images is ~20 KB; refuse runaway files
+
+
+class Decisions(dict):
+    """``image_id -> verdict`` read from a file, with the round and revision a ``gal images`` file carries."""
+
+    def __init__(self, verdicts=(), *, round_index: int | None = None, revision: int | None = None):
+        super().__init__(verdicts)
+        self.round_index = round_index
+        self.revision = revision
+
+
+def _whole_number(value, what: str, path: Path) -> int:
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"{path}: {what} must be a whole number, got {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{path}: {what} must be a whole number, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{path}: {what} must be >= 0, got {number}")
+    return number
+
+
+def read_decisions(path: str | Path, *, clear_blank: bool = False) -> Decisions:
+    """A CSV (``image_id,verdict``, as ``gal images`` writes it) or JSON (``{"12": "overfit"}`` or
+    ``[{"image_id": 12, "verdict": 1}]``).
+
+    A blank CSV verdict means *no change* (``clear_blank``: clear it back to the oracle's), so a file
+    filled in part never erases verdicts given elsewhere; ``clear`` always clears.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"decisions file {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_DECISION_FILE:
+        raise ValueError(
+            f"decisions file {path} is {size / 1e6:.0f} MB, over the {MAX_DECISION_FILE / 1e6:.0f} MB limit: "
+            "a round's verdicts fit in kilobytes — is it the right file?"
+        )
     text = path.read_text()
+    rounds, revisions = set(), set()
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        items = data.items() if isinstance(data, dict) else ((d["image_id"], d.get("verdict")) for d in data)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): fix or re-export it") from None
+        if isinstance(data, dict):
+            items = list(data.items())
+        elif isinstance(data, list) and all(isinstance(d, dict) and "image_id" in d for d in data):
+            items = [(d["image_id"], d.get("verdict")) for d in data]
+        else:
+            raise ValueError(
+                f"{path} must hold an object {{\"12\": \"overfit\"}} or a list of "
+                f"{{\"image_id\": 12, \"verdict\": 1}} rows, got {type(data).__name__}"
+                + (" with rows lacking image_id" if isinstance(data, list) else "")
+            )
     else:
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or not {"image_id", "verdict"} <= set(reader.fieldnames):
             raise ValueError(f"{path} needs a header with image_id and verdict columns")
-        items = ((row["image_id"], row["verdict"]) for row in reader)
-    out = {}
+        items = []
+        for row in reader:
+            if row.get("round"):
+                rounds.add(_whole_number(row["round"], "round", path))
+            if row.get("revision"):
+                revisions.add(_whole_number(row["revision"], "revision", path))
+            verdict = row["verdict"]
+            if verdict is None or not verdict.strip():
+                if not clear_blank:
+                    continue  # blank: no change
+                verdict = "clear"
+            items.append((row["image_id"], verdict))
+    if len(rounds) > 1 or len(revisions) > 1:
+        raise ValueError(f"{path} mixes rows of several gal images exports: use one file per export")
+    out = Decisions(round_index=min(rounds, default=None), revision=min(revisions, default=None))
     for image_id, verdict in items:
         try:
-            out[int(image_id)] = parse_verdict(verdict)
+            out[_whole_number(image_id, "image_id", path)] = parse_verdict(verdict)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: bad row image_id={image_id!r} verdict={verdict!r}: {err}") from err
     return out
@@ -137,6 +198,39 @@ def decide_many(db, run_id: str, verdicts: dict[int, int | None]) -> int:
     return len(verdicts)
 
 
+def apply_decisions(db, run_id: str, decisions: dict[int, int | None], *, force: bool = False) -> dict:
+    """A verdict file's verdicts, in one transaction: only those that change something are recorded
+    (an unchanged row adds nothing to the undo history). A file from ``gal images`` carries its round and
+    revision: one of another round is refused, and so is one whose images got newer person verdicts
+    since it was written, unless ``force``. Returns ``{"recorded", "unchanged"}``."""
+    with storage.transaction(db):
+        r = round_under_review(db, run_id)
+        round_index = getattr(decisions, "round_index", None)
+        revision = getattr(decisions, "revision", None)
+        if round_index is not None and round_index != r:
+            raise ValueError(
+                f"this verdict file is of round {round_index}, but run {run_id} is reviewing round {r}: "
+                f"export the current round with gal images {run_id}"
+            )
+        if revision is not None and not force:
+            newer = sorted(storage.judged_since(db, run_id, r, revision) & set(decisions))
+            if newer:
+                raise ValueError(
+                    f"{len(newer)} image(s) of this file (e.g. image {newer[0]}) got newer verdicts after the file "
+                    f"was written: re-export with gal images {run_id}, or pass --force to overwrite them"
+                )
+        current = {im["id"]: im["person_verdict"] for im in storage.list_images(db, run_id, r)}
+        bad = [i for i in decisions if i not in current]
+        if bad:
+            raise ValueError(f"images {bad[:5]} are not in run {run_id}'s round {r}: check the image ids")
+        changed = {i: v for i, v in decisions.items() if current[i] != v}
+        for image_id, verdict in changed.items():
+            storage.record_decision(db, image_id=int(image_id), verdict=verdict, source="person")
+        if changed:
+            store_anchor_scores(db, run_id, r)
+    return {"recorded": len(changed), "unchanged": len(decisions) - len(changed)}
+
+
 def accept_oracle(db, run_id: str) -> int:
     """Bulk: the person agrees with the oracle on every image they have not judged yet."""
     r = round_under_review(db, run_id)
@@ -182,6 +276,7 @@ def review_state(db, folder: RunFolder, round_index: int | None = None) -> dict:
     anchors = storage.list_anchors(db, run_id, r)
     images = storage.list_images(db, run_id, r)
     references = storage.list_references(db, run_id, up_to_round=r - 1)  # what round r trained on
+    revision = storage.review_revision(db, run_id, r)
     by_anchor: dict[int, list[dict]] = {}
     for im in images:
         by_anchor.setdefault(im["anchor_index"], []).append({**im, "path": str(folder.path(im["file"]))})
@@ -201,6 +296,7 @@ def review_state(db, folder: RunFolder, round_index: int | None = None) -> dict:
         "config": config,
         "round": rnd,
         "anchors": out_anchors,
+        "revision": revision,  # the round's latest decision id: what a verdict file was written against
         "counters": {
             "reviewed": reviewed,
             "total": total,
