@@ -24,8 +24,8 @@ from pathlib import Path
 
 import storage
 from gal import review, selection
-from gal.faults import checkpoint
 from gal.config import RunConfig, load_presets
+from gal.faults import checkpoint
 from gal.jobs import Jobs, Progress
 from gal.loaded import LoadedModels
 from gal.models import default_model, default_oracle, resolve_model_path
