@@ -36,14 +36,27 @@ def launch(tmp_path_factory, *flags):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def uploads(tmp_path_factory):
+    """Gradio's upload cache for this module's servers: a temporary folder, so what lands there is counted."""
+    folder = tmp_path_factory.mktemp("gradio-uploads")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRADIO_TEMP_DIR", str(folder))
+        yield folder
+
+
+def stored(folder) -> list:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, uploads):
     port, studio, demo = launch(tmp_path_factory, "--allowed-host", "studio.example")
     yield port, studio
     demo.close()
 
 
 @pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
+def auth_server(tmp_path_factory, uploads):
     port, _, demo = launch(tmp_path_factory, "--auth", "me:secret")
     yield port
     demo.close()
@@ -144,8 +157,9 @@ def test_a_forged_host_is_refused_on_every_route(server):
 # -- Origin check -----------------------------------------------------------------------------------------
 
 
-def test_cross_origin_state_changes_are_refused_and_same_origin_ones_pass(server):
+def test_cross_origin_state_changes_are_refused_and_same_origin_ones_pass(server, uploads):
     port, _ = server
+    before = stored(uploads)
     for origin in (
         "http://evil.example",
         f"http://evil.example:{port}",
@@ -165,6 +179,7 @@ def test_cross_origin_state_changes_are_refused_and_same_origin_ones_pass(server
             b"{}",
         )
         assert status == 403, (origin, status, body)
+    assert stored(uploads) == before  # nothing refused was stored
     for headers in (
         {},
         {"Origin": f"http://127.0.0.1:{port}"},
@@ -192,16 +207,20 @@ def test_gradio_client_still_works(server):
 # -- Upload bound ------------------------------------------------------------------------------------------
 
 
-def test_uploads_are_bounded(server):
+def test_uploads_are_bounded(server, uploads):
     port, _ = server
     status, body, _ = upload(port, 5 << 20)  # a large reference photo: accepted
     assert status == 200, body[:200]
+    time.sleep(0.2)  # Gradio moves the file into its cache in a background task
+    before = stored(uploads)
+    assert any(p.stat().st_size == 5 << 20 for p in before)
     status, body, _ = upload(port, 50 << 20)  # over the 20 MB default: Gradio stops at the bound
     assert status == 413 and b"maximum allowed size of 20971520 bytes" in body
     started = time.perf_counter()
     status, body, sent = upload(port, 0, declared=1 << 30)  # 1 GiB announced, never sent
     assert status == 413 and b"--max-file-size" in body and sent == 0
     assert time.perf_counter() - started < 5
+    assert stored(uploads) == before, [(p.name, p.stat().st_size) for p in stored(uploads)]
 
 
 def test_a_chunked_body_is_cut_at_the_bound():
