@@ -11,7 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import app
-from ui.security import LoginThrottle, WebGuard, WebPolicy, check_allowed_host, host_name, parse_size
+from ui.security import (
+    LoginThrottle,
+    WebGuard,
+    WebPolicy,
+    check_allowed_host,
+    client_key,
+    host_name,
+    parse_size,
+)
 
 BOUNDARY = "gal-test-boundary"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -292,6 +300,18 @@ def test_200_wrong_passwords_take_a_day_for_a_client_that_waits():
     assert throttle.start("198.51.100.1") == 0  # another address is not held back
     throttle.succeeded("203.0.113.9")
     assert throttle.start("203.0.113.9") == 0
+    assert client_key("2001:db8::1") == client_key("2001:db8::ffff") == "2001:db8::/64"
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1" and client_key("::1") == "::1"
+
+
+def test_the_throttle_forgets_the_stalest_addresses_first():
+    throttle = LoginThrottle(free=1, base_delay=100.0, clock=lambda: 0.0)
+    assert throttle.start("198.51.100.1") == 0
+    for i in range(10_000):
+        throttle.start(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+    assert len(throttle._state) <= 10_000
+    assert throttle.start("198.51.100.1") == 0  # dropped as the stalest: counted afresh
+    assert throttle.start("10.0.39.15") > 0  # the most recent are kept, still waiting
 
 
 # -- The guard on its own, and the flags ------------------------------------------------------------------

@@ -20,6 +20,7 @@ Access-Control-Request-Method) itself with a bare "OK"; the request that follows
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import math
 import re
 import threading
@@ -137,15 +138,29 @@ class LoginThrottle:
             tries += 1
             if tries >= self.free:
                 until = now + min(self.base_delay * 2 ** (tries - self.free), self.max_delay)
-            self._state[client] = [tries, until]
-            if len(self._state) > 10_000:  # bound the memory a scan of many addresses can take
-                for key in [k for k, (_, u) in self._state.items() if u <= now][:5_000]:
+            self._state.pop(client, None)
+            self._state[client] = [tries, until]  # re-inserted: the dict's order is least recent first
+            if len(self._state) > 10_000:  # bound the memory many addresses can take: drop the stalest
+                for key in list(self._state)[:1_000]:
                     del self._state[key]
             return 0.0
 
     def succeeded(self, client: str) -> None:
         with self._lock:
             self._state.pop(client, None)
+
+
+def client_key(address: str) -> str:
+    """What the login throttle counts by: the address, or its /64 for IPv6 (one host often holds a /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip) if ip.is_loopback else str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
 
 class WebGuard:
@@ -193,7 +208,8 @@ class WebGuard:
         if length.isdigit() and int(length) > self.policy.max_body:
             await _refuse(scope, receive, send, 413, self._too_large())
             return
-        if method == "POST" and scope.get("path", "").rstrip("/").rsplit("/", 1)[-1] == "login":
+        path = scope.get("path", "").rstrip("/")
+        if method == "POST" and path in ("/login", scope.get("root_path", "").rstrip("/") + "/login"):
             await self._login(scope, receive, send)
             return
         await self._bounded(scope, receive, send)
@@ -238,7 +254,7 @@ class WebGuard:
 
     async def _login(self, scope, receive, send) -> None:
         client = (scope.get("client") or ("unknown", 0))[0]
-        wait = self.logins.start(client)
+        wait = self.logins.start(client_key(client))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             await _respond(
@@ -258,7 +274,7 @@ class WebGuard:
 
         await self._bounded(scope, receive, watched)
         if 200 <= status < 300:
-            self.logins.succeeded(client)
+            self.logins.succeeded(client_key(client))
 
 
 async def _refuse(scope, receive, send, status: int, text: str) -> None:
