@@ -149,6 +149,7 @@ def test_a_forged_host_is_refused_on_every_route(server):
             status, _, body = request(port, method, path, {"Host": host})
             assert status == 400, (method, path, host, status)
             assert b"is not allowed here" in body and b"--allowed-host" in body
+            assert f"http://127.0.0.1:{port}/".encode() in body
     for host in (
         f"127.0.0.1:{port}",
         f"localhost:{port}",

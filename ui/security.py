@@ -179,12 +179,13 @@ class WebGuard:
         host = headers.get("host", "")
         if not self.policy.host_allowed(host_name(host)):
             shown = host_name(host) or host or "(none)"
+            port = (scope.get("server") or ("", "PORT"))[1]
             await _refuse(
                 scope,
                 receive,
                 send,
                 400,
-                f"Host {shown!r} is not allowed here. Open the app at http://127.0.0.1:PORT, or, to serve "
+                f"Host {shown!r} is not allowed here. Open the app at http://127.0.0.1:{port}/, or, to serve "
                 f"this name on purpose, start it with --allowed-host {shown}",
             )
             return
