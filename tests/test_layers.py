@@ -1,4 +1,4 @@
-"""Imports run one way: app.py -> ui -> gal -> storage (the house rule, checked on the source).
+"""Imports run one way: gal_studio (app.py) -> ui -> gal -> storage (the house rule, checked on the source).
 
 Every import counts: module level, inside a function, and string imports through
 ``importlib.import_module("...")`` or ``__import__("...")``.
@@ -10,9 +10,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "storage": {"torch", "diffusers", "transformers", "gradio", "gal", "ui", "app", "numpy", "open_clip"},
-    "gal": {"gradio", "ui", "app"},
-    "ui": {"app"},
+    "storage": {"torch", "diffusers", "transformers", "gradio", "gal", "gal_studio", "ui", "app", "numpy", "open_clip"},
+    "gal": {"gradio", "ui", "app", "gal_studio"},
+    "ui": {"app", "gal_studio"},
 }
 
 
@@ -60,6 +60,24 @@ def test_ui_does_not_import_the_cli():
             if isinstance(node, ast.ImportFrom) and node.module == "gal.cli":
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_gal_app_console_script_works_from_any_folder(tmp_path):
+    """`gal app` is a console script: it must not depend on the checkout being the working directory."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "gal"
+    assert script.exists(), f"the gal console script is not installed next to {sys.executable}: pip install -e ."
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    done = subprocess.run([str(script), "app", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert "--runs-dir" in done.stdout and "--allowed-host" in done.stdout
+    runs = subprocess.run([str(script), "--runs-dir", str(tmp_path / "runs"), "runs"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert runs.returncode == 0 and "no runs yet" in runs.stdout, runs.stderr[-1500:]
 
 
 def test_readme_commands_are_the_ci_commands():

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import app
+from gal_studio import app
 from ui.security import (
     LoginThrottle,
     WebGuard,
