@@ -21,9 +21,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gal_studio import app  # noqa: E402
 import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
+from gal_studio import app  # noqa: E402
 from ui import render  # noqa: E402
 from ui.handlers import FORM_FIELDS, Handlers, config_from_form, default_form, references_from  # noqa: E402
 
