@@ -223,17 +223,21 @@ def _dispatch(args) -> int:
             print(f"{run['run_id']}\t{run['status']}\tround {run['current_round']}\t{run['created_at']}")
         return 0
     if args.command == "run":
-        config = references = None
-        if args.resume is not None:
-            check_run_id(args.resume)  # `--resume ""` is a mistake, not a new run
+        studio = Studio(args.runs_dir, model=args.model, oracle=args.oracle, device=args.device,
+                        precision=args.precision)
+        main_process = studio.processes.is_main  # under `accelerate launch`, one process creates and reports
+        run_id = args.resume
+        if run_id is not None:
+            check_run_id(run_id)  # `--resume ""` is a mistake, not a new run
         else:
-            config, references = _new_config(args)
-        studio = Studio(args.runs_dir, model=(config.model if config else None), oracle=(config.oracle if config else None),
-                        device=args.device, precision=args.precision)
-        run_id = args.resume or studio.create_run(config, references)
-        print(f"run {run_id} in {studio.run_dir(run_id)}", file=sys.stderr)
-        run = studio.advance(run_id, progress=_progress_printer())
-        _report_run(studio, run)
+            if main_process:
+                run_id = studio.create_run(*_new_config(args))
+            run_id = studio.processes.broadcast(run_id)
+        if main_process:
+            print(f"run {run_id} in {studio.run_dir(run_id)}", file=sys.stderr)
+        run = studio.advance(run_id, progress=_progress_printer() if main_process else None)
+        if main_process:
+            _report_run(studio, run)
         return 0
     studio = Studio(args.runs_dir, device=args.device, precision=args.precision)
     if args.command == "images":

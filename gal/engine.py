@@ -22,13 +22,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 import storage
 from gal import review, selection
 from gal.config import RunConfig, load_presets
+from gal.distributed import Processes
 from gal.faults import checkpoint
 from gal.jobs import Jobs, Progress
 from gal.loaded import LoadedModels
-from gal.models import default_model, default_oracle, resolve_model_path
+from gal.models import default_model, default_oracle, pick_device, resolve_model_path
 from gal.runfolder import RunFolder, check_run_id, load_image, new_run_id
 from gal.steps import STEPS, Round
 from gal.training import Cancelled
@@ -71,7 +74,9 @@ class Studio:
         self.db_path = self.runs_root / "gal.db"
         self.default_model = model or default_model()
         self.default_oracle = oracle or default_oracle()
-        self.models = LoadedModels(device, precision)
+        # Several processes (`accelerate launch -m gal run …`) split each round; one is the usual case.
+        self.processes = Processes(torch.device(device) if device else None)
+        self.models = LoadedModels(str(self.processes.device(pick_device(device))), precision)
         self.jobs = Jobs()
         self._job_lock = threading.Lock()  # one model job at a time (one GPU)
         storage.open_db(self.db_path).close()  # create + migrate once, fail early on a bad folder
@@ -154,17 +159,22 @@ class Studio:
         Safe to call again after a crash, a kill or a cancel: it resumes from the persisted state.
         """
         folder = self.folder(run_id)
+        main = self.processes.is_main  # only the main process writes SQLite; the others follow its state
         with self.db() as db:
             r = storage.get_run(db, run_id)["current_round"]  # raises RunNotFound with the fix
         with self._job_lock:
             # One process works on a run at a time: a second `gal run --resume` is refused, naming the first.
             owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-            with self.db() as db:
-                storage.acquire_lease(db, run_id, owner)
+            if main:
+                with self.db() as db:
+                    storage.acquire_lease(db, run_id, owner)
             cancel = self.jobs.start(run_id)
-            report = self._heartbeat(run_id, owner, self.jobs.reporter(run_id, progress))
+            report = self.jobs.reporter(run_id, progress if main else None)
+            if main:
+                report = self._heartbeat(run_id, owner, report)
             try:
                 while True:
+                    self.processes.barrier()  # every process reads the state the main one last wrote
                     with self.db() as db:
                         run = storage.get_run(db, run_id)
                         if run["status"] == "finished":
@@ -172,40 +182,47 @@ class Studio:
                         config = RunConfig.from_dict(run["config"])
                         r = run["current_round"]
                         rnd = storage.get_round(db, run_id, r)
-                        if run["status"] != "active":
+                        if main and run["status"] != "active":
                             storage.update_run(db, run_id, status="active")
                     state = rnd["state"]
                     if state in STEPS:  # 1. train, 2. generate, 3. judge, then evaluate on held-out prompts
                         step, next_state = STEPS[state]
-                        done = step(Round(self.models, folder, config, r, self.db, report, cancel))
+                        done = step(Round(self.models, folder, config, r, self.db, report, cancel, self.processes))
                         checkpoint(f"{state}.done", r)  # the step's work exists, nothing recorded yet
-                        self._record(run_id, r, state, next_state, done)
+                        if main:
+                            self._record(run_id, r, state, next_state, done)
                     elif state == "review":  # 4. review: a person's turn, or straight on
                         with self.db() as db:
                             waits = not selection.pool_empty(db, run_id, r) and (
                                 config.gal.pause_for_review or rnd["mode"] == "human"
                             )
                             if waits:
-                                storage.update_run(db, run_id, status="awaiting_review")
+                                if main:
+                                    storage.update_run(db, run_id, status="awaiting_review")
+                                self.processes.barrier()
                                 return storage.get_run(db, run_id)
-                            selection.commit(db, folder)  # 5. select, 6. weigh, and the next round
+                            if main:
+                                selection.commit(db, folder)  # 5. select, 6. weigh, and the next round
                         checkpoint("committed", r)
                     else:
                         raise ValueError(f"round {r} of run {run_id} is in state {state!r}, which cannot advance")
             except Cancelled as err:
-                with self.db() as db:
-                    storage.update_run(db, run_id, status="cancelled")
+                if main:
+                    with self.db() as db:
+                        storage.update_run(db, run_id, status="cancelled")
                 self.jobs.stop(run_id, stage="cancelled", info={"message": str(err)})
                 raise
             except Exception as err:
-                with self.db() as db:
-                    storage.update_run(db, run_id, status="failed")
-                    storage.update_round(db, run_id, r, error=f"{type(err).__name__}: {err}")
+                if main:
+                    with self.db() as db:
+                        storage.update_run(db, run_id, status="failed")
+                        storage.update_round(db, run_id, r, error=f"{type(err).__name__}: {err}")
                 raise
             finally:
                 self.jobs.stop(run_id)
-                with self.db() as db:
-                    storage.release_lease(db, run_id, owner)
+                if main:
+                    with self.db() as db:
+                        storage.release_lease(db, run_id, owner)
 
     def _heartbeat(self, run_id: str, owner: str, report, every: float = 5.0):
         """``report`` that also renews the run's lease every ``every`` seconds of work."""

@@ -21,6 +21,7 @@ from PIL import Image
 import storage
 from gal import algorithm
 from gal.config import RunConfig
+from gal.distributed import Processes
 from gal.evaluation import round_metrics
 from gal.generation import generate as draw
 from gal.loaded import LoadedModels
@@ -42,6 +43,7 @@ class Round:
     db: Callable[[], object]  # opens a connection (one per call: steps run in worker threads)
     report: Callable[..., None]  # report(stage, done, total, **info)
     cancel: Callable[[], bool]
+    processes: Processes  # one, or several splitting the round's work (only the main one writes SQLite)
 
     @property
     def run_id(self) -> str:
@@ -102,7 +104,8 @@ def train(rnd: Round) -> StepResult:
         cancel=rnd.cancel,
     )
     rel = RunFolder.adapter_dir(r)
-    save_adapter(pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)})
+    if rnd.processes.is_main:  # every process holds the same adapter; one file is written
+        save_adapter(pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)})
     rnd.models.mark(spec, rnd.adapter_key)
     return StepResult(
         result.seconds,
@@ -155,31 +158,43 @@ def generate(rnd: Round) -> StepResult:
         have = {(im["anchor_index"], im["slot"]) for im in storage.list_images(db, rnd.run_id, r)
                 if folder.path(im["file"]).exists()}  # fmt: skip
     todo = [(a, j) for a in anchors for j in range(config.gal.m) if (a["anchor_index"], j) not in have]
-    if todo:
+    processes = rnd.processes
+    mine = processes.shard(todo)  # each process draws its share; every image keeps its own seed
+    drawn: list[dict] = []  # this process's rows, stored by the main process with the state change
+    if mine:
         pipe = rnd.pipeline()
 
         def save(start: int, images: list[Image.Image]) -> None:
             rows = []
-            for (a, j), image in zip(todo[start : start + len(images)], images, strict=True):
+            for (a, j), image in zip(mine[start : start + len(images)], images, strict=True):
                 rel = RunFolder.image_file(r, a["anchor_index"], j)
                 folder.save(image, rel)
                 rows.append({"run_id": rnd.run_id, "round_index": r, "anchor_index": a["anchor_index"], "slot": j,
                              "file": rel, "seed": image_seed(config.seed, a["anchor_index"], j),
                              "prompt": a["prompt"], "kind": "anchor"})  # fmt: skip
-            with rnd.db() as db:
-                storage.add_images(db, rows)
+            if processes.many:
+                drawn.extend(rows)
+            else:  # one process saves each batch at once: a killed run keeps what it drew
+                with rnd.db() as db:
+                    storage.add_images(db, rows)
 
         draw(
             pipe,
-            [a["prompt"] for a, _ in todo],
-            [image_seed(config.seed, a["anchor_index"], j) for a, j in todo],
+            [a["prompt"] for a, _ in mine],
+            [image_seed(config.seed, a["anchor_index"], j) for a, j in mine],
             config.generate,
             resolution=rnd.resolution(pipe),
             progress=lambda d, t: rnd.report("generate", d, t, round=r),
             cancel=rnd.cancel,
             on_batch=save,
         )
-    return StepResult(time.perf_counter() - started)
+    rows = processes.gather(drawn)
+
+    def write(db) -> None:
+        if rows:
+            storage.add_images(db, rows)
+
+    return StepResult(time.perf_counter() - started, write=write if rows else None)
 
 
 # -- 3. judge ------------------------------------------------------------------------------------
@@ -202,18 +217,22 @@ def judge(rnd: Round) -> StepResult:
     rnd.report("judge", 0, len(images), round=r)
     if not images:  # every anchor has left the pool: nothing was drawn, nothing to judge
         return StepResult(time.perf_counter() - started)
-    oracle = rnd.models.oracle(rnd.config.oracle)
-    pil = [rnd.folder.open_rgb(im["file"]) for im in images]
-    anchor_texts = list(dict.fromkeys(texts.values()))
-    sims = oracle.text_similarities(pil, anchor_texts + non_soi)  # [n, |texts| + c]
-    col = np.array([anchor_texts.index(texts[im["anchor_index"]]) for im in images])
-    sim_anchor = sims[np.arange(len(images)), col]  # [n]
-    sim_non_soi = sims[:, len(anchor_texts) :].max(axis=1)  # [n]
-    verdicts = algorithm.overfit_verdicts(sim_anchor, sim_non_soi)
-    rows = [
-        {"id": im["id"], "sim_anchor": float(a), "sim_non_soi": float(b), "oracle_verdict": int(v)}
-        for im, a, b, v in zip(images, sim_anchor, sim_non_soi, verdicts, strict=True)
-    ]
+    mine = rnd.processes.shard(images)
+    rows = []
+    if mine:
+        oracle = rnd.models.oracle(rnd.config.oracle)
+        pil = [rnd.folder.open_rgb(im["file"]) for im in mine]
+        anchor_texts = list(dict.fromkeys(texts.values()))
+        sims = oracle.text_similarities(pil, anchor_texts + non_soi)  # [n, |texts| + c]
+        col = np.array([anchor_texts.index(texts[im["anchor_index"]]) for im in mine])
+        sim_anchor = sims[np.arange(len(mine)), col]  # [n]
+        sim_non_soi = sims[:, len(anchor_texts) :].max(axis=1)  # [n]
+        verdicts = algorithm.overfit_verdicts(sim_anchor, sim_non_soi)
+        rows = [
+            {"id": im["id"], "sim_anchor": float(a), "sim_non_soi": float(b), "oracle_verdict": int(v)}
+            for im, a, b, v in zip(mine, sim_anchor, sim_non_soi, verdicts, strict=True)
+        ]
+    rows = rnd.processes.gather(rows)
 
     def write(db) -> None:
         storage.set_similarities(db, rows)
@@ -232,27 +251,35 @@ def evaluate(rnd: Round) -> StepResult:
     config, folder, r = rnd.config, rnd.folder, rnd.index
     if not (config.eval.enabled and config.eval.prompts):
         return StepResult(time.perf_counter() - started)
-    pipe = rnd.pipeline()
     per = config.eval.images_per_prompt
     prompts = [p for p in config.eval_prompts() for _ in range(per)]
     prompt_texts = [t for t in config.eval_oracle_texts() for _ in range(per)]
     seeds = [eval_image_seed(config.seed, i // per, i % per) for i in range(len(prompts))]
-    images = draw(pipe, prompts, seeds, config.generate, resolution=rnd.resolution(pipe),
-                  progress=lambda d, t: rnd.report("evaluate", d, t, round=r), cancel=rnd.cancel)  # fmt: skip
-    rows = []
-    for i, (prompt, seed, image) in enumerate(zip(prompts, seeds, images, strict=True)):
-        rel = RunFolder.eval_file(r, i)
-        folder.save(image, rel)
-        rows.append({"run_id": rnd.run_id, "round_index": r, "anchor_index": -1, "slot": i, "file": rel,
-                     "seed": seed, "prompt": prompt, "kind": "eval"})  # fmt: skip
-    oracle = rnd.models.oracle(config.oracle)
+    texts = list(dict.fromkeys(prompt_texts))
     with rnd.db() as db:
         non_soi = non_soi_texts(db, rnd.run_id)
-        real = [folder.open_rgb(x["file"]) for x in storage.list_references(db, rnd.run_id) if x["source"] == "real"]
-    texts = list(dict.fromkeys(prompt_texts))
-    sims = oracle.text_similarities(images, texts + non_soi)
-    sim_prompt = sims[np.arange(len(images)), [texts.index(t) for t in prompt_texts]]
-    metrics = round_metrics(sim_prompt, sims[:, len(texts) :], oracle.image_similarities(images, real))
+        real_files = [x["file"] for x in storage.list_references(db, rnd.run_id) if x["source"] == "real"]
+    mine = rnd.processes.shard(range(len(prompts)))  # each process draws and scores its share
+    scored = []  # per image: its row, sim to its prompt, sims to the non-SoI captions, sims to the references
+    if mine:
+        pipe = rnd.pipeline()
+        images = draw(pipe, [prompts[i] for i in mine], [seeds[i] for i in mine], config.generate,
+                      resolution=rnd.resolution(pipe),
+                      progress=lambda d, t: rnd.report("evaluate", d, t, round=r), cancel=rnd.cancel)  # fmt: skip
+        oracle = rnd.models.oracle(config.oracle)
+        sims = oracle.text_similarities(images, texts + non_soi)
+        to_real = oracle.image_similarities(images, [folder.open_rgb(f) for f in real_files])
+        for k, (i, image) in enumerate(zip(mine, images, strict=True)):
+            rel = RunFolder.eval_file(r, i)
+            folder.save(image, rel)
+            row = {"run_id": rnd.run_id, "round_index": r, "anchor_index": -1, "slot": i, "file": rel,
+                   "seed": seeds[i], "prompt": prompts[i], "kind": "eval"}  # fmt: skip
+            scored.append((row, float(sims[k, texts.index(prompt_texts[i])]), sims[k, len(texts) :], to_real[k]))
+    scored = rnd.processes.gather(scored)
+    rows = [row for row, *_ in scored]
+    metrics = round_metrics(
+        np.array([s for _, s, _, _ in scored]), np.stack([n for *_, n, _ in scored]), np.stack([t for *_, t in scored])
+    )
 
     def write(db) -> None:
         # A database from before steps recorded their rows with the state may hold this round's eval rows.

@@ -1,0 +1,61 @@
+"""Several processes on one run (torchrun / `accelerate launch`, gloo on CPU): the same result as one.
+
+Two real processes split generation, judging and evaluation; only the main one writes SQLite. Every
+image keeps its seed slot, so the run's rows and images match a one-process run's.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+from PIL import Image
+
+import storage
+
+PROMPT = "a <sks> star on stairs"
+
+
+def _launch(runs, config, refs, processes: int):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "0"]
+    if processes == 1:
+        cmd = [sys.executable]
+    args = ["-m", "gal", "--runs-dir", str(runs), "run", "--config", str(config), "--prompt", PROMPT]
+    for ref in refs:
+        args += ["--ref", str(ref)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd + args, capture_output=True, text=True, timeout=400, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with storage.open_db(runs / "gal.db") as db:
+        (run,) = storage.list_runs(db)
+        rounds = storage.list_rounds(db, run["run_id"])
+        images = [im for r in rounds for im in storage.list_images(db, run["run_id"], r["round_index"], kind=None)]
+        selections = storage.list_selections(db, run["run_id"])
+    return run, rounds, images, selections
+
+
+@pytest.mark.timeout(900)
+def test_two_processes_give_the_one_process_run(tmp_path, reference_files):
+    config = tmp_path / "config.json"
+    config.write_text(tiny_config().to_json())
+    one = _launch(tmp_path / "one", config, reference_files, 1)
+    two = _launch(tmp_path / "two", config, reference_files, 2)
+    for (run, rounds, images, selections), name in ((one, "one"), (two, "two")):
+        assert run["status"] == "finished" and [r["state"] for r in rounds] == ["done", "done"]
+        keys = [(im["round_index"], im["kind"], im["anchor_index"], im["slot"]) for im in images]
+        assert len(keys) == len(set(keys)), f"{name}: an image recorded twice"
+    key = lambda im: (im["round_index"], im["kind"], im["anchor_index"], im["slot"])  # noqa: E731
+    by_key = {key(im): im for im in one[2]}
+    assert sorted(by_key) == sorted(key(im) for im in two[2])  # every slot, exactly once
+    for im in two[2]:
+        ref = by_key[key(im)]
+        assert (im["seed"], im["file"], im["oracle_verdict"]) == (ref["seed"], ref["file"], ref["oracle_verdict"])
+        a = np.asarray(Image.open(tmp_path / "two" / two[0]["run_id"] / im["file"]), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "one" / one[0]["run_id"] / ref["file"]), dtype=np.int16)
+        assert np.abs(a - b).max() <= 2, f"image {im['file']} differs by {np.abs(a - b).max()}/255"
+    assert [(s["round_index"], s["anchor_index"]) for s in one[3]] == [(s["round_index"], s["anchor_index"]) for s in two[3]]
+    for r1, r2 in zip(one[1], two[1], strict=True):
+        for metric in ("txt_aln", "img_aln", "ovf"):
+            assert r1["metrics"][metric] == pytest.approx(r2["metrics"][metric], abs=1e-4)
