@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="max rounds (4)")
     run.add_argument("--steps", type=int, help="LoRA steps per round")
     run.add_argument("--lr", type=float, help="LoRA learning rate")
-    run.add_argument("--rank", type=int, help="LoRA rank")
+    run.add_argument("--rank", type=int, help="LoRA rank (8)")
+    run.add_argument("--alpha", type=float, help="LoRA alpha; scale = alpha / rank (default: alpha = rank, scale 1)")
     run.add_argument("--resolution", type=int, help="training/generation size (default: the model's)")
     run.add_argument("--gen-steps", type=int, help="denoising steps")
     run.add_argument("--guidance", type=float, help="classifier-free guidance scale")
@@ -170,7 +171,7 @@ def _new_config(args):
         "name": (None, "name"), "model": (None, "model"), "oracle": (None, "oracle"),
         "strategy": ("gal", "strategy"), "m": ("gal", "m"), "k": ("gal", "k"), "lam": ("gal", "lam"),
         "rounds": ("gal", "max_rounds"), "steps": ("train", "steps"), "lr": ("train", "learning_rate"),
-        "rank": ("train", "rank"), "sampling": ("train", "reference_sampling"), "lr_schedule": ("train", "lr_schedule"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
+        "rank": ("train", "rank"), "alpha": ("train", "alpha"), "sampling": ("train", "reference_sampling"), "lr_schedule": ("train", "lr_schedule"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
         "guidance": ("generate", "guidance_scale"), "scheduler": ("generate", "scheduler"),
     }.items():
         value = getattr(args, flag)
