@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the run's final LoRA, dataset and model card")
     export.add_argument("run_id")
     export.add_argument("out")
-    export.add_argument("--format", default="diffusers,kohya,dataset,card", help="comma list of diffusers,kohya,fused,dataset,card")
-    export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    export.add_argument("--format", default="diffusers,kohya,dataset,card",
+                        help="comma list of diffusers,kohya,fused,checkpoint,dataset,card")
+    export.add_argument("--force", action="store_true", help="replace this run's previous export in that folder (nothing else)")
 
     sub.add_parser("runs", help="list the runs")
 
@@ -177,6 +178,8 @@ def _new_config(args):
         value = getattr(args, flag)
         if value is not None:
             setattr(getattr(config, section) if section else config, key, value)
+    if args.rank is not None and args.alpha is None:
+        config.train.alpha = None  # the rule: alpha = rank (scale 1) unless --alpha says otherwise
     if args.anchors:
         path = Path(args.anchors)
         if not path.is_file():
@@ -281,7 +284,9 @@ def _dispatch(args) -> int:
         _report_run(studio, run)
         return 0
     if args.command == "export":
-        written = studio.export(args.run_id, args.out, tuple(f.strip() for f in args.format.split(",") if f.strip()), force=args.force)
+        from gal.export import parse_formats
+
+        written = studio.export(args.run_id, args.out, parse_formats(args.format), force=args.force)
         for fmt, path in written.items():
             print(f"{fmt}\t{path}")
         return 0

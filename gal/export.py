@@ -41,6 +41,15 @@ from gal.training import LORA_FILE, add_safetensors_metadata
 FORMATS = ("diffusers", "kohya", "fused", "checkpoint", "dataset", "card")
 DEFAULT_FORMATS = ("diffusers", "kohya", "dataset", "card")
 MARKER = ".gal-export.json"
+APP_EXPORT = "export"  # <run folder>/export: the one place inside a run folder an export may go (the app's)
+LEGACY_ENTRIES = {
+    "gal_config.json",
+    LORA_FILE,
+    "gal_lora_kohya.safetensors",
+    "pipeline",
+    "dataset",
+    "README.md",
+}
 SAMPLES = 4  # images of the exported round copied into the export for the model card's widget
 
 
@@ -52,7 +61,9 @@ def parse_formats(formats) -> tuple[str, ...]:
         formats = formats.split(",")
     names = tuple(dict.fromkeys(f.strip() for f in formats if f and f.strip()))
     if not names:
-        raise ValueError(f"no export format given: name one or more of {', '.join(FORMATS)} (e.g. --format kohya,card)")
+        raise ValueError(
+            f"no export format given: name one or more of {', '.join(FORMATS)} (e.g. --format kohya,card)"
+        )
     unknown = [f for f in names if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown export format(s) {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
@@ -78,8 +89,14 @@ def _sanitise(name: str) -> str:
     # Letters (any script), digits, '.', '_' and '-'; nothing Windows or a shell trips over.
     text = re.sub(r"[^\w.-]+", "-", name, flags=re.UNICODE).strip("-._ ")
     text = re.sub(r"-{2,}", "-", text)
-    if text.upper().split(".")[0] in {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
-                                      *(f"LPT{i}" for i in range(10))}:
+    if text.upper().split(".")[0] in {
+        "CON",
+        "PRN",
+        "AUX",
+        "NUL",
+        *(f"COM{i}" for i in range(10)),
+        *(f"LPT{i}" for i in range(10)),
+    }:
         text = f"_{text}"
     return text[:100]
 
@@ -96,10 +113,13 @@ def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | Non
     root = Path(studio.runs_root).resolve()
     with studio.db() as db:
         run_dirs = [Path(r["run_dir"]).resolve() for r in storage.list_runs(db)]
-    for protected, what in [(root, "the runs folder")] + [(d, f"run folder {d.name}") for d in run_dirs]:
-        if _is_within(out_dir, protected) or _is_within(protected, out_dir):
+    protected = [(root, "the runs folder")] + [(d, f"run folder {d.name}") for d in run_dirs]
+    if out_dir == studio.run_dir(run_id).resolve() / APP_EXPORT:
+        protected = []  # the app's export folder of this very run (<run folder>/export) is allowed
+    for folder, what in protected:
+        if _is_within(out_dir, folder) or _is_within(folder, out_dir):
             raise ValueError(
-                f"{out_dir} is, holds or lies inside {what} ({protected}): export outside the runs folder, "
+                f"{out_dir} is, holds or lies inside {what} ({folder}): export outside the runs folder, "
                 f"e.g. gal export {run_id} ./exports/{run_id}"
             )
     if not out_dir.exists():
@@ -111,7 +131,7 @@ def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | Non
     entries = sorted(p.name for p in out_dir.iterdir())
     if not entries:
         return None
-    marker = _read_marker(out_dir)
+    marker = _read_marker(out_dir) or _legacy_marker(out_dir, entries, run_id, studio)
     if marker is None:
         raise ValueError(
             f"{out_dir} is not empty and is not a GAL Studio export ({', '.join(entries[:5])}"
@@ -131,6 +151,22 @@ def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | Non
     if not force:
         raise ValueError(f"{out_dir} already holds an export of run {run_id}: pass --force to replace it")
     return marker
+
+
+def _legacy_marker(out_dir: Path, entries: list[str], run_id: str, studio) -> dict | None:
+    """An export written before markers existed: only the old file names, and its gal_config.json is
+    this run's config. Treated as this run's previous export."""
+    if not set(entries) <= LEGACY_ENTRIES or "gal_config.json" not in entries:
+        return None
+    try:
+        old = RunConfig.from_dict(json.loads((out_dir / "gal_config.json").read_text()))
+        with studio.db() as db:
+            current = RunConfig.from_dict(storage.get_run(db, run_id)["config"])
+    except (OSError, ValueError, TypeError):
+        return None
+    if old.config_hash() != current.config_hash():
+        return None
+    return {"tool": "gal-studio", "run_id": run_id, "entries": entries, "legacy": True}
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -170,7 +206,7 @@ def _recover_and_clean(out_dir: Path) -> None:
         ours.append((m["kind"], entry))
     if not out_dir.exists():
         for kind, entry in ours:
-            if kind == "old" and _read_marker(entry) is not None:
+            if kind == "old" and (_read_marker(entry) or {}).get("complete", True):
                 entry.rename(out_dir)  # the complete old export comes back
                 ours.remove((kind, entry))
                 break
@@ -230,7 +266,7 @@ def export_run(
         final_index = rounds[-1]["round_index"] if rounds else None
         references = storage.list_references(db, run_id)
         trained_on = storage.list_references(db, run_id, up_to_round=final_index - 1) if rounds else []
-        images = (storage.list_images(db, run_id, final_index, kind=None) if rounds else [])
+        images = storage.list_images(db, run_id, final_index, kind=None) if rounds else []
     if not rounds:
         raise ValueError(f"run {run_id} has no trained round yet: run it first (gal run --resume {run_id})")
     _recover_and_clean(out_dir)
@@ -252,7 +288,7 @@ def export_run(
     family = detect_family(pipe)
     v_pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction"
     names = {
-        "diffusers": f"{stem}.diffusers.safetensors",
+        "diffusers": LORA_FILE,  # diffusers' default name: load_lora_weights(folder) finds it, as the Hub does
         "kohya": f"{stem}.safetensors",
         "fused": "pipeline",
         "checkpoint": f"{stem}.fused.safetensors",
@@ -270,7 +306,9 @@ def export_run(
     written: dict[str, Path] = {}
     entries: list[str] = []
     try:
-        _write_marker(staging, run, entries, formats, staging=True)  # a stale staging folder is recognisably ours
+        _write_marker(
+            staging, run, entries, formats, staging=True
+        )  # a stale staging folder is recognisably ours
         (staging / "gal_config.json").write_text(config.to_json())
         entries.append("gal_config.json")
         source = adapter_dir / LORA_FILE
@@ -279,9 +317,17 @@ def export_run(
             add_safetensors_metadata(staging / names["diffusers"], provenance)
         if "kohya" in formats:
             write_kohya(
-                source, staging / names["kohya"], config, provenance,
-                family=family, v_parameterization=v_pred, run=run, references=trained_on,
-                round_index=final["round_index"], stem=stem, resolution=_resolution(pipe, config),
+                source,
+                staging / names["kohya"],
+                config,
+                provenance,
+                family=family,
+                v_parameterization=v_pred,
+                run=run,
+                references=trained_on,
+                round_index=final["round_index"],
+                stem=stem,
+                resolution=_resolution(pipe, config),
             )
         fused_pipe = None
         if "fused" in formats or "checkpoint" in formats:
@@ -292,9 +338,15 @@ def export_run(
             if "fused" not in formats:  # from_single_file needs the configs: a weightless folder
                 save_fused_folder(fused_pipe, staging / "config", configs_only=True)
                 entries.append("config")
-            save_ldm_checkpoint(fused_pipe, staging / names["checkpoint"], family,
-                                {**provenance, **_modelspec(family, v_pred, run, config, _resolution(pipe, config),
-                                                            lora=False)})
+            save_ldm_checkpoint(
+                fused_pipe,
+                staging / names["checkpoint"],
+                family,
+                {
+                    **provenance,
+                    **_modelspec(family, v_pred, run, config, _resolution(pipe, config), lora=False),
+                },
+            )
         del fused_pipe
         if "dataset" in formats:
             _write_dataset(staging / names["dataset"], run_dir, references)
@@ -303,8 +355,16 @@ def export_run(
             if samples:
                 entries.append("samples")
             (staging / names["card"]).write_text(
-                model_card(run, config, all_rounds, references, provenance, family=family, samples=samples,
-                           files={f: names[f] for f in formats})
+                model_card(
+                    run,
+                    config,
+                    all_rounds,
+                    references,
+                    provenance,
+                    family=family,
+                    samples=samples,
+                    files={f: names[f] for f in formats},
+                )
             )
         for f in formats:
             entries.append(names[f])
@@ -426,7 +486,9 @@ def base_model_metadata(family: str, *, v_parameterization: bool = False) -> dic
     return meta
 
 
-def _modelspec(family: str, v_pred: bool, run: dict, config: RunConfig, resolution: int, *, lora: bool) -> dict:
+def _modelspec(
+    family: str, v_pred: bool, run: dict, config: RunConfig, resolution: int, *, lora: bool
+) -> dict:
     """modelspec.* (Stability AI's model spec) as sd-scripts' library/sai_model_spec.py builds them."""
     arch = {
         "sd1": "stable-diffusion-v1",
@@ -482,7 +544,9 @@ def _lora_scales(meta: dict, component: str, config: RunConfig) -> tuple[float, 
     alpha = adapter.get(f"{component}.lora_alpha", config.train.alpha)
     rank = adapter.get(f"{component}.r")
     if adapter.get(f"{component}.alpha_pattern") or adapter.get(f"{component}.rank_pattern"):
-        raise ValueError(f"the {component} adapter uses per-layer rank/alpha patterns, which the kohya export cannot write")
+        raise ValueError(
+            f"the {component} adapter uses per-layer rank/alpha patterns, which the kohya export cannot write"
+        )
     return float(alpha), rank
 
 
@@ -496,15 +560,25 @@ def kohya_state_dict(diffusers_state: dict, metadata: dict, config: RunConfig, f
     """
     from diffusers.utils import convert_all_state_dict_to_peft
 
-    peft = convert_all_state_dict_to_peft(dict(diffusers_state))
-    prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1" if family == "sdxl" else "lora_te",
-                "text_encoder_2": "lora_te2"}
+    by_component: dict[str, dict] = {}
+    for key, value in diffusers_state.items():
+        by_component.setdefault(key.partition(".")[0], {})[key] = value
+    peft = {}
+    for part in by_component.values():  # one at a time: the converter guesses one key style per dict
+        peft.update(convert_all_state_dict_to_peft(part))
+    prefixes = {
+        "unet": "lora_unet",
+        "text_encoder": "lora_te1" if family == "sdxl" else "lora_te",
+        "text_encoder_2": "lora_te2",
+    }
     scales = {c: _lora_scales(metadata, c, config) for c in prefixes}
     out: dict[str, torch.Tensor] = {}
     for key, value in peft.items():
         component, _, rest = key.partition(".")
         if component not in prefixes:
-            raise ValueError(f"the LoRA holds {component}.* weights, which the kohya export of {family} cannot name")
+            raise ValueError(
+                f"the LoRA holds {component}.* weights, which the kohya export of {family} cannot name"
+            )
         module, _, kind = rest.rpartition(".lora_")
         if kind not in ("A.weight", "B.weight"):
             raise ValueError(f"unexpected LoRA key {key!r}: re-save the adapter with diffusers")
@@ -515,7 +589,9 @@ def kohya_state_dict(diffusers_state: dict, metadata: dict, config: RunConfig, f
         if kind == "A.weight":
             alpha, rank = scales[component]
             if rank is not None and int(rank) != value.shape[0]:
-                raise ValueError(f"{key} has rank {value.shape[0]} but the adapter says r={rank}: re-export the round")
+                raise ValueError(
+                    f"{key} has rank {value.shape[0]} but the adapter says r={rank}: re-export the round"
+                )
             out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return out
 
@@ -569,9 +645,18 @@ def precalculate_safetensors_hashes(tensors: dict, metadata: dict) -> tuple[str,
 
 
 def write_kohya(
-    diffusers_file: Path, out: Path, config: RunConfig, provenance: dict, *, family: str = "sd1",
-    v_parameterization: bool = False, run: dict | None = None, references: list[dict] | None = None,
-    round_index: int | None = None, stem: str | None = None, resolution: int = 512,
+    diffusers_file: Path,
+    out: Path,
+    config: RunConfig,
+    provenance: dict,
+    *,
+    family: str = "sd1",
+    v_parameterization: bool = False,
+    run: dict | None = None,
+    references: list[dict] | None = None,
+    round_index: int | None = None,
+    stem: str | None = None,
+    resolution: int = 512,
 ) -> dict[str, str]:
     """Write the kohya-format LoRA with kohya's metadata; returns the metadata written."""
     from safetensors import safe_open
@@ -608,7 +693,9 @@ def write_kohya(
         "ss_max_grad_norm": str(config.train.max_grad_norm),
         "ss_sd_model_name": model_name,
         "ss_resolution": f"({res}, {res})",
-        "ss_tag_frequency": json.dumps(tag_frequency(references, config.soi_token if config.task == "object" else "")),
+        "ss_tag_frequency": json.dumps(
+            tag_frequency(references, config.soi_token if config.task == "object" else "")
+        ),
         "ss_training_comment": f"trained with GAL Studio (Generative Active Learning), round {round_index}",
         **base_model_metadata(family, v_parameterization=v_parameterization),
     }
@@ -638,7 +725,9 @@ def fused_pipeline(pipe):
                 if isinstance(mod, BaseTunerLayer):  # merge W + scale * B A, then drop the LoRA wrapper
                     mod.merge(adapter_names=list(mod.active_adapters))
                     parent_name, _, child = mod_name.rpartition(".")
-                    setattr(part.get_submodule(parent_name) if parent_name else part, child, mod.get_base_layer())
+                    setattr(
+                        part.get_submodule(parent_name) if parent_name else part, child, mod.get_base_layer()
+                    )
             for attr in ("peft_config", "_hf_peft_config_loaded"):
                 if attr in vars(part):
                     delattr(part, attr)
@@ -707,12 +796,23 @@ def _unet_prefix_map(config) -> list[tuple[str, str]]:
                 pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{idx}.1."))
             idx += 1
         if i < n - 1:
-            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{idx - 1}.{2 if 'CrossAttn' in kind else 1}."))
+            pairs.append(
+                (
+                    f"up_blocks.{i}.upsamplers.0.",
+                    f"output_blocks.{idx - 1}.{2 if 'CrossAttn' in kind else 1}.",
+                )
+            )
     return pairs
 
 
-_RESNET = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
-           ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+_RESNET = [
+    ("norm1.", "in_layers.0."),
+    ("conv1.", "in_layers.2."),
+    ("norm2.", "out_layers.0."),
+    ("conv2.", "out_layers.3."),
+    ("time_emb_proj.", "emb_layers.1."),
+    ("conv_shortcut.", "skip_connection."),
+]
 
 
 def _rename(key: str, pairs: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -729,13 +829,15 @@ def convert_unet_to_ldm(state: dict, config) -> dict:
     for key, value in state.items():
         hit = _rename(key, pairs)
         if hit is None:
-            raise ValueError(f"UNet weight {key!r} has no place in the original SD layout: this UNet is not SD-1/2 shaped")
+            raise ValueError(
+                f"UNet weight {key!r} has no place in the original SD layout: this UNet is not SD-1/2 shaped"
+            )
         hf, sd = hit
-        rest = key[len(hf):]
+        rest = key[len(hf) :]
         if ".resnets." in hf:
             for a, b in _RESNET:
                 if rest.startswith(a):
-                    rest = b + rest[len(a):]
+                    rest = b + rest[len(a) :]
                     break
         out["model.diffusion_model." + sd + rest] = value
     return out
@@ -745,9 +847,12 @@ def convert_vae_to_ldm(state: dict, config) -> dict:
     """diffusers AutoencoderKL -> LDM ``first_stage_model.*`` (diffusers' script, any block count)."""
     n = len(config.block_out_channels)
     layers = config.layers_per_block
-    pairs = [("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."),
-             ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1."),
-             ("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out.")]
+    pairs = [
+        ("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."),
+        ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1."),
+        ("encoder.conv_norm_out.", "encoder.norm_out."),
+        ("decoder.conv_norm_out.", "decoder.norm_out."),
+    ]
     for part in ("encoder", "decoder"):
         for i in range(2):
             pairs.append((f"{part}.mid_block.resnets.{i}.", f"{part}.mid.block_{i + 1}."))
@@ -759,19 +864,28 @@ def convert_vae_to_ldm(state: dict, config) -> dict:
         if i < n - 1:
             pairs.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
             pairs.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."))
-    attn = [("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out."),
-            ("query.", "q."), ("key.", "k."), ("value.", "v."), ("proj_attn.", "proj_out.")]
+    attn = [
+        ("group_norm.", "norm."),
+        ("to_q.", "q."),
+        ("to_k.", "k."),
+        ("to_v.", "v."),
+        ("to_out.0.", "proj_out."),
+        ("query.", "q."),
+        ("key.", "k."),
+        ("value.", "v."),
+        ("proj_attn.", "proj_out."),
+    ]
     out = {}
     for key, value in state.items():
         hit = _rename(key, pairs)
-        new = key if hit is None else hit[1] + key[len(hit[0]):]
+        new = key if hit is None else hit[1] + key[len(hit[0]) :]
         if hit is not None and ".resnets." in hit[0]:
             new = new.replace(".conv_shortcut.", ".nin_shortcut.")
         if hit is not None and "attentions" in hit[0]:
-            rest = key[len(hit[0]):]
+            rest = key[len(hit[0]) :]
             for a, b in attn:
                 if rest.startswith(a):
-                    rest = b + rest[len(a):]
+                    rest = b + rest[len(a) :]
                     break
             new = hit[1] + rest
             if rest.split(".")[0] in ("q", "k", "v", "proj_out") and value.ndim == 2:
@@ -784,7 +898,7 @@ def convert_text_encoder_to_ldm(state: dict, family: str) -> dict:
     """SD1: HF CLIP keys under ``cond_stage_model.transformer.text_model.`` (put back: transformers 5 has
     no ``text_model.`` level). SD2: OpenCLIP ``cond_stage_model.model.*`` with fused in_proj (diffusers'
     script ``convert_text_enc_state_dict_v20``)."""
-    flat = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in state.items()}
+    flat = {(k[len("text_model.") :] if k.startswith("text_model.") else k): v for k, v in state.items()}
     if family == "sd1":
         return {f"cond_stage_model.transformer.text_model.{k}": v for k, v in flat.items()}
     if family != "sd2":
@@ -796,11 +910,17 @@ def convert_text_encoder_to_ldm(state: dict, family: str) -> dict:
             (qkv_w if m[3] == "weight" else qkv_b).setdefault(m[1], {})[m[2]] = v
             continue
         new = k
-        for a, b in [("encoder.layers.", "transformer.resblocks."), (".self_attn.out_proj.", ".attn.out_proj."),
-                     (".layer_norm1.", ".ln_1."), (".layer_norm2.", ".ln_2."), (".mlp.fc1.", ".mlp.c_fc."),
-                     (".mlp.fc2.", ".mlp.c_proj."), ("final_layer_norm.", "ln_final."),
-                     ("embeddings.token_embedding.weight", "token_embedding.weight"),
-                     ("embeddings.position_embedding.weight", "positional_embedding")]:
+        for a, b in [
+            ("encoder.layers.", "transformer.resblocks."),
+            (".self_attn.out_proj.", ".attn.out_proj."),
+            (".layer_norm1.", ".ln_1."),
+            (".layer_norm2.", ".ln_2."),
+            (".mlp.fc1.", ".mlp.c_fc."),
+            (".mlp.fc2.", ".mlp.c_proj."),
+            ("final_layer_norm.", "ln_final."),
+            ("embeddings.token_embedding.weight", "token_embedding.weight"),
+            ("embeddings.position_embedding.weight", "positional_embedding"),
+        ]:
             new = new.replace(a, b)
         if new == "embeddings.position_ids":
             continue
@@ -808,7 +928,8 @@ def convert_text_encoder_to_ldm(state: dict, family: str) -> dict:
     for store, suffix in ((qkv_w, "in_proj_weight"), (qkv_b, "in_proj_bias")):
         for layer, parts in store.items():
             out[f"cond_stage_model.model.transformer.resblocks.{layer}.attn.{suffix}"] = torch.cat(
-                [parts["q"], parts["k"], parts["v"]])
+                [parts["q"], parts["k"], parts["v"]]
+            )
     return out
 
 
@@ -817,8 +938,10 @@ def save_ldm_checkpoint(fused, path: Path, family: str, metadata: dict) -> None:
     from safetensors.torch import save_file
 
     if family not in ("sd1", "sd2"):
-        raise ValueError(f"the single-file checkpoint is written for SD 1.x/2.x only, not {family}: "
-                         "export the fused diffusers folder (--format fused) instead")
+        raise ValueError(
+            f"the single-file checkpoint is written for SD 1.x/2.x only, not {family}: "
+            "export the fused diffusers folder (--format fused) instead"
+        )
     state = {}
     state.update(convert_unet_to_ldm(fused.unet.state_dict(), fused.unet.config))
     state.update(convert_vae_to_ldm(fused.vae.state_dict(), fused.vae.config))
@@ -837,13 +960,23 @@ def _yaml(text: str) -> str:
 
 
 def model_card(
-    run: dict, config: RunConfig, rounds: list[dict], references: list[dict], provenance: dict, *,
-    family: str = "sd1", samples: list[dict] | None = None, files: dict[str, str] | None = None,
+    run: dict,
+    config: RunConfig,
+    rounds: list[dict],
+    references: list[dict],
+    provenance: dict,
+    *,
+    family: str = "sd1",
+    samples: list[dict] | None = None,
+    files: dict[str, str] | None = None,
 ) -> str:
     samples = samples or []
     files = files or {}
-    hub_base = not (config.model in ("tiny", "toy") or Path(config.model).expanduser().exists()
-                    or config.model.startswith((".", "/", "~")))
+    hub_base = not (
+        config.model in ("tiny", "toy")
+        or Path(config.model).expanduser().exists()
+        or config.model.startswith((".", "/", "~"))
+    )
     front = ["---"]
     if hub_base:
         front.append(f"base_model: {_yaml(config.model)}")
@@ -857,8 +990,12 @@ def model_card(
         "- lora",
         "- template:sd-lora",
         "- diffusers-training",
-        {"sd1": "- stable-diffusion", "sd2": "- stable-diffusion", "sdxl": "- stable-diffusion-xl",
-         "flux": "- flux"}.get(family, "- stable-diffusion"),
+        {
+            "sd1": "- stable-diffusion",
+            "sd2": "- stable-diffusion",
+            "sdxl": "- stable-diffusion-xl",
+            "flux": "- flux",
+        }.get(family, "- stable-diffusion"),
         "- gal-studio",
     ]
     if samples:
@@ -906,18 +1043,32 @@ def model_card(
     ]
     trigger = f" Trigger: `{config.soi_token}`." if config.task == "object" else ""
     if "kohya" in files:
-        lines.append(f"- `{files['kohya']}`: kohya keys for A1111 / Forge / ComfyUI / sd-scripts — copy it into "
-                     f"`models/Lora` (ComfyUI: `models/loras`) and prompt `<lora:{Path(files['kohya']).stem}:1>`.{trigger}")
+        lines.append(
+            f"- `{files['kohya']}`: kohya keys for A1111 / Forge / ComfyUI / sd-scripts — copy it into "
+            f"`models/Lora` (ComfyUI: `models/loras`) and prompt `<lora:{Path(files['kohya']).stem}:1>`.{trigger}"
+        )
     if "diffusers" in files:
-        lines += [f"- `{files['diffusers']}`: diffusers keys:", "", "```python",
-                  f"pipe.load_lora_weights('<this folder>', weight_name='{files['diffusers']}')", "```", ""]
+        lines += [
+            f"- `{files['diffusers']}`: diffusers keys:",
+            "",
+            "```python",
+            f"pipe.load_lora_weights('<this folder>', weight_name='{files['diffusers']}')",
+            "```",
+            "",
+        ]
     if "fused" in files:
-        lines.append("- `pipeline/`: the base model with the LoRA merged in (`StableDiffusionPipeline.from_pretrained`).")
+        lines.append(
+            "- `pipeline/`: the base model with the LoRA merged in (`StableDiffusionPipeline.from_pretrained`)."
+        )
     if "checkpoint" in files:
         cfg = "pipeline" if "fused" in files else "config"
-        lines.append(f"- `{files['checkpoint']}`: the merged model as one checkpoint in the original SD layout "
-                     f"(A1111 `models/Stable-diffusion`; diffusers: `from_single_file(path, config='{cfg}')`).")
+        lines.append(
+            f"- `{files['checkpoint']}`: the merged model as one checkpoint in the original SD layout "
+            f"(A1111 `models/Stable-diffusion`; diffusers: `from_single_file(path, config='{cfg}')`)."
+        )
     if "dataset" in files:
-        lines.append("- `dataset/`: the references (real and added) with prompts and weights (`metadata.jsonl`).")
+        lines.append(
+            "- `dataset/`: the references (real and added) with prompts and weights (`metadata.jsonl`)."
+        )
     lines.append("")
     return "\n".join(lines)
