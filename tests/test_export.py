@@ -569,3 +569,19 @@ def test_cli_rank_and_alpha_flags(tmp_path):
     with pytest.raises(ValueError, match="train.alpha must be a number > 0"):
         t = cfg("--alpha", "0")
         t.validate()
+
+
+def test_sd2_text_encoder_layout_is_what_diffusers_single_file_reads_back():
+    """SD2's OpenCLIP layout (fused in_proj): diffusers' own single-file converter restores every weight."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+    from gal.models import build_tiny_pipeline
+
+    te = build_tiny_pipeline().text_encoder
+    state = {k: v for k, v in te.state_dict().items() if not k.endswith("position_ids")}
+    ldm = gx.convert_text_encoder_to_ldm(state, "sd2")
+    assert all(k.startswith("cond_stage_model.model.") for k in ldm)
+    assert any(k.endswith(".attn.in_proj_weight") for k in ldm)
+    back = {k.removeprefix("text_model."): v for k, v in convert_open_clip_checkpoint(te, ldm).items()}
+    assert set(back) == set(state)
+    assert all(torch.equal(back[k], state[k]) for k in state)
