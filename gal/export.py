@@ -284,7 +284,8 @@ def export_run(
         "gal.strategy": config.gal.strategy,
         "gal.soi_token": config.soi_token,
     }
-    pipe = studio._activate(run_id, config, final["round_index"])
+    # the base pipeline tells the family; the round's adapter is only needed to merge it
+    pipe = studio.pipeline(config.model)
     family = detect_family(pipe)
     v_pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction"
     names = {
@@ -331,7 +332,7 @@ def export_run(
             )
         fused_pipe = None
         if "fused" in formats or "checkpoint" in formats:
-            fused_pipe = fused_pipeline(pipe)
+            fused_pipe = fused_pipeline(studio._activate(run_id, config, final["round_index"]))
         if "fused" in formats:
             save_fused_folder(fused_pipe, staging / names["fused"])
         if "checkpoint" in formats:
@@ -712,14 +713,15 @@ def write_kohya(
 
 
 def fused_pipeline(pipe):
-    """A copy of the pipeline with the active LoRA merged in; the live pipeline keeps its adapter."""
+    """The pipeline with the active LoRA merged in, for saving: components holding a LoRA are copied (to the
+    CPU) and merged, the others are shared; the live pipeline keeps its adapter."""
     import copy
 
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     parts = {}
     for name, part in pipe.components.items():
-        if isinstance(part, torch.nn.Module):
+        if isinstance(part, torch.nn.Module) and any(isinstance(m, BaseTunerLayer) for m in part.modules()):
             part = copy.deepcopy(part).to("cpu")
             for mod_name, mod in list(part.named_modules()):
                 if isinstance(mod, BaseTunerLayer):  # merge W + scale * B A, then drop the LoRA wrapper

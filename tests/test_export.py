@@ -585,3 +585,17 @@ def test_sd2_text_encoder_layout_is_what_diffusers_single_file_reads_back():
     back = {k.removeprefix("text_model."): v for k, v in convert_open_clip_checkpoint(te, ldm).items()}
     assert set(back) == set(state)
     assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_fused_folders_do_not_ask_for_a_safety_checker_and_the_config_folder_has_no_weights(exports):
+    e = exports[4]
+    index = json.loads((e["dir"] / "pipeline" / "model_index.json").read_text())
+    assert index["requires_safety_checker"] is False
+    config = e["ckpt"]["checkpoint"].parent / "config"
+    assert (config / "model_index.json").is_file() and (config / "unet" / "config.json").is_file()
+    assert not [
+        p for p in config.rglob("*") if p.suffix in (".safetensors", ".bin")
+    ]  # weights come from the file
+    with safe_open(str(e["ckpt"]["checkpoint"]), "pt") as f:
+        meta = f.metadata()
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1" and meta["gal.run_id"] == e["run_id"]
