@@ -212,7 +212,25 @@ def _recover_and_clean(out_dir: Path) -> None:
                 break
     for _, entry in ours:
         if _read_marker(entry) is not None or not any(entry.iterdir()):
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove_ours(entry)
+
+
+def _remove_ours(folder: Path) -> None:
+    """Remove a staging/old folder of ours with its marker last, so a kill halfway leaves it recognisable."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for child in folder.iterdir():
+        if child.name == MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -238,12 +256,16 @@ def _swap_in(staging: Path, out_dir: Path, token: str) -> None:
         staging.rename(out_dir)
         return
     if _exchange(staging, out_dir):
-        shutil.rmtree(staging, ignore_errors=True)  # now holds the old export
+        _remove_ours(staging)  # now holds the old export
         return
     aside = out_dir.parent / f".{out_dir.name}.gal-old-{os.getpid()}-{token}"
     out_dir.rename(aside)
-    staging.rename(out_dir)  # a kill just before this line: the next export restores `aside`
-    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        staging.rename(out_dir)  # a kill just before this line: the next export restores `aside`
+    except OSError:
+        aside.rename(out_dir)
+        raise
+    _remove_ours(aside)
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -371,15 +393,41 @@ def export_run(
             entries.append(names[f])
             written[f] = out_dir / names[f]
         entries = sorted(set(entries))
+        _verify_weights(staging)
         _write_marker(staging, run, entries, formats)
         _swap_in(staging, out_dir, token)
     except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_ours(staging)
         raise _os_error(err, out_dir) from err
+    except Exception as err:
+        _remove_ours(staging)
+        if _disk_full(err):  # safetensors reports I/O errors as SafetensorError, not OSError
+            raise _os_error(OSError(errno.ENOSPC, "No space left on device"), out_dir) from err
+        raise
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_ours(staging)
         raise
     return written
+
+
+def _disk_full(err: BaseException) -> bool:
+    text = str(err)
+    return any(s in text for s in ("No space left", "StorageFull", "os error 28", "code: 28", "Disk quota"))
+
+
+def _verify_weights(folder: Path) -> None:
+    """Every weights file in the staging folder opens and its tensors fit in the file (a short write fails)."""
+    from safetensors import safe_open
+
+    for path in folder.rglob("*.safetensors"):
+        try:
+            with safe_open(str(path), "pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        except Exception as err:
+            if isinstance(err, OSError) or _disk_full(err):
+                raise
+            raise OSError(errno.EIO, f"{path.name} was not written completely ({err})", str(path)) from err
 
 
 def _os_error(err: OSError, out_dir: Path) -> ValueError:

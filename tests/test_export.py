@@ -599,3 +599,72 @@ def test_fused_folders_do_not_ask_for_a_safety_checker_and_the_config_folder_has
     with safe_open(str(e["ckpt"]["checkpoint"]), "pt") as f:
         meta = f.metadata()
     assert meta["modelspec.architecture"] == "stable-diffusion-v1" and meta["gal.run_id"] == e["run_id"]
+
+
+def test_safetensors_disk_errors_and_short_writes_leave_nothing_behind(
+    shared_studio, one_run, tmp_path, monkeypatch
+):
+    import safetensors
+    import safetensors.torch
+
+    out = tmp_path / "ex"
+    real = safetensors.torch.save_file
+
+    def full(*args, **kwargs):
+        raise safetensors.SafetensorError(
+            "Error while serializing: IoError(Os { code: 28, kind: StorageFull })"
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(ValueError, match="is full .*free some space or export to another folder"):
+        shared_studio.export(one_run, out, ("kohya", "card"))
+    assert list(tmp_path.iterdir()) == []
+
+    def short(tensors, path, metadata=None):
+        real(tensors, path, metadata=metadata)
+        with open(path, "r+b") as f:
+            f.truncate(Path(path).stat().st_size - 64)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", short)
+    with pytest.raises(ValueError, match="not written completely.*another folder"):
+        shared_studio.export(one_run, out, ("kohya", "card"))
+    assert list(tmp_path.iterdir()) == []
+
+
+KILL_LOOP = textwrap.dedent("""
+    import sys
+    from gal.engine import Studio
+    studio = Studio(sys.argv[1], model="tiny", oracle="tiny")
+    studio.export(sys.argv[2], sys.argv[3], ("kohya", "dataset", "card", "diffusers"), force=True)
+    print("ready", flush=True)
+    while True:
+        studio.export(sys.argv[2], sys.argv[3], ("kohya", "dataset", "card", "diffusers"), force=True)
+""")
+
+
+@pytest.mark.slow
+def test_a_real_kill_at_any_moment_leaves_a_complete_export(shared_studio, one_run, tmp_path):
+    import random
+    import signal
+    import time
+
+    out = tmp_path / "ex"
+    shared_studio.export(one_run, out, ("card",))
+    rng = random.Random(0)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_LOOP, str(shared_studio.runs_root), one_run, str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        marker = json.loads((out / gx.MARKER).read_text())  # the target is always a complete export
+        assert marker["complete"] and all((out / e).exists() for e in marker["entries"])
+        with safe_open(str(next(out.glob("*-*.safetensors"))), "pt") as f:
+            assert len(list(f.keys())) > 0
+    shared_studio.export(one_run, out, ("card",), force=True)  # and the next export cleans up after the kills
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]
