@@ -351,6 +351,7 @@ def export_run(
                 round_index=final["round_index"],
                 stem=stem,
                 resolution=_resolution(pipe, config),
+                precision={torch.float16: "fp16", torch.bfloat16: "bf16"}.get(pipe.dtype, "no"),
             )
         fused_pipe = None
         if "fused" in formats or "checkpoint" in formats:
@@ -706,6 +707,7 @@ def write_kohya(
     round_index: int | None = None,
     stem: str | None = None,
     resolution: int = 512,
+    precision: str = "no",
 ) -> dict[str, str]:
     """Write the kohya-format LoRA with kohya's metadata; returns the metadata written."""
     from safetensors import safe_open
@@ -736,7 +738,7 @@ def write_kohya(
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.train.rank),
         "ss_network_alpha": str(unet_alpha),
-        "ss_mixed_precision": config.train.mixed_precision,
+        "ss_mixed_precision": precision,  # what the run trained in, as kohya names it (no / fp16 / bf16)
         "ss_seed": str(config.seed),
         "ss_prior_loss_weight": str(config.train.prior_loss_weight),
         "ss_max_grad_norm": str(config.train.max_grad_norm),

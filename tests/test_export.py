@@ -164,6 +164,7 @@ def test_kohya_metadata_matches_the_run(exports, shared_studio, rank, alpha):
         "ss_v2": "False",
         "ss_sd_model_name": "tiny",
         "ss_resolution": "(32, 32)",
+        "ss_mixed_precision": "no",
         "ss_num_train_images": str(len(refs)),
         "ss_num_reg_images": "0",
         "ss_learning_rate": str(config.train.learning_rate),
