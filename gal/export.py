@@ -329,9 +329,8 @@ def export_run(
     written: dict[str, Path] = {}
     entries: list[str] = []
     try:
-        _write_marker(
-            staging, run, entries, formats, staging=True
-        )  # a stale staging folder is recognisably ours
+        # first, so that a stale staging folder is recognisably ours
+        _write_marker(staging, run, entries, formats, staging=True)
         (staging / "gal_config.json").write_text(config.to_json())
         entries.append("gal_config.json")
         source = adapter_dir / LORA_FILE

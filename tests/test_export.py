@@ -669,3 +669,24 @@ def test_a_real_kill_at_any_moment_leaves_a_complete_export(shared_studio, one_r
             assert len(list(f.keys())) > 0
     shared_studio.export(one_run, out, ("card",), force=True)  # and the next export cleans up after the kills
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]
+
+
+def test_an_export_written_before_markers_is_recognised_as_this_runs(shared_studio, one_run, tmp_path):
+    with shared_studio.db() as db:
+        config = RunConfig.from_dict(storage.get_run(db, one_run)["config"])
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "gal_config.json").write_text(config.to_json())
+    (old / "gal_lora_kohya.safetensors").write_bytes(b"old")
+    (old / "README.md").write_text("old card")
+    with pytest.raises(ValueError, match="--force"):
+        shared_studio.export(one_run, old, ("card",))
+    shared_studio.export(one_run, old, ("card",), force=True)
+    assert not (old / "gal_lora_kohya.safetensors").exists() and (old / gx.MARKER).exists()
+    other = tmp_path / "other"  # the same file names but another run's config: not ours
+    other.mkdir()
+    config.seed += 1
+    (other / "gal_config.json").write_text(config.to_json())
+    with pytest.raises(ValueError, match="not a GAL Studio export"):
+        shared_studio.export(one_run, other, ("card",), force=True)
+    assert sorted(p.name for p in other.iterdir()) == ["gal_config.json"]
