@@ -135,7 +135,9 @@ def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | Non
     if marker is None:
         raise ValueError(
             f"{out_dir} is not empty and is not a GAL Studio export ({', '.join(entries[:5])}"
-            f"{', …' if len(entries) > 5 else ''}): export into a new or empty folder; nothing was changed"
+            f"{', …' if len(entries) > 5 else ''}): export into a new or empty folder, e.g. "
+            f"{out_dir / export_stem(_run_row(studio, run_id))} (A1111, Forge and ComfyUI also find LoRAs in "
+            "subfolders of models/Lora); nothing was changed"
         )
     if marker.get("run_id") != run_id:
         raise ValueError(
@@ -167,6 +169,11 @@ def _legacy_marker(out_dir: Path, entries: list[str], run_id: str, studio) -> di
     if old.config_hash() != current.config_hash():
         return None
     return {"tool": "gal-studio", "run_id": run_id, "entries": entries, "legacy": True}
+
+
+def _run_row(studio, run_id: str) -> dict:
+    with studio.db() as db:
+        return storage.get_run(db, run_id)
 
 
 def _read_marker(folder: Path) -> dict | None:

@@ -413,6 +413,12 @@ def test_export_refuses_a_foreign_folder_and_keeps_it(shared_studio, one_run, tm
             shared_studio.export(one_run, out, ("card",), force=force)
     assert _tree(out) == {"someone_else.safetensors": 10}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loras"]  # no staging folder left
+    with pytest.raises(ValueError) as err:
+        shared_studio.export(one_run, out, ("kohya",))
+    suggested = Path(re.search(r"e\.g\. (\S+)", str(err.value))[1])
+    assert suggested.parent == out
+    written = shared_studio.export(one_run, suggested, ("kohya",))  # the suggestion works, beside the others
+    assert written["kohya"].is_file() and (out / "someone_else.safetensors").read_bytes() == b"x" * 10
 
 
 def test_force_replaces_only_our_previous_export(shared_studio, one_run, tmp_path):
