@@ -1,118 +1,12 @@
-"""GAL Studio's web app: parse the flags, load the models once (one Studio), build the page, launch it.
+"""``python app.py [flags]``: GAL Studio's web app, run from a checkout (``./run.sh app`` calls it).
 
-    python app.py                      # http://127.0.0.1:7860, offline, the built-in default model
-    python app.py --runs-dir runs --model stable-diffusion-v1-5/stable-diffusion-v1-5 --auth me:secret
-    gal app --port 7870                # the same, through the CLI
-
-Binds 127.0.0.1 unless --host says otherwise; no public link unless --share; serves only files under
---runs-dir (the run folders), never the database itself.
+The app's code is ``gal_studio/app.py``, installed with the package, so ``gal app`` works from any
+folder; this file only forwards to it.
 """
 
-from __future__ import annotations
-
-import argparse
-import ipaddress
-import os
 import sys
-from pathlib import Path
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="app.py", description="GAL Studio: review and steer Generative Active Learning runs")
-    p.add_argument("--runs-dir", default=os.environ.get("GAL_RUNS_DIR", "runs"), help="folder of runs and gal.db (default ./runs)")
-    p.add_argument("--model", default=None, help="default generator for new runs: tiny, toy, a hub id or a folder (default: the built-in)")
-    p.add_argument("--oracle", default=None, help="default CLIP oracle: tiny, toy, ViT-B-32/openai or a folder (default: the built-in)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    return p
-
-
-def parse_auth(value: str | None) -> tuple[str, str] | None:
-    if value is None:
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("--auth must be USER:PASS with both parts non-empty, e.g. --auth me:secret")
-    return user, password
-
-
-def check_model_spec(spec: str) -> None:
-    """Fail at start, not at the first round, when a model cannot be found offline."""
-    if spec in ("tiny",):
-        return
-    from gal.models import resolve_model_path
-
-    resolve_model_path(spec)
-
-
-def leave_a_core_free(device) -> int | None:
-    """On CPU, train on all cores but one, leaving it to the web server and the browser.
-
-    OpenMP workers spin-wait when every core is busy: with the page open on 2 cores, LoRA steps ran
-    at 0.54/s on 2 threads and 19.3/s on 1 (measured). An explicit OMP_NUM_THREADS wins.
-    """
-    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return None
-    import torch
-
-    threads = max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)
-    return threads
-
-
-def create_app(args: argparse.Namespace):
-    """(studio, blocks, launch kwargs) for ``args``; raises ValueError naming the fix."""
-    import ui
-    from gal.engine import Studio
-
-    if not 1 <= args.port <= 65535:
-        raise ValueError(f"--port must be 1-65535, got {args.port}")
-    auth = parse_auth(args.auth)
-    runs_dir = Path(args.runs_dir).expanduser().resolve()
-    studio = Studio(runs_dir, model=args.model, oracle=args.oracle, device=args.device)  # models load once, here
-    leave_a_core_free(studio.device)
-    check_model_spec(studio.default_model)
-    demo = ui.build(studio)
-    db = studio.db_path
-    kwargs = {
-        "server_name": args.host,
-        "server_port": args.port,
-        "auth": auth,
-        "share": bool(args.share),
-        # Only the run folders are served; the database (and its WAL files) never is.
-        "allowed_paths": [str(runs_dir)],
-        "blocked_paths": [str(db), f"{db}-wal", f"{db}-shm", f"{db}-journal"],
-        **ui.launch_kwargs(),
-    }
-    return studio, demo, kwargs
-
-
-def _warn_if_exposed(host: str, auth) -> None:
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback and auth is None:
-        print(f"warning: listening on {host} without --auth: anyone who can reach it can run and export jobs",
-              file=sys.stderr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    try:
-        _studio, demo, kwargs = create_app(args)
-    except ValueError as err:  # our input errors (bad flags, a model that is not there, an unusable folder)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    _warn_if_exposed(args.host, kwargs["auth"])
-    demo.queue(default_concurrency_limit=1)
-    demo.launch(**kwargs)
-    return 0
-
+from gal_studio.app import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,11 +40,11 @@ TARGETS = {"idle": 50.0, "while training": 200.0}  # p95 click -> SQLite, ms (th
 
 CLICK_JS = """async (id) => {
   const tile = document.querySelector(`#gal-grid .gal-tile[data-id="${id}"]`);
-  const before = window.galRenders || 0;
+  const before = window.gal.renders || 0;
   const t0 = Date.now();
   tile.click();
   const t1 = await new Promise((resolve) => {
-    const poll = () => ((window.galRenders || 0) > before ? resolve(Date.now()) : setTimeout(poll, 1));
+    const poll = () => ((window.gal.renders || 0) > before ? resolve(Date.now()) : setTimeout(poll, 1));
     poll();
   });
   return [t0, t1];

@@ -14,7 +14,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
+QUERIES = ("random", "uncertainty", "human")  # which images a round adds
+# Table 1's five rows, kept as the names people type: each is a query, with or without Balance.
 STRATEGIES = ("random", "human", "uncertainty", "uncertainty+balance", "human+balance")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy is a query (which images a round adds) times Balance (whether they weigh Δ, Eq. 9)."""
+
+    query: str  # random | uncertainty | human
+    balance: bool  # added images weigh Δ of the round (else 1.0)
+
+    @property
+    def name(self) -> str:
+        return f"{self.query}+balance" if self.balance else self.query
+
+    @property
+    def human(self) -> bool:
+        """The person's accepted images are the picks (Eq. 10 never stops such a round)."""
+        return self.query == "human"
+
+    @classmethod
+    def parse(cls, name: str) -> Strategy:
+        """``"uncertainty+balance"`` -> Strategy("uncertainty", True); any query, with ``+balance`` or not."""
+        query, plus, rest = str(name).partition("+")
+        if query not in QUERIES or (plus and rest != "balance"):
+            raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+        return cls(query, bool(plus))
+
+    def in_mode(self, mode: str) -> Strategy:
+        """The strategy a round committed in ``mode`` uses: a human round takes the person's picks, an auto
+        round the oracle's uncertainty; a strategy already of that kind is kept as configured."""
+        if mode == "human":
+            return self if self.human else Strategy("human", True)
+        return self if not self.human else Strategy("uncertainty", True)
 
 
 def overfit_verdicts(sim_anchor: np.ndarray, sim_non_soi: np.ndarray) -> np.ndarray:
@@ -136,7 +170,7 @@ class Selection:
 
 
 def select(
-    strategy: str,
+    strategy: str | Strategy,
     sim_anchor: np.ndarray,
     verdicts: np.ndarray,
     *,
@@ -146,14 +180,13 @@ def select(
     person: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
 ) -> Selection:
-    """One query step of Table 1's five strategies.
+    """One query step of a strategy (Table 1's five rows, and any query × Balance).
 
     ``verdicts`` are the final verdicts ``[A, m]`` (oracle, overridden by the person where given).
     ``person`` is ``[A, m]`` with -1 where the person gave no verdict; the Human strategies take the
     images the person accepted (verdict 0). ``in_pool`` masks anchors not yet selected.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    strategy = strategy if isinstance(strategy, Strategy) else Strategy.parse(strategy)
     verdicts = np.asarray(verdicts, dtype=np.int64)  # [A, m]
     sim_anchor = np.asarray(sim_anchor, dtype=np.float64)  # [A, m]
     n_anchors = verdicts.shape[0]
@@ -166,22 +199,21 @@ def select(
     pool_uncertainty = uncertainty[in_pool]
     delta = openness(pool_uncertainty, lam)
     stop = should_stop(pool_uncertainty, k)
-    balanced = strategy.endswith("+balance")
-    weight = delta if balanced else 1.0
+    weight = delta if strategy.balance else 1.0
 
     check_k(k, n_anchors)
     # Late rounds may have fewer than k anchors left in the pool: take what is left (none when empty).
     k_round = min(k, int(in_pool.sum()))
-    if strategy == "random":
+    if strategy.query == "random":
         if rng is None:
             raise ValueError("the random strategy needs a seeded np.random.Generator")
         pool = np.flatnonzero(in_pool)
         anchors = np.sort(rng.choice(pool, size=k_round, replace=False))
         slots = rng.integers(0, verdicts.shape[1], size=k_round)
-    elif strategy.startswith("uncertainty"):
+    elif strategy.query == "uncertainty":
         anchors = top_k_anchors(uncertainty, k_round, in_pool) if k_round else np.zeros(0, dtype=np.int64)
         slots = best_image(sim_anchor, anchors, verdicts)
-    else:  # human, human+balance: every image the person accepted, from anchors in the pool
+    else:  # human: every image the person accepted, from anchors in the pool
         if person is None:
             raise ValueError("the human strategies need the person's verdicts: review the round first")
         person = np.asarray(person, dtype=np.int64)

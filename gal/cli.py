@@ -13,45 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-VERDICT_WORDS = {
-    "1": 1, "overfit": 1, "reject": 1, "x": 1,
-    "0": 0, "aligned": 0, "accept": 0, "a": 0,
-    "": None, "clear": None, "none": None, "oracle": None,
-}
-
-
-def parse_verdict(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
-        return value
-    word = str(value).strip().lower()
-    if word not in VERDICT_WORDS:
-        raise ValueError(f"unknown verdict {value!r}: use overfit/reject/1, aligned/accept/0, or clear")
-    return VERDICT_WORDS[word]
-
-
-def read_decisions(path: str | Path) -> dict[int, int | None]:
-    """A CSV (``image_id,verdict``) or JSON (``{"12": "overfit"}`` or ``[{"image_id": 12, "verdict": 1}]``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"decisions file {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        items = data.items() if isinstance(data, dict) else ((d["image_id"], d.get("verdict")) for d in data)
-    else:
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or not {"image_id", "verdict"} <= set(reader.fieldnames):
-            raise ValueError(f"{path} needs a header with image_id and verdict columns")
-        items = ((row["image_id"], row["verdict"]) for row in reader)
-    out = {}
-    for image_id, verdict in items:
-        try:
-            out[int(image_id)] = parse_verdict(verdict)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: bad row image_id={image_id!r} verdict={verdict!r}: {err}") from err
-    return out
+from gal.review import parse_verdict, read_decisions  # noqa: F401  (the CLI's verdict words; tests use them)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("file")
     decide.add_argument("--commit", action="store_true", help="commit the round afterwards")
     decide.add_argument("--mode", choices=["auto", "human"], help="the round's mode when committing")
+    decide.add_argument("--clear-blank", action="store_true",
+                        help="a blank verdict clears the image's verdict (default: blank = no change)")
+    decide.add_argument("--force", action="store_true",
+                        help="apply even where images got newer verdicts after `gal images` wrote the file")
 
     commit = sub.add_parser("commit", help="commit the round under review and go on")
     commit.add_argument("run_id")
@@ -149,12 +115,24 @@ def _progress_printer():
     return progress
 
 
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"config file {path} is not valid JSON ({err}): fix it, or start from a run's config.json") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a JSON object like a run's config.json, got {type(data).__name__}")
+    return data
+
+
 def _new_config(args):
     from gal.config import RunConfig
     from gal.demo import demo_scenario
 
     if args.config:
-        config = RunConfig.from_dict(json.loads(Path(args.config).read_text()))
+        config = RunConfig.from_dict(_read_config(Path(args.config)))
         references = []
     elif args.demo or not args.ref:
         config, references = demo_scenario(Path(args.runs_dir) / "demo-references", task=args.task or "object")
@@ -185,6 +163,8 @@ def _new_config(args):
         if not path.is_file():
             raise ValueError(f"anchors file {path} does not exist")
         config.anchors = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not config.anchors:
+            raise ValueError(f"anchors file {path} has no anchors: write one prompt template per line ({{}} = subject)")
     if args.continue_adapter:
         config.train.retrain_from_base = False
     if args.keep_selected:
@@ -217,11 +197,10 @@ def _report_run(studio, run: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["app"]:
-        # The one upward hop: `gal app` is an entry point that hands every flag over to app.py.
-        import importlib
-
-        rest = argv[1:]
-        return importlib.import_module("app").main(rest[1:] if rest[:1] == ["--"] else rest)
+        # The web app sits above the engine (app.py -> ui -> gal): the `gal` console script routes
+        # `gal app` to app.py before it gets here; from `python -m gal` say where the app is.
+        print("gal: error: start the web app with `gal app` (the console script) or `python -m app`", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -235,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     from gal.engine import Studio
+    from gal.runfolder import check_run_id
 
     if args.command == "runs":
         from storage import list_runs, open_db
@@ -248,7 +228,9 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "run":
         config = references = None
-        if not args.resume:
+        if args.resume is not None:
+            check_run_id(args.resume)  # `--resume ""` is a mistake, not a new run
+        else:
             config, references = _new_config(args)
         studio = Studio(args.runs_dir, model=(config.model if config else None), oracle=(config.oracle if config else None),
                         device=args.device, precision=args.precision)
@@ -261,18 +243,21 @@ def _dispatch(args) -> int:
     if args.command == "images":
         state = studio.review_state(args.run_id)
         writer = csv.writer(sys.stdout)
-        writer.writerow(["image_id", "anchor_index", "slot", "prompt", "file", "seed", "sim_anchor", "sim_non_soi",
-                         "oracle_verdict", "verdict"])
+        # round + revision let `gal decide` refuse this file once it is stale (newer verdicts, a later round)
+        writer.writerow(["image_id", "round", "revision", "anchor_index", "slot", "prompt", "file", "seed",
+                         "sim_anchor", "sim_non_soi", "oracle_verdict", "verdict"])
+        r, revision = state["round"]["round_index"], state["revision"]
         for a in state["anchors"]:
             for im in a["images"]:
-                writer.writerow([im["id"], a["anchor_index"], im["slot"], a["prompt"], im["path"], im["seed"],
+                writer.writerow([im["id"], r, revision, a["anchor_index"], im["slot"], a["prompt"], im["path"], im["seed"],
                                  f"{im['sim_anchor']:.5f}" if im["sim_anchor"] is not None else "",
                                  f"{im['sim_non_soi']:.5f}" if im["sim_non_soi"] is not None else "",
                                  im["oracle_verdict"], "" if im["person_verdict"] is None else im["person_verdict"]])
         return 0
     if args.command == "decide":
-        n = studio.decide_many(args.run_id, read_decisions(args.file))
-        print(f"recorded {n} verdicts", file=sys.stderr)
+        done = studio.apply_decisions(args.run_id, read_decisions(args.file, clear_blank=args.clear_blank),
+                                      force=args.force)
+        print(f"recorded {done['recorded']} verdicts ({done['unchanged']} unchanged)", file=sys.stderr)
         if args.commit:
             studio.commit_round(args.run_id, args.mode)
             _report_run(studio, studio.advance(args.run_id, progress=_progress_printer()))

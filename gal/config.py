@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gal.algorithm import STRATEGIES
+from gal.algorithm import Strategy
 
 TASKS = ("object", "style")
 SCHEDULERS = ("dpmsolver++", "ddim", "euler", "euler_a", "pndm", "ddpm")
@@ -64,13 +64,22 @@ class TrainConfig:
             object.__setattr__(self, "alpha", float(value))
 
     def validate(self) -> None:
-        _positive_int("train.rank", self.rank)
-        _positive_int("train.steps", self.steps)
-        _positive_int("train.batch_size", self.batch_size)
-        _positive_float("train.alpha", self.alpha)
-        _positive_float("train.learning_rate", self.learning_rate)
+        _positive_int("train.rank", self.rank, most=1024)
+        _positive_int("train.steps", self.steps, most=1_000_000)
+        _positive_int("train.batch_size", self.batch_size, most=1024)
+        _positive_float("train.alpha", self.alpha, most=1e4)
+        _positive_float("train.learning_rate", self.learning_rate, most=1.0)
+        _positive_float("train.max_grad_norm", self.max_grad_norm, most=1e6)
+        weight = self.prior_loss_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1e3:
+            raise ValueError(f"train.prior_loss_weight must be a number from 0 to 1000, got {weight!r}")
+        n_class = self.num_class_images
+        if isinstance(n_class, bool) or not isinstance(n_class, int) or not 0 <= n_class <= 10_000:
+            raise ValueError(f"train.num_class_images must be a whole number 0-10000, got {n_class!r}")
+        if self.prior_preservation:
+            _positive_int("train.num_class_images", n_class)
         if self.resolution is not None:
-            _positive_int("train.resolution", self.resolution)
+            _positive_int("train.resolution", self.resolution, most=4096)
             if self.resolution % 8:
                 raise ValueError(f"train.resolution must be a multiple of 8, got {self.resolution}")
         if not self.target_modules:
@@ -96,15 +105,19 @@ class GenerateConfig:
     def validate(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-        _positive_int("generate.steps", self.steps)
-        _positive_int("generate.batch_size", self.batch_size)
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise ValueError(f"generate.guidance_scale must be >= 0, got {self.guidance_scale}")
+        _positive_int("generate.steps", self.steps, most=1000)
+        _positive_int("generate.batch_size", self.batch_size, most=1024)
+        scale = self.guidance_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < math.inf:
+            raise ValueError(f"generate.guidance_scale must be >= 0, got {scale!r}")
+        if scale > 100:
+            raise ValueError(f"generate.guidance_scale must be at most 100 (7.5 is usual), got {scale!r}")
 
 
 @dataclass
 class GALConfig:
-    strategy: str = "uncertainty+balance"  # one of Table 1's five rows
+    # query × Balance: random | uncertainty | human, "+balance" to weigh added images by Δ (Table 1's rows)
+    strategy: str = "uncertainty+balance"
     m: int = 10  # images per anchor per round (paper: 10)
     k: int = 3  # anchors picked per round (paper: 3)
     lam: float = 0.005  # λ of Eq. 9 (official 0.005: added images then weigh Δ <= 0.0035)
@@ -113,14 +126,20 @@ class GALConfig:
     pause_for_review: bool = False  # stop at each round's review (the app and Human mode do)
     adaptive_stop: bool = True  # Eq. 10: finish early when fewer than k anchors are still uncertain
 
+    @property
+    def parsed_strategy(self) -> Strategy:
+        return Strategy.parse(self.strategy)
+
     def validate(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        _positive_int("m", self.m)
-        _positive_int("k", self.k)
-        _positive_int("max_rounds", self.max_rounds)
-        if not isinstance(self.lam, (int, float)) or not math.isfinite(self.lam) or self.lam < 0:
+        Strategy.parse(self.strategy)  # raises, listing the choices
+        _positive_int("m", self.m, most=1000)
+        _positive_int("k", self.k, most=1000)
+        _positive_int("max_rounds", self.max_rounds, most=1000)
+        lam = self.lam
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"λ must be a finite number >= 0, got {self.lam!r}")
+        if self.lam > 1e3:
+            raise ValueError(f"λ must be at most 1000 (the paper uses 0.005), got {self.lam!r}")
 
 
 @dataclass
@@ -130,7 +149,9 @@ class EvalConfig:
     enabled: bool = True
 
     def validate(self) -> None:
-        _positive_int("eval.images_per_prompt", self.images_per_prompt)
+        _positive_int("eval.images_per_prompt", self.images_per_prompt, most=1000)
+        if len(self.prompts) > 1000:
+            raise ValueError(f"eval.prompts holds {len(self.prompts)} prompts: at most 1000, keep a sample")
 
 
 @dataclass
@@ -173,8 +194,9 @@ class RunConfig:
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be 'object' or 'style', got {self.task!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        # The engine derives seeds as seed * 7919 + i for torch's 64-bit generator: 2**32 keeps that in range.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
         if self.task == "object":
             if not self.soi_token.strip():
                 raise ValueError("an object run needs an SoI token, e.g. <sks>")
@@ -187,6 +209,8 @@ class RunConfig:
             raise ValueError("the subject phrase is empty: write what replaces {} in the anchors")
         if not self.anchors:
             raise ValueError("no anchors: give at least k anchor prompts (a preset has 18)")
+        if len(self.anchors) > 1000:
+            raise ValueError(f"{len(self.anchors)} anchors: at most 1000, keep a pool you can review")
         cleaned = [a.strip() for a in self.anchors]
         if any(not a for a in cleaned):
             raise ValueError(f"anchor {cleaned.index('') + 1} is empty: remove the blank line")
@@ -224,7 +248,9 @@ class RunConfig:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         kwargs = {}
         for key, value in data.items():
-            if key in nested and isinstance(value, dict):
+            if key in nested and not isinstance(value, dict):
+                raise ValueError(f"config key {key!r} must be an object of {key} settings, got {type(value).__name__}")
+            if key in nested:
                 sub_known = {f.name for f in fields(nested[key])}
                 bad = set(value) - sub_known
                 if bad:
@@ -249,11 +275,15 @@ def load_presets() -> dict:
     return json.loads(PRESETS_FILE.read_text())
 
 
-def _positive_int(name: str, value) -> None:
+def _positive_int(name: str, value, most: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    if most is not None and value > most:
+        raise ValueError(f"{name} must be at most {most}, got {value!r}")
 
 
-def _positive_float(name: str, value) -> None:
+def _positive_float(name: str, value, most: float | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if most is not None and value > most:
+        raise ValueError(f"{name} must be at most {most:g}, got {value!r}")

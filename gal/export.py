@@ -36,6 +36,7 @@ import torch
 
 import storage
 from gal.config import RunConfig
+from gal.runfolder import safe_join
 from gal.training import LORA_FILE, add_safetensors_metadata
 
 FORMATS = ("diffusers", "kohya", "fused", "checkpoint", "dataset", "card")
@@ -282,8 +283,6 @@ def export_run(
     studio, run_id: str, out_dir: str | Path, formats=None, *, force: bool = False
 ) -> dict[str, Path]:
     """Write the run's final round in ``formats`` to ``out_dir``; returns {format: path written}."""
-    from gal.engine import safe_join
-
     formats = parse_formats(formats)
     out_dir = Path(out_dir).expanduser().absolute()
     out_dir = out_dir.parent.resolve() / out_dir.name if out_dir.parent.exists() else out_dir.resolve()
@@ -361,7 +360,9 @@ def export_run(
             )
         fused_pipe = None
         if "fused" in formats or "checkpoint" in formats:
-            fused_pipe = fused_pipeline(studio._activate(run_id, config, final["round_index"]))
+            fused_pipe = fused_pipeline(
+                studio.models.with_adapter(config.model, (run_id, final["round_index"]), adapter_dir)
+            )
         if "fused" in formats:
             save_fused_folder(fused_pipe, staging / names["fused"])
         if "checkpoint" in formats:
@@ -464,8 +465,6 @@ def _write_marker(folder: Path, run: dict, entries: list[str], formats, staging:
 
 
 def _write_dataset(folder: Path, run_dir: Path, references: list[dict]) -> None:
-    from gal.engine import safe_join
-
     folder.mkdir()
     with open(folder / "metadata.jsonl", "w") as meta:
         for ref in references:
@@ -484,8 +483,6 @@ def _write_dataset(folder: Path, run_dir: Path, references: list[dict]) -> None:
 
 def _copy_samples(staging: Path, run_dir: Path, images: list[dict], stem: str) -> list[dict]:
     """A few images of the exported round (held-out eval prompts first, one per prompt) for the card."""
-    from gal.engine import safe_join
-
     chosen, prompts = [], set()
     for im in sorted(images, key=lambda x: (x["kind"] != "eval", x["anchor_index"] or 0, x["slot"])):
         if len(chosen) == SAMPLES:

@@ -13,13 +13,8 @@ import torch
 from PIL import Image
 
 from gal.config import GenerateConfig
+from gal.seeds import image_seed  # noqa: F401  (re-exported: generation's seed rule)
 from gal.training import Cancelled
-
-
-def image_seed(run_seed: int, anchor_index: int, slot: int) -> int:
-    """The seed of an anchor's ``slot``-th image: the same every round (the official code seeds once),
-    so one anchor+seed can be compared across rounds."""
-    return (run_seed * 1_000_003 + anchor_index * 1_009 + slot) % (2**63 - 1)
 
 
 def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:

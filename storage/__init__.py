@@ -6,6 +6,7 @@ rows as dicts. Imports nothing but the standard library and sqlite-utils.
 
 from .db import migrate, open_db, transaction
 from .errors import RunNotFound, StorageError
+from .leases import LeaseHeld, acquire_lease, get_lease, release_lease, renew_lease
 from .rounds import (
     ROUND_MODES,
     ROUND_STATES,
@@ -35,14 +36,21 @@ from .verdicts import (
     decision_history,
     final_verdicts,
     get_image,
+    judged_since,
     list_images,
     record_decision,
+    review_revision,
     set_similarities,
     undo_last_decision,
 )
 
 __all__ = [
     "DECISION_SOURCES",
+    "LeaseHeld",
+    "acquire_lease",
+    "get_lease",
+    "release_lease",
+    "renew_lease",
     "IMAGE_KINDS",
     "REFERENCE_SOURCES",
     "ROUND_MODES",
@@ -57,6 +65,7 @@ __all__ = [
     "final_verdicts",
     "get_image",
     "get_round",
+    "judged_since",
     "get_run",
     "list_anchors",
     "list_images",
@@ -68,6 +77,7 @@ __all__ = [
     "open_db",
     "record_decision",
     "record_selection",
+    "review_revision",
     "set_similarities",
     "start_round",
     "transaction",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError
 
 from .errors import RunNotFound, StorageError
 from .migrations import MIGRATIONS
@@ -256,6 +257,25 @@ def rows(db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] = ())
 def one(db: Database, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Row | None:
     found = rows(db, sql, params)
     return found[0] if found else None
+
+
+def get_row(db: Database, table: str, pk: Any) -> Row | None:
+    """The row of ``table`` whose primary key is ``pk``, or None (sqlite-utils' ``Table.get``)."""
+    try:
+        return db[table].get(pk)
+    except NotFoundError:
+        return None
+
+
+def insert_unique(db: Database, table: str, values: Row, duplicate: str) -> int:
+    """Insert one row; a UNIQUE conflict becomes ``ValueError(duplicate)`` (the message names the fix),
+    any other constraint a ValueError quoting the database. Returns the new rowid."""
+    try:
+        return db[table].insert(values).last_rowid
+    except sqlite3.IntegrityError as exc:
+        if "UNIQUE" in str(exc):
+            raise ValueError(duplicate) from None
+        raise ValueError(f"{table} row rejected by the database: {exc}") from None
 
 
 def require_run(db: Database, run_id: str) -> None:

@@ -142,5 +142,21 @@ CREATE UNIQUE INDEX selections_by_round ON selections (run_id, round_index, imag
     )
 
 
+def m002_run_leases(db: Database) -> None:
+    _run(
+        db,
+        """
+CREATE TABLE leases (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+    owner TEXT NOT NULL,                         -- host:pid:token of the process that holds it
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    acquired_at TEXT NOT NULL,
+    heartbeat REAL NOT NULL                      -- unix seconds of the holder's last sign of life
+);
+""",
+    )
+
+
 # Applied in this order; a name, once released, is never reused or edited.
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial_schema,)
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial_schema, m002_run_leases)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from sqlite_utils import Database
@@ -14,6 +13,8 @@ from .db import (
     check_choice,
     check_fields,
     decode,
+    get_row,
+    insert_unique,
     now,
     one,
     require_round,
@@ -28,13 +29,10 @@ ROUND_STATES = (
     "training",
     "generating",
     "judging",
-    "review",
     "evaluating",
-    "selecting",
+    "review",
     "done",
-    "failed",
-    "cancelled",
-)
+)  # a round's steps in order; a failed or cancelled job leaves the round in its step's state
 ROUND_MODES = ("auto", "human")
 _ROUND_FIELDS = ("mode", "state", "openness", "timings", "metrics", "adapter_path", "error")
 _ROUND_JSON = ("timings", "metrics")
@@ -189,18 +187,13 @@ def record_selection(
         raise ValueError(f"strategy must be a non-empty string such as 'uncertainty', not {strategy!r}")
     round_index = as_int(round_index, "round_index")
     image_id = as_int(image_id, "image_id")
-    values = [
-        run_id,
-        round_index,
-        as_int(anchor_index, "anchor_index"),
-        image_id,
-        weight_value,
-        strategy,
-        now(),
-    ]
+    values = {
+        "run_id": run_id, "round_index": round_index, "anchor_index": as_int(anchor_index, "anchor_index"),
+        "image_id": image_id, "weight": weight_value, "strategy": strategy, "created_at": now(),
+    }  # fmt: skip
     with transaction(db):
         require_round(db, run_id, round_index)
-        image = one(db, "SELECT run_id, round_index FROM images WHERE id = ?", [image_id])
+        image = get_row(db, "images", image_id)
         if image is None:
             raise ValueError(f"image {image_id} does not exist; pass an id add_images() returned")
         if (image["run_id"], image["round_index"]) != (run_id, round_index):
@@ -208,19 +201,8 @@ def record_selection(
                 f"image {image_id} belongs to round {image['round_index']} of run {image['run_id']!r}, "
                 f"not round {round_index} of run {run_id!r}; select images of the round being committed"
             )
-        try:
-            cursor = db.execute(
-                "INSERT INTO selections (run_id, round_index, anchor_index, image_id, weight, strategy, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-        except sqlite3.IntegrityError as exc:
-            if "UNIQUE" in str(exc):
-                raise ValueError(
-                    f"image {image_id} is already selected in round {round_index} of run {run_id!r}"
-                ) from None
-            raise ValueError(f"selection rejected by the database: {exc}") from None
-    return cursor.lastrowid
+        duplicate = f"image {image_id} is already selected in round {round_index} of run {run_id!r}"
+        return insert_unique(db, "selections", values, duplicate)
 
 
 @storage_op

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from sqlite_utils import Database
@@ -15,8 +14,9 @@ from .db import (
     check_choice,
     check_fields,
     decode,
+    get_row,
+    insert_unique,
     now,
-    one,
     require_run,
     rows,
     storage_op,
@@ -37,20 +37,17 @@ def create_run(db: Database, *, run_id: str, name: str, config: dict[str, Any], 
         raise ValueError(f"run_id must be a non-empty string, not {run_id!r}")
     config_json = to_json(config, "config")
     stamp = now()
+    values = {"run_id": run_id, "name": name, "config": config_json, "run_dir": str(run_dir),
+              "created_at": stamp, "updated_at": stamp}  # fmt: skip
     with transaction(db):
-        if db.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None:
-            raise ValueError(f"run {run_id!r} already exists; pick another run id")
-        db.execute(
-            "INSERT INTO runs (run_id, name, config, run_dir, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [run_id, name, config_json, str(run_dir), stamp, stamp],
-        )
+        insert_unique(db, "runs", values, f"run {run_id!r} already exists; pick another run id")
     return get_run(db, run_id)
 
 
 @storage_op
 def get_run(db: Database, run_id: str) -> Row:
     """The run's row (config decoded); raises RunNotFound."""
-    row = one(db, "SELECT * FROM runs WHERE run_id = ?", [run_id])
+    row = get_row(db, "runs", run_id)
     if row is None:
         raise RunNotFound(run_id)
     return decode(row, json_columns=("config",))
@@ -106,38 +103,17 @@ def add_reference(
     if weight_value is None:
         raise ValueError("weight must be a number, not None")
     image_id = as_opt_int(image_id, "image_id")
-    values = [
-        run_id,
-        str(file),
-        sha256,
-        prompt,
-        non_soi_text,
-        weight_value,
-        as_int(round_added, "round_added"),
-        source,
-        image_id,
-        now(),
-    ]
+    values = {
+        "run_id": run_id, "file": str(file), "sha256": sha256, "prompt": prompt, "non_soi_text": non_soi_text,
+        "weight": weight_value, "round_added": as_int(round_added, "round_added"), "source": source,
+        "image_id": image_id, "created_at": now(),
+    }  # fmt: skip
     with transaction(db):
         require_run(db, run_id)
-        if (
-            image_id is not None
-            and db.execute("SELECT 1 FROM images WHERE id = ?", [image_id]).fetchone() is None
-        ):
+        if image_id is not None and get_row(db, "images", image_id) is None:
             raise ValueError(f"image {image_id} does not exist; pass the id add_images() returned, or None")
-        try:
-            cursor = db.execute(
-                "INSERT INTO refs (run_id, file, sha256, prompt, non_soi_text, weight, round_added, source,"
-                " image_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-        except sqlite3.IntegrityError as exc:
-            if "UNIQUE" in str(exc):
-                raise ValueError(
-                    f"run {run_id!r} already has a reference with file {str(file)!r}; give each reference its own file"
-                ) from None
-            raise ValueError(f"reference rejected by the database: {exc}") from None
-    return cursor.lastrowid
+        duplicate = f"run {run_id!r} already has a reference with file {str(file)!r}; give each reference its own file"
+        return insert_unique(db, "refs", values, duplicate)
 
 
 @storage_op

@@ -20,6 +20,7 @@ from .db import (
     check_choice,
     check_fields,
     check_verdict,
+    get_row,
     now,
     one,
     require_round,
@@ -214,6 +215,27 @@ def undo_last_decision(db: Database, run_id: str, round_index: int) -> Row | Non
 
 
 @storage_op
+def review_revision(db: Database, run_id: str, round_index: int) -> int:
+    """The round's latest decision id (0 before any): a verdict file records it, so applying the file
+    later can tell which images got newer verdicts meanwhile."""
+    row = db.execute(
+        "SELECT MAX(id) FROM decisions WHERE run_id = ? AND round_index = ?", [run_id, round_index]
+    ).fetchone()
+    return int(row[0] or 0)
+
+
+@storage_op
+def judged_since(db: Database, run_id: str, round_index: int, revision: int) -> set[int]:
+    """Images of the round with a person decision newer than ``revision``."""
+    found = db.execute(
+        "SELECT DISTINCT image_id FROM decisions WHERE run_id = ? AND round_index = ? AND source = 'person'"
+        " AND id > ?",
+        [run_id, round_index, int(revision)],
+    ).fetchall()
+    return {image_id for (image_id,) in found}
+
+
+@storage_op
 def decision_history(db: Database, image_id: int) -> list[Row]:
     """Every decision on the image, oldest first."""
     found = rows(db, "SELECT * FROM decisions WHERE image_id = ? ORDER BY id", [image_id])
@@ -225,7 +247,7 @@ def decision_history(db: Database, image_id: int) -> list[Row]:
 @storage_op
 def get_image(db: Database, image_id: int) -> Row | None:
     """One image row by id, or None."""
-    return one(db, "SELECT * FROM images WHERE id = ?", [image_id])
+    return get_row(db, "images", image_id)
 
 
 def _require_image(db: Database, image_id: int) -> Row:

@@ -9,9 +9,10 @@ from PIL import Image
 
 import storage
 from gal.config import RunConfig
-from gal.engine import ReferenceInput, Studio, check_run_id, load_image, safe_join
+from gal.engine import ReferenceInput, Studio
 from gal.models import load_pipeline
 from gal.oracle import ClipOracle
+from gal.runfolder import check_run_id, load_image, safe_join
 
 
 def test_not_an_image(tmp_path, shared_studio):
@@ -142,3 +143,44 @@ def test_missing_model_fails_fast_with_the_fix(spec):
 def test_missing_oracle_names_the_fix(spec):
     with pytest.raises(ValueError, match="tiny"):
         ClipOracle.from_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: setattr(c.gal, "m", 1001), "m must be at most 1000, got 1001"),
+        (lambda c: setattr(c.gal, "m", True), "m must be a whole number >= 1, got True"),
+        (lambda c: setattr(c.gal, "max_rounds", 10**6), "max_rounds must be at most 1000"),
+        (lambda c: setattr(c.gal, "lam", 1e4), "λ must be at most 1000"),
+        (lambda c: setattr(c.gal, "lam", True), "λ must be a finite number >= 0, got True"),
+        (lambda c: setattr(c.train, "steps", 10**7), "train.steps must be at most 1000000"),
+        (lambda c: setattr(c.train, "batch_size", 4096), "train.batch_size must be at most 1024"),
+        (lambda c: setattr(c.train, "learning_rate", 3.0), "train.learning_rate must be at most 1, got 3.0"),
+        (lambda c: setattr(c.train, "rank", 10**5), "train.rank must be at most 1024"),
+        (lambda c: setattr(c.train, "resolution", 8192), "train.resolution must be at most 4096"),
+        (lambda c: setattr(c.train, "num_class_images", 10**6), "train.num_class_images must be a whole number 0-10000"),
+        (lambda c: setattr(c.train, "prior_loss_weight", float("nan")), "train.prior_loss_weight must be a number"),
+        (lambda c: setattr(c.generate, "steps", 5000), "generate.steps must be at most 1000"),
+        (lambda c: setattr(c.generate, "batch_size", 2048), "generate.batch_size must be at most 1024"),
+        (lambda c: setattr(c.generate, "guidance_scale", 1e9), "generate.guidance_scale must be at most 100"),
+        (lambda c: setattr(c.eval, "images_per_prompt", 10**4), "eval.images_per_prompt must be at most 1000"),
+        (lambda c: setattr(c, "seed", True), "seed must be a whole number from 0 to 4294967295, got True"),
+        (lambda c: setattr(c, "seed", 2**63), "seed must be a whole number from 0 to 4294967295"),
+        (lambda c: setattr(c, "seed", 1.5), "seed must be a whole number"),
+        (lambda c: setattr(c, "anchors", [f"{{}} in place {i}" for i in range(1001)]), "1001 anchors: at most 1000"),
+    ],
+)
+def test_config_upper_bounds_name_the_fix(change, message):
+    config = tiny_config()
+    change(config)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        config.validate()
+
+
+def test_config_bounds_themselves_are_accepted():
+    config = tiny_config()
+    config.seed, config.gal.m, config.gal.max_rounds, config.gal.lam = 2**32 - 1, 1000, 1000, 1e3
+    config.train.steps, config.train.batch_size, config.train.learning_rate = 1_000_000, 1024, 1.0
+    config.train.resolution, config.generate.steps, config.generate.guidance_scale = 4096, 1000, 100
+    config.eval.images_per_prompt = 1000
+    config.validate()

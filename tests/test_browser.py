@@ -51,7 +51,7 @@ def wait_for(check, timeout: float = 30.0, what: str = "condition"):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import app
+    from gal_studio import app
 
     port = free_port()
     runs = tmp_path_factory.mktemp("runs")

@@ -6,7 +6,8 @@ import io
 import pytest
 
 import storage
-from gal.cli import main, read_decisions
+from gal.cli import main
+from gal.review import read_decisions
 
 FAST = ["--model", "tiny", "--oracle", "tiny", "--steps", "3", "--gen-steps", "2", "--m", "2", "--rounds", "2"]
 

@@ -21,9 +21,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import app  # noqa: E402
 import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
+from gal_studio import app  # noqa: E402
 from ui import render  # noqa: E402
 from ui.handlers import FORM_FIELDS, Handlers, config_from_form, default_form, references_from  # noqa: E402
 
@@ -382,7 +382,7 @@ def test_app_flags_refuse_bad_values(tmp_path, capsys):
     assert "not a diffusers pipeline" in capsys.readouterr().err
     args = app.build_parser().parse_args([])
     assert (args.host, args.port, args.share, args.auth) == ("127.0.0.1", 7860, False, None)
-    from gal.cli import main as gal_main
+    from gal_studio.console import main as gal_main
 
     # `gal app` hands every flag over to app.main (with or without a `--` separator)
     assert gal_main(["app", "--runs-dir", str(tmp_path), "--auth", ":"]) == 2
@@ -409,16 +409,17 @@ def test_the_launched_app_through_gradio_client(studio, run_id):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         client.predict(run_id, api_name="/open_run")
         target = tile_ids(handlers_grid(studio, run_id))[0]
+        r = studio.review_state(run_id)["round"]["round_index"]  # the round under review, whichever tests ran before
         _, counters, _, patch = client.predict(f"{target} overfit", api_name="/decide")
-        assert rows(studio, run_id, 2)[target]["person_verdict"] == 1
+        assert rows(studio, run_id, r)[target]["person_verdict"] == 1
         assert [target, 1, 1] in [t[:3] for t in json.loads(patch)["tiles"]] and "Reviewed <b>1/" in counters
         client.predict(api_name="/undo")
-        assert rows(studio, run_id, 2)[target]["person_verdict"] is None
+        assert rows(studio, run_id, r)[target]["person_verdict"] is None
         runs, _ = client.predict(api_name="/runs")
         assert run_id in [row[0] for row in runs["data"]]
 
         base = f"http://127.0.0.1:{port}/gradio_api/file="
-        image = next(iter(rows(studio, run_id, 2).values()))["file"]
+        image = next(iter(rows(studio, run_id, r).values()))["file"]
         with urllib.request.urlopen(base + str(studio.run_dir(run_id) / image)) as served:
             assert served.status == 200  # run folders are served
         for refused in (studio.db_path, ROOT / "pyproject.toml"):  # the database and anything else are not

@@ -1,7 +1,7 @@
 """The page: tabs Set up, Review, Progress, History, Runs, Export, wired to ``ui.handlers.Handlers``.
 
 ``build(studio)`` returns the ``gr.Blocks`` and never launches; ``app.py`` launches it with
-``launch_kwargs()`` (Gradio 6 takes css/head/theme in ``launch()``). The only session state is the
+``launch_kwargs()`` (Gradio 6 takes css/head/theme in ``launch()``; the files are in ``ui/static/``). The only session state is the
 open run's id (``gr.State``), mirrored into the address as ``?run=ID``; the rest is read from SQLite.
 """
 
@@ -34,7 +34,12 @@ def launch_kwargs() -> dict:
     is hundreds of calls — the page slowed from ~200 to ~500 ms per click within 200 clicks (measured);
     the truth is in SQLite anyway.
     """
-    return {"css": assets.CSS, "head": assets.HEAD, "theme": gr.themes.Soft(primary_hue="indigo"), "run_history": False}
+    return {
+        "css_paths": [assets.CSS_FILE],
+        "head_paths": [assets.HEAD_FILE],
+        "theme": gr.themes.Soft(primary_hue="indigo"),
+        "run_history": False,
+    }
 
 
 def _number(label: str, value, info: str, **kw) -> gr.Number:
@@ -237,7 +242,7 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
 
         demo.load(handlers.load, None, open_outputs, show_progress="hidden").then(
             handlers.runs, None, [runs_table, run_dd], show_progress="hidden")
-        run_box.change(None, run_box, None, js="(r) => window.galSyncUrl && window.galSyncUrl(r)")
+        run_box.change(None, run_box, None, js="(r) => window.gal && window.gal.syncUrl(r)")
         timer.tick(handlers.tick, [run_state, seen],
                    [progress, progress_mini, header, seen, grid, counters, preview, patch, mode],
                    show_progress="hidden", concurrency_id="poll", trigger_mode="always_last", api_visibility="private")
@@ -263,9 +268,9 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
         mode.input(handlers.set_mode, [run_state, mode], review_outputs, api_name="set_mode", **REVIEW)
         commit_btn.click(handlers.commit, [run_state, mode], open_outputs, api_name="commit",
                          concurrency_id="review", concurrency_limit=1)
-        accept_btn.click(None, None, None, js="() => { window.galKey && window.galKey('a'); }")
-        reject_btn.click(None, None, None, js="() => { window.galKey && window.galKey('x'); }")
-        help_btn.click(None, None, None, js="() => { window.galToggleHelp && window.galToggleHelp(); }")
+        accept_btn.click(None, None, None, js="() => { window.gal && window.gal.key && window.gal.key('a'); }")
+        reject_btn.click(None, None, None, js="() => { window.gal && window.gal.key && window.gal.key('x'); }")
+        help_btn.click(None, None, None, js="() => { window.gal && window.gal.toggleHelp(); }")
 
         # progress
         cancel_btn.click(handlers.cancel, run_state, progress, api_name="cancel")

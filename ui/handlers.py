@@ -8,6 +8,7 @@ cannot apply (the round left review) becomes a ``gr.Warning`` and the grid is re
 
 from __future__ import annotations
 
+import functools
 import itertools
 import shutil
 import threading
@@ -19,11 +20,12 @@ import gradio as gr
 import pandas as pd
 
 import storage
-from gal.cli import parse_verdict
 from gal.config import EvalConfig, GALConfig, GenerateConfig, RunConfig, TrainConfig, load_presets
 from gal.demo import demo_scenario
-from gal.engine import ReferenceInput, Studio, safe_join
+from gal.engine import ReferenceInput, Studio
 from gal.export import DEFAULT_FORMATS
+from gal.review import parse_verdict
+from gal.runfolder import safe_join
 from ui import render
 from ui.worker import Worker
 
@@ -52,7 +54,6 @@ FIELD_LABELS = {
     "gen_batch": "generation batch", "eval_per_prompt": "evaluation images per prompt",
 }
 TABLE_HEADERS = ["image", "prompt (with the SoI token)", "non-SoI caption (what the model must NOT learn)"]
-DEMO_OUTPUTS = ("files", "gallery", "table", *FORM_FIELDS, "validation")
 MAX_SESSIONS = 1000  # pages whose latest click nonce is remembered
 RUN_HEADERS = ["run id", "name", "task", "status", "round", "strategy", "created"]
 
@@ -93,6 +94,22 @@ class HistoryView(NamedTuple):
 class ExportView(NamedTuple):
     file: Any
     summary: str
+
+
+def user_errors(handler):
+    """A handler's ``ValueError`` (bad input; its message names the fix) becomes ``gr.Error``: the event
+    stops and the page shows the message."""
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+
+    return wrapper
 
 
 # -- the form <-> RunConfig ---------------------------------------------------------------------
@@ -292,17 +309,15 @@ class Handlers:
         run_id = run["run_id"]
         job_state = self.worker.state(run_id)
         error = self.worker.errors.get(run_id)
-        job = self.studio.jobs.get(run_id) if job_state == "running" else None
+        job = self.studio.jobs.live.get(run_id) if job_state == "running" else None
         full = render.progress_html(run, rnd, job, job_state, error)
         mini = render.progress_html(run, rnd, job, job_state, error, compact=True) if (job_state or error) else ""
         return full, mini
 
+    @user_errors
     def open(self, run_id: str, tab: str | None = "review") -> OpenView:
         """Everything a page shows for one run (after opening, creating or committing it)."""
-        try:
-            run, rnd = self._snapshot(run_id)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        run, rnd = self._snapshot(run_id)
         view = self.review(run_id)
         full, mini = self._progress(run, rnd)
         mode = rnd["mode"] if rnd else None
@@ -382,14 +397,10 @@ class Handlers:
         table = [[Path(r.path).name, r.prompt, r.non_soi_text or ""] for r in refs]
         return (paths, paths, table, *(form[n] for n in FORM_FIELDS), self.validate_form(*(form[n] for n in FORM_FIELDS)))
 
+    @user_errors
     def start_run(self, files, table, *values) -> OpenView:
         form = dict(zip(FORM_FIELDS, values, strict=True))
-        try:
-            config = config_from_form(form)
-            refs = references_from(files, table)
-            run_id = self.studio.create_run(config, refs)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        run_id = self.studio.create_run(config_from_form(form), references_from(files, table))
         self.worker.submit(run_id)
         gr.Info(f"Run {run_id} started: round 1 trains now; its images appear on the Review tab.", duration=5)
         return self.open(run_id, tab="review")
@@ -437,17 +448,15 @@ class Handlers:
             self._handled(request, nonce)  # written or refused: either way, the next read shows the truth
         return self.review(run_id, patch=True, request=request, nonce=nonce)
 
+    @user_errors
     def decide(self, run_id: str | None, action: str, request: gr.Request | None = None) -> ReviewView:
         """The scripted form of a click (``api_name="decide"``): ``"<image_id> <verdict>"``,
         verdict one of aligned/accept/0, overfit/reject/1, clear."""
         run_id = self._require(run_id)
         parts = (action or "").replace(":", " ").replace(",", " ").split()
-        try:
-            if not parts or not parts[0].isdigit():
-                raise ValueError(f"expected '<image_id> <verdict>', got {action!r}")
-            self.studio.decide(run_id, int(parts[0]), parse_verdict(parts[1] if len(parts) > 1 else ""))
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        if not parts or not parts[0].isdigit():
+            raise ValueError(f"expected '<image_id> <verdict>', got {action!r}")
+        self.studio.decide(run_id, int(parts[0]), parse_verdict(parts[1] if len(parts) > 1 else ""))
         return self.review(run_id, patch=True, request=request)
 
     def undo(self, run_id: str | None, request: gr.Request | None = None) -> ReviewView:
@@ -460,58 +469,48 @@ class Handlers:
             return self.review(run_id, request=request)
         return self.review(run_id, patch=True, request=request)
 
+    @user_errors
     def accept_oracle(self, run_id: str | None, request: gr.Request | None = None) -> ReviewView:
         run_id = self._require(run_id)
-        try:
-            n = self.studio.accept_oracle(run_id)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        n = self.studio.accept_oracle(run_id)
         gr.Info(f"you agreed with the oracle on {n} image{'s' if n != 1 else ''} you had not judged")
         return self.review(run_id, patch=True, request=request)
 
+    @user_errors
     def mark_below(self, run_id: str | None, threshold, request: gr.Request | None = None) -> ReviewView:
         run_id = self._require(run_id)
         if threshold is None or threshold == "":
-            raise gr.Error("enter a similarity threshold first, e.g. 0.25")
+            raise ValueError("enter a similarity threshold first, e.g. 0.25")
         try:
-            n = self.studio.mark_below(run_id, float(threshold), verdict=1)
-        except (TypeError, ValueError) as err:
-            raise gr.Error(str(err)) from err
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"the similarity threshold must be a number, got {threshold!r}") from None
+        n = self.studio.mark_below(run_id, threshold, verdict=1)
         gr.Info(f"marked {n} image{'s' if n != 1 else ''} with sim(image, anchor) < {float(threshold):g} overfit")
         return self.review(run_id, patch=True, request=request)
 
+    @user_errors
     def set_mode(self, run_id: str | None, mode: str, request: gr.Request | None = None) -> ReviewView:
         run_id = self._require(run_id)
-        try:
-            self.studio.set_round_mode(run_id, mode)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        self.studio.set_round_mode(run_id, mode)
         return self.review(run_id, patch=True, request=request)
 
+    @user_errors
     def commit(self, run_id: str | None, mode: str | None) -> OpenView:
-        """Select + weigh this round in the worker, which then trains the next round."""
+        """Select + weigh this round through the engine (one transaction, no model, so it never waits on
+        another run's training), then queue the next round's training in the worker."""
         run_id = self._require(run_id)
-        try:
-            preview = self.studio.preview_selection(run_id, mode)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
+        preview = self.studio.preview_selection(run_id, mode)
         if preview.get("error"):
-            raise gr.Error(preview["error"])
-        finishing = preview["last_round"] or preview["stop"]
-        if not finishing and not preview["picks"]:
-            raise gr.Error("no image is accepted: accept at least one image (key a) or switch the round to auto")
-        busy = self.worker.busy_with()
-        try:
-            job = self.worker.submit(run_id, commit_mode=mode or preview["mode"])
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        if busy and busy != run_id:
-            gr.Info(f"queued: the model worker finishes run {busy} first")
-        job.committed.wait(10)
-        if job.commit_error:
-            raise gr.Error(job.commit_error)
-        if finishing:
+            raise ValueError(preview["error"])
+        run = self.studio.commit_round(run_id, mode or preview["mode"])
+        if run["status"] == "finished":
             gr.Info("the run is finished: see History, and Export the result")
+        else:
+            busy = self.worker.busy_with()
+            self.worker.submit(run_id)
+            if busy and busy != run_id:
+                gr.Info(f"round {run['current_round']} is queued: the model worker finishes run {busy} first")
         return self.open(run_id, tab=None)
 
     # -- progress -----------------------------------------------------------------------------
@@ -619,14 +618,11 @@ class Handlers:
                          (config.get("gal") or {}).get("strategy", ""), run["created_at"][:19].replace("T", " ")])
         return rows, gr.Dropdown(choices=[r[0] for r in rows], value=rows[0][0] if rows else None)
 
+    @user_errors
     def open_run(self, run_id: str | None) -> OpenView:
         if not run_id:
-            raise gr.Error("choose a run first")
-        try:
-            tab = self._tab_for(run_id)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        return self.open(run_id, tab=tab)
+            raise ValueError("choose a run first")
+        return self.open(run_id, tab=self._tab_for(run_id))
 
     def run_selected(self, evt: gr.SelectData) -> OpenView:
         """A click on a row of the runs table opens that run."""

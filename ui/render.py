@@ -142,9 +142,9 @@ def grid_html(state: dict | None, preview: dict | None = None, note: str = "", s
             parts.append(f'<section class="gal-anchor out" data-anchor="{a["anchor_index"]}"><div>{title}</div>'
                          f'<div class="gal-anchor-stats"><span class="gal-state">{words}</span></div></section>')
             continue
-        stats = (f'<div class="gal-anchor-stats"><span class="beta" title="overfit rate β (Eq. 6): share of its images '
+        stats = (f'<div class="gal-anchor-stats"><span class="beta" title="overfit rate β (Eq. 7): share of its images '
                  f'judged overfit">β {fmt(a.get("overfit_rate"))}</span><span class="omega" title="direction uncertainty Ω '
-                 f'(Eq. 7)">Ω {fmt(a.get("uncertainty"))}</span><span class="gal-state {css}">{words}</span></div>')
+                 f'(Eq. 6)">Ω {fmt(a.get("uncertainty"))}</span><span class="gal-state {css}">{words}</span></div>')
         tiles = []
         for im in sorted(a["images"], key=lambda x: x["slot"]):
             tiles.append(tile_html(im, pos, im["id"] in picks))

@@ -1,6 +1,6 @@
 """One background thread for model jobs (train, generate, judge, evaluate), so no handler waits on one.
 
-Handlers submit a run id (optionally with a round to commit first); the page polls ``state()`` and
+Handlers submit a run id (a commit goes through the engine first, without the worker); the page polls ``state()`` and
 ``Studio.jobs`` with a ``gr.Timer``. Jobs run one at a time, in submission order: there is one model
 (one GPU). Everything a job does is persisted by the engine, so a crash or a restart loses no work.
 """
@@ -22,10 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Job:
     run_id: str
-    commit_mode: str | None = None  # commit the round under review in this mode first, then advance
-    committed: threading.Event = field(default_factory=threading.Event)  # set once the commit step is over
     done: threading.Event = field(default_factory=threading.Event)
-    commit_error: str | None = None  # the commit itself failed (nothing was trained)
     error: str | None = None
 
 
@@ -42,17 +39,15 @@ class Worker:
         self.errors: dict[str, str] = {}  # run_id -> what stopped its last job (cleared on resubmit)
 
     # -- asking -----------------------------------------------------------------------------------
-    def submit(self, run_id: str, commit_mode: str | None = None) -> Job:
+    def submit(self, run_id: str) -> Job:
         """Queue ``run_id`` (a no-op returning the existing job when it is already queued or running)."""
         with self._lock:
             existing = self._pending.get(run_id) or (
                 self._current if self._current and self._current.run_id == run_id else None
             )
-            if existing is not None and commit_mode is None:
-                return existing
             if existing is not None:
-                raise ValueError(f"run {run_id} is already {self._state_locked(run_id)}: wait for it to reach review")
-            job = Job(run_id, commit_mode)
+                return existing
+            job = Job(run_id)
             self._pending[run_id] = job
             self.errors.pop(run_id, None)
             self._ensure_thread()
@@ -64,7 +59,6 @@ class Worker:
         with self._lock:
             job = self._pending.pop(run_id, None)
             if job is not None:
-                job.committed.set()
                 job.done.set()
                 self.errors[run_id] = "cancelled before it started"
                 return "dropped"
@@ -121,18 +115,10 @@ class Worker:
             finally:
                 with self._lock:
                     self._current = None
-                job.committed.set()
                 job.done.set()
 
     def _run(self, job: Job) -> None:
         try:
-            if job.commit_mode is not None:
-                try:
-                    self.studio.commit_round(job.run_id, job.commit_mode)
-                except Exception as err:
-                    job.commit_error = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
-                    raise
-            job.committed.set()
             self.studio.advance(job.run_id)
         except Cancelled as err:
             job.error = self.errors[job.run_id] = f"cancelled ({err})" if str(err) else "cancelled"

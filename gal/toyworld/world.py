@@ -537,7 +537,3 @@ def scenarios() -> dict[str, Scenario]:
     )
     return {"object": obj, "style": sty}
 
-
-def clean_oracle_text(text: str) -> str:
-    """Collapse the double spaces left when an empty ``oracle_subject`` fills a template."""
-    return " ".join(text.split())

@@ -1,0 +1,58 @@
+"""The models a process has loaded, once each, and which round's adapter is active in each pipeline.
+
+Loading a pipeline costs seconds to minutes; switching a LoRA costs milliseconds. So a process keeps
+one pipeline per model spec and one oracle per oracle spec, and remembers which (run, round) adapter
+each pipeline carries, loading another from disk only when a step needs a different one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gal.models import load_pipeline, pick_device, pick_dtype
+from gal.oracle import ClipOracle, Oracle
+from gal.training import load_adapter, remove_adapter
+
+AdapterKey = tuple[str, int]  # (run id, round index)
+
+
+class LoadedModels:
+    def __init__(self, device: str | None = None, precision: str = "auto"):
+        self.device: torch.device = pick_device(device)
+        self.dtype: torch.dtype = pick_dtype(self.device, precision)
+        self._pipes: dict[str, object] = {}
+        self._oracles: dict[str, Oracle] = {}
+        self._active: dict[str, AdapterKey | None] = {}
+
+    def pipeline(self, spec: str):
+        """The pipeline of ``spec`` (loaded on first use), with whatever adapter it carries."""
+        if spec not in self._pipes:
+            self._pipes[spec] = load_pipeline(spec, self.device, self.dtype)
+            self._active[spec] = None
+        return self._pipes[spec]
+
+    def oracle(self, spec: str) -> Oracle:
+        if spec not in self._oracles:
+            self._oracles[spec] = ClipOracle.from_spec(spec, self.device)
+        return self._oracles[spec]
+
+    def with_adapter(self, spec: str, key: AdapterKey, folder: Path):
+        """The pipeline with the adapter saved in ``folder`` (round ``key``) active."""
+        pipe = self.pipeline(spec)
+        if self._active.get(spec) != key:
+            load_adapter(pipe, folder)
+            self._active[spec] = key
+        return pipe
+
+    def base(self, spec: str):
+        """The pipeline with no adapter (class images of prior preservation are drawn by the base)."""
+        pipe = self.pipeline(spec)
+        remove_adapter(pipe.unet)
+        self._active[spec] = None
+        return pipe
+
+    def mark(self, spec: str, key: AdapterKey | None) -> None:
+        """Record what training left active: ``None`` while an adapter is being trained, else its round."""
+        self._active[spec] = key

@@ -1,0 +1,117 @@
+"""A run's folder: its layout, run ids, path guards and safe image loading.
+
+Every file a run writes lives under ``<runs_root>/<run_id>/`` at a path named here, so the engine, the
+UI and export agree on the layout and no stored path can leave the folder.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import secrets
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+
+MAX_IMAGE_PIXELS = 40_000_000  # a reference larger than this is refused (decompression bombs)
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID.match(run_id) or ".." in run_id:
+        raise ValueError(f"invalid run id {run_id!r}: letters, digits, '.', '_' and '-' only")
+    return run_id
+
+
+def new_run_id(name: str) -> str:
+    """``<slug of the name>-<UTC time>-<4 hex>``: sortable, readable, and unique across processes."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")[:32] or "run"
+    return f"{slug}-{stamp}-{secrets.token_hex(2)}"
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """Resolve ``relative`` under ``root``, refusing names that try to leave it."""
+    root = root.resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"path {relative!r} leaves the run folder {root}: refusing it")
+    return target
+
+
+def load_image(path: str | Path) -> tuple[Image.Image, bytes]:
+    """Open an image file safely: refuse non-images, corrupt files and decompression bombs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"reference {path} does not exist or is not a file")
+    data = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                w, h = probe.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise ValueError(
+                        f"{path.name} is {w}×{h} ({w * h / 1e6:.0f} MP), over the "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit: downscale it first"
+                    )
+                probe.verify()
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ValueError(f"{path.name} is too large to decode safely ({err}): downscale it first") from err
+        except ValueError:
+            raise
+        except Exception as err:  # PIL raises several types for broken files
+            raise ValueError(
+                f"{path.name} is not a readable image ({type(err).__name__}): use a PNG, JPEG or WebP"
+            ) from err
+    return image.convert("RGB"), data
+
+
+class RunFolder:
+    """The files of one run. Paths returned by the ``*_file`` methods are relative (what SQLite stores)."""
+
+    def __init__(self, runs_root: Path, run_id: str):
+        self.run_id = check_run_id(run_id)
+        self.root = Path(runs_root) / run_id
+
+    def path(self, relative: str) -> Path:
+        """The absolute path of a stored relative path, refusing one that leaves the folder."""
+        return safe_join(self.root, relative)
+
+    def open_rgb(self, relative: str) -> Image.Image:
+        with Image.open(self.path(relative)) as image:
+            return image.convert("RGB")
+
+    # -- the layout ---------------------------------------------------------------------------
+    @staticmethod
+    def real_reference_file(i: int) -> str:
+        return f"references/real_{i:02d}.png"
+
+    @staticmethod
+    def added_reference_file(round_index: int, anchor_index: int, slot: int) -> str:
+        return f"references/r{round_index:02d}_a{anchor_index:02d}_s{slot:02d}.png"
+
+    @staticmethod
+    def adapter_dir(round_index: int) -> str:
+        return f"rounds/r{round_index:02d}/adapter"
+
+    @staticmethod
+    def image_file(round_index: int, anchor_index: int, slot: int) -> str:
+        return f"rounds/r{round_index:02d}/images/a{anchor_index:02d}_s{slot:02d}.png"
+
+    @staticmethod
+    def eval_file(round_index: int, i: int) -> str:
+        return f"rounds/r{round_index:02d}/eval/e{i:03d}.png"
+
+    @property
+    def class_images(self) -> Path:
+        return self.root / "class_images"
+
+    def save(self, image: Image.Image, relative: str) -> None:
+        target = self.path(relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.save(target)

@@ -1,0 +1,271 @@
+"""Steps 1-3 of the loop (train, generate, judge) and the held-out evaluation, as plain functions.
+
+Each step takes a :class:`Round` (the models, the run folder, the config, where to report) and returns
+a :class:`StepResult`: its seconds, the metrics and round fields it adds, and the rows it stores.
+The loop (``gal.engine``) writes those rows and moves the round to its next state in **one**
+transaction, so a kill at any instant leaves either the step undone (it runs again, overwriting its own
+files) or done and recorded — never rows without the state, or the state without its rows.
+Generation is the one step that saves as it goes (a batch's files and rows at a time, so a killed run
+keeps what it drew); it skips what is already saved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+import storage
+from gal import algorithm
+from gal.config import RunConfig
+from gal.evaluation import round_metrics
+from gal.generation import generate as draw
+from gal.loaded import LoadedModels
+from gal.models import native_resolution
+from gal.review import store_anchor_scores
+from gal.runfolder import RunFolder
+from gal.seeds import class_image_seed, eval_image_seed, image_seed, training_seed
+from gal.training import TrainExample, adapter_state, save_adapter, train_lora
+
+
+@dataclass
+class Round:
+    """What a step needs: the models, the run's folder and config, the round, and where to report."""
+
+    models: LoadedModels
+    folder: RunFolder
+    config: RunConfig
+    index: int
+    db: Callable[[], object]  # opens a connection (one per call: steps run in worker threads)
+    report: Callable[..., None]  # report(stage, done, total, **info)
+    cancel: Callable[[], bool]
+
+    @property
+    def run_id(self) -> str:
+        return self.folder.run_id
+
+    @property
+    def adapter_key(self) -> tuple[str, int]:
+        return (self.run_id, self.index)
+
+    def pipeline(self):
+        """The generator with this round's adapter active (loaded from disk after a restart)."""
+        with self.db() as db:
+            adapter = storage.get_round(db, self.run_id, self.index)["adapter_path"]
+        return self.models.with_adapter(self.config.model, self.adapter_key, self.folder.path(adapter))
+
+    def resolution(self, pipe) -> int:
+        return self.config.train.resolution or native_resolution(pipe)
+
+
+@dataclass
+class StepResult:
+    seconds: float
+    metrics: dict = field(default_factory=dict)  # merged into rounds.metrics
+    fields: dict = field(default_factory=dict)  # other round columns (adapter_path)
+    write: Callable[[object], None] | None = None  # stores the step's rows, with the state change
+
+
+# -- 1. train -------------------------------------------------------------------------------------
+
+
+def train(rnd: Round) -> StepResult:
+    """DreamBooth-LoRA on the references up to the last round, each with its weight (Balance)."""
+    config, folder, r = rnd.config, rnd.folder, rnd.index
+    spec = config.model
+    pipe = rnd.models.pipeline(spec)
+    with rnd.db() as db:
+        refs = storage.list_references(db, rnd.run_id, up_to_round=r - 1)
+        previous = storage.get_round(db, rnd.run_id, r - 1) if r > 1 else None
+    examples = [
+        TrainExample(folder.open_rgb(x["file"]), x["prompt"], x["weight"], added=x["source"] == "synthetic")
+        for x in refs
+    ]
+    init_state = None
+    if not config.train.retrain_from_base and previous is not None:
+        prev_pipe = rnd.models.with_adapter(spec, (rnd.run_id, r - 1), folder.path(previous["adapter_path"]))
+        init_state = adapter_state(prev_pipe.unet)
+    class_examples = _class_examples(rnd) if config.train.prior_preservation else None
+    rnd.models.mark(spec, None)  # training replaces whatever adapter was active
+    result = train_lora(
+        pipe,
+        examples,
+        config.train,
+        resolution=rnd.resolution(pipe),
+        seed=training_seed(config.seed, r),
+        init_state=init_state,
+        class_examples=class_examples,
+        progress=lambda s, n, loss: rnd.report("train", s, n, loss=loss, round=r),
+        cancel=rnd.cancel,
+    )
+    rel = RunFolder.adapter_dir(r)
+    save_adapter(pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)})
+    rnd.models.mark(spec, rnd.adapter_key)
+    return StepResult(
+        result.seconds,
+        metrics={"train_loss": float(np.mean(result.losses[-20:]))},
+        fields={"adapter_path": rel},
+    )
+
+
+def _class_examples(rnd: Round) -> list[TrainExample]:
+    """DreamBooth's prior images: drawn once per run by the base model, kept in class_images/."""
+    config = rnd.config
+    folder = rnd.folder.class_images
+    folder.mkdir(exist_ok=True)
+    n = config.train.num_class_images
+    existing = sorted(folder.glob("*.png"))
+    if len(existing) < n:
+        pipe = rnd.models.base(config.model)
+        todo = list(range(len(existing), n))
+
+        def save(start: int, images: list[Image.Image]) -> None:
+            for j, im in enumerate(images):
+                im.save(folder / f"{todo[start + j]:04d}.png")
+
+        draw(
+            pipe,
+            [config.train.class_prompt] * len(todo),
+            [class_image_seed(config.seed, i) for i in todo],
+            config.generate,
+            resolution=rnd.resolution(pipe),
+            progress=lambda d, t: rnd.report("class images", d, t),
+            cancel=rnd.cancel,
+            on_batch=save,
+        )
+    return [
+        TrainExample(Image.open(p).convert("RGB"), config.train.class_prompt, config.train.prior_loss_weight)
+        for p in sorted(folder.glob("*.png"))[:n]
+    ]
+
+
+# -- 2. generate ----------------------------------------------------------------------------------
+
+
+def generate(rnd: Round) -> StepResult:
+    """``m`` images per anchor in the pool, batched across anchors; image ``j`` of anchor ``i`` has the
+    same seed every round. Saves each batch as it is drawn and skips what a killed run already saved."""
+    config, folder, r = rnd.config, rnd.folder, rnd.index
+    started = time.perf_counter()
+    with rnd.db() as db:
+        anchors = [a for a in storage.list_anchors(db, rnd.run_id, r) if a["in_pool"]]
+        have = {(im["anchor_index"], im["slot"]) for im in storage.list_images(db, rnd.run_id, r)
+                if folder.path(im["file"]).exists()}  # fmt: skip
+    todo = [(a, j) for a in anchors for j in range(config.gal.m) if (a["anchor_index"], j) not in have]
+    if todo:
+        pipe = rnd.pipeline()
+
+        def save(start: int, images: list[Image.Image]) -> None:
+            rows = []
+            for (a, j), image in zip(todo[start : start + len(images)], images, strict=True):
+                rel = RunFolder.image_file(r, a["anchor_index"], j)
+                folder.save(image, rel)
+                rows.append({"run_id": rnd.run_id, "round_index": r, "anchor_index": a["anchor_index"], "slot": j,
+                             "file": rel, "seed": image_seed(config.seed, a["anchor_index"], j),
+                             "prompt": a["prompt"], "kind": "anchor"})  # fmt: skip
+            with rnd.db() as db:
+                storage.add_images(db, rows)
+
+        draw(
+            pipe,
+            [a["prompt"] for a, _ in todo],
+            [image_seed(config.seed, a["anchor_index"], j) for a, j in todo],
+            config.generate,
+            resolution=rnd.resolution(pipe),
+            progress=lambda d, t: rnd.report("generate", d, t, round=r),
+            cancel=rnd.cancel,
+            on_batch=save,
+        )
+    return StepResult(time.perf_counter() - started)
+
+
+# -- 3. judge ------------------------------------------------------------------------------------
+
+
+def non_soi_texts(db, run_id: str) -> list[str]:
+    """The real references' non-subject captions, each once (Eq. 8 takes the max over them)."""
+    refs = storage.list_references(db, run_id)
+    return list(dict.fromkeys(x["non_soi_text"] for x in refs if x["source"] == "real"))
+
+
+def judge(rnd: Round) -> StepResult:
+    """Eq. 8 on every image: sim(image, anchor text) vs the max over the non-SoI captions."""
+    started = time.perf_counter()
+    r = rnd.index
+    with rnd.db() as db:
+        images = storage.list_images(db, rnd.run_id, r)
+        texts = {a["anchor_index"]: a["oracle_text"] for a in storage.list_anchors(db, rnd.run_id, r)}
+        non_soi = non_soi_texts(db, rnd.run_id)
+    rnd.report("judge", 0, len(images), round=r)
+    if not images:  # every anchor has left the pool: nothing was drawn, nothing to judge
+        return StepResult(time.perf_counter() - started)
+    oracle = rnd.models.oracle(rnd.config.oracle)
+    pil = [rnd.folder.open_rgb(im["file"]) for im in images]
+    anchor_texts = list(dict.fromkeys(texts.values()))
+    sims = oracle.text_similarities(pil, anchor_texts + non_soi)  # [n, |texts| + c]
+    col = np.array([anchor_texts.index(texts[im["anchor_index"]]) for im in images])
+    sim_anchor = sims[np.arange(len(images)), col]  # [n]
+    sim_non_soi = sims[:, len(anchor_texts) :].max(axis=1)  # [n]
+    verdicts = algorithm.overfit_verdicts(sim_anchor, sim_non_soi)
+    rows = [
+        {"id": im["id"], "sim_anchor": float(a), "sim_non_soi": float(b), "oracle_verdict": int(v)}
+        for im, a, b, v in zip(images, sim_anchor, sim_non_soi, verdicts, strict=True)
+    ]
+
+    def write(db) -> None:
+        storage.set_similarities(db, rows)
+        store_anchor_scores(db, rnd.run_id, r)
+
+    rnd.report("judge", len(images), len(images), round=r)
+    return StepResult(time.perf_counter() - started, write=write)
+
+
+# -- held-out evaluation -------------------------------------------------------------------------
+
+
+def evaluate(rnd: Round) -> StepResult:
+    """TXT-ALN, IMG-ALN and OVF on the held-out prompts with this round's model."""
+    started = time.perf_counter()
+    config, folder, r = rnd.config, rnd.folder, rnd.index
+    if not (config.eval.enabled and config.eval.prompts):
+        return StepResult(time.perf_counter() - started)
+    pipe = rnd.pipeline()
+    per = config.eval.images_per_prompt
+    prompts = [p for p in config.eval_prompts() for _ in range(per)]
+    prompt_texts = [t for t in config.eval_oracle_texts() for _ in range(per)]
+    seeds = [eval_image_seed(config.seed, i // per, i % per) for i in range(len(prompts))]
+    images = draw(pipe, prompts, seeds, config.generate, resolution=rnd.resolution(pipe),
+                  progress=lambda d, t: rnd.report("evaluate", d, t, round=r), cancel=rnd.cancel)  # fmt: skip
+    rows = []
+    for i, (prompt, seed, image) in enumerate(zip(prompts, seeds, images, strict=True)):
+        rel = RunFolder.eval_file(r, i)
+        folder.save(image, rel)
+        rows.append({"run_id": rnd.run_id, "round_index": r, "anchor_index": -1, "slot": i, "file": rel,
+                     "seed": seed, "prompt": prompt, "kind": "eval"})  # fmt: skip
+    oracle = rnd.models.oracle(config.oracle)
+    with rnd.db() as db:
+        non_soi = non_soi_texts(db, rnd.run_id)
+        real = [folder.open_rgb(x["file"]) for x in storage.list_references(db, rnd.run_id) if x["source"] == "real"]
+    texts = list(dict.fromkeys(prompt_texts))
+    sims = oracle.text_similarities(images, texts + non_soi)
+    sim_prompt = sims[np.arange(len(images)), [texts.index(t) for t in prompt_texts]]
+    metrics = round_metrics(sim_prompt, sims[:, len(texts) :], oracle.image_similarities(images, real))
+
+    def write(db) -> None:
+        # A database from before steps recorded their rows with the state may hold this round's eval rows.
+        have = {im["slot"] for im in storage.list_images(db, rnd.run_id, r, kind="eval")}
+        storage.add_images(db, [row for row in rows if row["slot"] not in have])
+
+    return StepResult(time.perf_counter() - started, metrics=metrics, write=write)
+
+
+# The round's state machine: each state's step, and the state it moves to once the step is recorded.
+STEPS: dict[str, tuple[Callable[[Round], StepResult], str]] = {
+    "training": (train, "generating"),  # 1. train
+    "generating": (generate, "judging"),  # 2. generate
+    "judging": (judge, "evaluating"),  # 3. judge
+    "evaluating": (evaluate, "review"),  # held-out metrics of this round's model
+}

@@ -1,0 +1,1 @@
+watch('value', () => { if (window.gal.applyPatch) window.gal.applyPatch(props.value); });
