@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="max rounds (4)")
     run.add_argument("--steps", type=int, help="LoRA steps per round")
     run.add_argument("--lr", type=float, help="LoRA learning rate")
-    run.add_argument("--rank", type=int, help="LoRA rank")
+    run.add_argument("--rank", type=int, help="LoRA rank (8)")
+    run.add_argument("--alpha", type=float, help="LoRA alpha; scale = alpha / rank (default: alpha = rank, scale 1)")
     run.add_argument("--resolution", type=int, help="training/generation size (default: the model's)")
     run.add_argument("--gen-steps", type=int, help="denoising steps")
     run.add_argument("--guidance", type=float, help="classifier-free guidance scale")
@@ -79,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the run's final LoRA, dataset and model card")
     export.add_argument("run_id")
     export.add_argument("out")
-    export.add_argument("--format", default="diffusers,kohya,dataset,card", help="comma list of diffusers,kohya,fused,dataset,card")
-    export.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    export.add_argument("--format", default="diffusers,kohya,dataset,card",
+                        help="comma list of diffusers,kohya,fused,checkpoint,dataset,card")
+    export.add_argument("--force", action="store_true", help="replace this run's previous export in that folder (nothing else)")
 
     sub.add_parser("runs", help="list the runs")
 
@@ -148,12 +150,14 @@ def _new_config(args):
         "name": (None, "name"), "model": (None, "model"), "oracle": (None, "oracle"),
         "strategy": ("gal", "strategy"), "m": ("gal", "m"), "k": ("gal", "k"), "lam": ("gal", "lam"),
         "rounds": ("gal", "max_rounds"), "steps": ("train", "steps"), "lr": ("train", "learning_rate"),
-        "rank": ("train", "rank"), "sampling": ("train", "reference_sampling"), "lr_schedule": ("train", "lr_schedule"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
+        "rank": ("train", "rank"), "alpha": ("train", "alpha"), "sampling": ("train", "reference_sampling"), "lr_schedule": ("train", "lr_schedule"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
         "guidance": ("generate", "guidance_scale"), "scheduler": ("generate", "scheduler"),
     }.items():
         value = getattr(args, flag)
         if value is not None:
             setattr(getattr(config, section) if section else config, key, value)
+    if args.rank is not None and args.alpha is None:
+        config.train.alpha = None  # the rule: alpha = rank (scale 1) unless --alpha says otherwise
     if args.anchors:
         path = Path(args.anchors)
         if not path.is_file():
@@ -269,7 +273,9 @@ def _dispatch(args) -> int:
         _report_run(studio, run)
         return 0
     if args.command == "export":
-        written = studio.export(args.run_id, args.out, tuple(f.strip() for f in args.format.split(",") if f.strip()), force=args.force)
+        from gal.export import parse_formats
+
+        written = studio.export(args.run_id, args.out, parse_formats(args.format), force=args.force)
         for fmt, path in written.items():
             print(f"{fmt}\t{path}")
         return 0

@@ -25,7 +25,11 @@ REFERENCE_SAMPLING = ("pooled", "real-rate")
 @dataclass
 class TrainConfig:
     rank: int = 8  # LoRA rank r
-    alpha: float = 8.0  # LoRA alpha; the adapter's scale is alpha / rank
+    # LoRA alpha; the adapter's scale is alpha / rank. None (the default) means alpha = rank, scale 1,
+    # and follows the rank when the rank is changed later; a number given here, by --alpha or in a
+    # saved config is kept as it is (old configs saved alpha 8.0 and keep it). After construction
+    # the attribute always holds a number, so training and exports read one value.
+    alpha: float | None = None
     learning_rate: float = 1e-4  # LoRA on SD-1.x; the official full-UNet run used 5e-6
     steps: int = 400  # optimiser steps per round (official: 800 object / 500 style, full UNet)
     batch_size: int = 1  # official: 1 object, 2 style
@@ -46,6 +50,18 @@ class TrainConfig:
     # Learning-rate schedule over a round's steps: "constant" (diffusers' default) or "cosine" (5 % linear
     # warm-up, then cosine decay to 0), which keeps long high-lr rounds from blowing up late.
     lr_schedule: str = "constant"
+
+    def __setattr__(self, name, value) -> None:
+        # ``_alpha_follows_rank`` is a plain attribute, not a field: not saved, not hashed.
+        if name == "alpha":
+            if value is None:  # the rule: alpha = rank
+                object.__setattr__(self, "_alpha_follows_rank", True)
+                value = float(self.rank) if isinstance(self.rank, int) else self.rank
+            else:
+                object.__setattr__(self, "_alpha_follows_rank", False)
+        object.__setattr__(self, name, value)
+        if name == "rank" and getattr(self, "_alpha_follows_rank", False) and isinstance(value, int):
+            object.__setattr__(self, "alpha", float(value))
 
     def validate(self) -> None:
         _positive_int("train.rank", self.rank, most=1024)

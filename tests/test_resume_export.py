@@ -14,7 +14,6 @@ from conftest import tiny_config
 from PIL import Image
 
 import storage
-from gal.export import KOHYA_FILE
 
 
 def _gal(runs_dir, *args, **kwargs):
@@ -103,7 +102,7 @@ def test_export_round_trip_in_a_fresh_process(shared_studio, references, tmp_pat
     images = studio.review_state(run_id, 1)["anchors"][0]["images"][:2]
     cases = [{"seed": im["seed"], "prompt": im["prompt"], "steps": config.generate.steps,
               "guidance": config.generate.guidance_scale} for im in images]
-    proc = subprocess.run([sys.executable, "-c", REPLAY, str(out), json.dumps(cases), KOHYA_FILE],
+    proc = subprocess.run([sys.executable, "-c", REPLAY, str(out), json.dumps(cases), written["kohya"].name],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -135,8 +134,14 @@ def test_export_refuses_existing_folder_unless_forced(shared_studio, references,
     out = tmp_path / "taken"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
+    for force in (False, True):  # a folder that is not our export is never replaced, not even with --force
+        with pytest.raises(ValueError, match="not a GAL Studio export"):
+            studio.export(run_id, out, force=force)
+        assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+        assert (out / "precious.txt").read_text() == "keep me"
+    ours = tmp_path / "ours"
+    studio.export(run_id, ours)
     with pytest.raises(ValueError, match="--force"):
-        studio.export(run_id, out)
-    assert (out / "precious.txt").read_text() == "keep me"
-    studio.export(run_id, out, ("card",), force=True)
-    assert (out / "README.md").exists() and not (out / "precious.txt").exists()
+        studio.export(run_id, ours, ("card",))
+    studio.export(run_id, ours, ("card",), force=True)
+    assert (ours / "README.md").exists() and not (ours / "dataset").exists()

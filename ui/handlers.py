@@ -157,7 +157,7 @@ def config_from_form(form: dict) -> RunConfig:
         name=(form.get("name") or "").strip(),
         train=TrainConfig(
             steps=_whole(form, "train_steps"), resolution=resolution or None,
-            learning_rate=_number(form, "learning_rate"), rank=rank, alpha=float(rank),
+            learning_rate=_number(form, "learning_rate"), rank=rank,  # alpha: the default rule, alpha = rank
             batch_size=_whole(form, "train_batch"),
             reference_sampling=form.get("reference_sampling") or "pooled",
             lr_schedule=form.get("lr_schedule") or "constant",
