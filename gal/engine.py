@@ -313,7 +313,7 @@ class Studio:
                                  added=x["source"] == "synthetic") for x in refs]
         init_state = None
         if not config.train.retrain_from_base and r > 1:
-            init_state = adapter_state(self._activate(run_id, config, r - 1).unet)
+            init_state = adapter_state(self._activate(run_id, config, r - 1))
         class_examples = self._class_examples(run_id, config, progress, cancel) if config.train.prior_preservation else None
         self._loaded_adapter[config.model] = None
         result = train_lora(
@@ -341,7 +341,7 @@ class Studio:
         existing = sorted(folder.glob("*.png"))
         if len(existing) < n:
             pipe = self.pipeline(config.model)
-            remove_adapter(pipe.unet)
+            remove_adapter(pipe)
             self._loaded_adapter[config.model] = None
             todo = list(range(len(existing), n))
             generate(
