@@ -98,28 +98,33 @@ def _write_fused(pipe, folder: Path) -> None:
     """A plain diffusers pipeline with the LoRA merged in; the live pipeline keeps its adapter untouched."""
     import copy
 
-    from diffusers import StableDiffusionPipeline
+    from gal.families import family_of
 
-    unet = copy.deepcopy(pipe.unet).to("cpu")
-    unet.fuse_lora(lora_scale=1.0)
-    unet.unload_lora()  # drop the LoRA modules, keep the merged weights
-    parts = {name: part for name, part in pipe.components.items() if name != "unet"}
-    StableDiffusionPipeline(**parts, unet=unet).save_pretrained(folder)
+    family = family_of(pipe)
+    name = family.denoiser_name  # unet or transformer
+    denoiser = copy.deepcopy(family.denoiser(pipe)).to("cpu")
+    denoiser.fuse_lora(lora_scale=1.0)
+    denoiser.unload_lora()  # drop the LoRA modules, keep the merged weights
+    parts = {key: part for key, part in pipe.components.items() if key != name}
+    type(pipe)(**parts, **{name: denoiser}).save_pretrained(folder)
 
 
 def _write_kohya(diffusers_file: Path, out: Path, config: RunConfig, provenance: dict) -> None:
-    """A1111/ComfyUI read kohya keys (``lora_unet_…``), not diffusers keys."""
-    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    """A1111/ComfyUI read kohya keys (``lora_unet_…``; FLUX.1: BFL block names), not diffusers keys: the
+    model family names them (``gal.families.<family>.kohya_state_dict``), with the configured alpha."""
     from safetensors.torch import load_file, save_file
 
+    from gal.models import model_family
+
+    family = model_family(config.model)
     state = load_file(str(diffusers_file))
-    kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(state))
+    kohya = family.kohya_state_dict(state, config.train.alpha)
     kohya = {k: v.to(torch.float16).contiguous() for k, v in kohya.items()}
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.train.rank),
         "ss_network_alpha": str(config.train.alpha),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": family.kohya_base_version,
         "ss_output_name": provenance["gal.run_id"],
         "ss_training_comment": "trained with GAL Studio (Generative Active Learning)",
         **provenance,
