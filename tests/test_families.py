@@ -40,6 +40,7 @@ CPU = torch.device("cpu")
 def family_config(model: str, **gal) -> RunConfig:
     config = tiny_config(**gal)
     config.model = model
+    config.train.learning_rate = 1e-2  # 6 steps at 1e-3 barely move the tiny models' images
     return config
 
 
@@ -72,7 +73,9 @@ def _index(folder, class_name, **extra):
     [("StableDiffusionPipeline", "sd"), ("StableDiffusionXLPipeline", "sdxl"), ("FluxPipeline", "flux")],
 )
 def test_family_from_model_index(tmp_path, class_name, family):
-    assert families.detect(_index(tmp_path / "m", class_name, text_encoder=["transformers", "X"])).name == family
+    assert (
+        families.detect(_index(tmp_path / "m", class_name, text_encoder=["transformers", "X"])).name == family
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,8 +94,9 @@ def test_unsupported_pipelines_are_refused_naming_what_is_supported(tmp_path, cl
 
 
 def test_refiner_config_and_bad_folders_are_refused(tmp_path):
-    refiner = _index(tmp_path / "r", "StableDiffusionXLPipeline", text_encoder=[None, None],
-                     requires_aesthetics_score=True)
+    refiner = _index(
+        tmp_path / "r", "StableDiffusionXLPipeline", text_encoder=[None, None], requires_aesthetics_score=True
+    )
     with pytest.raises(ValueError, match="refiner"):
         families.detect(refiner)
     with pytest.raises(ValueError, match="model_index.json"):
@@ -113,13 +117,31 @@ def _checkpoint(path, shapes: dict):
 @pytest.mark.parametrize(
     "keys, family",
     [
-        ({"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3), "cond_stage_model.transformer.x": (1,)}, "sd"),
-        ({"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3), "conditioner.embedders.0.transformer.x": (1,),
-          "conditioner.embedders.1.model.x": (1,)}, "sdxl"),
+        (
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+                "cond_stage_model.transformer.x": (1,),
+            },
+            "sd",
+        ),
+        (
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+                "conditioner.embedders.0.transformer.x": (1,),
+                "conditioner.embedders.1.model.x": (1,),
+            },
+            "sdxl",
+        ),
         ({"double_blocks.0.img_attn.qkv.weight": (3, 1), "img_in.weight": (8, 64)}, "flux"),
         ({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": (3, 1)}, "flux"),
-        ({"transformer_blocks.0.attn.to_q.weight": (2, 2), "single_transformer_blocks.0.attn.to_q.weight": (2, 2),
-          "x_embedder.weight": (8, 64)}, "flux"),
+        (
+            {
+                "transformer_blocks.0.attn.to_q.weight": (2, 2),
+                "single_transformer_blocks.0.attn.to_q.weight": (2, 2),
+                "x_embedder.weight": (8, 64),
+            },
+            "flux",
+        ),
     ],
 )
 def test_family_from_single_file_keys(tmp_path, keys, family):
@@ -129,9 +151,17 @@ def test_family_from_single_file_keys(tmp_path, keys, family):
 @pytest.mark.parametrize(
     "keys, words",
     [
-        ({"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
-          "conditioner.embedders.0.model.transformer.x": (1,)}, "refiner"),
-        ({"model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3), "cond_stage_model.x": (1,)}, "inpainting"),
+        (
+            {
+                "model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3),
+                "conditioner.embedders.0.model.transformer.x": (1,),
+            },
+            "refiner",
+        ),
+        (
+            {"model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3), "cond_stage_model.x": (1,)},
+            "inpainting",
+        ),
         ({"model.diffusion_model.input_blocks.1.0.time_stack.0.weight": (1,)}, "video"),
         ({"double_blocks.0.img_attn.qkv.weight": (3, 1), "img_in.weight": (8, 384)}, "Fill"),
         ({"some.other.weight": (1,)}, "no UNet"),
@@ -152,18 +182,25 @@ def test_saved_tiny_sdxl_folder_loads_as_sdxl_and_draws_the_same(tmp_path):
     pipe = load_pipeline("tiny-sdxl", CPU, torch.float32)
     pipe.save_pretrained(tmp_path / "sdxl")
     again = load_pipeline(str(tmp_path / "sdxl"), CPU, torch.float32)
-    assert type(again).__name__ == "StableDiffusionXLPipeline" and model_family(str(tmp_path / "sdxl")).name == "sdxl"
+    assert (
+        type(again).__name__ == "StableDiffusionXLPipeline"
+        and model_family(str(tmp_path / "sdxl")).name == "sdxl"
+    )
     cfg = GenerateConfig(steps=2, batch_size=2)
     a = generate(pipe, ["a star", "a cat"], [1, 2], cfg, resolution=32)
     b = generate(again, ["a star", "a cat"], [1, 2], cfg, resolution=32)
-    assert all(np.allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=1.0) for x, y in zip(a, b))
+    assert all(
+        np.allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), atol=1.0) for x, y in zip(a, b)
+    )
 
 
 def test_tiny_models_are_the_same_in_every_build():
     for model in ("tiny-sdxl", "tiny-flux"):
         a, b = (families.get(families.TINY[model]).build_tiny() for _ in range(2))
         fam = families.family_of(a)
-        for (name, p), (_, q) in zip(fam.denoiser(a).state_dict().items(), fam.denoiser(b).state_dict().items()):
+        for (name, p), (_, q) in zip(
+            fam.denoiser(a).state_dict().items(), fam.denoiser(b).state_dict().items()
+        ):
             assert torch.equal(p, q), f"{model}: {name} differs between builds"
 
 
@@ -211,7 +248,9 @@ def test_two_round_gal_run_per_family(studios, references, model):
     assert all(np.isfinite(r["metrics"]["train_loss"]) for r in rounds)
     assert len(selections) == config.gal.k  # round 1 selected k anchors...
     added = [x for x in refs if x["source"] == "synthetic"]
-    assert added and all(0 < x["weight"] < 1 for x in added)  # ...whose images were added, weighed by Δ
+    assert added and [x["weight"] for x in added] == pytest.approx(
+        [rounds[0]["openness"]] * len(added)
+    )  # Δ (Eq. 9)
     assert len(images_r2) == 3 * (4 - config.gal.k)  # selected anchors left the pool
     family = families.get(families.TINY[model])
     with safe_open(str(studio.run_dir(run_id) / rounds[1]["adapter_path"] / LORA_FILE), "pt") as f:
@@ -227,8 +266,12 @@ def test_two_round_gal_run_per_family(studios, references, model):
     remove_adapter(pipe)
     studio._loaded_adapter[model] = None
     base = generate(pipe, prompts, seeds, config.generate, resolution=32)
-    diff = np.mean([np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean() for a, b in
-                    zip(with_lora, base)])
+    diff = np.mean(
+        [
+            np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean()
+            for a, b in zip(with_lora, base)
+        ]
+    )
     assert diff > 1.0, f"{model}: the LoRA changed images by only {diff:.3f}/255"
 
 
@@ -256,6 +299,11 @@ REPLAY = textwrap.dedent("""
 def test_export_round_trip_per_family_in_a_fresh_process(studios, references, tmp_path, model):
     studio = studios(model)
     config = family_config(model, strategy="uncertainty", max_rounds=1)
+    if model == "tiny-flux":
+        # diffusers' BFL importer hard-codes FLUX.1's widths (3072) for single blocks' fused linear1, so on the
+        # tiny model only double blocks can go through it; test_bfl_fused_lora_equals_the_per_module_loras
+        # checks the single-block mapping exactly.
+        config.train.target_modules = [f"transformer_blocks.{i}.{m}" for i in (0, 1) for m in FLUX_TARGETS]
     run_id = studio.create_run(config, references)
     studio.advance(run_id)
     out = tmp_path / "export"
@@ -267,27 +315,41 @@ def test_export_round_trip_per_family_in_a_fresh_process(studios, references, tm
     alphas = {k: float(v) for k, v in kohya.items() if k.endswith(".alpha")}
     if model == "tiny-flux":  # BFL layout: fused qkv at rank 3r, alpha 3·alpha
         assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in kohya
-        assert kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape[0] == 3 * config.train.rank
+        assert (
+            kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape[0] == 3 * config.train.rank
+        )
         assert alphas["lora_unet_double_blocks_0_img_attn_qkv.alpha"] == 3 * config.train.alpha
         assert alphas["lora_unet_double_blocks_0_img_mlp_0.alpha"] == config.train.alpha
         assert meta["ss_base_model_version"] == "flux1"
     else:
-        assert set(alphas.values()) == {config.train.alpha} and meta["ss_base_model_version"].startswith("sdxl")
+        assert set(alphas.values()) == {config.train.alpha} and meta["ss_base_model_version"].startswith(
+            "sdxl"
+        )
 
     images = studio.review_state(run_id, 1)["anchors"][0]["images"][:2]
     cases = [{"seed": im["seed"], "prompt": im["prompt"]} for im in images]
     gen = {"steps": config.generate.steps, "guidance_scale": config.generate.guidance_scale, "batch_size": 2}
-    proc = subprocess.run([sys.executable, "-c", REPLAY, model, str(out), json.dumps(cases), KOHYA_FILE,
-                           json.dumps(gen)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", REPLAY, model, str(out), json.dumps(cases), KOHYA_FILE, json.dumps(gen)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     saved = [np.asarray(Image.open(im["path"]), dtype=np.float32) for im in images]
     for im, redrawn in zip(saved, results["diffusers"]):
-        assert np.allclose(np.asarray(redrawn), im, atol=2.0), "the diffusers LoRA does not redraw the run's image"
+        assert np.allclose(np.asarray(redrawn), im, atol=2.0), (
+            "the diffusers LoRA does not redraw the run's image"
+        )
     for im, redrawn in zip(saved, results["kohya"]):  # fp16 tensors: a little more rounding
-        assert np.allclose(np.asarray(redrawn), im, atol=3.0), "the kohya/BFL LoRA does not redraw the run's image"
+        assert np.allclose(np.asarray(redrawn), im, atol=3.0), (
+            "the kohya/BFL LoRA does not redraw the run's image"
+        )
     base_gap = max(np.abs(np.asarray(b) - im).max() for b, im in zip(results["base"], saved))
-    assert base_gap > 3.0, "the base model draws the same images: the round trip would prove nothing"
+    assert base_gap > 6.0, (
+        f"the base model draws the same images (gap {base_gap}): the round trip would prove nothing"
+    )
 
 
 def test_bfl_fused_lora_equals_the_per_module_loras():
@@ -299,8 +361,12 @@ def test_bfl_fused_lora_equals_the_per_module_loras():
         state[f"transformer.transformer_blocks.0.{mod}.lora_A.weight"] = torch.randn(r, width, generator=g)
         state[f"transformer.transformer_blocks.0.{mod}.lora_B.weight"] = torch.randn(width, r, generator=g)
     for mod in ("attn.to_q", "attn.to_k", "attn.to_v"):
-        state[f"transformer.single_transformer_blocks.0.{mod}.lora_A.weight"] = torch.randn(r, width, generator=g)
-        state[f"transformer.single_transformer_blocks.0.{mod}.lora_B.weight"] = torch.randn(width, r, generator=g)
+        state[f"transformer.single_transformer_blocks.0.{mod}.lora_A.weight"] = torch.randn(
+            r, width, generator=g
+        )
+        state[f"transformer.single_transformer_blocks.0.{mod}.lora_B.weight"] = torch.randn(
+            width, r, generator=g
+        )
     bfl = bfl_state_dict(state, alpha)
 
     def delta(prefix):
@@ -308,11 +374,20 @@ def test_bfl_fused_lora_equals_the_per_module_loras():
         return float(bfl[f"{prefix}.alpha"]) / down.shape[0] * up @ down
 
     def per_module(block, mods):
-        return torch.cat([alpha / r * state[f"transformer.{block}.{m}.lora_B.weight"] @
-                          state[f"transformer.{block}.{m}.lora_A.weight"] for m in mods])
+        return torch.cat(
+            [
+                alpha
+                / r
+                * state[f"transformer.{block}.{m}.lora_B.weight"]
+                @ state[f"transformer.{block}.{m}.lora_A.weight"]
+                for m in mods
+            ]
+        )
 
     q = ("attn.to_q", "attn.to_k", "attn.to_v")
-    torch.testing.assert_close(delta("lora_unet_double_blocks_0_img_attn_qkv"), per_module("transformer_blocks.0", q))
+    torch.testing.assert_close(
+        delta("lora_unet_double_blocks_0_img_attn_qkv"), per_module("transformer_blocks.0", q)
+    )
     single = delta("lora_unet_single_blocks_0_linear1")
     assert single.shape[0] == 3 * width + 4 * width and not single[3 * width :].any()  # MLP rows untouched
     torch.testing.assert_close(single[: 3 * width], per_module("single_transformer_blocks.0", q))
@@ -360,8 +435,28 @@ def test_killed_flux_cli_run_resumes(tmp_path):
     import time
 
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--demo", "--model", "tiny-flux",
-           "--oracle", "tiny", "--steps", "4", "--gen-steps", "8", "--m", "10", "--rounds", "2", "--no-adaptive-stop"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gal",
+        "--runs-dir",
+        str(runs),
+        "run",
+        "--demo",
+        "--model",
+        "tiny-flux",
+        "--oracle",
+        "tiny",
+        "--steps",
+        "4",
+        "--gen-steps",
+        "8",
+        "--m",
+        "10",
+        "--rounds",
+        "2",
+        "--no-adaptive-stop",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     run_id, deadline = None, time.time() + 240
     try:
@@ -385,8 +480,12 @@ def test_killed_flux_cli_run_resumes(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    done = subprocess.run([sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--resume", run_id],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--resume", run_id],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     with storage.open_db(runs / "gal.db") as db:
         assert storage.get_run(db, run_id)["status"] == "finished"
@@ -397,7 +496,9 @@ def test_killed_flux_cli_run_resumes(tmp_path):
 
 
 def _star_examples(reference_files, n=2):
-    return [TrainExample(Image.open(p).convert("RGB"), "a <sks> star on stairs", 1.0) for p in reference_files[:n]]
+    return [
+        TrainExample(Image.open(p).convert("RGB"), "a <sks> star on stairs", 1.0) for p in reference_files[:n]
+    ]
 
 
 def test_flux_flow_matching_loss_decreases_on_a_fixed_batch(reference_files):
@@ -417,16 +518,22 @@ def test_flux_flow_matching_loss_decreases_on_a_fixed_batch(reference_files):
 
     def fixed_loss():  # the same noise and timesteps every time
         with torch.no_grad():
-            return float(family.per_sample_loss(pipe, sched, batch, cond4, torch.Generator().manual_seed(1), cfg,
-                                                False).mean())
+            return float(
+                family.per_sample_loss(
+                    pipe, sched, batch, cond4, torch.Generator().manual_seed(1), cfg, False
+                ).mean()
+            )
 
     params = attach_adapter(pipe, cfg, seed=0, family=family)
-    assert len([n for n, _ in pipe.transformer.named_modules() if n.endswith("lora_A")]) == 30  # notes: 30 modules
+    assert (
+        len([n for n, _ in pipe.transformer.named_modules() if n.endswith("lora_A")]) == 30
+    )  # notes: 30 modules
     before = fixed_loss()
     opt = torch.optim.Adam(params, lr=1e-2)
     for step in range(30):
-        loss = family.per_sample_loss(pipe, sched, batch, cond4, torch.Generator().manual_seed(100 + step), cfg,
-                                      False).mean()
+        loss = family.per_sample_loss(
+            pipe, sched, batch, cond4, torch.Generator().manual_seed(100 + step), cfg, False
+        ).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -464,24 +571,44 @@ def test_quantized_int8_base_trains_a_flux_step_on_cpu(reference_files):
 def test_8bit_adam_without_cuda_names_the_fix(reference_files):
     pipe = load_pipeline("tiny-sdxl", CPU, torch.float32)
     with pytest.raises(ValueError, match="adamw8bit.*CUDA|bitsandbytes"):
-        train_lora(pipe, _star_examples(reference_files), TrainConfig(steps=1, optimizer="adamw8bit"),
-                   resolution=32, seed=0)
+        train_lora(
+            pipe,
+            _star_examples(reference_files),
+            TrainConfig(steps=1, optimizer="adamw8bit"),
+            resolution=32,
+            seed=0,
+        )
 
 
 def test_memory_advice_names_the_option_to_turn_on():
     flux = families.get("flux")
-    need = training_bytes(denoiser_params=11_900_000_000, text_encoder_params=4_900_000_000, vae_params=84_000_000,
-                          lora_params=20_000_000, activations_16bit=30e9, activations_ckpt_16bit=2e9)
+    need = training_bytes(
+        denoiser_params=11_900_000_000,
+        text_encoder_params=4_900_000_000,
+        vae_params=84_000_000,
+        lora_params=20_000_000,
+        activations_16bit=30e9,
+        activations_ckpt_16bit=2e9,
+    )
     cfg = TrainConfig(gradient_checkpointing=False, offload_text_encoders=False)
     message = advice(need, 24 * 2**30, cfg, flux)
     assert "gradient_checkpointing" in message and "quantize_base" in message and "FLUX.1" in message
-    small = training_bytes(denoiser_params=11_900_000_000, text_encoder_params=4_900_000_000, vae_params=84_000_000,
-                           lora_params=20_000_000, activations_16bit=30e9, activations_ckpt_16bit=2e9,
-                           quantize_base="int8", offload_text_encoders=True, gradient_checkpointing=True)
+    small = training_bytes(
+        denoiser_params=11_900_000_000,
+        text_encoder_params=4_900_000_000,
+        vae_params=84_000_000,
+        lora_params=20_000_000,
+        activations_16bit=30e9,
+        activations_ckpt_16bit=2e9,
+        quantize_base="int8",
+        offload_text_encoders=True,
+        gradient_checkpointing=True,
+    )
     assert small["total"] < need["total"] / 2
     assert advice(small, 24 * 2**30, TrainConfig(), flux) is None
-    done = TrainConfig(gradient_checkpointing=True, offload_text_encoders=True, quantize_base="int8",
-                       optimizer="adamw8bit")
+    done = TrainConfig(
+        gradient_checkpointing=True, offload_text_encoders=True, quantize_base="int8", optimizer="adamw8bit"
+    )
     assert "lower train.resolution" in advice(need, 2**30, done, flux)
 
 
