@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scheduler", help="dpmsolver++, ddim, euler, euler_a, pndm, ddpm")
     run.add_argument("--seed", type=int)
     run.add_argument("--name")
-    run.add_argument("--model", help="tiny, toy, a hub id or a local diffusers folder")
+    run.add_argument("--model", help="tiny, tiny-sdxl, tiny-flux, toy, a hub id, a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1) or ckpt.safetensors?config=FOLDER")
     run.add_argument("--oracle", help="tiny, toy, ViT-B-32/openai or a local open_clip folder")
     run.add_argument("--lr-schedule", choices=["constant", "cosine"], help="learning-rate schedule per round (constant)")
     run.add_argument("--sampling", choices=["pooled", "real-rate"],

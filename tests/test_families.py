@@ -213,6 +213,17 @@ def test_defaults_and_target_modules_per_family():
     assert target_modules(cfg, families.get("flux")) == FLUX_TARGETS  # SD default -> the family's
     cfg.target_modules = ["attn.to_q", "attn.to_v"]
     assert target_modules(cfg, families.get("flux")) == ["attn.to_q", "attn.to_v"]  # an explicit choice stays
+    merged = RunConfig.from_dict(
+        {
+            **family_config("x").to_dict(),
+            **{
+                k: {**family_config("x").to_dict()[k], **v}
+                for k, v in families.config_defaults("flux").items()
+            },
+        }
+    )
+    merged.validate()  # the family's defaults are a valid config
+    assert merged.generate.scheduler == "flow-euler" and merged.train.target_modules == FLUX_TARGETS
     config = family_config("tiny-flux")
     config.train.quantize_base, config.train.optimizer, config.generate.vae_tiling = "int8", "adamw8bit", True
     assert RunConfig.from_dict(json.loads(config.to_json())) == config

@@ -49,6 +49,21 @@ def defaults(name: str) -> FamilyDefaults:
     return get(name).defaults
 
 
+def config_defaults(name: str) -> dict[str, dict]:
+    """The family's defaults in RunConfig's shape (``{"train": {...}, "generate": {...}}``), for the app/CLI to
+    merge under what the person set explicitly (full-size models; the tiny ones keep the tests' settings)."""
+    d = get(name).defaults
+    return {
+        "train": {
+            "learning_rate": d.learning_rate,
+            "rank": d.rank,
+            "alpha": float(d.rank),
+            "target_modules": list(d.target_modules),
+        },
+        "generate": {"steps": d.steps, "guidance_scale": d.guidance_scale, "scheduler": d.scheduler},
+    }
+
+
 def from_class_name(class_name: str, where: str = "") -> Family:
     for family in FAMILIES.values():
         if class_name in family.pipeline_classes:
