@@ -102,13 +102,13 @@ def remove_adapter(pipe) -> None:
         if getattr(module, "peft_config", None) and ADAPTER in module.peft_config:
             if hasattr(module, "delete_adapters"):
                 module.delete_adapters(ADAPTER)
-            else:  # a text encoder with an injected adapter
-                from peft.tuners.tuners_utils import BaseTunerLayer
+            else:  # a text encoder (peft-injected here, or loaded by diffusers through transformers)
+                from diffusers.utils.peft_utils import delete_adapter_layers
 
-                for sub in module.modules():
-                    if isinstance(sub, BaseTunerLayer):
-                        sub.delete_adapter(ADAPTER)
-                module.peft_config.pop(ADAPTER, None)
+                delete_adapter_layers(module, ADAPTER)
+                config = getattr(module, "peft_config", None)
+                if config is not None:
+                    config.pop(ADAPTER, None)
 
 
 def adapter_state(pipe) -> dict[str, torch.Tensor]:

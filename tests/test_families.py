@@ -642,6 +642,10 @@ def test_text_encoder_lora_saves_and_reloads_in_a_fresh_pipeline(reference_files
     again = generate(fresh, ["a <sks> star"] * 2, [5, 6], gen, resolution=32)
     arr = lambda ims: np.stack([np.asarray(i, np.float32) for i in ims])  # noqa: E731
     assert np.allclose(arr(again), arr(drawn), atol=1.0)
+    load_adapter(fresh, tmp_path / "a")  # a resume reloads over a loaded adapter: replaced, not stacked
+    assert np.allclose(
+        arr(generate(fresh, ["a <sks> star"] * 2, [5, 6], gen, resolution=32)), arr(drawn), atol=1.0
+    )
     assert np.abs(arr(base) - arr(drawn)).max() > 1.0
     kohya = families.get("sd").kohya_state_dict({k: v for k, v in _load(path).items()}, cfg.alpha)
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in kohya)
