@@ -226,9 +226,7 @@ def load_pipeline(
                     )
                 if Path(config).exists():
                     families.detect(config)  # a refiner/inpainting config fails here with the reason
-                pipe = family.pipeline_class().from_single_file(
-                    source, config=config, torch_dtype=dtype, **family.load_kwargs()
-                )
+                pipe = family.load_single_file(source, config, dtype)
             else:
                 family = families.detect(source) if Path(source).exists() else None
                 if family is None:

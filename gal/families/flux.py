@@ -67,6 +67,16 @@ class FluxFamily(Family):
     def load_kwargs(self) -> dict:
         return {}
 
+    def load_single_file(self, path: str, config: str, dtype):
+        """FLUX.1 single files hold the transformer only (BFL or diffusers layout): the text encoders, VAE
+        and tokenizers come from the diffusers folder ``config``."""
+        from diffusers import FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_single_file(
+            path, config=config, subfolder="transformer", torch_dtype=dtype
+        )
+        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
+
     def build_tiny(self, seed: int = 0):
         """A random-init FLUX.1-dev-shaped pipeline at 32 px (the notes' recipe); same seed, same weights."""
         from diffusers import (

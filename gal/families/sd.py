@@ -66,6 +66,12 @@ class Family:
     def load_kwargs(self) -> dict:
         return {"safety_checker": None, "requires_safety_checker": False}
 
+    def load_single_file(self, path: str, config: str, dtype):
+        """A single-file (original/LDM layout) checkpoint, configs and tokenizers from a diffusers folder."""
+        return self.pipeline_class().from_single_file(
+            path, config=config, torch_dtype=dtype, **self.load_kwargs()
+        )
+
     def build_tiny(self, seed: int = 0):
         from gal.models import build_tiny_pipeline
 
