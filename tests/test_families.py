@@ -607,6 +607,19 @@ def test_8bit_adam_without_cuda_names_the_fix(reference_files):
         )
 
 
+@pytest.mark.parametrize("model", ["tiny-sdxl", "tiny-flux"])
+def test_text_encoder_lora_outside_sd1_is_refused(reference_files, model):
+    pipe = load_pipeline(model, CPU, torch.float32)
+    with pytest.raises(ValueError, match="train_text_encoder off"):
+        train_lora(
+            pipe,
+            _star_examples(reference_files),
+            TrainConfig(steps=1, train_text_encoder=True),
+            resolution=32,
+            seed=0,
+        )
+
+
 def test_memory_advice_names_the_option_to_turn_on():
     flux = families.get("flux")
     need = training_bytes(

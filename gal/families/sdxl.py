@@ -26,6 +26,7 @@ class SDXLFamily(Family):
         vae_tiling=True,
     )
     kohya_te_prefixes = {"lora_te1_": "lora_te1_", "lora_te2_": "lora_te2_"}
+    text_encoder_targets = []  # text-encoder LoRA is wired for SD 1.x/2.x only (SDXL has two encoders to adapt)
     kohya_base_version = "sdxl_base_v1-0"
 
     def pipeline_class(self):
