@@ -141,10 +141,12 @@ def build_meta(name: str) -> dict[str, torch.nn.Module]:
                 "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TE2)),
                 "vae": AutoencoderKL(**VAE_SD),
             }
+        t5 = T5EncoderModel(T5Config(**T5_XXL))
+        t5.encoder.embed_tokens.weight = t5.shared.weight  # tied in the checkpoint; a config build leaves a copy
         return {
             "transformer": FluxTransformer2DModel(**FLUX_DEV),
             "text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L)),
-            "text_encoder_2": T5EncoderModel(T5Config(**T5_XXL)),
+            "text_encoder_2": t5,
             "vae": AutoencoderKL(**FLUX_VAE),
         }
 

@@ -141,7 +141,14 @@ def build_tiny_pipeline(seed: int = 0):
 
 
 def resolve_model_path(spec: str) -> str:
-    """Map a model spec to what ``from_pretrained`` takes, failing fast with the fix when it can't exist."""
+    """Map a model spec to what ``from_pretrained`` takes, failing fast with the fix when it can't exist.
+
+    The tiny names pass through (they are built, not loaded)."""
+    from gal.families import TINY
+
+    spec = split_single_file(spec)[0]
+    if spec in TINY:
+        return spec
     if spec == "toy":
         if not (TOY_PIPELINE / "model_index.json").exists():
             raise ValueError(f"the toy world's weights are missing from {TOY_PIPELINE}: use --model tiny")

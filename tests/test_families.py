@@ -172,6 +172,17 @@ def test_unsupported_single_files_are_refused(tmp_path, keys, words):
         families.detect(_checkpoint(tmp_path / "m.safetensors", keys))
 
 
+def test_tiny_names_resolve_offline_for_the_app_check():
+    from gal.models import resolve_model_path
+
+    assert [resolve_model_path(m) for m in ("tiny", "tiny-sdxl", "tiny-flux")] == [
+        "tiny",
+        "tiny-sdxl",
+        "tiny-flux",
+    ]
+    assert [model_family(m).name for m in ("tiny", "tiny-sdxl", "tiny-flux")] == ["sd", "sdxl", "flux"]
+
+
 def test_single_file_without_a_config_folder_names_the_fix(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.safetensors", {"double_blocks.0.img_attn.qkv.weight": (3, 1)})
     with pytest.raises(ValueError, match=r"\?config="):
