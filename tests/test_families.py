@@ -606,6 +606,20 @@ def test_quantized_int8_base_trains_a_flux_step_on_cpu(reference_files):
     assert np.isfinite(np.asarray(ims[0], np.float32)).all()
 
 
+def test_generation_memory_options_on_cpu():
+    pipe = load_pipeline("tiny-sdxl", CPU, torch.float32)
+    plain = generate(pipe, ["a star"], [0], GenerateConfig(steps=2), resolution=32)
+    sliced = generate(
+        pipe, ["a star"], [0], GenerateConfig(steps=2, vae_tiling=True, vae_slicing=True), resolution=32
+    )
+    assert np.allclose(np.asarray(plain[0], np.float32), np.asarray(sliced[0], np.float32), atol=2.0)
+    assert pipe.vae.use_tiling and pipe.vae.use_slicing
+    generate(pipe, ["a star"], [0], GenerateConfig(steps=2), resolution=32)
+    assert not pipe.vae.use_tiling  # None on CPU: off, as before
+    with pytest.raises(ValueError, match="cpu_offload needs"):
+        generate(pipe, ["a star"], [0], GenerateConfig(steps=2, cpu_offload=True), resolution=32)
+
+
 def test_8bit_adam_without_cuda_names_the_fix(reference_files):
     pipe = load_pipeline("tiny-sdxl", CPU, torch.float32)
     with pytest.raises(ValueError, match="adamw8bit.*CUDA|bitsandbytes"):
