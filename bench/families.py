@@ -142,13 +142,15 @@ def build_meta(name: str) -> dict[str, torch.nn.Module]:
                 "vae": AutoencoderKL(**VAE_SD),
             }
         t5 = T5EncoderModel(T5Config(**T5_XXL))
-        t5.encoder.embed_tokens.weight = t5.shared.weight  # tied in the checkpoint; a config build leaves a copy
-        return {
+        parts = {
             "transformer": FluxTransformer2DModel(**FLUX_DEV),
             "text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L)),
             "text_encoder_2": t5,
             "vae": AutoencoderKL(**FLUX_VAE),
         }
+    # Tied in the checkpoint; a config build leaves a copy (tied outside init_empty_weights, which re-wraps it).
+    t5.encoder.embed_tokens.weight = t5.shared.weight
+    return parts
 
 
 OPTIONS = [  # cumulative, in the order the memory advice suggests them

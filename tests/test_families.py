@@ -645,6 +645,28 @@ def test_text_encoder_lora_outside_sd1_is_refused(reference_files, model):
         )
 
 
+def test_memory_estimate_of_a_loaded_pipeline_follows_the_options():
+    """The estimate train_lora checks on CUDA, computed here for the tiny Flux on CPU."""
+    from gal.families.memory import estimate_from_pipe
+
+    pipe = load_pipeline("tiny-flux", CPU, torch.float32)
+    flux = families.family_of(pipe)
+    plain = estimate_from_pipe(pipe, flux, TrainConfig(), 32)
+    assert (
+        plain["denoiser"] == 4 * sum(p.numel() for p in pipe.transformer.parameters())
+        and plain["lora_and_grads"] > 0
+    )
+    saving = estimate_from_pipe(
+        pipe,
+        flux,
+        TrainConfig(quantize_base="int8", offload_text_encoders=True, gradient_checkpointing=True),
+        32,
+    )
+    assert saving["denoiser"] == plain["denoiser"] / 4 and saving["text_encoders"] == 0
+    assert saving["activations"] < plain["activations"]
+    assert "quantize_base" not in advice(saving, 1.0, TrainConfig(quantize_base="int8"), flux)
+
+
 def test_memory_advice_names_the_option_to_turn_on():
     flux = families.get("flux")
     need = training_bytes(
