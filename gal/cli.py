@@ -46,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resolution", type=int, help="training/generation size (default: the model's)")
     run.add_argument("--gen-steps", type=int, help="denoising steps")
     run.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    run.add_argument("--scheduler", help="dpmsolver++, ddim, euler, euler_a, pndm, ddpm")
+    run.add_argument("--scheduler", help="dpmsolver++, ddim, euler, euler_a, pndm, ddpm; FLUX.1: flow-euler "
+                     "(default: the model family's)")
     run.add_argument("--seed", type=int)
     run.add_argument("--name")
-    run.add_argument("--model", help="tiny, toy, a hub id or a local diffusers folder")
+    run.add_argument("--model", help="tiny, tiny-sdxl, tiny-flux, toy, a hub id, a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1) or ckpt.safetensors?config=FOLDER")
     run.add_argument("--oracle", help="tiny, toy, ViT-B-32/openai or a local open_clip folder")
     run.add_argument("--lr-schedule", choices=["constant", "cosine"], help="learning-rate schedule per round (constant)")
     run.add_argument("--sampling", choices=["pooled", "real-rate"],
@@ -127,6 +128,19 @@ def _read_config(path: Path) -> dict:
     return data
 
 
+def _apply_family_defaults(config, model: str) -> None:
+    """Fill the model family's defaults into a new run's config (full-size models; the built-in tiny and
+    toy models keep the settings they were made for)."""
+    from gal.families import TINY, config_defaults
+    from gal.models import model_family
+
+    if model in TINY or model == "toy":
+        return
+    for section, values in config_defaults(model_family(model).name).items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
+
+
 def _new_config(args):
     from gal.config import RunConfig
     from gal.demo import demo_scenario
@@ -139,6 +153,8 @@ def _new_config(args):
     else:
         config = RunConfig(task=args.task or "object")
         references = []
+        if args.model:  # the family's defaults (resolution, lr, rank, sampler, guidance); flags below override
+            _apply_family_defaults(config, args.model)
     from gal.engine import ReferenceInput
 
     if args.ref:

@@ -15,7 +15,10 @@ from pathlib import Path
 from gal.algorithm import Strategy
 
 TASKS = ("object", "style")
-SCHEDULERS = ("dpmsolver++", "ddim", "euler", "euler_a", "pndm", "ddpm")
+SCHEDULERS = ("dpmsolver++", "ddim", "euler", "euler_a", "pndm", "ddpm", "flow-euler")  # flow-euler: FLUX.1 only
+OPTIMIZERS = ("adamw", "adamw8bit")
+QUANTIZE_BASE = (None, "int8", "nf4", "fp8")
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 PRESETS_FILE = Path(__file__).parent / "presets" / "anchor_prompts.json"
 
 
@@ -50,6 +53,18 @@ class TrainConfig:
     # Learning-rate schedule over a round's steps: "constant" (diffusers' default) or "cosine" (5 % linear
     # warm-up, then cosine decay to 0), which keeps long high-lr rounds from blowing up late.
     lr_schedule: str = "constant"
+    # -- memory (None: on where the model family needs it on CUDA, see gal.families.defaults; off on CPU) --
+    gradient_checkpointing: bool | None = None  # recompute activations in backward: ~same speed x1.3, far less memory
+    offload_text_encoders: bool | None = None  # after caching the round's embeddings, move text encoders to the CPU
+    optimizer: str = "adamw"  # "adamw8bit": bitsandbytes' 8-bit AdamW (CUDA only), 1/4 of the optimiser state
+    quantize_base: str | None = None  # frozen denoiser weights in "int8" (torchao, CPU+CUDA) / "fp8" (CUDA); "nf4": not yet
+    train_text_encoder: bool = False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
+    # -- flow matching (FLUX.1), as diffusers' train_dreambooth_lora_flux.py --
+    weighting_scheme: str = "none"  # timestep density / loss weighting: "none" (uniform) or "logit_normal", ...
+    logit_mean: float = 0.0  # logit_normal's mean
+    logit_std: float = 1.0  # logit_normal's std
+    mode_scale: float = 1.29  # the "mode" scheme's scale
+    guidance_scale: float = 3.5  # FLUX.1-dev's distilled guidance embedded while training (diffusers' default)
 
     def __setattr__(self, name, value) -> None:
         # ``_alpha_follows_rank`` is a plain attribute, not a field: not saved, not hashed.
@@ -92,18 +107,30 @@ class TrainConfig:
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.reference_sampling not in REFERENCE_SAMPLING:
             raise ValueError(f"train.reference_sampling must be {' or '.join(REFERENCE_SAMPLING)}, got {self.reference_sampling!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
+        if self.quantize_base not in QUANTIZE_BASE:
+            raise ValueError(f"train.quantize_base must be null, int8, nf4 or fp8, got {self.quantize_base!r}")
+        if self.weighting_scheme not in WEIGHTING_SCHEMES:
+            raise ValueError(f"train.weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, got {self.weighting_scheme!r}")
 
 
 @dataclass
 class GenerateConfig:
-    scheduler: str = "dpmsolver++"  # official: DPM-Solver multistep
+    # None: the model family's sampler (SD 1.x/2.x: DPM-Solver++ multistep, as the official code; SDXL: euler;
+    # FLUX.1: flow-euler); a name picks one the family supports.
+    scheduler: str | None = None
     steps: int = 50  # official: 50
     guidance_scale: float = 7.5  # official: 7.5
     batch_size: int = 8  # images per UNet batch, across anchors
     negative_prompt: str = ""
+    # -- memory (None: on where the model family needs it on CUDA; off on CPU) --
+    vae_tiling: bool | None = None  # decode large images tile by tile
+    vae_slicing: bool | None = None  # decode a batch one image at a time
+    cpu_offload: bool | None = None  # diffusers' model CPU offload: one model on the GPU at a time (CUDA only)
 
     def validate(self) -> None:
-        if self.scheduler not in SCHEDULERS:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
         _positive_int("generate.steps", self.steps, most=1000)
         _positive_int("generate.batch_size", self.batch_size, most=1024)
@@ -161,7 +188,7 @@ class RunConfig:
     subject_phrase: str = "a <sks> cat"  # replaces "{}" in anchor and eval templates
     anchors: list[str] = field(default_factory=list)  # templates with "{}" or full prompts
     oracle_subject: str | None = None  # fills "{}" in what the oracle reads; None: subject phrase minus token
-    model: str = "tiny"  # "tiny", "toy", a hub id or a local diffusers folder
+    model: str = "tiny"  # "tiny"/"tiny-sdxl"/"tiny-flux", "toy", a hub id, a local diffusers folder or a .safetensors
     oracle: str = "tiny"  # "tiny", "toy", "ViT-B-32/openai"-style name/pretrained, or a local folder
     seed: int = 0
     name: str = ""

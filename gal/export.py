@@ -511,12 +511,13 @@ FAMILIES = ("sd1", "sd2", "sdxl", "flux")
 
 
 def detect_family(pipe) -> str:
-    """sd1 / sd2 / sdxl / flux from the pipeline's class and configs (SD2: 1024-wide text encoder)."""
-    name = type(pipe).__name__
-    if "Flux" in name:
-        return "flux"
-    if "XL" in name:
-        return "sdxl"
+    """sd1 / sd2 / sdxl / flux: the model family (``gal.families``), SD split by its text encoder's width
+    (SD2's is 1024) since kohya and A1111 tell the two apart."""
+    from gal.families import family_of
+
+    name = family_of(pipe).name
+    if name != "sd":
+        return name
     te = getattr(pipe, "text_encoder", None)
     width = getattr(getattr(te, "config", None), "hidden_size", None)
     unet = getattr(pipe, "unet", None)
@@ -718,7 +719,13 @@ def write_kohya(
 
     with safe_open(str(diffusers_file), "pt") as f:
         source_meta = f.metadata() or {}
-    tensors = kohya_state_dict(load_file(str(diffusers_file)), source_meta, config, family)
+    state = load_file(str(diffusers_file))
+    if family == "flux":  # BFL block names, what ComfyUI's and kohya's FLUX.1 loaders read
+        from gal.families import get
+
+        tensors = get("flux").kohya_state_dict(state, _lora_scales(source_meta, "transformer", config)[0])
+    else:
+        tensors = kohya_state_dict(state, source_meta, config, family)
     run = run or {"run_id": provenance.get("gal.run_id", "run")}
     references = references or []
     created = _created(run)

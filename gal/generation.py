@@ -1,6 +1,7 @@
 """Batched generation with one seed per image, so any image can be regenerated alone.
 
-Images of several prompts share a UNet batch; each image's initial latent comes from its own
+Each family draws with its own pipeline and arguments (``gal.families``: negative prompt and CFG for
+SD/SDXL, distilled guidance and the T5 length for FLUX.1). Images of several prompts share a batch; each image's initial latent comes from its own
 ``torch.Generator(seed)``, so an image is the same whether drawn alone or in a batch (up to float
 rounding of batched kernels).
 """
@@ -14,7 +15,7 @@ from PIL import Image
 
 from gal.config import GenerateConfig
 from gal.seeds import image_seed  # noqa: F401  (re-exported: generation's seed rule)
-from gal.training import Cancelled
+from gal.training import Cancelled, flag
 
 
 def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
@@ -39,8 +40,12 @@ def generate(
     ``on_batch(start, images)`` is called after each batch (the engine saves as it goes, so a killed
     run keeps what it drew).
     """
+    from gal.families import family_of
+
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    family = family_of(pipe)
+    apply_memory_options(pipe, family, cfg)
     images: list[Image.Image] = []
     total = len(prompts)
     for start in range(0, total, cfg.batch_size):
@@ -50,9 +55,8 @@ def generate(
         batch_seeds = list(seeds[start : start + cfg.batch_size])
         out = pipe(
             batch_prompts,
-            negative_prompt=[cfg.negative_prompt] * len(batch_prompts) if cfg.negative_prompt else None,
-            num_inference_steps=cfg.steps,
-            guidance_scale=cfg.guidance_scale,
+            **family.pipe_kwargs(cfg, len(batch_prompts)),
+            **(family.call_kwargs(pipe) if hasattr(family, "call_kwargs") else {}),
             height=resolution,
             width=resolution,
             generator=_generators(batch_seeds, pipe.device),
@@ -63,3 +67,28 @@ def generate(
         if progress is not None:
             progress(min(start + cfg.batch_size, total), total)
     return images
+
+
+def apply_memory_options(pipe, family, cfg: GenerateConfig) -> None:
+    """VAE tiling/slicing and model CPU offload (None: the family's need on CUDA, off on CPU).
+
+    Without offload, text encoders that training moved to the CPU after caching come back to the device."""
+    offloaded = getattr(pipe, "_gal_offloaded", None)
+    device = offloaded or family.denoiser(pipe).device
+
+    def on(name: str) -> bool:
+        return flag(getattr(cfg, name, None), getattr(family.defaults, name, False), device)
+
+    pipe.vae.enable_tiling() if on("vae_tiling") else pipe.vae.disable_tiling()
+    pipe.vae.enable_slicing() if on("vae_slicing") else pipe.vae.disable_slicing()
+    if offloaded:
+        return
+    if on("cpu_offload"):
+        if device.type != "cuda":
+            raise ValueError("generate.cpu_offload needs the model on a CUDA GPU: turn it off on CPU")
+        pipe.enable_model_cpu_offload(device=device)
+        pipe._gal_offloaded = device  # training undoes it (gal.training.undo_cpu_offload)
+        return
+    for encoder in family.text_encoders(pipe):
+        if encoder.device != device:
+            encoder.to(device)

@@ -49,7 +49,7 @@ class LoadedModels:
     def base(self, spec: str):
         """The pipeline with no adapter (class images of prior preservation are drawn by the base)."""
         pipe = self.pipeline(spec)
-        remove_adapter(pipe.unet)
+        remove_adapter(pipe)
         self._active[spec] = None
         return pipe
 

@@ -1,6 +1,7 @@
-"""Generator loading: a diffusers Stable Diffusion 1.x/2.x pipeline from a name, a folder or a config.
+"""Generator loading: a diffusers pipeline of a supported family (SD 1.x/2.x, SDXL, FLUX.1) from a name, a
+folder, a single-file checkpoint or a config (see ``gal.families``).
 
-``tiny`` builds a small random-init pipeline from configs with a fixed seed and no download (the tests'
+``tiny`` / ``tiny-sdxl`` / ``tiny-flux`` build small random-init pipelines from configs with a fixed seed and no download (the tests'
 model). ``toy`` is the trained toy world shipped in ``gal/assets/toyworld`` (drawn images a person can
 judge). Anything else is a hub id or a local diffusers folder.
 """
@@ -116,7 +117,11 @@ def build_tiny_pipeline(seed: int = 0):
         )
     )
     scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -136,7 +141,14 @@ def build_tiny_pipeline(seed: int = 0):
 
 
 def resolve_model_path(spec: str) -> str:
-    """Map a model spec to what ``from_pretrained`` takes, failing fast with the fix when it can't exist."""
+    """Map a model spec to what ``from_pretrained`` takes, failing fast with the fix when it can't exist.
+
+    The tiny names pass through (they are built, not loaded)."""
+    from gal.families import TINY
+
+    spec = split_single_file(spec)[0]
+    if spec in TINY:
+        return spec
     if spec == "toy":
         if not (TOY_PIPELINE / "model_index.json").exists():
             raise ValueError(f"the toy world's weights are missing from {TOY_PIPELINE}: use --model tiny")
@@ -144,11 +156,13 @@ def resolve_model_path(spec: str) -> str:
     path = Path(spec).expanduser()
     looks_like_path = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") > 1
     if looks_like_path:
+        if path.is_file() and path.suffix == ".safetensors":
+            return str(path)
         if not (path / "model_index.json").exists():
             raise ValueError(
                 f"model folder {spec!r} not found or not a diffusers pipeline (no model_index.json): "
-                "pass a folder saved with save_pretrained, a hub id like 'stable-diffusion-v1-5/stable-diffusion-v1-5', "
-                "or 'tiny'"
+                "pass a folder saved with save_pretrained, a .safetensors checkpoint, a hub id like "
+                "'stable-diffusion-v1-5/stable-diffusion-v1-5', or 'tiny' / 'tiny-sdxl' / 'tiny-flux'"
             )
         return str(path)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -162,53 +176,93 @@ def resolve_model_path(spec: str) -> str:
     return spec
 
 
-def load_pipeline(spec: str, device: torch.device, dtype: torch.dtype, scheduler: str = "dpmsolver++"):
-    """Load a StableDiffusionPipeline by spec, move it to device/dtype and set its scheduler."""
-    from diffusers import StableDiffusionPipeline
+def model_family(spec: str, config: str | None = None):
+    """The family a model spec names, without loading weights (tiny names, folders, files, cached hub ids)."""
+    from gal import families
 
-    if spec == "tiny":
-        pipe = build_tiny_pipeline()
+    base, config = split_single_file(spec, config)
+    if base in families.TINY:
+        return families.get(families.TINY[base])
+    source = resolve_model_path(base)
+    if Path(source).exists():
+        return families.detect(source)
+    from huggingface_hub import hf_hub_download
+
+    index = hf_hub_download(source, "model_index.json")
+    return families.detect(Path(index).parent)
+
+
+def split_single_file(spec: str, config: str | None = None) -> tuple[str, str | None]:
+    """``ckpt.safetensors?config=/folder`` names a single-file checkpoint and the diffusers folder (or hub
+    id) whose configs and tokenizers it needs offline."""
+    if "?config=" in spec:
+        spec, config = spec.split("?config=", 1)
+    return spec, config
+
+
+def load_pipeline(
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    scheduler: str | None = None,
+    *,
+    config: str | None = None,
+):
+    """Load a pipeline of any supported family by spec, move it to device/dtype and set its scheduler.
+
+    ``spec``: ``tiny`` / ``tiny-sdxl`` / ``tiny-flux`` (random-init, offline), ``toy``, a hub id, a local
+    diffusers folder, or a single-file ``.safetensors`` checkpoint with ``config`` (or
+    ``spec?config=folder``): the local diffusers folder of the same family that supplies its configs.
+    ``scheduler`` None: the family's default sampler.
+    """
+    from gal import families
+
+    spec, config = split_single_file(spec, config)
+    if spec in families.TINY:
+        family = families.get(families.TINY[spec])
+        pipe = family.build_tiny()
     else:
         source = resolve_model_path(spec)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source, dtype=dtype, safety_checker=None, requires_safety_checker=False
-            )
+            if source.endswith(".safetensors"):
+                family = families.detect(source)
+                if config is None:
+                    raise ValueError(
+                        f"single-file checkpoint {spec!r} needs the diffusers folder of its family for configs and "
+                        f"tokenizers offline: pass '{spec}?config=/path/to/{family.name}-folder'"
+                    )
+                if Path(config).exists():
+                    families.detect(config)  # a refiner/inpainting config fails here with the reason
+                pipe = family.load_single_file(source, config, dtype)
+            else:
+                family = families.detect(source) if Path(source).exists() else None
+                if family is None:
+                    from diffusers import DiffusionPipeline
+
+                    cls_name = DiffusionPipeline.load_config(source)["_class_name"]
+                    family = families.from_class_name(cls_name, spec)
+                pipe = family.pipeline_class().from_pretrained(source, dtype=dtype, **family.load_kwargs())
         except OSError as err:
-            raise ValueError(f"could not load model {spec!r}: {err}. Pass a local folder or check the hub id") from err
-    if pipe.unet.dtype != dtype:  # from_pretrained already loaded in dtype; tiny is built in fp32
+            raise ValueError(
+                f"could not load model {spec!r}: {err}. Pass a local folder or check the hub id"
+            ) from err
+    if family.denoiser(pipe).dtype != dtype:  # from_pretrained already loaded in dtype; tiny is built in fp32
         pipe.to(dtype=dtype)
+    for encoder in family.text_encoders(pipe):
+        encoder.eval()
     pipe.to(device)
-    set_scheduler(pipe, scheduler)
+    family.set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def set_scheduler(pipe, name: str) -> None:
-    from diffusers import (
-        DDIMScheduler,
-        DDPMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-    )
+def set_scheduler(pipe, name: str | None) -> None:
+    from gal.families import family_of
 
-    config = pipe.scheduler.config
-    if name == "dpmsolver++":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
-    else:
-        cls = {
-            "ddim": DDIMScheduler,
-            "euler": EulerDiscreteScheduler,
-            "euler_a": EulerAncestralDiscreteScheduler,
-            "pndm": PNDMScheduler,
-            "ddpm": DDPMScheduler,
-        }.get(name)
-        if cls is None:
-            raise ValueError(f"unknown scheduler {name!r}")
-        pipe.scheduler = cls.from_config(config)
+    family_of(pipe).set_scheduler(pipe, name)
 
 
 def native_resolution(pipe) -> int:
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    from gal.families import family_of
+
+    return family_of(pipe).native_resolution(pipe)

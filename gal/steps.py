@@ -25,7 +25,7 @@ from gal.distributed import Processes
 from gal.evaluation import round_metrics
 from gal.generation import generate as draw
 from gal.loaded import LoadedModels
-from gal.models import native_resolution
+from gal.models import native_resolution, set_scheduler
 from gal.review import store_anchor_scores
 from gal.runfolder import RunFolder
 from gal.seeds import class_image_seed, eval_image_seed, image_seed, training_seed
@@ -54,10 +54,13 @@ class Round:
         return (self.run_id, self.index)
 
     def pipeline(self):
-        """The generator with this round's adapter active (loaded from disk after a restart)."""
+        """The generator with this round's adapter active (loaded from disk after a restart) and the run's
+        sampler (the pipeline is shared by every run of this model)."""
         with self.db() as db:
             adapter = storage.get_round(db, self.run_id, self.index)["adapter_path"]
-        return self.models.with_adapter(self.config.model, self.adapter_key, self.folder.path(adapter))
+        pipe = self.models.with_adapter(self.config.model, self.adapter_key, self.folder.path(adapter))
+        set_scheduler(pipe, self.config.generate.scheduler)
+        return pipe
 
     def resolution(self, pipe) -> int:
         return self.config.train.resolution or native_resolution(pipe)
@@ -89,7 +92,7 @@ def train(rnd: Round) -> StepResult:
     init_state = None
     if not config.train.retrain_from_base and previous is not None:
         prev_pipe = rnd.models.with_adapter(spec, (rnd.run_id, r - 1), folder.path(previous["adapter_path"]))
-        init_state = adapter_state(prev_pipe.unet)
+        init_state = adapter_state(prev_pipe)
     class_examples = _class_examples(rnd) if config.train.prior_preservation else None
     rnd.models.mark(spec, None)  # training replaces whatever adapter was active
     result = train_lora(

@@ -1,7 +1,8 @@
 """DreamBooth-LoRA training with per-sample loss weights (the Balance scheme's Δ, paper Eq. 2 and 9).
 
-LoRA (peft) on the UNet attention projections; the VAE and text encoder stay frozen, so reference
-latents' moments and prompt embeddings are computed once per round, not once per step.
+LoRA (peft) on the denoiser (UNet or Flux transformer, through ``gal.families``); the VAE and text
+encoders stay frozen (unless ``train_text_encoder``), so reference latents' moments and prompt
+embeddings are computed once per round, not once per step.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from gal.config import TrainConfig
@@ -42,15 +42,40 @@ class TrainResult:
     steps: int = 0
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg: TrainConfig, family=None, *, text_encoder: bool = False):
+    """The peft LoraConfig: the config's target modules, or the family's when they are left at the SD default."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         init_lora_weights="gaussian",
-        target_modules=list(cfg.target_modules),
+        target_modules=list(family.text_encoder_targets if text_encoder else target_modules(cfg, family)),
     )
+
+
+def target_modules(cfg: TrainConfig, family=None) -> list[str]:
+    from gal.families.sd import SD_TARGETS
+
+    if family is not None and list(cfg.target_modules) == SD_TARGETS:
+        return list(family.defaults.target_modules)
+    return list(cfg.target_modules)
+
+
+def _denoiser(pipe_or_module) -> torch.nn.Module:
+    """The LoRA'd model of a pipeline (its family's UNet or transformer), or the module itself."""
+    if isinstance(pipe_or_module, torch.nn.Module):
+        return pipe_or_module
+    from gal.families import family_of
+
+    return family_of(pipe_or_module).denoiser(pipe_or_module)
+
+
+def flag(value: bool | None, family_default: bool, device: torch.device) -> bool:
+    """A memory option: None means the family's need on CUDA and off on CPU (CPU runs keep today's path)."""
+    if value is None:
+        return bool(family_default) and device.type == "cuda"
+    return bool(value)
 
 
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -58,7 +83,9 @@ def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     image = image.convert("RGB")
     w, h = image.size
     scale = resolution / min(w, h)
-    image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
+    image = image.resize(
+        (max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC
+    )
     w, h = image.size
     left, top = (w - resolution) // 2, (h - resolution) // 2
     image = image.crop((left, top, left + resolution, top + resolution))
@@ -66,36 +93,57 @@ def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def remove_adapter(unet) -> None:
-    if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
-        unet.delete_adapters(ADAPTER)
+def remove_adapter(pipe) -> None:
+    """Drop the ``gal`` adapter from a pipeline (denoiser and text encoder) or from one module."""
+    modules = [_denoiser(pipe)]
+    if not isinstance(pipe, torch.nn.Module):
+        modules += [m for m in (getattr(pipe, "text_encoder", None),) if m is not None]
+    for module in modules:
+        if getattr(module, "peft_config", None) and ADAPTER in module.peft_config:
+            if hasattr(module, "delete_adapters"):
+                module.delete_adapters(ADAPTER)
+            else:  # a text encoder (peft-injected here, or loaded by diffusers through transformers)
+                from diffusers.utils.peft_utils import delete_adapter_layers
+
+                delete_adapter_layers(module, ADAPTER)
+                config = getattr(module, "peft_config", None)
+                if config is not None:
+                    config.pop(ADAPTER, None)
 
 
-def adapter_state(unet) -> dict[str, torch.Tensor]:
+def adapter_state(pipe) -> dict[str, torch.Tensor]:
+    """The ``gal`` adapter's weights of a pipeline's denoiser (or of a module), detached copies."""
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(unet, adapter_name=ADAPTER).items()}
+    module = _denoiser(pipe)
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(module, adapter_name=ADAPTER).items()}
 
 
 def attach_adapter(
-    unet, cfg: TrainConfig, state: dict[str, torch.Tensor] | None = None, *, seed: int = 0
+    unet, cfg: TrainConfig, state: dict[str, torch.Tensor] | None = None, *, seed: int = 0, family=None
 ) -> list[torch.nn.Parameter]:
-    """(Re)create the ``gal`` adapter, optionally from a saved state; return its trainable parameters (fp32)."""
+    """(Re)create the ``gal`` adapter on a denoiser (or a pipeline's), optionally from a saved state; return its
+    trainable parameters (fp32)."""
     from peft.utils import set_peft_model_state_dict
 
+    unet = _denoiser(unet)
     remove_adapter(unet)
     unet.requires_grad_(False)
     # peft draws LoRA's initial A matrices from the global RNG: seed it in a fork, so the same config gives
     # the same adapter whatever ran before in this process (and the caller's RNG state is left alone).
     with torch.random.fork_rng(devices=[unet.device] if unet.device.type == "cuda" else []):
         torch.manual_seed(seed)
-        unet.add_adapter(lora_config(cfg), adapter_name=ADAPTER)
+        unet.add_adapter(lora_config(cfg, family), adapter_name=ADAPTER)
     if state is not None:
         incompatible = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
         unexpected = getattr(incompatible, "unexpected_keys", None)
         if unexpected:
             raise ValueError(f"saved adapter does not fit this model: {len(unexpected)} unexpected keys")
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    return _trainable(unet)
+
+
+def _trainable(module) -> list[torch.nn.Parameter]:
+    params = [p for n, p in module.named_parameters() if "lora_" in n]
     for p in params:
         # LoRA weights train in fp32 even when the base runs in fp16/bf16 (as diffusers' scripts do).
         p.data = p.data.float()
@@ -103,12 +151,94 @@ def attach_adapter(
     return params
 
 
-@torch.no_grad()
-def _encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    ids = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(pipe.text_encoder.device)
-    return pipe.text_encoder(ids)[0]
+def attach_text_encoder_adapter(pipe, cfg: TrainConfig, family, *, seed: int) -> list[torch.nn.Parameter]:
+    """A LoRA on the (first) CLIP text encoder's attention, as diffusers' ``--train_text_encoder``.
+
+    ``peft.inject_adapter_in_model``: transformers 5's ``add_adapter`` demands a newer peft than ours."""
+    from peft import inject_adapter_in_model
+
+    if not family.text_encoder_targets:
+        raise ValueError(
+            f"{family.label}: text-encoder LoRA is not supported here; turn train.train_text_encoder off"
+        )
+    te = pipe.text_encoder
+    te.requires_grad_(False)
+    with torch.random.fork_rng(devices=[te.device] if te.device.type == "cuda" else []):
+        torch.manual_seed(seed + 1)
+        inject_adapter_in_model(lora_config(cfg, family, text_encoder=True), te, adapter_name=ADAPTER)
+    te.peft_config = {ADAPTER: lora_config(cfg, family, text_encoder=True)}
+    return _trainable(te)
+
+
+def quantize_base(pipe, family, mode: str | None) -> None:
+    """Quantize the frozen denoiser's weights in place (torchao int8 weight-only works on CPU and CUDA;
+    fp8 needs a CUDA GPU with fp8 support). Idempotent; a different mode on the same pipeline is refused."""
+    if not mode:
+        return
+    done = getattr(pipe, "_gal_quantized", None)
+    if done == mode:
+        return
+    if done:
+        raise ValueError(f"this pipeline's base is already quantized to {done}: restart to use {mode}")
+    if mode == "nf4":
+        raise ValueError(
+            "quantize_base='nf4' needs loading through bitsandbytes on CUDA, not wired here yet: "
+            "use quantize_base='int8'"
+        )
+    try:
+        from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    except ImportError as err:
+        raise ValueError(f"quantize_base={mode!r} needs torchao: pip install 'gal-studio[quant]'") from err
+    denoiser = family.denoiser(pipe)
+    if mode == "fp8":
+        if denoiser.device.type != "cuda":
+            raise ValueError(
+                "quantize_base='fp8' needs a CUDA GPU (compute capability >= 8.9): use 'int8' on CPU"
+            )
+        config = Float8WeightOnlyConfig()
+    else:
+        config = Int8WeightOnlyConfig()
+    # Only the frozen base linears; LoRA layers added later wrap the quantized weights (peft TorchaoLoraLinear).
+    quantize_(
+        denoiser, config, filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and "lora_" not in name
+    )
+    pipe._gal_quantized = mode
+
+
+def make_optimizer(params, cfg: TrainConfig, device: torch.device):
+    name = getattr(cfg, "optimizer", "adamw")
+    if name == "adamw8bit":
+        if device.type != "cuda":
+            raise ValueError(
+                "optimizer 'adamw8bit' (bitsandbytes) needs a CUDA GPU: use optimizer 'adamw' on CPU"
+            )
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ValueError("optimizer 'adamw8bit' needs bitsandbytes: pip install bitsandbytes") from err
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=1e-2)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
+
+
+def check_memory(pipe, family, cfg: TrainConfig, resolution: int) -> None:
+    """On CUDA, refuse before training when the estimate exceeds free memory, naming the option to turn on."""
+    device = family.denoiser(pipe).device
+    if device.type != "cuda":
+        return
+    from gal.families.memory import advice, estimate_from_pipe
+
+    free, _ = torch.cuda.mem_get_info(device)
+    need = estimate_from_pipe(pipe, family, cfg, resolution)
+    message = advice(need, free, cfg, family)
+    if message:
+        raise ValueError(message)
+
+
+def _encode_prompts(pipe, prompts: list[str], resolution: int | None = None) -> torch.Tensor:
+    """SD's prompt embeddings ``[n, 77, d]`` (kept for callers of the SD-only helper)."""
+    from gal.families import family_of
+
+    return family_of(pipe).encode(pipe, prompts, resolution or 0)["embeds"]
 
 
 @torch.no_grad()
@@ -135,7 +265,9 @@ def lr_factor(step: int, total: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def draw_batch(examples: list[TrainExample], cfg: TrainConfig, generator: torch.Generator, *, n_class: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_batch(
+    examples: list[TrainExample], cfg: TrainConfig, generator: torch.Generator, *, n_class: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step's sample indices and their loss coefficients (the loss is ``Σ coef · weight · mse``).
 
     ``pooled`` draws ``batch_size`` from all references: the loss estimates ``mean_i w_i ℓ_i`` over
@@ -153,7 +285,9 @@ def draw_batch(examples: list[TrainExample], cfg: TrainConfig, generator: torch.
         b_added = max(1, b // 2)
         added_idx = torch.tensor(added)[torch.randint(0, len(added), (b_added,), generator=generator)]
         batch = torch.cat([real_idx, added_idx])
-        coef = torch.cat([torch.full((b,), 1.0 / b), torch.full((b_added,), len(added) / (len(real) * b_added))])
+        coef = torch.cat(
+            [torch.full((b,), 1.0 / b), torch.full((b_added,), len(added) / (len(real) * b_added))]
+        )
     else:
         batch = torch.randint(0, len(examples), (b,), generator=generator)
         coef = torch.full((b,), 1.0 / b)
@@ -163,6 +297,21 @@ def draw_batch(examples: list[TrainExample], cfg: TrainConfig, generator: torch.
         batch = torch.cat([batch, len(examples) + torch.randint(0, n_class, (n,), generator=generator)])
         coef = torch.cat([coef, torch.full((n,), 1.0 / n)]) / 2
     return batch, coef
+
+
+def undo_cpu_offload(pipe) -> None:
+    """Generation's model CPU offload moves modules on and off the GPU per call: training needs them placed."""
+    device = getattr(pipe, "_gal_offloaded", None)
+    if device:
+        pipe.remove_all_hooks()
+        pipe.to(device)
+        pipe._gal_offloaded = None
+
+
+def _move_text_encoders(pipe, family, device) -> None:
+    for encoder in family.text_encoders(pipe):
+        if encoder.device != torch.device(device):
+            encoder.to(device)
 
 
 def train_lora(
@@ -177,12 +326,14 @@ def train_lora(
     progress: Callable[[int, int, float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train the ``gal`` LoRA adapter on ``pipe.unet``; on return the adapter is active for generation.
+    """Train the ``gal`` LoRA adapter on the pipeline's denoiser (its family's UNet or transformer); on return
+    the adapter is active for generation.
 
-    Loss = mean over the batch of (per-sample MSE × the sample's weight); the target is the noise
-    (epsilon models) or the velocity (v-prediction models), read from the scheduler config.
+    Loss = Σ over the batch of (per-sample loss × the sample's weight × its draw coefficient); the
+    per-sample loss is the family's: MSE to the noise / velocity (SD, SDXL) or the weighted flow-matching
+    MSE to ``noise - latents`` (FLUX.1).
     """
-    from diffusers import DDPMScheduler
+    from gal.families import family_of
 
     # 1. check inputs
     if not examples:
@@ -190,16 +341,31 @@ def train_lora(
     weights = torch.tensor([float(e.weight) for e in examples], dtype=torch.float32)
     if not torch.isfinite(weights).all() or (weights < 0).any():
         raise ValueError("reference weights must be finite and >= 0")
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+    family = family_of(pipe)
+    undo_cpu_offload(pipe)
+    denoiser = family.denoiser(pipe)
+    device, dtype = denoiser.device, denoiser.dtype
+    train_te = bool(getattr(cfg, "train_text_encoder", False))
+    if train_te and not family.text_encoder_targets:
+        raise ValueError(
+            f"{family.label}: text-encoder LoRA is not supported here; turn train.train_text_encoder off"
+        )
+    check_memory(pipe, family, cfg, resolution)
     started = time.perf_counter()
 
     # 2. cache what the frozen parts produce
     all_examples = examples + list(class_examples or [])
     moments_mean, moments_std = _latent_moments(pipe, [e.image for e in all_examples], resolution)
-    # The noising arithmetic runs in fp32 even when the VAE runs in half precision; autocast casts for the UNet.
+    # The noising arithmetic runs in fp32 even when the VAE runs in half precision; autocast casts for the model.
     moments_mean, moments_std = moments_mean.float(), moments_std.float()
     prompts = sorted({e.prompt for e in all_examples})
-    embeds = _encode_prompts(pipe, prompts)
+    _move_text_encoders(pipe, family, device)
+    cond = family.encode(pipe, prompts, resolution)  # {name: [n_prompts, ...]}
+    offload = flag(getattr(cfg, "offload_text_encoders", None), family.defaults.offload_text_encoders, device)
+    if offload and not train_te:
+        _move_text_encoders(pipe, family, "cpu")  # cached: the encoders' memory goes to the denoiser
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     prompt_index = torch.tensor([prompts.index(e.prompt) for e in all_examples], device=device)
     sample_weight = torch.tensor(
         [float(e.weight) for e in examples] + [cfg.prior_loss_weight] * len(class_examples or []),
@@ -211,14 +377,25 @@ def train_lora(
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
 
     # 3. adapter and optimiser
-    params = attach_adapter(pipe.unet, cfg, init_state, seed=seed)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.steps, cfg.lr_schedule))
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    prediction_type = noise_scheduler.config.prediction_type
+    quantize_base(pipe, family, getattr(cfg, "quantize_base", None))
+    params = attach_adapter(denoiser, cfg, init_state, seed=seed, family=family)
+    if train_te:
+        params = params + attach_text_encoder_adapter(pipe, cfg, family, seed=seed)
+    optimizer = make_optimizer(params, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.steps, cfg.lr_schedule)
+    )
+    noise_scheduler = family.noise_scheduler(pipe)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    pipe.unet.train()
+    checkpointing = flag(
+        getattr(cfg, "gradient_checkpointing", None), family.defaults.gradient_checkpointing, device
+    )
+    if checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    denoiser.train()
+    if train_te:
+        pipe.text_encoder.train()
 
     # 4. train
     result = TrainResult()
@@ -230,19 +407,17 @@ def train_lora(
             batch, coef = batch.to(device), coef.to(device)
             eps = torch.randn(moments_mean[batch].shape, generator=generator).to(device, moments_mean.dtype)
             latents = (moments_mean[batch] + moments_std[batch] * eps - shift) * scaling
-            noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),), generator=generator).to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            if prediction_type == "epsilon":
-                target = noise
-            elif prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(latents, noise, t)
+            if train_te:  # the text encoder changes every step: encode this batch's prompts with gradients
+                with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                    step_cond = family.encode_with_grad(
+                        pipe, [prompts[i] for i in prompt_index[batch].tolist()], resolution
+                    )
             else:
-                raise ValueError(f"unsupported prediction type {prediction_type!r}")
-            with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                pred = pipe.unet(noisy, t, encoder_hidden_states=embeds[prompt_index[batch]]).sample
-            per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # [b]
-            loss = (per_sample * sample_weight[batch] * coef).sum()
+                step_cond = {k: v[prompt_index[batch]] for k, v in cond.items()}
+            per_sample = family.per_sample_loss(
+                pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast
+            )
+            loss = (per_sample * sample_weight[batch] * coef).sum()  # [b] -> scalar
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
@@ -255,7 +430,11 @@ def train_lora(
             if progress is not None:
                 progress(step + 1, cfg.steps, result.losses[-1])
     finally:
-        pipe.unet.eval()
+        denoiser.eval()
+        if checkpointing:
+            denoiser.disable_gradient_checkpointing()
+        if train_te:
+            pipe.text_encoder.eval()
         for p in params:
             p.requires_grad_(False)
         if autocast:  # generation runs the adapter in the pipeline's dtype
@@ -266,17 +445,23 @@ def train_lora(
 
 
 def save_adapter(pipe, folder: str | Path, cfg: TrainConfig, metadata: dict[str, str] | None = None) -> Path:
-    """Save the active adapter in diffusers format (loads with ``pipe.load_lora_weights``)."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """Save the active adapter in diffusers format (loads with ``pipe.load_lora_weights``): the denoiser's
+    layers under the family's prefix (``unet.`` / ``transformer.``) and, when trained, ``text_encoder.``."""
+    from peft.utils import get_peft_model_state_dict
 
+    from gal.families import family_of
+
+    family = family_of(pipe)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = convert_state_dict_to_diffusers(adapter_state(pipe.unet))
-    state = {k: v.to(torch.float32).contiguous() for k, v in state.items()}
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=state, unet_lora_adapter_metadata=lora_config(cfg).to_dict()
-    )
+    fp32 = lambda state: {k: v.to(torch.float32).contiguous() for k, v in state.items()}  # noqa: E731
+    layers = {family.lora_prefix: fp32(adapter_state(pipe))}
+    meta = {family.lora_prefix: lora_config(cfg, family).to_dict()}
+    te = getattr(pipe, "text_encoder", None)
+    if te is not None and getattr(te, "peft_config", None) and ADAPTER in te.peft_config:
+        layers["text_encoder"] = fp32(get_peft_model_state_dict(te, adapter_name=ADAPTER))
+        meta["text_encoder"] = lora_config(cfg, family, text_encoder=True).to_dict()
+    family.save_lora(pipe, folder, layers, meta)
     path = folder / LORA_FILE
     if metadata:
         add_safetensors_metadata(path, metadata)
@@ -285,7 +470,7 @@ def save_adapter(pipe, folder: str | Path, cfg: TrainConfig, metadata: dict[str,
 
 def load_adapter(pipe, folder: str | Path) -> None:
     """Load a saved round adapter as the active ``gal`` adapter (used on resume)."""
-    remove_adapter(pipe.unet)
+    remove_adapter(pipe)
     pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=ADAPTER)
 
 
@@ -298,4 +483,3 @@ def add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta.update({k: str(v) for k, v in extra.items()})
     save_file(tensors, str(path), metadata=meta)
-

@@ -18,8 +18,16 @@ import storage
 PROMPT = "a <sks> star on stairs"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _launch(runs, config, refs, processes: int):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port())]
     if processes == 1:
         cmd = [sys.executable]
     args = ["-m", "gal", "--runs-dir", str(runs), "run", "--config", str(config), "--prompt", PROMPT]
@@ -42,7 +50,7 @@ def test_two_processes_give_the_one_process_run(tmp_path, reference_files):
     config.write_text(tiny_config().to_json())
     one = _launch(tmp_path / "one", config, reference_files, 1)
     two = _launch(tmp_path / "two", config, reference_files, 2)
-    for (run, rounds, images, selections), name in ((one, "one"), (two, "two")):
+    for (run, rounds, images, _), name in ((one, "one"), (two, "two")):
         assert run["status"] == "finished" and [r["state"] for r in rounds] == ["done", "done"]
         keys = [(im["round_index"], im["kind"], im["anchor_index"], im["slot"]) for im in images]
         assert len(keys) == len(set(keys)), f"{name}: an image recorded twice"

@@ -1,0 +1,373 @@
+"""FLUX.1: CLIP pooled + T5 sequence, a flow-matching MMDiT on packed 2×2 latent patches with image ids,
+a distilled guidance embedding (dev). Training follows diffusers' ``train_dreambooth_lora_flux.py``:
+``compute_density_for_timestep_sampling`` (weighting_scheme "none" = uniform, or "logit_normal"),
+``noisy = (1 - σ) x + σ ε``, target ``ε - x``, ``compute_loss_weighting_for_sd3``."""
+
+from __future__ import annotations
+
+import torch
+
+from gal.families.sd import Family, FamilyDefaults
+
+# The modules diffusers' Flux DreamBooth-LoRA script adapts by default.
+FLUX_TARGETS = [
+    "attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0",
+    "attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+]  # fmt: skip
+
+
+def t5_tokenizer(model_max_length: int = 32):
+    """An offline T5 (Unigram) tokenizer: ``<pad>``=0, ``</s>``=1, ``<unk>``=2, then single characters and
+    the CLIP vocabulary's whole words as ``▁word`` pieces (scored so whole words win)."""
+    from transformers import T5TokenizerFast
+
+    from gal.toyworld.tokenizer import clip_vocab_and_merges
+
+    vocab, _ = clip_vocab_and_merges()
+    words = [t[: -len("</w>")] for t in list(vocab)[512:] if t.endswith("</w>") and t[:-4].isalnum()][:2000]
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-<>()") | set("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -8.0) for c in chars] + [("▁" + c, -8.0) for c in chars]
+    seen = {p for p, _ in pieces}
+    for i, w in enumerate(words):
+        if "▁" + w not in seen:
+            seen.add("▁" + w)
+            pieces.append(("▁" + w, -3.0 - i * 1e-3))
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+class FluxFamily(Family):
+    name = "flux"
+    label = "FLUX.1"
+    pipeline_classes = ("FluxPipeline",)
+    denoiser_name = "transformer"
+    lora_prefix = "transformer"
+    defaults = FamilyDefaults(
+        resolution=1024,
+        learning_rate=1e-4,
+        rank=16,
+        steps=28,
+        guidance_scale=3.5,
+        scheduler="flow-euler",
+        target_modules=FLUX_TARGETS,
+        gradient_checkpointing=True,
+        offload_text_encoders=True,
+        cpu_offload=True,
+        vae_tiling=True,
+    )
+    text_encoder_targets = []  # the T5 is never adapted here
+
+    def pipeline_class(self):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline
+
+    def load_kwargs(self) -> dict:
+        return {}
+
+    def load_single_file(self, path: str, config: str, dtype):
+        """FLUX.1 single files hold the transformer only (BFL or diffusers layout): the text encoders, VAE
+        and tokenizers come from the diffusers folder ``config``."""
+        from diffusers import FluxTransformer2DModel
+
+        transformer = FluxTransformer2DModel.from_single_file(
+            path, config=config, subfolder="transformer", torch_dtype=dtype
+        )
+        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
+
+    def build_tiny(self, seed: int = 0):
+        """A random-init FLUX.1-dev-shaped pipeline at 32 px (the notes' recipe); same seed, same weights."""
+        from diffusers import (
+            AutoencoderKL,
+            FlowMatchEulerDiscreteScheduler,
+            FluxPipeline,
+            FluxTransformer2DModel,
+        )
+        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+        from gal.models import clip_tokenizer
+
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            guidance_embeds=True,
+            axes_dims_rope=(4, 4, 8),
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            sample_size=32,
+            norm_num_groups=16,
+            shift_factor=0.0609,
+            scaling_factor=1.5035,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                vocab_size=49408,
+                max_position_embeddings=77,
+                projection_dim=32,
+            )
+        ).eval()
+        tokenizer_2 = t5_tokenizer(32)
+        torch.manual_seed(seed + 3)
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                feed_forward_proj="gated-gelu",
+                vocab_size=len(tokenizer_2),
+                decoder_start_token_id=0,
+            )
+        ).eval()  # built in training mode: T5's dropout would make the embeddings random
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )
+        pipe = FluxPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=clip_tokenizer(),
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+        )
+        pipe.default_sample_size = 16  # 16 latent px × vae_scale_factor 2 = 32 px native
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def native_resolution(self, pipe) -> int:
+        return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
+
+    def schedulers(self) -> tuple[str, ...]:
+        return ("flow-euler",)
+
+    def set_scheduler(self, pipe, name: str | None) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if name not in (None, "flow-euler"):
+            raise ValueError(
+                f"FLUX.1 samples by flow matching: scheduler {name!r} does not apply, use flow-euler"
+            )
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+    @staticmethod
+    def max_sequence_length(pipe) -> int:
+        return int(min(512, pipe.tokenizer_2.model_max_length))
+
+    def encode_with_grad(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompts,
+            prompt_2=None,
+            device=pipe.text_encoder_2.device,
+            num_images_per_prompt=1,
+            max_sequence_length=self.max_sequence_length(pipe),
+        )
+        return {"embeds": embeds, "pooled": pooled}
+
+    @torch.no_grad()
+    def encode(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
+        return self.encode_with_grad(pipe, prompts, resolution)
+
+    def noise_scheduler(self, pipe):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        # A fresh copy: the pipeline's scheduler keeps only the last generation's timesteps.
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+    def per_sample_loss(self, pipe, scheduler, latents, cond, generator, cfg, autocast) -> torch.Tensor:
+        from diffusers import FluxPipeline
+        from diffusers.training_utils import (
+            compute_density_for_timestep_sampling,
+            compute_loss_weighting_for_sd3,
+        )
+
+        transformer = pipe.transformer
+        device, dtype = latents.device, transformer.dtype
+        b, c, h, w = latents.shape
+        noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+        scheme = getattr(cfg, "weighting_scheme", "none")
+        u = compute_density_for_timestep_sampling(
+            scheme,
+            b,
+            logit_mean=getattr(cfg, "logit_mean", 0.0),
+            logit_std=getattr(cfg, "logit_std", 1.0),
+            mode_scale=getattr(cfg, "mode_scale", 1.29),
+            generator=generator,
+        )
+        indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)
+        timesteps = scheduler.timesteps[indices].to(device)
+        sigmas = scheduler.sigmas[indices].to(device, torch.float32).view(b, 1, 1, 1)
+        noisy = (1.0 - sigmas) * latents + sigmas * noise
+        packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
+        image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
+        text_ids = torch.zeros(cond["embeds"].shape[1], 3, device=device, dtype=dtype)
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full((b,), float(getattr(cfg, "guidance_scale", 3.5)), device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+            pred = transformer(
+                hidden_states=packed.to(dtype),
+                timestep=timesteps / 1000,
+                guidance=guidance,
+                pooled_projections=cond["pooled"],
+                encoder_hidden_states=cond["embeds"],
+                txt_ids=text_ids,
+                img_ids=image_ids,
+                return_dict=False,
+            )[0]
+        scale = int(pipe.vae_scale_factor)
+        pred = FluxPipeline._unpack_latents(pred, height=h * scale, width=w * scale, vae_scale_factor=scale)
+        target = noise - latents
+        weighting = compute_loss_weighting_for_sd3(scheme, sigmas).float()
+        return (weighting * (pred.float() - target.float()).pow(2)).reshape(b, -1).mean(dim=1)
+
+    def pipe_kwargs(self, cfg, n: int) -> dict:
+        if cfg.negative_prompt:
+            raise ValueError("FLUX.1-dev is guidance-distilled and ignores negative prompts: leave it empty")
+        return {"num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
+
+    def call_kwargs(self, pipe) -> dict:
+        return {"max_sequence_length": self.max_sequence_length(pipe)}
+
+    def save_lora(self, pipe, folder, layers, metadata) -> None:
+        if set(layers) != {"transformer"}:
+            raise ValueError(
+                "FLUX.1 LoRA here adapts the transformer only: turn train.train_text_encoder off"
+            )
+        super().save_lora(pipe, folder, layers, metadata)
+
+    def kohya_state_dict(
+        self, diffusers_state: dict[str, torch.Tensor], alpha: float
+    ) -> dict[str, torch.Tensor]:
+        """The BFL/kohya layout ComfyUI's and kohya's FLUX.1 loaders read (diffusers has no exporter);
+        SD and SDXL are named by ``gal.export.kohya_state_dict``."""
+        return bfl_state_dict(diffusers_state, alpha)
+
+    def needs_memory_saving(self) -> bool:
+        return True
+
+
+# BFL (original checkpoint) names of the diffusers double-block modules that are not fused.
+_DOUBLE_SINGLE = {
+    "attn.to_out.0": "img_attn_proj", "attn.to_add_out": "txt_attn_proj",
+    "ff.net.0.proj": "img_mlp_0", "ff.net.2": "img_mlp_2",
+    "ff_context.net.0.proj": "txt_mlp_0", "ff_context.net.2": "txt_mlp_2",
+}  # fmt: skip
+_DOUBLE_FUSED = {"img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+                 "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}  # fmt: skip
+
+
+def bfl_state_dict(diffusers_state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """A diffusers Flux LoRA (``transformer.<module>.lora_A/B.weight``) in the kohya/BFL layout that ComfyUI,
+    Forge, sd-scripts and diffusers' own kohya importer read (``lora_unet_double_blocks_0_img_attn_qkv…``).
+
+    BFL fuses q, k, v (and, in single blocks, the MLP input) into one linear: a rank-r LoRA on each of
+    q, k, v is exactly a rank-3r LoRA on the fused layer with ``down = cat(A_q, A_k, A_v)`` and
+    ``up = block_diag(B_q, B_k, B_v)`` (zero rows for the single blocks' MLP part), and ``alpha = 3·alpha``
+    keeps the scale alpha / r. Modules the mapping does not know raise, rather than being dropped.
+    """
+    import re
+
+    groups: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for key in diffusers_state:
+        m = re.fullmatch(r"transformer\.(.+)\.lora_A\.weight", key)
+        if not m:
+            if not key.endswith(".lora_B.weight"):
+                raise ValueError(
+                    f"unexpected key {key!r} in a Flux LoRA: expected transformer.<module>.lora_A/B"
+                )
+            continue
+        module = m.group(1)
+        blk = re.fullmatch(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)", module)
+        if not blk:
+            raise ValueError(f"no BFL name for Flux module {module!r}: adapt only transformer blocks")
+        a = diffusers_state[key]
+        b = diffusers_state[f"transformer.{module}.lora_B.weight"]
+        groups.setdefault(f"{blk.group(1)}.{blk.group(2)}", {})[blk.group(3)] = (a, b)
+
+    out: dict[str, torch.Tensor] = {}
+
+    def put(name: str, down: torch.Tensor, up: torch.Tensor, a: float) -> None:
+        out[f"lora_unet_{name}.lora_down.weight"] = down.contiguous()
+        out[f"lora_unet_{name}.lora_up.weight"] = up.contiguous()
+        out[f"lora_unet_{name}.alpha"] = torch.tensor(float(a))
+
+    for block, mods in groups.items():
+        kind, index = block.split(".")
+        mods = dict(mods)
+        if kind == "transformer_blocks":
+            prefix = f"double_blocks_{index}"
+            for fused, parts in _DOUBLE_FUSED.items():
+                present = [p for p in parts if p in mods]
+                if not present:
+                    continue
+                if len(present) != 3:
+                    raise ValueError(
+                        f"{block}: {fused} needs LoRA on all of {', '.join(parts)} (BFL fuses them)"
+                    )
+                down = torch.cat([mods[p][0] for p in parts])
+                up = torch.block_diag(*[mods[p][1] for p in parts])
+                put(f"{prefix}_{fused}", down, up, 3 * alpha)
+                for p in parts:
+                    mods.pop(p)
+            for module, bfl in _DOUBLE_SINGLE.items():
+                if module in mods:
+                    a, b = mods.pop(module)
+                    put(f"{prefix}_{bfl}", a, b, alpha)
+        else:
+            prefix = f"single_blocks_{index}"
+            parts = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+            present = [p for p in parts if p in mods]
+            if present:
+                if not all(p in mods for p in parts[:3]):
+                    raise ValueError(
+                        f"{block}: linear1 needs LoRA on all of to_q, to_k, to_v (BFL fuses them)"
+                    )
+                hidden = mods["attn.to_q"][1].shape[0]
+                ups = [mods[p][1] for p in present]
+                downs = [mods[p][0] for p in present]
+                up = torch.block_diag(*ups)
+                if "proj_mlp" not in mods:  # linear1 also computes the MLP input: zero rows for it
+                    mlp = 4 * hidden
+                    up = torch.cat([up, up.new_zeros(mlp, up.shape[1])])
+                put(f"{prefix}_linear1", torch.cat(downs), up, len(present) * alpha)
+                for p in present:
+                    mods.pop(p)
+            if "proj_out" in mods:
+                a, b = mods.pop("proj_out")
+                put(f"{prefix}_linear2", a, b, alpha)
+        if mods:
+            raise ValueError(f"no BFL name for {block} modules {', '.join(sorted(mods))}")
+    return out

@@ -1,0 +1,148 @@
+"""Training-memory estimate per option (pure arithmetic), and the message naming the option to turn on.
+
+Weights: parameters × bytes of their storage. LoRA: fp32 weights + fp32 grads (8 B/param) and AdamW's two
+fp32 moments (8 B/param; 8-bit AdamW: 2 B/param). Activations: the transformer estimate of Korthikanti et
+al. (2022) with fused attention, ``34 · tokens · width`` bytes per block in 16-bit, summed over blocks (for a
+UNet over its resolution levels); gradient checkpointing keeps only each block's input (``2 · tokens ·
+width``) plus one block being recomputed. Coarse (±30 %), meant to say *which* option helps, not to budget
+to the megabyte.
+"""
+
+from __future__ import annotations
+
+BYTES = {"fp32": 4.0, "no": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "nf4": 0.5}
+CUDA_OVERHEAD = 1.0 * 2**30  # CUDA context + allocator slack
+
+
+def training_bytes(
+    *,
+    denoiser_params: int,
+    text_encoder_params: int,
+    vae_params: int,
+    lora_params: int,
+    activations_16bit: float,
+    activations_ckpt_16bit: float,
+    base: str = "bf16",
+    quantize_base: str | None = None,
+    offload_text_encoders: bool = False,
+    optimizer: str = "adamw",
+    gradient_checkpointing: bool = False,
+) -> dict[str, float]:
+    """Bytes per part of one LoRA training step; ``total`` sums them."""
+    base_bytes = BYTES[base]
+    act = activations_ckpt_16bit if gradient_checkpointing else activations_16bit
+    parts = {
+        "denoiser": denoiser_params * (BYTES[quantize_base] if quantize_base else base_bytes),
+        "text_encoders": 0.0 if offload_text_encoders else text_encoder_params * base_bytes,
+        "vae": vae_params * base_bytes,
+        "lora_and_grads": lora_params * 8.0,
+        "optimizer": lora_params * (2.0 if optimizer == "adamw8bit" else 8.0),
+        "activations": act * base_bytes / 2.0,
+        "overhead": CUDA_OVERHEAD,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def transformer_activations(tokens: int, width: int, blocks: int, batch: int = 1) -> tuple[float, float]:
+    """(without, with gradient checkpointing) activation bytes in 16-bit of ``blocks`` transformer blocks."""
+    per_block = 34.0 * tokens * width * batch
+    return per_block * blocks, 2.0 * tokens * width * batch * blocks + per_block
+
+
+def unet_activations(
+    latent_side: int, channels: list[int], layers_per_block: int, batch: int = 1
+) -> tuple[float, float]:
+    """The same for a UNet: each level has ``2·layers_per_block + 1`` (down + up) resnet/attention blocks at
+    ``(latent_side / 2^level)^2`` positions of ``channels[level]`` width."""
+    full, ckpt, biggest = 0.0, 0.0, 0.0
+    for level, width in enumerate(channels):
+        tokens = (latent_side // 2**level) ** 2
+        n = 3 * layers_per_block + 1
+        per_block = 34.0 * tokens * width * batch
+        full += per_block * n
+        ckpt += 2.0 * tokens * width * batch * n
+        biggest = max(biggest, per_block)
+    return full, ckpt + biggest
+
+
+def lora_params_of(module, targets: list[str], rank: int) -> int:
+    """LoRA parameters ``rank · (in + out)`` over the linears whose name ends with a target (as peft matches)."""
+    import torch
+
+    total = 0
+    for name, sub in module.named_modules():
+        if isinstance(sub, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            total += rank * (sub.in_features + sub.out_features)
+    return total
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def activations_of(family, denoiser, resolution: int, batch: int, vae_scale: int) -> tuple[float, float]:
+    config = denoiser.config
+    latent = resolution // vae_scale
+    if family.denoiser_name == "transformer":
+        width = int(config.num_attention_heads * config.attention_head_dim)
+        tokens = (latent // 2) ** 2 + 512
+        blocks = int(config.num_layers) * 2 + int(config.num_single_layers)  # double blocks carry two streams
+        return transformer_activations(tokens, width, blocks, batch)
+    return unet_activations(latent, list(config.block_out_channels), int(config.layers_per_block), batch)
+
+
+def estimate_from_pipe(pipe, family, cfg, resolution: int) -> dict[str, float]:
+    """``training_bytes`` for a loaded pipeline and a TrainConfig (options resolved as training resolves them)."""
+    from gal.training import flag, target_modules
+
+    denoiser = family.denoiser(pipe)
+    device = denoiser.device
+    dtype = str(denoiser.dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+    dtype = dtype.replace("float16", "fp16")
+    full, ckpt = activations_of(family, denoiser, resolution, cfg.batch_size, int(pipe.vae_scale_factor))
+    return training_bytes(
+        denoiser_params=count(denoiser),
+        text_encoder_params=sum(count(m) for m in family.text_encoders(pipe)),
+        vae_params=count(pipe.vae),
+        lora_params=lora_params_of(denoiser, target_modules(cfg, family), cfg.rank),
+        activations_16bit=full,
+        activations_ckpt_16bit=ckpt,
+        base=dtype,
+        quantize_base=cfg.quantize_base,
+        offload_text_encoders=flag(cfg.offload_text_encoders, family.defaults.offload_text_encoders, device),
+        optimizer=cfg.optimizer,
+        gradient_checkpointing=flag(
+            cfg.gradient_checkpointing, family.defaults.gradient_checkpointing, device
+        ),
+    )
+
+
+def advice(need: dict[str, float], free_bytes: float, cfg, family) -> str | None:
+    """None when ``need['total']`` fits in ``free_bytes``; else a message naming the options still off."""
+    if need["total"] <= free_bytes:
+        return None
+
+    def on(name: str) -> bool:  # None: the family's default (advice is for CUDA, where defaults apply)
+        value = getattr(cfg, name)
+        return bool(getattr(family.defaults, name)) if value is None else bool(value)
+
+    options = []
+    if not on("gradient_checkpointing"):
+        options.append("train.gradient_checkpointing=true")
+    if not on("offload_text_encoders"):
+        options.append("train.offload_text_encoders=true")
+    if not cfg.quantize_base:
+        options.append("train.quantize_base='int8'")
+    if cfg.optimizer != "adamw8bit":
+        options.append("train.optimizer='adamw8bit'")
+    gib = 2**30
+    fix = (
+        f"turn on {', '.join(options)}"
+        if options
+        else "lower train.resolution, train.batch_size or train.rank"
+    )
+    return (
+        f"{family.label} LoRA training needs about {need['total'] / gib:.1f} GiB but {free_bytes / gib:.1f} GiB "
+        f"are free: {fix}"
+    )

@@ -1,0 +1,153 @@
+"""SDXL: two CLIP text encoders (penultimate hidden states concatenated, plus te2's pooled projection) and
+the micro-conditioning ``add_time_ids`` (original size, crop, target size), as diffusers'
+``train_dreambooth_lora_sdxl.py`` (``encode_prompt``, ``compute_time_ids``)."""
+
+from __future__ import annotations
+
+import torch
+
+from gal.families.sd import SD_SCHEDULERS, SD_TARGETS, Family, FamilyDefaults
+
+
+class SDXLFamily(Family):
+    name = "sdxl"
+    label = "Stable Diffusion XL"
+    pipeline_classes = ("StableDiffusionXLPipeline",)
+    defaults = FamilyDefaults(
+        resolution=1024,
+        learning_rate=1e-4,
+        rank=8,
+        steps=30,
+        guidance_scale=5.0,
+        scheduler="euler",
+        target_modules=SD_TARGETS,
+        gradient_checkpointing=True,
+        offload_text_encoders=True,
+        vae_tiling=True,
+    )
+    text_encoder_targets = []  # text-encoder LoRA is wired for SD 1.x/2.x only (SDXL has two encoders to adapt)
+
+    def pipeline_class(self):
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline
+
+    def load_kwargs(self) -> dict:
+        return {"add_watermarker": False}
+
+    def schedulers(self) -> tuple[str, ...]:
+        return SD_SCHEDULERS
+
+    def build_tiny(self, seed: int = 0):
+        """A random-init SDXL pipeline at 32 px (the notes' recipe); same seed, same weights."""
+        from diffusers import (
+            AutoencoderKL,
+            EulerDiscreteScheduler,
+            StableDiffusionXLPipeline,
+            UNet2DConditionModel,
+        )
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        from gal.models import clip_tokenizer
+
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            transformer_layers_per_block=(1, 2),
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            cross_attention_dim=32 + 48,
+            norm_num_groups=16,
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            latent_channels=4,
+            sample_size=32,
+            norm_num_groups=16,
+            scaling_factor=0.13025,
+        )
+
+        def clip_config(width: int) -> CLIPTextConfig:
+            # Different widths for te1/te2: with equal widths a single-file reload mixes their weights.
+            return CLIPTextConfig(
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+                hidden_size=width,
+                intermediate_size=2 * width,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                vocab_size=49408,
+                max_position_embeddings=77,
+                projection_dim=32,
+                hidden_act="gelu",
+            )
+
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(clip_config(32)).eval()
+        torch.manual_seed(seed + 3)
+        text_encoder_2 = CLIPTextModelWithProjection(clip_config(48)).eval()
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            steps_offset=1,
+            timestep_spacing="leading",
+        )
+        tokenizer_2 = clip_tokenizer()
+        tokenizer_2.pad_token = "!"  # real SDXL's second tokenizer pads with "!" (id 0)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def encode_with_grad(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
+        device = pipe.text_encoder_2.device
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        # Images are resized and centre-cropped to the training size: original = target, crop at (0, 0),
+        # the conditioning generation uses by default.
+        size = (resolution, resolution)
+        time_ids = pipe._get_add_time_ids(
+            size,
+            (0, 0),
+            size,
+            dtype=embeds.dtype,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+        ).to(device)
+        return {"embeds": embeds, "pooled": pooled, "time_ids": time_ids.repeat(len(prompts), 1)}
+
+    @torch.no_grad()
+    def encode(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
+        return self.encode_with_grad(pipe, prompts, resolution)
+
+    def predict(self, pipe, noisy, t, cond) -> torch.Tensor:
+        added = {"text_embeds": cond["pooled"], "time_ids": cond["time_ids"]}
+        return pipe.unet(noisy, t, encoder_hidden_states=cond["embeds"], added_cond_kwargs=added).sample
+
+    def needs_memory_saving(self) -> bool:
+        return True
