@@ -105,6 +105,7 @@ def train(rnd: Round) -> StepResult:
         class_examples=class_examples,
         progress=lambda s, n, loss: rnd.report("train", s, n, loss=loss, round=r),
         cancel=rnd.cancel,
+        processes=rnd.processes,
     )
     rel = RunFolder.adapter_dir(r)
     if rnd.processes.is_main:  # every process holds the same adapter; one file is written

@@ -325,6 +325,7 @@ def train_lora(
     class_examples: list[TrainExample] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    processes=None,
 ) -> TrainResult:
     """Train the ``gal`` LoRA adapter on the pipeline's denoiser (its family's UNet or transformer); on return
     the adapter is active for generation.
@@ -332,8 +333,15 @@ def train_lora(
     Loss = Σ over the batch of (per-sample loss × the sample's weight × its draw coefficient); the
     per-sample loss is the family's: MSE to the noise / velocity (SD, SDXL) or the weighted flow-matching
     MSE to ``noise - latents`` (FLUX.1).
+
+    ``processes`` (``gal.distributed.Processes``): several processes split each step's batch — every one
+    draws the same batch, noise and timesteps, computes its slice, and the LoRA gradients are summed — so
+    they train the adapter one process would.
     """
+    from gal.distributed import Processes
     from gal.families import family_of
+
+    processes = processes or Processes()
 
     # 1. check inputs
     if not examples:
@@ -414,14 +422,25 @@ def train_lora(
                     )
             else:
                 step_cond = {k: v[prompt_index[batch]] for k, v in cond.items()}
-            per_sample = family.per_sample_loss(
-                pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast
-            )
-            loss = (per_sample * sample_weight[batch] * coef).sum()  # [b] -> scalar
+            optimizer.zero_grad(set_to_none=True)
+            if processes.many:  # this process's slice of the batch; the random draws cover all of it
+                rows = processes.batch_slice(len(batch))  # may be empty: the draws are consumed all the same
+                per_sample = family.per_sample_loss(
+                    pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast, rows=rows
+                )
+                part = (per_sample * sample_weight[batch][rows] * coef[rows]).sum()
+                if part.requires_grad:
+                    part.backward()
+                loss = torch.tensor(processes.sum(float(part.detach())))
+                processes.sum_gradients(params)
+            else:
+                per_sample = family.per_sample_loss(
+                    pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast
+                )
+                loss = (per_sample * sample_weight[batch] * coef).sum()  # [b] -> scalar
+                loss.backward()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()

@@ -153,6 +153,8 @@ def _paused_run(studio, references, strategy="uncertainty+balance"):
 
 def test_two_commit_processes_commit_once(shared_studio, references):
     run_id = _paused_run(shared_studio, references)
+    first = shared_studio.review_state(run_id)["anchors"][0]["images"][0]["id"]
+    shared_studio.decide(run_id, first, 0)  # an accepted image: either commit, auto or human, could go alone
     runs = shared_studio.runs_root
     procs = [subprocess.Popen([sys.executable, "-m", "gal", "--runs-dir", str(runs), "commit", run_id, "--no-advance",
                                "--mode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -161,9 +163,11 @@ def test_two_commit_processes_commit_once(shared_studio, references):
     assert sorted(rc for rc, _ in results) == [0, 2], results
     assert any("not in review" in err for rc, err in results if rc == 2)
     with storage.open_db(shared_studio.db_path) as db:
-        assert len(storage.list_selections(db, run_id, 1)) == 2  # k = 2, once
-        assert sum(x["source"] == "synthetic" for x in storage.list_references(db, run_id)) == 2
-        assert sum(a["in_pool"] for a in storage.list_anchors(db, run_id, 2)) == 2  # 4 anchors - 2 picked
+        picked = storage.list_selections(db, run_id, 1)
+        assert len({s["strategy"] for s in picked}) == 1  # one commit's picks: k = 2 (auto) or 1 (human)
+        assert len(picked) == (1 if picked[0]["strategy"].startswith("human") else 2)
+        assert sum(x["source"] == "synthetic" for x in storage.list_references(db, run_id)) == len(picked)
+        assert sum(a["in_pool"] for a in storage.list_anchors(db, run_id, 2)) == 4 - len(picked)
 
 
 def test_a_verdict_racing_a_commit_is_never_lost_after_it(shared_studio, references):

@@ -206,7 +206,7 @@ class FluxFamily(Family):
         # A fresh copy: the pipeline's scheduler keeps only the last generation's timesteps.
         return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
-    def per_sample_loss(self, pipe, scheduler, latents, cond, generator, cfg, autocast) -> torch.Tensor:
+    def per_sample_loss(self, pipe, scheduler, latents, cond, generator, cfg, autocast, rows=None) -> torch.Tensor:
         from diffusers import FluxPipeline
         from diffusers.training_utils import (
             compute_density_for_timestep_sampling,
@@ -227,6 +227,12 @@ class FluxFamily(Family):
             generator=generator,
         )
         indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)
+        if rows is not None:  # one process's slice of the batch: the draws above were made for all of it
+            latents, noise, indices = latents[rows], noise[rows], indices[rows]
+            cond = {k: v[rows] for k, v in cond.items()}
+            b = len(latents)
+            if not b:
+                return latents.new_zeros(0)
         timesteps = scheduler.timesteps[indices].to(device)
         sigmas = scheduler.sigmas[indices].to(device, torch.float32).view(b, 1, 1, 1)
         noisy = (1.0 - sigmas) * latents + sigmas * noise

@@ -153,15 +153,23 @@ class Family:
         generator: torch.Generator,
         cfg,
         autocast: bool,
+        rows: slice | None = None,
     ) -> torch.Tensor:
         """Noise ``latents [b, c, h, w]`` at random timesteps, predict, return the MSE per sample ``[b]``.
 
-        The target is the noise (epsilon models) or the velocity (v-prediction models)."""
+        The target is the noise (epsilon models) or the velocity (v-prediction models). ``rows``: only
+        those samples are predicted (one process's slice of a batch split across processes); the random
+        draws are made for the whole batch, so each sample gets the noise it would get in one process."""
         device, dtype = latents.device, self.denoiser(pipe).dtype
         noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(
             device
         )
+        if rows is not None:
+            latents, noise, t = latents[rows], noise[rows], t[rows]
+            cond = {k: v[rows] for k, v in cond.items()}
+            if not len(latents):
+                return latents.new_zeros(0)
         noisy = scheduler.add_noise(latents, noise, t)
         prediction_type = scheduler.config.prediction_type
         if prediction_type == "epsilon":
