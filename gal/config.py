@@ -128,6 +128,7 @@ class GenerateConfig:
     vae_tiling: bool | None = None  # decode large images tile by tile
     vae_slicing: bool | None = None  # decode a batch one image at a time
     cpu_offload: bool | None = None  # diffusers' model CPU offload: one model on the GPU at a time (CUDA only)
+    compile: bool = False  # torch.compile the denoiser on CUDA (costs a minute once; an adapter swap recompiles)
 
     def validate(self) -> None:
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:

@@ -33,6 +33,11 @@ class LoadedModels:
             self._active[spec] = None
         return self._pipes[spec]
 
+    def register(self, spec: str, pipe) -> None:
+        """Use an already built pipeline for ``spec`` (benchmarks build full-size random-weight models)."""
+        self._pipes[spec] = pipe
+        self._active[spec] = None
+
     def oracle(self, spec: str) -> Oracle:
         if spec not in self._oracles:
             self._oracles[spec] = ClipOracle.from_spec(spec, self.device)
