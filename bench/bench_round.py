@@ -109,8 +109,14 @@ def bench_batching(model: str, m: int, repeats: int) -> dict[str, float]:
             images = []
             for a, prompt in enumerate(prompts):
                 gens = [torch.Generator().manual_seed(s) for s in seeds[a * m : (a + 1) * m]]
-                images += pipe([prompt] * m, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                               height=resolution, width=resolution, generator=gens).images
+                images += pipe(
+                    [prompt] * m,
+                    num_inference_steps=cfg.steps,
+                    guidance_scale=cfg.guidance_scale,
+                    height=resolution,
+                    width=resolution,
+                    generator=gens,
+                ).images
             return images
 
         batched()  # warm-up
@@ -123,10 +129,17 @@ def bench_batching(model: str, m: int, repeats: int) -> dict[str, float]:
                 if name == "per-prompt":
                     reference = images
                 else:
-                    diff = max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()
-                               for a, b in zip(images, reference))
-        return {"images": len(all_prompts), "batch_size": cfg.batch_size, "batched": float(np.median(times["batched"])),
-                "per_prompt": float(np.median(times["per-prompt"])), "max_pixel_diff": int(diff)}
+                    diff = max(
+                        np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()
+                        for a, b in zip(images, reference)
+                    )
+        return {
+            "images": len(all_prompts),
+            "batch_size": cfg.batch_size,
+            "batched": float(np.median(times["batched"])),
+            "per_prompt": float(np.median(times["per-prompt"])),
+            "max_pixel_diff": int(diff),
+        }
 
 
 def main() -> None:
@@ -150,12 +163,17 @@ def main() -> None:
     print(f"{'non-compute overhead':<22}{overhead:>10.3f}{overhead / wall:>9.1%}   target <= 10 %\n")
 
     b = bench_batching(args.model, args.m, args.repeats)
-    print(f"Generation of {b['images']} images (median of {args.repeats}), batch {b['batch_size']} across anchors")
+    print(
+        f"Generation of {b['images']} images (median of {args.repeats}), "
+        f"batch {b['batch_size']} across anchors"
+    )
     print(f"{'method':<22}{'seconds':>10}{'img/s':>9}")
     print(f"{'per-prompt loop':<22}{b['per_prompt']:>10.3f}{b['images'] / b['per_prompt']:>9.1f}")
     print(f"{'batched (ours)':<22}{b['batched']:>10.3f}{b['images'] / b['batched']:>9.1f}")
-    print(f"speed-up {b['per_prompt'] / b['batched']:.2f}x   target >= 1.5x;  max pixel difference "
-          f"between the two: {b['max_pixel_diff']} / 255 (same seeds, same images)")
+    print(
+        f"speed-up {b['per_prompt'] / b['batched']:.2f}x   target >= 1.5x;  max pixel difference "
+        f"between the two: {b['max_pixel_diff']} / 255 (same seeds, same images)"
+    )
 
 
 if __name__ == "__main__":

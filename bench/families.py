@@ -148,7 +148,8 @@ def build_meta(name: str) -> dict[str, torch.nn.Module]:
             "text_encoder_2": t5,
             "vae": AutoencoderKL(**FLUX_VAE),
         }
-    # Tied in the checkpoint; a config build leaves a copy (tied outside init_empty_weights, which re-wraps it).
+    # Tied in the checkpoint; a config build leaves a copy (tied outside init_empty_weights,
+    # which re-wraps it).
     t5.encoder.embed_tokens.weight = t5.shared.weight
     return parts
 

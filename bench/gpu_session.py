@@ -71,7 +71,9 @@ def full_size_sd15(device: torch.device, dtype: torch.dtype):
             text_encoder=CLIPTextModel(CLIPTextConfig(**fam.CLIP_L)).eval(),
             tokenizer=clip_tokenizer(),
             unet=UNet2DConditionModel(**fam.SD15_UNET),
-            scheduler=DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+            scheduler=DPMSolverMultistepScheduler(
+                beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+            ),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
@@ -86,8 +88,18 @@ def settings(gpu: bool, quick: bool) -> dict:
         return dict(resolution=512, anchors=18, m=10 if not quick else 4, k=3, rounds=4 if not quick else 2,
                     lora_steps=400 if not quick else 60, full_steps=800 if not quick else 60,
                     gen_steps=50 if not quick else 15, batch=32, eval_per_prompt=2)  # fmt: skip
-    return dict(resolution=32, anchors=18, m=3, k=3, rounds=2, lora_steps=6, full_steps=6, gen_steps=4, batch=18,
-                eval_per_prompt=1)  # fmt: skip
+    return dict(
+        resolution=32,
+        anchors=18,
+        m=3,
+        k=3,
+        rounds=2,
+        lora_steps=6,
+        full_steps=6,
+        gen_steps=4,
+        batch=18,
+        eval_per_prompt=1,
+    )
 
 
 def references(folder: Path, size: int) -> list[ReferenceInput]:
@@ -125,7 +137,10 @@ def ours(pipe, spec: str, oracle: str, s: dict, device, tmp: Path) -> dict:
     with studio.db() as db:
         rounds = storage.list_rounds(db, run_id)
         drawn = [storage.list_images(db, run_id, r["round_index"]) for r in rounds]
-    stages = {k: sum((r["timings"] or {}).get(k, 0.0) for r in rounds) for k in ("train", "generate", "judge", "evaluate")}
+    stages = {
+        k: sum((r["timings"] or {}).get(k, 0.0) for r in rounds)
+        for k in ("train", "generate", "judge", "evaluate")
+    }
     images, last = sum(map(len, drawn)), drawn[-1]
     return {"total": total, "stages": stages, "images": images, "peak": peak_gb(device), "last_round": last,
             "config": config}  # fmt: skip
@@ -153,10 +168,12 @@ def paper_recipe(base: Path, s: dict, device, dtype, tmp: Path, prompts: list[st
         optimizer = torch.optim.AdamW(unet.parameters(), lr=5e-6)
         noise_scheduler = DDPMScheduler.from_config(p.scheduler.config)
         with torch.no_grad():
-            ids = p.tokenizer(["a <sks> star on stairs"], padding="max_length", max_length=77, return_tensors="pt")
+            ids = p.tokenizer(
+                ["a <sks> star on stairs"], padding="max_length", max_length=77, return_tensors="pt"
+            )
             embeds = p.text_encoder(ids.input_ids.to(device))[0].float()
-            pixels = torch.stack([torch.from_numpy(__import__("numpy").asarray(im, dtype="float32") / 127.5 - 1)
-                                  .permute(2, 0, 1) for im in refs]).to(device, dtype)  # fmt: skip
+            arrays = [__import__("numpy").asarray(im, dtype="float32") / 127.5 - 1 for im in refs]
+            pixels = torch.stack([torch.from_numpy(x).permute(2, 0, 1) for x in arrays]).to(device, dtype)
             latents_all = p.vae.encode(pixels).latent_dist.mean.float() * p.vae.config.scaling_factor
         g = torch.Generator().manual_seed(r)
         for step in range(s["full_steps"]):
@@ -176,9 +193,15 @@ def paper_recipe(base: Path, s: dict, device, dtype, tmp: Path, prompts: list[st
         set_scheduler(p, "dpmsolver++")
         for i, prompt in enumerate(prompts):
             with torch.no_grad():
-                p(prompt, num_images_per_prompt=s["m"], num_inference_steps=s["gen_steps"], guidance_scale=7.5,
-                  height=s["resolution"], width=s["resolution"],
-                  generator=[torch.Generator().manual_seed(image_seed(0, i, j)) for j in range(s["m"])])  # fmt: skip
+                p(
+                    prompt,
+                    num_images_per_prompt=s["m"],
+                    num_inference_steps=s["gen_steps"],
+                    guidance_scale=7.5,
+                    height=s["resolution"],
+                    width=s["resolution"],
+                    generator=[torch.Generator().manual_seed(image_seed(0, i, j)) for j in range(s["m"])],
+                )
         stages["generate"] += time.perf_counter() - t0
         del p, unet
         if device.type == "cuda":
@@ -187,7 +210,9 @@ def paper_recipe(base: Path, s: dict, device, dtype, tmp: Path, prompts: list[st
             "images": s["rounds"] * len(prompts) * s["m"]}  # fmt: skip
 
 
-def generation_pair(pipe, images: list[dict], cfg: GenerateConfig, resolution: int, m: int) -> tuple[float, float]:
+def generation_pair(
+    pipe, images: list[dict], cfg: GenerateConfig, resolution: int, m: int
+) -> tuple[float, float]:
     """The same images drawn batched across anchors (ours) and by a per-anchor diffusers loop."""
     prompts, seeds = [im["prompt"] for im in images], [im["seed"] for im in images]
     sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
@@ -201,16 +226,24 @@ def generation_pair(pipe, images: list[dict], cfg: GenerateConfig, resolution: i
     t0 = time.perf_counter()
     for start in range(0, len(prompts), m):
         with torch.no_grad():
-            pipe(prompts[start], num_images_per_prompt=len(prompts[start : start + m]),
-                 num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, height=resolution, width=resolution,
-                 generator=[torch.Generator().manual_seed(x) for x in seeds[start : start + m]])  # fmt: skip
+            pipe(
+                prompts[start],
+                num_images_per_prompt=len(prompts[start : start + m]),
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                height=resolution,
+                width=resolution,
+                generator=[torch.Generator().manual_seed(x) for x in seeds[start : start + m]],
+            )
     sync()
     return batched, time.perf_counter() - t0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer rounds, steps and images: the same ratios in < 8 min")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer rounds, steps and images: the same ratios in < 8 min"
+    )
     p.add_argument("--cpu", action="store_true", help="the tiny CPU fallback even when a GPU is present")
     p.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     args = p.parse_args(argv)
@@ -231,8 +264,11 @@ def main(argv=None) -> int:
         if gpu:
             torch.cuda.empty_cache()
         b = paper_recipe(tmp / "base", s, device, dtype, tmp, a["config"].anchor_prompts())
-    what = (f"SD-1.5 full size (random weights), {torch.cuda.get_device_name(device)}, {str(dtype)[6:]}" if gpu else
-            "tiny SD (CPU fallback: no GPU here; the same code, CPU numbers)")  # fmt: skip
+    what = (
+        f"SD-1.5 full size (random weights), {torch.cuda.get_device_name(device)}, {str(dtype)[6:]}"
+        if gpu
+        else "tiny SD (CPU fallback: no GPU here; the same code, CPU numbers)"
+    )
     load = os.getloadavg()[0]
     gb = lambda v: "–" if v is None else f"{v:.1f} GB"  # noqa: E731
     n_last = len(a["last_round"])
@@ -241,11 +277,13 @@ def main(argv=None) -> int:
         "",
         f"{s['rounds']} rounds × {s['anchors']} anchors × m={s['m']}, k={s['k']}, {s['resolution']} px, "
         f"{s['gen_steps']} sampling steps; LoRA {s['lora_steps']} steps/round vs full UNet {s['full_steps']} "
-        f"steps/round; load average {load:.1f} on {os.cpu_count()} cores; whole bench {time.perf_counter() - started:.0f} s",
+        f"steps/round; load average {load:.1f} on {os.cpu_count()} cores; "
+        f"whole bench {time.perf_counter() - started:.0f} s",
         "",
         "| | train s | generate s | judge s | evaluate s | reload s | total s | images/s | peak GPU |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| (a) ours: LoRA, batched, loaded once | {a['stages']['train']:.1f} | {a['stages']['generate']:.1f} | "
+        f"| (a) ours: LoRA, batched, loaded once | {a['stages']['train']:.1f} | "
+        f"{a['stages']['generate']:.1f} | "
         f"{a['stages']['judge']:.1f} | {a['stages']['evaluate']:.1f} | 0 | {a['total']:.1f} | "
         f"{a['images'] / a['stages']['generate']:.2f} | {gb(a['peak'])} |",
         f"| (b) paper's recipe: full UNet, per-anchor calls, reload | {b['stages']['train']:.1f} | "

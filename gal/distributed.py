@@ -101,4 +101,3 @@ class Processes:
 
     def _collective_device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if self.state.backend == "nccl" else torch.device("cpu")
-

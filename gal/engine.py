@@ -140,7 +140,11 @@ class Studio:
         run_id = folder.run_id
         with self.db() as db, storage.transaction(db):
             storage.create_run(
-                db, run_id=run_id, name=config.name or run_id, config=config.to_dict(), run_dir=str(folder.root)
+                db,
+                run_id=run_id,
+                name=config.name or run_id,
+                config=config.to_dict(),
+                run_dir=str(folder.root),
             )
             for i, (image, data, prompt, non_soi) in enumerate(loaded):
                 rel = RunFolder.real_reference_file(i)
@@ -187,7 +191,9 @@ class Studio:
                     state = rnd["state"]
                     if state in STEPS:  # 1. train, 2. generate, 3. judge, then evaluate on held-out prompts
                         step, next_state = STEPS[state]
-                        done = step(Round(self.models, folder, config, r, self.db, report, cancel, self.processes))
+                        done = step(
+                            Round(self.models, folder, config, r, self.db, report, cancel, self.processes)
+                        )
                         checkpoint(f"{state}.done", r)  # the step's work exists, nothing recorded yet
                         if main:
                             self._record(run_id, r, state, next_state, done)
@@ -205,7 +211,9 @@ class Studio:
                                 selection.commit(db, folder)  # 5. select, 6. weigh, and the next round
                         checkpoint("committed", r)
                     else:
-                        raise ValueError(f"round {r} of run {run_id} is in state {state!r}, which cannot advance")
+                        raise ValueError(
+                            f"round {r} of run {run_id} is in state {state!r}, which cannot advance"
+                        )
             except Cancelled as err:
                 if main:
                     with self.db() as db:
@@ -247,7 +255,12 @@ class Studio:
             if done.write is not None:
                 done.write(db)
             checkpoint(f"{state}.recording", r)  # inside the transaction: rows written, not committed
-            stage = {"training": "train", "generating": "generate", "judging": "judge", "evaluating": "evaluate"}
+            stage = {
+                "training": "train",
+                "generating": "generate",
+                "judging": "judge",
+                "evaluating": "evaluate",
+            }
             storage.update_round(
                 db, run_id, r, state=next_state, timings=_timings(rnd, stage[state], done.seconds),
                 metrics={**(rnd.get("metrics") or {}), **done.metrics}, **done.fields,
@@ -310,14 +323,19 @@ class Studio:
     # -- reading --------------------------------------------------------------------------------
     def history(self, run_id: str) -> dict:
         with self.db() as db:
-            return {"rounds": storage.list_rounds(db, run_id), "references": storage.list_references(db, run_id)}
+            return {
+                "rounds": storage.list_rounds(db, run_id),
+                "references": storage.list_references(db, run_id),
+            }
 
     def list_runs(self) -> list[dict]:
         with self.db() as db:
             return storage.list_runs(db)
 
     # -- export ---------------------------------------------------------------------------------
-    def export(self, run_id: str, out_dir: str | Path, formats: tuple[str, ...] | None = None, force: bool = False) -> dict:
+    def export(
+        self, run_id: str, out_dir: str | Path, formats: tuple[str, ...] | None = None, force: bool = False
+    ) -> dict:
         from gal.export import export_run
 
         check_run_id(run_id)

@@ -25,7 +25,9 @@ def overfit_share(sim_prompt: np.ndarray, sim_non_soi: np.ndarray) -> float:
     return float(verdicts.mean())
 
 
-def round_metrics(sim_prompt: np.ndarray, sim_non_soi: np.ndarray, sim_references: np.ndarray) -> dict[str, float]:
+def round_metrics(
+    sim_prompt: np.ndarray, sim_non_soi: np.ndarray, sim_references: np.ndarray
+) -> dict[str, float]:
     return {
         "txt_aln": text_alignment(sim_prompt),
         "img_aln": image_alignment(sim_references),

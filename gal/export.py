@@ -143,12 +143,14 @@ def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | Non
     if marker.get("run_id") != run_id:
         raise ValueError(
             f"{out_dir} holds the export of run {marker.get('run_id')}: export each run into its own folder "
-            f"(the files carry the run's name, so their LoRA files can later share one folder); nothing was changed"
+            f"(the files carry the run's name, so their LoRA files can later share one folder); "
+            "nothing was changed"
         )
     foreign = sorted(set(entries) - set(marker.get("entries", [])) - {MARKER})
     if foreign:
         raise ValueError(
-            f"{out_dir} holds files the earlier export did not write ({', '.join(foreign[:5])}): move them out "
+            f"{out_dir} holds files the earlier export did not write ({', '.join(foreign[:5])}): "
+            "move them out "
             "or export into another folder; nothing was changed"
         )
     if not force:
@@ -317,7 +319,8 @@ def export_run(
     family = detect_family(pipe)
     v_pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction"
     names = {
-        "diffusers": LORA_FILE,  # diffusers' default name: load_lora_weights(folder) finds it, as the Hub does
+        # diffusers' default name: load_lora_weights(folder) finds it, as the Hub does
+        "diffusers": LORA_FILE,
         "kohya": f"{stem}.safetensors",
         "fused": "pipeline",
         "checkpoint": f"{stem}.fused.safetensors",
@@ -424,7 +427,8 @@ def _disk_full(err: BaseException) -> bool:
 
 
 def _verify_weights(folder: Path) -> None:
-    """Every weights file in the staging folder opens and its tensors fit in the file (a short write fails)."""
+    """Every weights file in the staging folder opens and its tensors fit in the file
+    (a short write fails)."""
     from safetensors import safe_open
 
     for path in folder.rglob("*.safetensors"):
@@ -529,7 +533,8 @@ def base_model_metadata(family: str, *, v_parameterization: bool = False) -> dic
     """kohya's ``ss_base_model_version`` / ``ss_v2`` / ``ss_v_parameterization`` for a family name.
 
     Values as sd-scripts writes them: ``sd_v1`` / ``sd_v2`` (library/model_util), ``sdxl_base_v1-0``
-    (library/sdxl_model_util MODEL_VERSION_SDXL_BASE_V1_0), ``flux1`` (library/flux_utils MODEL_VERSION_FLUX_V1).
+    (library/sdxl_model_util MODEL_VERSION_SDXL_BASE_V1_0), ``flux1``
+    (library/flux_utils MODEL_VERSION_FLUX_V1).
     """
     versions = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
     if family not in versions:
@@ -1076,8 +1081,10 @@ def model_card(
         f"- task: {config.task}; SoI token `{config.soi_token}`; subject phrase `{config.subject_phrase}`",
         f"- strategy: {config.gal.strategy}; m={config.gal.m}, k={config.gal.k}, λ={config.gal.lam}, "
         f"rounds={len(rounds)} (max {config.gal.max_rounds})",
-        f"- LoRA: rank {config.train.rank}, alpha {config.train.alpha} (scale {config.train.alpha / config.train.rank:g}), "
-        f"lr {config.train.learning_rate}, {config.train.steps} steps/round, targets {', '.join(config.train.target_modules)}",
+        f"- LoRA: rank {config.train.rank}, alpha {config.train.alpha} "
+        f"(scale {config.train.alpha / config.train.rank:g}), "
+        f"lr {config.train.learning_rate}, {config.train.steps} steps/round, "
+        f"targets {', '.join(config.train.target_modules)}",
         f"- references: {sum(r['source'] == 'real' for r in references)} real, "
         f"{sum(r['source'] == 'synthetic' for r in references)} added by GAL",
         f"- provenance: run `{provenance['gal.run_id']}`, round {provenance['gal.round']}, "
@@ -1092,12 +1099,14 @@ def model_card(
     for r in rounds:
         m = r.get("metrics") or {}
         lines.append(
-            f"| {r['round_index']} | {fmt(m.get('txt_aln'))} | {fmt(m.get('img_aln'))} | {fmt(m.get('ovf'))} | "
+            f"| {r['round_index']} | {fmt(m.get('txt_aln'))} | {fmt(m.get('img_aln'))} | "
+            f"{fmt(m.get('ovf'))} | "
             f"{fmt(r.get('openness'))} |"
         )
     lines += [
         "",
-        "TXT-ALN = 2.5 × max(CLIP cosine, 0) to the prompt; IMG-ALN = CLIP image cosine to the real references;",
+        "TXT-ALN = 2.5 × max(CLIP cosine, 0) to the prompt; "
+        "IMG-ALN = CLIP image cosine to the real references;",
         "OVF = share of images closer to the references' non-subject caption than to the prompt (Eq. 8).",
         "",
         "## Files and use",
@@ -1107,7 +1116,8 @@ def model_card(
     if "kohya" in files:
         lines.append(
             f"- `{files['kohya']}`: kohya keys for A1111 / Forge / ComfyUI / sd-scripts — copy it into "
-            f"`models/Lora` (ComfyUI: `models/loras`) and prompt `<lora:{Path(files['kohya']).stem}:1>`.{trigger}"
+            f"`models/Lora` (ComfyUI: `models/loras`) and prompt "
+            f"`<lora:{Path(files['kohya']).stem}:1>`.{trigger}"
         )
     if "diffusers" in files:
         lines += [
@@ -1120,7 +1130,8 @@ def model_card(
         ]
     if "fused" in files:
         lines.append(
-            "- `pipeline/`: the base model with the LoRA merged in (`StableDiffusionPipeline.from_pretrained`)."
+            "- `pipeline/`: the base model with the LoRA merged in "
+            "(`StableDiffusionPipeline.from_pretrained`)."
         )
     if "checkpoint" in files:
         cfg = "pipeline" if "fused" in files else "config"

@@ -1,9 +1,9 @@
 """Batched generation with one seed per image, so any image can be regenerated alone.
 
 Each family draws with its own pipeline and arguments (``gal.families``: negative prompt and CFG for
-SD/SDXL, distilled guidance and the T5 length for FLUX.1). Images of several prompts share a batch; each image's initial latent comes from its own
-``torch.Generator(seed)``, so an image is the same whether drawn alone or in a batch (up to float
-rounding of batched kernels).
+SD/SDXL, distilled guidance and the T5 length for FLUX.1). Images of several prompts share a batch;
+each image's initial latent comes from its own ``torch.Generator(seed)``, so an image is the same
+whether drawn alone or in a batch (up to float rounding of batched kernels).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Generator loading: a diffusers pipeline of a supported family (SD 1.x/2.x, SDXL, FLUX.1) from a name, a
 folder, a single-file checkpoint or a config (see ``gal.families``).
 
-``tiny`` / ``tiny-sdxl`` / ``tiny-flux`` build small random-init pipelines from configs with a fixed seed and no download (the tests'
-model). ``toy`` is the trained toy world shipped in ``gal/assets/toyworld`` (drawn images a person can
-judge). Anything else is a hub id or a local diffusers folder.
+``tiny`` / ``tiny-sdxl`` / ``tiny-flux`` build small random-init pipelines from configs with a fixed
+seed and no download (the tests' model). ``toy`` is the trained toy world shipped in
+``gal/assets/toyworld`` (drawn images a person can judge). Anything else is a hub id or a local
+diffusers folder.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def clip_tokenizer():
 
 
 def build_tiny_pipeline(seed: int = 0):
-    """A small random-init SD pipeline (32 px, ~2 M UNet params) built from configs: same seed, same weights."""
+    """A small random-init SD pipeline (32 px, ~2 M UNet params) built from configs:
+    same seed, same weights."""
     from diffusers import (
         AutoencoderKL,
         DPMSolverMultistepScheduler,
@@ -170,7 +172,8 @@ def resolve_model_path(spec: str) -> str:
 
         if not isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
             raise ValueError(
-                f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids a download: "
+                f"model {spec!r} is not in the local Hugging Face cache "
+                "and HF_HUB_OFFLINE=1 forbids a download: "
                 "download it once with network access, pass a local folder, or use --model tiny"
             )
     return spec
@@ -228,7 +231,8 @@ def load_pipeline(
                 family = families.detect(source)
                 if config is None:
                     raise ValueError(
-                        f"single-file checkpoint {spec!r} needs the diffusers folder of its family for configs and "
+                        f"single-file checkpoint {spec!r} needs the diffusers folder of its family "
+                        "for configs and "
                         f"tokenizers offline: pass '{spec}?config=/path/to/{family.name}-folder'"
                     )
                 if Path(config).exists():

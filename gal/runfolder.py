@@ -61,7 +61,9 @@ def load_image(path: str | Path) -> tuple[Image.Image, bytes]:
             image = Image.open(io.BytesIO(data))
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ValueError(f"{path.name} is too large to decode safely ({err}): downscale it first") from err
+            raise ValueError(
+                f"{path.name} is too large to decode safely ({err}): downscale it first"
+            ) from err
         except ValueError:
             raise
         except Exception as err:  # PIL raises several types for broken files

@@ -43,7 +43,8 @@ class TrainResult:
 
 
 def lora_config(cfg: TrainConfig, family=None, *, text_encoder: bool = False):
-    """The peft LoraConfig: the config's target modules, or the family's when they are left at the SD default."""
+    """The peft LoraConfig: the config's target modules, or the family's when they are left at the
+    SD default."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -122,8 +123,8 @@ def adapter_state(pipe) -> dict[str, torch.Tensor]:
 def attach_adapter(
     unet, cfg: TrainConfig, state: dict[str, torch.Tensor] | None = None, *, seed: int = 0, family=None
 ) -> list[torch.nn.Parameter]:
-    """(Re)create the ``gal`` adapter on a denoiser (or a pipeline's), optionally from a saved state; return its
-    trainable parameters (fp32)."""
+    """(Re)create the ``gal`` adapter on a denoiser (or a pipeline's), optionally from a saved state;
+    return its trainable parameters (fp32)."""
     from peft.utils import set_peft_model_state_dict
 
     unet = _denoiser(unet)
@@ -198,7 +199,8 @@ def quantize_base(pipe, family, mode: str | None) -> None:
         config = Float8WeightOnlyConfig()
     else:
         config = Int8WeightOnlyConfig()
-    # Only the frozen base linears; LoRA layers added later wrap the quantized weights (peft TorchaoLoraLinear).
+    # Only the frozen base linears; LoRA layers added later wrap the quantized weights
+    # (peft TorchaoLoraLinear).
     quantize_(
         denoiser, config, filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and "lora_" not in name
     )
@@ -300,7 +302,8 @@ def draw_batch(
 
 
 def undo_cpu_offload(pipe) -> None:
-    """Generation's model CPU offload moves modules on and off the GPU per call: training needs them placed."""
+    """Generation's model CPU offload moves modules on and off the GPU per call:
+    training needs them placed."""
     device = getattr(pipe, "_gal_offloaded", None)
     if device:
         pipe.remove_all_hooks()
@@ -364,7 +367,8 @@ def train_lora(
     # 2. cache what the frozen parts produce
     all_examples = examples + list(class_examples or [])
     moments_mean, moments_std = _latent_moments(pipe, [e.image for e in all_examples], resolution)
-    # The noising arithmetic runs in fp32 even when the VAE runs in half precision; autocast casts for the model.
+    # The noising arithmetic runs in fp32 even when the VAE runs in half precision;
+    # autocast casts for the model.
     moments_mean, moments_std = moments_mean.float(), moments_std.float()
     prompts = sorted({e.prompt for e in all_examples})
     _move_text_encoders(pipe, family, device)

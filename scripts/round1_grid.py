@@ -44,7 +44,9 @@ def render(state: dict, run_dir: Path, rows: int) -> Image.Image:
             overfit = int(image["final_verdict"]) == 1
             colour = (200, 40, 40) if overfit else (40, 150, 60)
             draw.rectangle((x - 3, y - 3, x + TILE + 2, y + TILE + 2), fill=colour)
-            canvas.paste(Image.open(run_dir / image["file"]).convert("RGB").resize((TILE, TILE), Image.NEAREST), (x, y))
+            canvas.paste(
+                Image.open(run_dir / image["file"]).convert("RGB").resize((TILE, TILE), Image.NEAREST), (x, y)
+            )
             draw.text((x, y + TILE + 3), "overfit" if overfit else "aligned", fill=colour)
     return canvas
 
@@ -66,8 +68,10 @@ def main() -> None:
         state = studio.review_state(run_id)
         mixed = sum(1 for a in state["anchors"] if 0 < (a.get("overfit_rate") or 0) < 1)
         metrics = studio.history(run_id)["rounds"][0]["metrics"]
-        print(f"{config.model}: {mixed} of {len(state['anchors'])} anchors mixed; held-out "
-              f"TXT-ALN {metrics['txt_aln']:.3f} IMG-ALN {metrics['img_aln']:.3f} OVF {metrics['ovf']:.3f}")
+        print(
+            f"{config.model}: {mixed} of {len(state['anchors'])} anchors mixed; held-out "
+            f"TXT-ALN {metrics['txt_aln']:.3f} IMG-ALN {metrics['img_aln']:.3f} OVF {metrics['ovf']:.3f}"
+        )
         render(state, studio.run_dir(run_id), args.rows).save(args.out)
     print(f"wrote {args.out}")
 

@@ -223,11 +223,13 @@ def _translate(exc: sqlite3.DatabaseError, path: str, timeout_ms: int | None) ->
         )
     if "readonly" in message or "read-only" in message:
         return StorageError(
-            f"database {path} is read-only: check its permissions (and its folder's) or pass another --runs-dir"
+            f"database {path} is read-only: check its permissions (and its folder's) "
+            "or pass another --runs-dir"
         )
     if "unable to open" in message:
         return StorageError(
-            f"cannot open database {path}: check that its folder exists and is writable, or pass another --runs-dir"
+            f"cannot open database {path}: check that its folder exists and is writable, "
+            "or pass another --runs-dir"
         )
     if "not a database" in message or "malformed" in message:
         return StorageError(

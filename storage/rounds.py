@@ -150,7 +150,8 @@ def upsert_anchors(db: Database, run_id: str, round_index: int, anchors: list[di
             elif values:
                 assignments = ", ".join(f"{column} = ?" for column in values)
                 db.execute(
-                    f"UPDATE anchors SET {assignments} WHERE run_id = ? AND round_index = ? AND anchor_index = ?",
+                    f"UPDATE anchors SET {assignments} "
+                    "WHERE run_id = ? AND round_index = ? AND anchor_index = ?",
                     [*values.values(), *key],
                 )
 
@@ -179,7 +180,8 @@ def record_selection(
     weight: float,
     strategy: str,
 ) -> int:
-    """Record that a round picked `image_id` (with its loss weight and the strategy that chose it); return the id."""
+    """Record that a round picked `image_id` (with its loss weight and the strategy that chose it);
+    return the id."""
     weight_value = as_opt_float(weight, "weight")
     if weight_value is None:
         raise ValueError("weight must be a number, not None")

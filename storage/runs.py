@@ -97,7 +97,8 @@ def add_reference(
     source: str,
     image_id: int | None = None,
 ) -> int:
-    """Add a training image (`real`: uploaded, round 0; `synthetic`: added by a round's selection); return its id."""
+    """Add a training image (`real`: uploaded, round 0; `synthetic`: added by a round's selection);
+    return its id."""
     check_choice(source, REFERENCE_SOURCES, "reference source")
     weight_value = as_opt_float(weight, "weight")
     if weight_value is None:
@@ -112,13 +113,17 @@ def add_reference(
         require_run(db, run_id)
         if image_id is not None and get_row(db, "images", image_id) is None:
             raise ValueError(f"image {image_id} does not exist; pass the id add_images() returned, or None")
-        duplicate = f"run {run_id!r} already has a reference with file {str(file)!r}; give each reference its own file"
+        duplicate = (
+            f"run {run_id!r} already has a reference with file {str(file)!r}; "
+            "give each reference its own file"
+        )
         return insert_unique(db, "refs", values, duplicate)
 
 
 @storage_op
 def list_references(db: Database, run_id: str, *, up_to_round: int | None = None) -> list[Row]:
-    """The run's references in insertion order; with `up_to_round`, those added in rounds <= it (real ones are 0)."""
+    """The run's references in insertion order; with `up_to_round`, those added in rounds <= it
+    (real ones are 0)."""
     require_run(db, run_id)
     if up_to_round is None:
         return rows(db, "SELECT * FROM refs WHERE run_id = ? ORDER BY id", [run_id])

@@ -28,7 +28,9 @@ def tiny_config(strategy: str = "uncertainty+balance", **gal) -> RunConfig:
         seed=0,
         train=TrainConfig(steps=6, learning_rate=1e-3, batch_size=2),
         generate=GenerateConfig(steps=3, batch_size=16),
-        gal=GALConfig(**{"strategy": strategy, "m": 3, "k": 2, "max_rounds": 2, "adaptive_stop": False, **gal}),
+        gal=GALConfig(
+            **{"strategy": strategy, "m": 3, "k": 2, "max_rounds": 2, "adaptive_stop": False, **gal}
+        ),
         eval=EvalConfig(prompts=["{} in the snow", "{}"], images_per_prompt=1),
     )
 

@@ -158,16 +158,28 @@ def test_missing_oracle_names_the_fix(spec):
         (lambda c: setattr(c.train, "learning_rate", 3.0), "train.learning_rate must be at most 1, got 3.0"),
         (lambda c: setattr(c.train, "rank", 10**5), "train.rank must be at most 1024"),
         (lambda c: setattr(c.train, "resolution", 8192), "train.resolution must be at most 4096"),
-        (lambda c: setattr(c.train, "num_class_images", 10**6), "train.num_class_images must be a whole number 0-10000"),
-        (lambda c: setattr(c.train, "prior_loss_weight", float("nan")), "train.prior_loss_weight must be a number"),
+        (
+            lambda c: setattr(c.train, "num_class_images", 10**6),
+            "train.num_class_images must be a whole number 0-10000",
+        ),
+        (
+            lambda c: setattr(c.train, "prior_loss_weight", float("nan")),
+            "train.prior_loss_weight must be a number",
+        ),
         (lambda c: setattr(c.generate, "steps", 5000), "generate.steps must be at most 1000"),
         (lambda c: setattr(c.generate, "batch_size", 2048), "generate.batch_size must be at most 1024"),
         (lambda c: setattr(c.generate, "guidance_scale", 1e9), "generate.guidance_scale must be at most 100"),
-        (lambda c: setattr(c.eval, "images_per_prompt", 10**4), "eval.images_per_prompt must be at most 1000"),
+        (
+            lambda c: setattr(c.eval, "images_per_prompt", 10**4),
+            "eval.images_per_prompt must be at most 1000",
+        ),
         (lambda c: setattr(c, "seed", True), "seed must be a whole number from 0 to 4294967295, got True"),
         (lambda c: setattr(c, "seed", 2**63), "seed must be a whole number from 0 to 4294967295"),
         (lambda c: setattr(c, "seed", 1.5), "seed must be a whole number"),
-        (lambda c: setattr(c, "anchors", [f"{{}} in place {i}" for i in range(1001)]), "1001 anchors: at most 1000"),
+        (
+            lambda c: setattr(c, "anchors", [f"{{}} in place {i}" for i in range(1001)]),
+            "1001 anchors: at most 1000",
+        ),
     ],
 )
 def test_config_upper_bounds_name_the_fix(change, message):

@@ -9,13 +9,40 @@ import storage
 from gal.cli import main
 from gal.review import read_decisions
 
-FAST = ["--model", "tiny", "--oracle", "tiny", "--steps", "3", "--gen-steps", "2", "--m", "2", "--rounds", "2"]
+FAST = [
+    "--model",
+    "tiny",
+    "--oracle",
+    "tiny",
+    "--steps",
+    "3",
+    "--gen-steps",
+    "2",
+    "--m",
+    "2",
+    "--rounds",
+    "2",
+]
 
 
 def test_scripted_human_round(tmp_path, capsys):
     runs = str(tmp_path / "runs")
-    assert main(["--runs-dir", runs, "run", "--demo", *FAST, "--strategy", "human+balance",
-                 "--sampling", "real-rate"]) == 0
+    assert (
+        main(
+            [
+                "--runs-dir",
+                runs,
+                "run",
+                "--demo",
+                *FAST,
+                "--strategy",
+                "human+balance",
+                "--sampling",
+                "real-rate",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "awaits review" in out
     with storage.open_db(tmp_path / "runs" / "gal.db") as db:
@@ -25,8 +52,10 @@ def test_scripted_human_round(tmp_path, capsys):
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 18 * 2 and {"image_id", "oracle_verdict", "verdict"} <= set(rows[0])
     decisions = tmp_path / "verdicts.csv"
-    decisions.write_text("image_id,verdict\n" + "\n".join(
-        f"{r['image_id']},{'accept' if i < 3 else 'reject'}" for i, r in enumerate(rows)))
+    decisions.write_text(
+        "image_id,verdict\n"
+        + "\n".join(f"{r['image_id']},{'accept' if i < 3 else 'reject'}" for i, r in enumerate(rows))
+    )
     assert main(["--runs-dir", runs, "decide", run_id, str(decisions), "--commit"]) == 0
     with storage.open_db(tmp_path / "runs" / "gal.db") as db:
         selections = storage.list_selections(db, run_id)
@@ -48,7 +77,12 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert "run 'missing-run' does not exist" in capsys.readouterr().err
     assert main(["--runs-dir", str(tmp_path), "run", "--demo", *FAST, "--k", "40"]) == 2
     assert "k=40 is larger than the 18 anchors" in capsys.readouterr().err
-    assert main(["--runs-dir", str(tmp_path), "run", "--ref", str(tmp_path / "nope.png"), "--prompt", "a <sks> x"]) == 2
+    assert (
+        main(
+            ["--runs-dir", str(tmp_path), "run", "--ref", str(tmp_path / "nope.png"), "--prompt", "a <sks> x"]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 

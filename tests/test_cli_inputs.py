@@ -7,12 +7,15 @@ from gal.cli import main
 from gal.review import read_decisions
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[]", "must hold a JSON object"),
-    ("42", "must hold a JSON object"),
-    ('{"gal": [1]}', "config key 'gal' must be an object of gal settings"),
-    ("{not json", "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[]", "must hold a JSON object"),
+        ("42", "must hold a JSON object"),
+        ('{"gal": [1]}', "config key 'gal' must be an object of gal settings"),
+        ("{not json", "is not valid JSON"),
+    ],
+)
 def test_bad_config_files(tmp_path, capsys, content, message):
     config = tmp_path / "c.json"
     config.write_text(content)
@@ -47,16 +50,19 @@ def test_a_missing_model_leaves_no_run_behind(tmp_path, capsys):
     assert [p.name for p in runs.iterdir() if p.is_dir() and p.name != "demo-references"] == []
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[1, 2, 3]", "list of"),
-    ('"overfit"', "got str"),
-    ("7", "got int"),
-    ("null", "got NoneType"),
-    ('[{"verdict": 1}]', "rows lacking image_id"),
-    ('{"x": 1}', "image_id must be a whole number"),
-    ('{"3": true}', "unknown verdict True"),
-    ("{", "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2, 3]", "list of"),
+        ('"overfit"', "got str"),
+        ("7", "got int"),
+        ("null", "got NoneType"),
+        ('[{"verdict": 1}]', "rows lacking image_id"),
+        ('{"x": 1}', "image_id must be a whole number"),
+        ('{"3": true}', "unknown verdict True"),
+        ("{", "is not valid JSON"),
+    ],
+)
 def test_bad_decision_json(tmp_path, content, message):
     path = tmp_path / "d.json"
     path.write_text(content)

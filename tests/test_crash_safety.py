@@ -33,8 +33,13 @@ def setup(tmp_path_factory, reference_files):
 
 def _gal(runs, *args, env=None, timeout=240):
     refs_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gal", "--runs-dir", str(runs), *args],
-                          capture_output=True, text=True, timeout=timeout, env=refs_env)
+    return subprocess.run(
+        [sys.executable, "-m", "gal", "--runs-dir", str(runs), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=refs_env,
+    )
 
 
 def _start(runs, setup, env=None):
@@ -60,14 +65,34 @@ def snapshot(runs) -> dict:
         images = [im for r in rounds for im in storage.list_images(db, run_id, r["round_index"], kind=None)]
         return {
             "status": run["status"],
-            "rounds": [(r["round_index"], r["state"], r["openness"],
-                        {k: round(v, 6) for k, v in (r["metrics"] or {}).items() if isinstance(v, float)})
-                       for r in rounds],
-            "selections": [(s["round_index"], s["anchor_index"], s["weight"], s["strategy"])
-                           for s in storage.list_selections(db, run_id)],
-            "references": [(x["file"], x["weight"], x["source"], x["sha256"]) for x in storage.list_references(db, run_id)],
-            "images": sorted((im["round_index"], im["kind"], im["anchor_index"], im["slot"], im["oracle_verdict"],
-                              hashlib.sha256((folder / im["file"]).read_bytes()).hexdigest()) for im in images),
+            "rounds": [
+                (
+                    r["round_index"],
+                    r["state"],
+                    r["openness"],
+                    {k: round(v, 6) for k, v in (r["metrics"] or {}).items() if isinstance(v, float)},
+                )
+                for r in rounds
+            ],
+            "selections": [
+                (s["round_index"], s["anchor_index"], s["weight"], s["strategy"])
+                for s in storage.list_selections(db, run_id)
+            ],
+            "references": [
+                (x["file"], x["weight"], x["source"], x["sha256"])
+                for x in storage.list_references(db, run_id)
+            ],
+            "images": sorted(
+                (
+                    im["round_index"],
+                    im["kind"],
+                    im["anchor_index"],
+                    im["slot"],
+                    im["oracle_verdict"],
+                    hashlib.sha256((folder / im["file"]).read_bytes()).hexdigest(),
+                )
+                for im in images
+            ),
         }
 
 
@@ -82,7 +107,9 @@ def uninterrupted(setup):
 def _kill_and_resume(setup, point: str, tmp_path) -> dict:
     runs = tmp_path / "runs"
     killed = _start(runs, setup, env={"GAL_KILL_AT": point})
-    assert killed.returncode == -9, f"the run was not killed at {point}: rc {killed.returncode} {killed.stderr[-800:]}"
+    assert killed.returncode == -9, (
+        f"the run was not killed at {point}: rc {killed.returncode} {killed.stderr[-800:]}"
+    )
     resumed = _gal(runs, "run", "--resume", _run_id(runs))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     return snapshot(runs)
@@ -94,11 +121,23 @@ def test_kill_inside_evaluation_commit_resumes_identically(setup, uninterrupted,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", [
-    "training.done@1", "training.recording@1", "generating.done@1", "generating.recording@1", "judging.done@1",
-    "judging.recording@1", "evaluating.done@1", "committing@1", "committed@1", "training.recording@2",
-    "evaluating.recording@2", "committing@2",
-])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "training.done@1",
+        "training.recording@1",
+        "generating.done@1",
+        "generating.recording@1",
+        "judging.done@1",
+        "judging.recording@1",
+        "evaluating.done@1",
+        "committing@1",
+        "committed@1",
+        "training.recording@2",
+        "evaluating.recording@2",
+        "committing@2",
+    ],
+)
 def test_kill_anywhere_resumes_identically(setup, uninterrupted, tmp_path, point):
     assert _kill_and_resume(setup, point, tmp_path) == uninterrupted
 
@@ -112,12 +151,22 @@ def test_second_resume_is_refused_naming_the_live_process(tmp_path):
 
     Studio(runs, model="tiny", oracle="tiny")  # create the database
     with storage.open_db(runs / "gal.db") as db:
-        storage.create_run(db, run_id="r1", name="r1", config=tiny_config().to_dict(), run_dir=str(runs / "r1"))
+        storage.create_run(
+            db, run_id="r1", name="r1", config=tiny_config().to_dict(), run_dir=str(runs / "r1")
+        )
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with storage.open_db(runs / "gal.db") as db:  # a live process holds the lease
-            db["leases"].insert({"run_id": "r1", "owner": "other", "host": __import__("socket").gethostname(),
-                                 "pid": holder.pid, "acquired_at": "now", "heartbeat": time.time()})
+            db["leases"].insert(
+                {
+                    "run_id": "r1",
+                    "owner": "other",
+                    "host": __import__("socket").gethostname(),
+                    "pid": holder.pid,
+                    "acquired_at": "now",
+                    "heartbeat": time.time(),
+                }
+            )
         refused = _gal(runs, "run", "--resume", "r1", timeout=60)
         assert refused.returncode == 2
         assert f"being worked on by process {holder.pid}" in refused.stderr
@@ -135,8 +184,16 @@ def test_second_resume_is_refused_naming_the_live_process(tmp_path):
 def test_a_silent_lease_from_another_host_is_taken_over(tmp_path):
     with storage.open_db(tmp_path / "gal.db") as db:
         storage.create_run(db, run_id="r", name="r", config={}, run_dir=str(tmp_path))
-        db["leases"].insert({"run_id": "r", "owner": "far", "host": "elsewhere", "pid": 1, "acquired_at": "then",
-                             "heartbeat": time.time()})
+        db["leases"].insert(
+            {
+                "run_id": "r",
+                "owner": "far",
+                "host": "elsewhere",
+                "pid": 1,
+                "acquired_at": "then",
+                "heartbeat": time.time(),
+            }
+        )
         with pytest.raises(storage.LeaseHeld, match="process 1 on elsewhere"):
             storage.acquire_lease(db, "r", "me", stale_after=60)
         db.execute("UPDATE leases SET heartbeat = ?", [time.time() - 120])
@@ -156,9 +213,26 @@ def test_two_commit_processes_commit_once(shared_studio, references):
     first = shared_studio.review_state(run_id)["anchors"][0]["images"][0]["id"]
     shared_studio.decide(run_id, first, 0)  # an accepted image: either commit, auto or human, could go alone
     runs = shared_studio.runs_root
-    procs = [subprocess.Popen([sys.executable, "-m", "gal", "--runs-dir", str(runs), "commit", run_id, "--no-advance",
-                               "--mode", mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for mode in ("auto", "human")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gal",
+                "--runs-dir",
+                str(runs),
+                "commit",
+                run_id,
+                "--no-advance",
+                "--mode",
+                mode,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode in ("auto", "human")
+    ]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _ in results) == [0, 2], results
     assert any("not in review" in err for rc, err in results if rc == 2)
@@ -225,9 +299,15 @@ def test_stale_verdict_file_is_refused_and_blank_means_no_change(shared_studio, 
         csv.writer(f).writerows([header, *rows])
     assert main(["--runs-dir", runs, "decide", run_id, str(stale)]) == 2
     assert "got newer verdicts after the file was written" in capsys.readouterr().err
-    assert main(["--runs-dir", runs, "decide", run_id, str(untouched), "--clear-blank"]) == 2  # would clear them
+    assert (
+        main(["--runs-dir", runs, "decide", run_id, str(untouched), "--clear-blank"]) == 2
+    )  # would clear them
     capsys.readouterr()
-    state = {im["id"]: im["person_verdict"] for a in shared_studio.review_state(run_id)["anchors"] for im in a["images"]}
+    state = {
+        im["id"]: im["person_verdict"]
+        for a in shared_studio.review_state(run_id)["anchors"]
+        for im in a["images"]
+    }
     assert (state[ids[0]], state[ids[1]]) == (1, 0)  # nothing clobbered
 
     # re-exported, the file applies; blank cells change nothing, an unchanged verdict records nothing
@@ -243,12 +323,20 @@ def test_stale_verdict_file_is_refused_and_blank_means_no_change(shared_studio, 
     assert "recorded 1 verdicts (2 unchanged)" in capsys.readouterr().err
     with storage.open_db(shared_studio.db_path) as db:
         assert storage.review_revision(db, run_id, 1) == before + 1
-    state = {im["id"]: im["person_verdict"] for a in shared_studio.review_state(run_id)["anchors"] for im in a["images"]}
+    state = {
+        im["id"]: im["person_verdict"]
+        for a in shared_studio.review_state(run_id)["anchors"]
+        for im in a["images"]
+    }
     assert (state[ids[0]], state[ids[1]], state[ids[2]]) == (1, 0, 1)
     assert sum(v is not None for v in state.values()) == 3
 
     # --force overrides a stale file, --clear-blank clears what is blank
     shared_studio.decide(run_id, ids[3], 1)
     assert main(["--runs-dir", runs, "decide", run_id, str(edited), "--force", "--clear-blank"]) == 0
-    state = {im["id"]: im["person_verdict"] for a in shared_studio.review_state(run_id)["anchors"] for im in a["images"]}
+    state = {
+        im["id"]: im["person_verdict"]
+        for a in shared_studio.review_state(run_id)["anchors"]
+        for im in a["images"]
+    }
     assert state[ids[3]] is None and state[ids[2]] == 1

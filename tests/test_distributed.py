@@ -27,7 +27,15 @@ def _free_port() -> int:
 
 
 def _launch(runs, config, refs, processes: int):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(_free_port()),
+    ]
     if processes == 1:
         cmd = [sys.executable]
     args = ["-m", "gal", "--runs-dir", str(runs), "run", "--config", str(config), "--prompt", PROMPT]
@@ -39,7 +47,9 @@ def _launch(runs, config, refs, processes: int):
     with storage.open_db(runs / "gal.db") as db:
         (run,) = storage.list_runs(db)
         rounds = storage.list_rounds(db, run["run_id"])
-        images = [im for r in rounds for im in storage.list_images(db, run["run_id"], r["round_index"], kind=None)]
+        images = [
+            im for r in rounds for im in storage.list_images(db, run["run_id"], r["round_index"], kind=None)
+        ]
         selections = storage.list_selections(db, run["run_id"])
     return run, rounds, images, selections
 
@@ -59,11 +69,17 @@ def test_two_processes_give_the_one_process_run(tmp_path, reference_files):
     assert sorted(by_key) == sorted(key(im) for im in two[2])  # every slot, exactly once
     for im in two[2]:
         ref = by_key[key(im)]
-        assert (im["seed"], im["file"], im["oracle_verdict"]) == (ref["seed"], ref["file"], ref["oracle_verdict"])
+        assert (im["seed"], im["file"], im["oracle_verdict"]) == (
+            ref["seed"],
+            ref["file"],
+            ref["oracle_verdict"],
+        )
         a = np.asarray(Image.open(tmp_path / "two" / two[0]["run_id"] / im["file"]), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "one" / one[0]["run_id"] / ref["file"]), dtype=np.int16)
         assert np.abs(a - b).max() <= 2, f"image {im['file']} differs by {np.abs(a - b).max()}/255"
-    assert [(s["round_index"], s["anchor_index"]) for s in one[3]] == [(s["round_index"], s["anchor_index"]) for s in two[3]]
+    assert [(s["round_index"], s["anchor_index"]) for s in one[3]] == [
+        (s["round_index"], s["anchor_index"]) for s in two[3]
+    ]
     for r1, r2 in zip(one[1], two[1], strict=True):
         for metric in ("txt_aln", "img_aln", "ovf"):
             assert r1["metrics"][metric] == pytest.approx(r2["metrics"][metric], abs=1e-4)
@@ -83,8 +99,8 @@ out, refs = sys.argv[1], sys.argv[2:]
 pipe = load_pipeline("tiny", torch.device("cpu"), torch.float32)
 examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star on stairs", 1.0) for p in refs]
 processes = Processes()
-result = train_lora(pipe, examples, TrainConfig(steps=40, learning_rate=3e-3, batch_size=4), resolution=32, seed=3,
-                    processes=processes)
+result = train_lora(pipe, examples, TrainConfig(steps=40, learning_rate=3e-3, batch_size=4), resolution=32,
+                    seed=3, processes=processes)
 if processes.is_main:
     state = adapter_state(pipe)
     json.dump({"losses": result.losses, "world": processes.world,
@@ -99,11 +115,26 @@ def test_two_processes_train_the_one_process_adapter(tmp_path, reference_files):
     script.write_text(TRAIN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     results = []
-    for cmd in ([sys.executable], [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                   "--master_port", str(_free_port())]):
+    for cmd in (
+        [sys.executable],
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+        ],
+    ):
         out = tmp_path / f"result{len(results)}.json"
-        done = subprocess.run([*cmd, str(script), str(out), *map(str, reference_files)], capture_output=True,
-                              text=True, timeout=400, env=env)
+        done = subprocess.run(
+            [*cmd, str(script), str(out), *map(str, reference_files)],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         results.append(__import__("json").loads(out.read_text()))
     one, two = results

@@ -55,7 +55,9 @@ def test_two_rounds_of_every_strategy(shared_studio, references, strategy):
     assert len(images_r1) == 4 * 3  # 4 anchors × m=3
 
     # Eq. 6-9 recomputed from the stored final verdicts match what the round stored.
-    verdicts = np.array([[im["final_verdict"] for im in images_r1 if im["anchor_index"] == a] for a in range(4)])
+    verdicts = np.array(
+        [[im["final_verdict"] for im in images_r1 if im["anchor_index"] == a] for a in range(4)]
+    )
     omega = algorithm.direction_uncertainty(algorithm.overfit_rate(verdicts))
     np.testing.assert_allclose([a["uncertainty"] for a in anchors_r1], omega)
     assert rounds[0]["openness"] == pytest.approx(0.005 * omega.mean())
@@ -94,7 +96,9 @@ def test_override_changes_live_preview_and_selection(shared_studio, references):
     assert counters["mixed"] == 1
     # The picked image of the mixed anchor is an aligned one.
     pick = preview["picks"][0]
-    verdict = {im["id"]: im["final_verdict"] for a in studio.review_state(run_id)["anchors"] for im in a["images"]}
+    verdict = {
+        im["id"]: im["final_verdict"] for a in studio.review_state(run_id)["anchors"] for im in a["images"]
+    }
     assert verdict[pick["image_id"]] == 0
     studio.commit_round(run_id)
     with storage.open_db(studio.db_path) as db:
@@ -196,12 +200,15 @@ def test_same_config_same_round_one_whatever_ran_before(shared_studio, reference
 
 
 def test_a_pool_emptied_by_the_person_ends_the_run_after_training_on_the_picks(shared_studio, references):
-    """Human mode may select every anchor in one round; the next round trains on the picks, evaluates, and ends."""
+    """Human mode may select every anchor in one round; the next round trains on the picks, evaluates,
+    and ends."""
     studio = shared_studio
     run_id = studio.create_run(tiny_config("human+balance", max_rounds=3), references)
     assert studio.advance(run_id)["status"] == "awaiting_review"
     state = studio.review_state(run_id)
-    studio.decide_many(run_id, {a["images"][0]["id"]: 0 for a in state["anchors"]})  # one image of every anchor
+    studio.decide_many(
+        run_id, {a["images"][0]["id"]: 0 for a in state["anchors"]}
+    )  # one image of every anchor
     studio.commit_round(run_id)
     run = studio.advance(run_id)
     assert run["status"] == "finished" and run["current_round"] == 2

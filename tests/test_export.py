@@ -74,24 +74,28 @@ REDRAW = textwrap.dedent("""
     def draw(pipe):
         pipe.set_progress_bar_config(disable=True)
         g = torch.Generator().manual_seed(11)
-        return pipe(["a <sks> star in the snow"], num_inference_steps=3, guidance_scale=3.0, height=32, width=32,
-                    generator=g, output_type="np").images[0]
+        return pipe(["a <sks> star in the snow"], num_inference_steps=3, guidance_scale=3.0, height=32,
+                    width=32, generator=g, output_type="np").images[0]
     results = {"base": draw(build_tiny_pipeline()).tolist()}
     for job in jobs:
         r = {}
         pipe = build_tiny_pipeline(); pipe.load_lora_weights(job["dir"])  # diffusers' default weight name
         r["diffusers"] = draw(pipe)
-        pipe = build_tiny_pipeline(); pipe.load_lora_weights(job["dir"], weight_name=job["kohya"])  # auto-detected
+        pipe = build_tiny_pipeline()
+        pipe.load_lora_weights(job["dir"], weight_name=job["kohya"])  # auto-detected
         r["kohya"] = draw(pipe)
         # what diffusers' convert_state_dict_to_kohya writes: every .alpha = the rank
         state = load_file(job["dir"] + "/" + job["kohya"])
         state = {k: (torch.tensor(float(state[k[:-len(".alpha")] + ".lora_down.weight"].shape[0]))
                      if k.endswith(".alpha") else v) for k, v in state.items()}
         save_file(state, job["tmp"] + "/alpha_is_rank.safetensors")
-        pipe = build_tiny_pipeline(); pipe.load_lora_weights(job["tmp"], weight_name="alpha_is_rank.safetensors")
+        pipe = build_tiny_pipeline()
+        pipe.load_lora_weights(job["tmp"], weight_name="alpha_is_rank.safetensors")
         r["alpha_is_rank"] = draw(pipe)
-        r["fused"] = draw(StableDiffusionPipeline.from_pretrained(job["dir"] + "/pipeline", safety_checker=None))
-        single = StableDiffusionPipeline.from_single_file(job["ckpt"], config=job["ckpt_config"], safety_checker=None)
+        fused = StableDiffusionPipeline.from_pretrained(job["dir"] + "/pipeline", safety_checker=None)
+        r["fused"] = draw(fused)
+        single = StableDiffusionPipeline.from_single_file(job["ckpt"], config=job["ckpt_config"],
+                                                          safety_checker=None)
         r["single_file"] = draw(single)
         results[job["name"]] = {k: v.tolist() for k, v in r.items()}
     print(json.dumps(results))

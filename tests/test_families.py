@@ -189,7 +189,8 @@ def test_single_file_without_a_config_folder_names_the_fix(tmp_path):
 
 
 def test_flux_single_file_loads_offline_with_its_config_folder(tmp_path):
-    """A FLUX.1 single file holds the transformer; text encoders, VAE and tokenizers come from ``?config=``."""
+    """A FLUX.1 single file holds the transformer; text encoders, VAE and tokenizers come from
+    ``?config=``."""
     pipe = load_pipeline("tiny-flux", CPU, torch.float32)
     pipe.save_pretrained(tmp_path / "flux")
     ckpt = tmp_path / "flux1-tiny.safetensors"
@@ -337,8 +338,8 @@ def test_export_round_trip_per_family_in_a_fresh_process(studios, references, tm
     studio = studios(model)
     config = family_config(model, strategy="uncertainty", max_rounds=1)
     if model == "tiny-flux":
-        # diffusers' BFL importer hard-codes FLUX.1's widths (3072) for single blocks' fused linear1, so on the
-        # tiny model only double blocks can go through it; test_bfl_fused_lora_equals_the_per_module_loras
+        # diffusers' BFL importer hard-codes FLUX.1's widths (3072) for single blocks' fused linear1, so on
+        # the tiny model only double blocks can go through it; test_bfl_fused_lora_equals_the_per_module_loras
         # checks the single-block mapping exactly.
         config.train.target_modules = [f"transformer_blocks.{i}.{m}" for i in (0, 1) for m in FLUX_TARGETS]
     run_id = studio.create_run(config, references)
@@ -367,7 +368,16 @@ def test_export_round_trip_per_family_in_a_fresh_process(studios, references, tm
     cases = [{"seed": im["seed"], "prompt": im["prompt"]} for im in images]
     gen = {"steps": config.generate.steps, "guidance_scale": config.generate.guidance_scale, "batch_size": 2}
     proc = subprocess.run(
-        [sys.executable, "-c", REPLAY, model, str(out), json.dumps(cases), written["kohya"].name, json.dumps(gen)],
+        [
+            sys.executable,
+            "-c",
+            REPLAY,
+            model,
+            str(out),
+            json.dumps(cases),
+            written["kohya"].name,
+            json.dumps(gen),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -390,7 +400,8 @@ def test_export_round_trip_per_family_in_a_fresh_process(studios, references, tm
 
 
 def test_bfl_fused_lora_equals_the_per_module_loras():
-    """A rank-r LoRA on each of q, k, v == one rank-3r LoRA on the fused qkv (and alpha 3·alpha keeps the scale)."""
+    """A rank-r LoRA on each of q, k, v == one rank-3r LoRA on the fused qkv
+    (and alpha 3·alpha keeps the scale)."""
     g = torch.Generator().manual_seed(0)
     r, width, alpha = 4, 32, 8.0
     state = {}
@@ -582,7 +593,8 @@ def test_flux_flow_matching_loss_decreases_on_a_fixed_batch(reference_files):
 
 
 def test_sample_weights_scale_each_family_loss(reference_files):
-    """A zero-weight reference contributes nothing: its loss weight multiplies the family's per-sample loss."""
+    """A zero-weight reference contributes nothing: its loss weight multiplies the family's
+    per-sample loss."""
     for model in ("tiny-sdxl", "tiny-flux"):
         pipe = load_pipeline(model, CPU, torch.float32)
         examples = _star_examples(reference_files, 2)

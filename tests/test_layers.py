@@ -10,7 +10,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "storage": {"torch", "diffusers", "transformers", "gradio", "gal", "gal_studio", "ui", "app", "numpy", "open_clip"},
+    "storage": {
+        "torch",
+        "diffusers",
+        "transformers",
+        "gradio",
+        "gal",
+        "gal_studio",
+        "ui",
+        "app",
+        "numpy",
+        "open_clip",
+    },
     "gal": {"gradio", "ui", "app", "gal_studio"},
     "ui": {"app", "gal_studio"},
 }
@@ -69,14 +80,23 @@ def test_gal_app_console_script_works_from_any_folder(tmp_path):
     import sys
 
     script = Path(sys.executable).parent / "gal"
-    assert script.exists(), f"the gal console script is not installed next to {sys.executable}: pip install -e ."
+    assert script.exists(), (
+        f"the gal console script is not installed next to {sys.executable}: pip install -e ."
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    done = subprocess.run([str(script), "app", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=env)
+    done = subprocess.run(
+        [str(script), "app", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stderr[-1500:]
     assert "--runs-dir" in done.stdout and "--allowed-host" in done.stdout
-    runs = subprocess.run([str(script), "--runs-dir", str(tmp_path / "runs"), "runs"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env=env)
+    runs = subprocess.run(
+        [str(script), "--runs-dir", str(tmp_path / "runs"), "runs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert runs.returncode == 0 and "no runs yet" in runs.stdout, runs.stderr[-1500:]
 
 

@@ -1,4 +1,5 @@
-"""A killed `gal run` resumes without redoing work; an export reloads in a fresh process and redraws the images."""
+"""A killed `gal run` resumes without redoing work; an export reloads in a fresh process and redraws
+the images."""
 
 import json
 import os
@@ -17,14 +18,39 @@ import storage
 
 
 def _gal(runs_dir, *args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "gal", "--runs-dir", str(runs_dir), *args],
-                          capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "gal", "--runs-dir", str(runs_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--demo", "--model", "tiny", "--oracle", "tiny",
-           "--steps", "4", "--gen-steps", "8", "--m", "10", "--rounds", "2", "--no-adaptive-stop"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gal",
+        "--runs-dir",
+        str(runs),
+        "run",
+        "--demo",
+        "--model",
+        "tiny",
+        "--oracle",
+        "tiny",
+        "--steps",
+        "4",
+        "--gen-steps",
+        "8",
+        "--m",
+        "10",
+        "--rounds",
+        "2",
+        "--no-adaptive-stop",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     run_id, before = None, []
     deadline = time.time() + 240
@@ -75,8 +101,9 @@ REPLAY = textwrap.dedent("""
     out, cases = sys.argv[1], json.loads(sys.argv[2])
     def draw(pipe, case):
         g = [torch.Generator().manual_seed(case["seed"])]
-        return np.asarray(pipe([case["prompt"]], num_inference_steps=case["steps"], guidance_scale=case["guidance"],
-                               height=32, width=32, generator=g).images[0], dtype=np.float32)
+        image = pipe([case["prompt"]], num_inference_steps=case["steps"], guidance_scale=case["guidance"],
+                     height=32, width=32, generator=g).images[0]
+        return np.asarray(image, dtype=np.float32)
     results = {}
     pipe = build_tiny_pipeline()
     pipe.load_lora_weights(out, weight_name="pytorch_lora_weights.safetensors")
@@ -100,16 +127,29 @@ def test_export_round_trip_in_a_fresh_process(shared_studio, references, tmp_pat
     assert set(written) == {"diffusers", "kohya", "fused", "dataset", "card"}
 
     images = studio.review_state(run_id, 1)["anchors"][0]["images"][:2]
-    cases = [{"seed": im["seed"], "prompt": im["prompt"], "steps": config.generate.steps,
-              "guidance": config.generate.guidance_scale} for im in images]
-    proc = subprocess.run([sys.executable, "-c", REPLAY, str(out), json.dumps(cases), written["kohya"].name],
-                          capture_output=True, text=True, timeout=300)
+    cases = [
+        {
+            "seed": im["seed"],
+            "prompt": im["prompt"],
+            "steps": config.generate.steps,
+            "guidance": config.generate.guidance_scale,
+        }
+        for im in images
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", REPLAY, str(out), json.dumps(cases), written["kohya"].name],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     for fmt in ("diffusers", "kohya", "fused"):
         for im, redrawn in zip(images, results[fmt]):
             saved = np.asarray(Image.open(im["path"]), dtype=np.float32)
-            assert np.allclose(np.asarray(redrawn), saved, atol=2.0), f"{fmt} export does not redraw image {im['id']}"
+            assert np.allclose(np.asarray(redrawn), saved, atol=2.0), (
+                f"{fmt} export does not redraw image {im['id']}"
+            )
 
     # Provenance in the safetensors headers; kohya keys for A1111; dataset and card.
     from safetensors import safe_open

@@ -89,7 +89,8 @@ def multipart(name: str = "ref.png") -> tuple[bytes, bytes]:
 
 
 def upload(port, size: int, headers=None, declared: int | None = None):
-    """POST a ``size``-byte file (zeros, streamed 1 MiB at a time) to the upload route; (status, body, bytes sent).
+    """POST a ``size``-byte file (zeros, streamed 1 MiB at a time) to the upload route;
+    (status, body, bytes sent).
 
     ``declared`` sends a Content-Length of that many body bytes but only the part's header: the server
     must answer from the header alone."""

@@ -64,7 +64,8 @@ def db_path(tmp_path):
 
 
 def make_round(db, run_id="cat", round_index=1, anchors=2, slots=2, oracle=None):
-    """A run with one round and `anchors` x `slots` anchor images; returns the image ids in (anchor, slot) order."""
+    """A run with one round and `anchors` x `slots` anchor images; returns the image ids in
+    (anchor, slot) order."""
     if db.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is None:
         create_run(db, run_id=run_id, name=run_id.title(), config={"k": 3}, run_dir=run_id)
     start_round(db, run_id=run_id, round_index=round_index, mode="human")

@@ -54,7 +54,9 @@ def test_real_rate_keeps_the_real_references_gradient_and_adds_the_weighted_ones
     g = torch.Generator().manual_seed(1)
     batch, coef = draw_batch(examples, cfg, g)
     assert len(batch) == 4 + 2  # batch_size real + half a batch of added ones
-    assert all(not examples[i].added for i in batch[:4].tolist()) and all(examples[i].added for i in batch[4:].tolist())
+    assert all(not examples[i].added for i in batch[:4].tolist()) and all(
+        examples[i].added for i in batch[4:].tolist()
+    )
     assert float(coef[:4].sum()) == pytest.approx(1.0)  # the real half is round 1's loss exactly
 
 
@@ -68,7 +70,9 @@ def test_real_rate_with_nothing_added_is_round_one_and_class_images_average_in()
     batch, coef = a
     assert len(batch) == 4 and (batch[2:] >= 3).all()  # one class image per instance sample
     assert float(coef.sum()) == pytest.approx(1.0)
-    mean, _ = _expected_loss(examples, TrainConfig(batch_size=2), [1.0, 1.0, 1.0], n_class=4, class_losses=[3.0] * 4)
+    mean, _ = _expected_loss(
+        examples, TrainConfig(batch_size=2), [1.0, 1.0, 1.0], n_class=4, class_losses=[3.0] * 4
+    )
     assert mean == pytest.approx((1.0 + 3.0) / 2, rel=0.02)  # (instance loss + prior loss) / 2
 
 
@@ -94,7 +98,9 @@ def test_real_rate_run_trains_round_two_on_both_halves(shared_studio, references
     steps = config.train.steps
     assert len(seen) == 2 * steps
     assert {s[1] for s in seen[:steps]} == {2}  # round 1: only the real references
-    assert {s[:2] for s in seen[steps:]} == {(2, 2 + 1)}  # round 2: 2 added images, a real batch of 2 + 1 added
+    assert {s[:2] for s in seen[steps:]} == {
+        (2, 2 + 1)
+    }  # round 2: 2 added images, a real batch of 2 + 1 added
     with storage.open_db(shared_studio.db_path) as db:
         stored = storage.get_run(db, run_id)["config"]
         assert stored["train"]["reference_sampling"] == "real-rate"
@@ -106,7 +112,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_and_constant_stays_put():
     factors = [lr_factor(s, total, "cosine") for s in range(total)]
     warm = total // 20
     assert factors[0] == pytest.approx(1 / warm) and factors[warm - 1] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[warm - 1:], factors[warm:]))  # never rises after warm-up
+    assert all(a >= b for a, b in zip(factors[warm - 1 :], factors[warm:]))  # never rises after warm-up
     assert factors[-1] < 1e-4 and factors[warm + (total - warm) // 2] == pytest.approx(0.5, abs=0.01)
     assert {lr_factor(s, total, "constant") for s in range(0, total, 50)} == {1.0}
     with pytest.raises(ValueError, match="constant or cosine"):

@@ -89,7 +89,8 @@ class WebPolicy:
 
     @classmethod
     def from_flags(cls, host: str, allowed_hosts: list[str], share: bool, max_file_size: int) -> WebPolicy:
-        """Bodies up to 32 files at ``max_file_size`` each (Gradio bounds each file) plus 1 MiB of form data."""
+        """Bodies up to 32 files at ``max_file_size`` each (Gradio bounds each file) plus 1 MiB of
+        form data."""
         names = [check_allowed_host(h) for h in allowed_hosts]
         bind = host.strip("[]").lower()
         if bind not in ANY_ADDRESS and bind not in LOOPBACK_NAMES:
@@ -164,7 +165,8 @@ def client_key(address: str) -> str:
 
 
 class WebGuard:
-    """ASGI middleware applying a ``WebPolicy``; add it with ``app_kwargs={"middleware": [guard(policy)]}``."""
+    """ASGI middleware applying a ``WebPolicy``;
+    add it with ``app_kwargs={"middleware": [guard(policy)]}``."""
 
     def __init__(self, app, policy: WebPolicy) -> None:
         self.app = app

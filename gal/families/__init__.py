@@ -50,8 +50,9 @@ def defaults(name: str) -> FamilyDefaults:
 
 
 def config_defaults(name: str) -> dict[str, dict]:
-    """The family's defaults in RunConfig's shape (``{"train": {...}, "generate": {...}}``), for the app/CLI to
-    merge under what the person set explicitly (full-size models; the tiny ones keep the tests' settings)."""
+    """The family's defaults in RunConfig's shape (``{"train": {...}, "generate": {...}}``), for the app/CLI
+    to merge under what the person set explicitly (full-size models; the tiny ones keep the tests'
+    settings)."""
     d = get(name).defaults
     return {
         "train": {

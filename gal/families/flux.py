@@ -206,7 +206,9 @@ class FluxFamily(Family):
         # A fresh copy: the pipeline's scheduler keeps only the last generation's timesteps.
         return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
-    def per_sample_loss(self, pipe, scheduler, latents, cond, generator, cfg, autocast, rows=None) -> torch.Tensor:
+    def per_sample_loss(
+        self, pipe, scheduler, latents, cond, generator, cfg, autocast, rows=None
+    ) -> torch.Tensor:
         from diffusers import FluxPipeline
         from diffusers.training_utils import (
             compute_density_for_timestep_sampling,

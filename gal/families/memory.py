@@ -67,7 +67,8 @@ def unet_activations(
 
 
 def lora_params_of(module, targets: list[str], rank: int) -> int:
-    """LoRA parameters ``rank · (in + out)`` over the linears whose name ends with a target (as peft matches)."""
+    """LoRA parameters ``rank · (in + out)`` over the linears whose name ends with a target
+    (as peft matches)."""
     import torch
 
     total = 0
@@ -93,7 +94,8 @@ def activations_of(family, denoiser, resolution: int, batch: int, vae_scale: int
 
 
 def estimate_from_pipe(pipe, family, cfg, resolution: int) -> dict[str, float]:
-    """``training_bytes`` for a loaded pipeline and a TrainConfig (options resolved as training resolves them)."""
+    """``training_bytes`` for a loaded pipeline and a TrainConfig
+    (options resolved as training resolves them)."""
     from gal.training import flag, target_modules
 
     denoiser = family.denoiser(pipe)
@@ -143,6 +145,7 @@ def advice(need: dict[str, float], free_bytes: float, cfg, family) -> str | None
         else "lower train.resolution, train.batch_size or train.rank"
     )
     return (
-        f"{family.label} LoRA training needs about {need['total'] / gib:.1f} GiB but {free_bytes / gib:.1f} GiB "
+        f"{family.label} LoRA training needs about {need['total'] / gib:.1f} GiB "
+        f"but {free_bytes / gib:.1f} GiB "
         f"are free: {fix}"
     )

@@ -203,7 +203,6 @@ class Family:
             kwargs[f"{part}_lora_adapter_metadata"] = metadata[part]
         type(pipe).save_lora_weights(folder, **kwargs)
 
-
     # -- memory -------------------------------------------------------------------------------------
     def needs_memory_saving(self) -> bool:
         return False

@@ -25,7 +25,8 @@ class SDXLFamily(Family):
         offload_text_encoders=True,
         vae_tiling=True,
     )
-    text_encoder_targets = []  # text-encoder LoRA is wired for SD 1.x/2.x only (SDXL has two encoders to adapt)
+    # text-encoder LoRA is wired for SD 1.x/2.x only (SDXL has two encoders to adapt)
+    text_encoder_targets = []
 
     def pipeline_class(self):
         from diffusers import StableDiffusionXLPipeline

@@ -18,7 +18,8 @@ DEFAULT_CLIP_DIR = Path(__file__).resolve().parents[1] / "assets" / "toyworld" /
 
 # Zero-shot prompts per attribute: the wording the CLIP was trained on with the other attributes dropped.
 def zero_shot_prompts() -> dict[str, dict[str, str]]:
-    """``{attribute: {value: prompt}}``, e.g. ``{"shape": {"star": "a star", ...}, "colour": {"red": "a red shape"}}``."""
+    """``{attribute: {value: prompt}}``,
+    e.g. ``{"shape": {"star": "a star", ...}, "colour": {"red": "a red shape"}}``."""
     from gal.toyworld.world import BACKGROUNDS, COLOURS, PATTERNS, SHAPES
 
     return {
@@ -57,7 +58,8 @@ def images_to_tensor(images, model):
 
 
 def zero_shot(model, tokenizer, images, attribute: str, batch_size: int = 500):
-    """Zero-shot labels of ``images`` ([B, H, W, 3] uint8) for one attribute: ``(values, predicted index [B])``."""
+    """Zero-shot labels of ``images`` ([B, H, W, 3] uint8) for one attribute:
+    ``(values, predicted index [B])``."""
     import torch
 
     prompts = zero_shot_prompts()[attribute]

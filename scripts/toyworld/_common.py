@@ -64,7 +64,8 @@ def load_checkpoint(path: Path, **parts) -> int:
 
 
 def save_checkpoint(path: Path, step: int, **parts) -> None:
-    """Write every part's state dict and ``step`` to ``path`` (atomically: a kill mid-save keeps the old one)."""
+    """Write every part's state dict and ``step`` to ``path``
+    (atomically: a kill mid-save keeps the old one)."""
     import torch
 
     tmp = path.with_suffix(path.suffix + ".tmp")

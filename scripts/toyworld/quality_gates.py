@@ -1,7 +1,8 @@
 """Measure the toy world's quality gates and save sample grids.
 
     python scripts/toyworld/quality_gates.py                       # the shipped weights
-    python scripts/toyworld/quality_gates.py --pipeline artifacts/toyworld/pipeline_tmp --clip artifacts/toyworld/clip
+    python scripts/toyworld/quality_gates.py \\
+        --pipeline artifacts/toyworld/pipeline_tmp --clip artifacts/toyworld/clip
 
 1. Toy CLIP zero-shot top-1 per attribute on held-out images (gate: each >= 90 %).
 2. Generator with CFG, 64 prompts x 4 seeds: does the toy CLIP recognise the prompted shape, colour and
@@ -51,7 +52,8 @@ def grid(images: np.ndarray, cols: int, scale: int = 3) -> Image.Image:
 def generate(
     pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 64
 ) -> np.ndarray:
-    """``[len(seeds) * len(prompts), 32, 32, 3]`` uint8, seed-major (all prompts for seed 0, then seed 1 ...)."""
+    """``[len(seeds) * len(prompts), 32, 32, 3]`` uint8, seed-major
+    (all prompts for seed 0, then seed 1 ...)."""
     jobs = [(p, s) for s in seeds for p in prompts]
     out = []
     for i in range(0, len(jobs), batch):
