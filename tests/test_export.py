@@ -272,19 +272,29 @@ def test_base_model_versions_per_family():
 
 
 def test_family_detection_from_the_pipeline():
-    from types import SimpleNamespace as NS
+    """sd1 / sd2 / sdxl / flux from real (tiny) pipelines: SD 2 is told apart by its 1024-wide text encoder."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from gal.models import build_tiny_pipeline
+    from gal.models import build_tiny_pipeline, load_pipeline
 
-    assert gx.detect_family(build_tiny_pipeline()) == "sd1"
-    sd2 = NS(text_encoder=NS(config=NS(hidden_size=1024)), unet=NS(config=NS(cross_attention_dim=1024)))
+    sd1 = build_tiny_pipeline()
+    assert gx.detect_family(sd1) == "sd1"
+    text = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=1, num_attention_heads=4)
+    sd2 = StableDiffusionPipeline(
+        **{**sd1.components, "safety_checker": None, "feature_extractor": None},
+        requires_safety_checker=False,
+    )
+    sd2.text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=1024, intermediate_size=64, **text))
+    sd2.unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, cross_attention_dim=1024,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=16,
+    )  # fmt: skip
     assert gx.detect_family(sd2) == "sd2"
-    assert gx.detect_family(NS(unet=NS(config=NS(cross_attention_dim=768)), text_encoder=None)) == "sd1"
-
-    class StableDiffusionXLPipeline:  # detected by class name, as the families engineer's pipelines are
-        pass
-
-    assert gx.detect_family(StableDiffusionXLPipeline()) == "sdxl"
+    cpu = torch.device("cpu")
+    assert gx.detect_family(load_pipeline("tiny-sdxl", cpu, torch.float32)) == "sdxl"
+    assert gx.detect_family(load_pipeline("tiny-flux", cpu, torch.float32)) == "flux"
 
 
 # Key patterns the community loaders read for SD1 (read, not copied, from ComfyUI comfy/lora.py

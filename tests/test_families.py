@@ -296,13 +296,13 @@ def test_two_round_gal_run_per_family(studios, references, model):
     assert keys and all(k.startswith(family.lora_prefix + ".") for k in keys)
 
     # The trained LoRA visibly changes what the round draws (same seeds, adapter on vs off).
-    pipe = studio._activate(run_id, config, 2)
+    adapter = studio.folder(run_id).path(rounds[1]["adapter_path"])
+    pipe = studio.models.with_adapter(config.model, (run_id, 2), adapter)
     state = adapter_state(pipe)
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in state.items())
     prompts, seeds = ["a <sks> star on grass"] * 2, [3, 4]
     with_lora = generate(pipe, prompts, seeds, config.generate, resolution=32)
-    remove_adapter(pipe)
-    studio._loaded_adapter[model] = None
+    pipe = studio.models.base(config.model)
     base = generate(pipe, prompts, seeds, config.generate, resolution=32)
     diff = np.mean(
         [
