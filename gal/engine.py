@@ -336,8 +336,9 @@ class Studio:
     def export(
         self, run_id: str, out_dir: str | Path, formats: tuple[str, ...] | None = None, force: bool = False
     ) -> dict:
-        from gal.export import export_run
+        from gal.export import ExportSource, export_run
 
         check_run_id(run_id)
         with self._job_lock:  # the fused export uses the shared pipeline
-            return export_run(self, run_id, Path(out_dir), formats, force=force)
+            source = ExportSource(self.db, self.runs_root, self.models)
+            return export_run(source, run_id, Path(out_dir), formats, force=force)

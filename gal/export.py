@@ -28,6 +28,8 @@ import re
 import secrets
 import shutil
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
@@ -36,7 +38,8 @@ import torch
 
 import storage
 from gal.config import RunConfig
-from gal.runfolder import safe_join
+from gal.loaded import LoadedModels
+from gal.runfolder import RunFolder, safe_join
 from gal.training import LORA_FILE, add_safetensors_metadata
 
 FORMATS = ("diffusers", "kohya", "fused", "checkpoint", "dataset", "card")
@@ -105,17 +108,33 @@ def _sanitise(name: str) -> str:
 # -- the target folder --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExportSource:
+    """What an export reads, and no more: the database, the runs folder (it and every run folder are refused
+    as targets) and the loaded models (the fused formats merge the round's adapter into the base)."""
+
+    db: Callable[[], object]  # opens a connection
+    runs_root: Path
+    models: LoadedModels
+
+    def run_dir(self, run_id: str) -> Path:
+        return RunFolder(self.runs_root, run_id).root
+
+    def pipeline(self, spec: str):
+        return self.models.pipeline(spec)
+
+
 def _is_within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | None:
+def _check_target(src: ExportSource, run_id: str, out_dir: Path, force: bool) -> dict | None:
     """Refuse what an export must not replace; returns the previous export's marker (or None)."""
-    root = Path(studio.runs_root).resolve()
-    with studio.db() as db:
+    root = Path(src.runs_root).resolve()
+    with src.db() as db:
         run_dirs = [Path(r["run_dir"]).resolve() for r in storage.list_runs(db)]
     protected = [(root, "the runs folder")] + [(d, f"run folder {d.name}") for d in run_dirs]
-    if out_dir == studio.run_dir(run_id).resolve() / APP_EXPORT:
+    if out_dir == src.run_dir(run_id).resolve() / APP_EXPORT:
         protected = []  # the app's export folder of this very run (<run folder>/export) is allowed
     for folder, what in protected:
         if _is_within(out_dir, folder) or _is_within(folder, out_dir):
@@ -132,12 +151,12 @@ def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | Non
     entries = sorted(p.name for p in out_dir.iterdir())
     if not entries:
         return None
-    marker = _read_marker(out_dir) or _legacy_marker(out_dir, entries, run_id, studio)
+    marker = _read_marker(out_dir) or _legacy_marker(out_dir, entries, run_id, src)
     if marker is None:
         raise ValueError(
             f"{out_dir} is not empty and is not a GAL Studio export ({', '.join(entries[:5])}"
             f"{', …' if len(entries) > 5 else ''}): export into a new or empty folder, e.g. "
-            f"{out_dir / export_stem(_run_row(studio, run_id))} (A1111, Forge and ComfyUI also find LoRAs in "
+            f"{out_dir / export_stem(_run_row(src, run_id))} (A1111, Forge and ComfyUI also find LoRAs in "
             "subfolders of models/Lora); nothing was changed"
         )
     if marker.get("run_id") != run_id:
@@ -158,14 +177,14 @@ def _check_target(studio, run_id: str, out_dir: Path, force: bool) -> dict | Non
     return marker
 
 
-def _legacy_marker(out_dir: Path, entries: list[str], run_id: str, studio) -> dict | None:
+def _legacy_marker(out_dir: Path, entries: list[str], run_id: str, src) -> dict | None:
     """An export written before markers existed: only the old file names, and its gal_config.json is
     this run's config. Treated as this run's previous export."""
     if not set(entries) <= LEGACY_ENTRIES or "gal_config.json" not in entries:
         return None
     try:
         old = RunConfig.from_dict(json.loads((out_dir / "gal_config.json").read_text()))
-        with studio.db() as db:
+        with src.db() as db:
             current = RunConfig.from_dict(storage.get_run(db, run_id)["config"])
     except (OSError, ValueError, TypeError):
         return None
@@ -174,8 +193,8 @@ def _legacy_marker(out_dir: Path, entries: list[str], run_id: str, studio) -> di
     return {"tool": "gal-studio", "run_id": run_id, "entries": entries, "legacy": True}
 
 
-def _run_row(studio, run_id: str) -> dict:
-    with studio.db() as db:
+def _run_row(src, run_id: str) -> dict:
+    with src.db() as db:
         return storage.get_run(db, run_id)
 
 
@@ -282,13 +301,13 @@ def _swap_in(staging: Path, out_dir: Path, token: str) -> None:
 
 
 def export_run(
-    studio, run_id: str, out_dir: str | Path, formats=None, *, force: bool = False
+    src: ExportSource, run_id: str, out_dir: str | Path, formats=None, *, force: bool = False
 ) -> dict[str, Path]:
     """Write the run's final round in ``formats`` to ``out_dir``; returns {format: path written}."""
     formats = parse_formats(formats)
     out_dir = Path(out_dir).expanduser().absolute()
     out_dir = out_dir.parent.resolve() / out_dir.name if out_dir.parent.exists() else out_dir.resolve()
-    with studio.db() as db:
+    with src.db() as db:
         run = storage.get_run(db, run_id)
         config = RunConfig.from_dict(run["config"])
         all_rounds = storage.list_rounds(db, run_id)
@@ -300,9 +319,9 @@ def export_run(
     if not rounds:
         raise ValueError(f"run {run_id} has no trained round yet: run it first (gal run --resume {run_id})")
     _recover_and_clean(out_dir)
-    _check_target(studio, run_id, out_dir, force)
+    _check_target(src, run_id, out_dir, force)
     final = rounds[-1]
-    run_dir = studio.run_dir(run_id)
+    run_dir = src.run_dir(run_id)
     adapter_dir = safe_join(run_dir, final["adapter_path"])
     stem = export_stem(run)
     provenance = {
@@ -315,7 +334,7 @@ def export_run(
         "gal.soi_token": config.soi_token,
     }
     # the base pipeline tells the family; the round's adapter is only needed to merge it
-    pipe = studio.pipeline(config.model)
+    pipe = src.pipeline(config.model)
     family = detect_family(pipe)
     v_pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction"
     names = {
@@ -364,7 +383,7 @@ def export_run(
         fused_pipe = None
         if "fused" in formats or "checkpoint" in formats:
             fused_pipe = fused_pipeline(
-                studio.models.with_adapter(config.model, (run_id, final["round_index"]), adapter_dir)
+                src.models.with_adapter(config.model, (run_id, final["round_index"]), adapter_dir)
             )
         if "fused" in formats:
             save_fused_folder(fused_pipe, staging / names["fused"])

@@ -315,6 +315,8 @@ def check_verdict(verdict: Any) -> int | None:
     """0 (aligned), 1 (overfit) or None; numpy integers are fine, floats and strings are not."""
     if verdict is None:
         return None
+    if isinstance(verdict, bool):  # True is an int to Python, not a verdict
+        raise ValueError(f"verdict must be 0 (aligned), 1 (overfit) or None (clear), not {verdict!r}")
     try:
         value = operator.index(verdict)
     except TypeError:

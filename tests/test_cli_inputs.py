@@ -78,3 +78,13 @@ def test_decision_file_size_is_bounded(tmp_path, monkeypatch):
     path.write_text("image_id,verdict\n" + "1,overfit\n" * 50)
     with pytest.raises(ValueError, match="over the 0 MB limit"):
         read_decisions(path)
+
+
+def test_a_boolean_is_not_a_verdict(shared_studio, references):
+    run_id = shared_studio.create_run(__import__("conftest").tiny_config(pause_for_review=True), references)
+    shared_studio.advance(run_id)
+    image_id = shared_studio.review_state(run_id)["anchors"][0]["images"][0]["id"]
+    for value in (True, False):
+        with pytest.raises(ValueError, match="verdict must be 0"):
+            shared_studio.decide(run_id, image_id, value)
+    assert shared_studio.review_state(run_id)["counters"]["reviewed"] == 0
