@@ -67,6 +67,30 @@ def clip_tokenizer():
 
 # -- tiny pipeline -------------------------------------------------------------------------------
 
+# The tiny models' shared parts (every family's tiny pipeline uses them, with its own overrides).
+TINY_VAE = dict(
+    block_out_channels=(32, 64),
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    latent_channels=4,
+    sample_size=32,
+    norm_num_groups=16,
+)
+TINY_CLIP_TEXT = dict(
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    vocab_size=49408,
+    max_position_embeddings=77,
+    projection_dim=32,
+)
+
 
 def build_tiny_pipeline(seed: int = 0):
     """A small random-init SD pipeline (32 px, ~2 M UNet params) built from configs:
@@ -93,31 +117,9 @@ def build_tiny_pipeline(seed: int = 0):
         norm_num_groups=16,
     )
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=32,
-        norm_num_groups=16,
-    )
+    vae = AutoencoderKL(**TINY_VAE)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=32,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT))
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085,
         beta_end=0.012,

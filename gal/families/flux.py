@@ -86,7 +86,7 @@ class FluxFamily(Family):
         )
         from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-        from gal.models import clip_tokenizer
+        from gal.models import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer
 
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
@@ -103,34 +103,14 @@ class FluxFamily(Family):
         )
         torch.manual_seed(seed + 1)
         vae = AutoencoderKL(
-            block_out_channels=(32, 64),
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4,
-            sample_size=32,
-            norm_num_groups=16,
+            **TINY_VAE,
             shift_factor=0.0609,
             scaling_factor=1.5035,
             use_quant_conv=False,
             use_post_quant_conv=False,
         )
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-                hidden_size=32,
-                intermediate_size=64,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=49408,
-                max_position_embeddings=77,
-                projection_dim=32,
-            )
-        ).eval()
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT)).eval()
         tokenizer_2 = t5_tokenizer(32)
         torch.manual_seed(seed + 3)
         text_encoder_2 = T5EncoderModel(

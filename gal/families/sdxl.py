@@ -49,7 +49,7 @@ class SDXLFamily(Family):
         )
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-        from gal.models import clip_tokenizer
+        from gal.models import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer
 
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
@@ -70,32 +70,12 @@ class SDXLFamily(Family):
             norm_num_groups=16,
         )
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            block_out_channels=(32, 64),
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            latent_channels=4,
-            sample_size=32,
-            norm_num_groups=16,
-            scaling_factor=0.13025,
-        )
+        vae = AutoencoderKL(**TINY_VAE, scaling_factor=0.13025)
 
         def clip_config(width: int) -> CLIPTextConfig:
             # Different widths for te1/te2: with equal widths a single-file reload mixes their weights.
             return CLIPTextConfig(
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-                hidden_size=width,
-                intermediate_size=2 * width,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=49408,
-                max_position_embeddings=77,
-                projection_dim=32,
-                hidden_act="gelu",
+                **{**TINY_CLIP_TEXT, "hidden_size": width, "intermediate_size": 2 * width}, hidden_act="gelu"
             )
 
         torch.manual_seed(seed + 2)
