@@ -2,6 +2,7 @@
 # GAL Studio set-up and entry points. The first call creates .venv and installs everything.
 #   ./run.sh app [app.py flags]   launch the app on http://127.0.0.1:7860 (built-in offline model)
 #   ./run.sh test [pytest args]   run the test suite (offline, CPU)
+#   ./run.sh lint                 ruff check + ruff format --check (what CI runs before the tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,7 +44,12 @@ case "$cmd" in
     export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
     exec "$VENV/bin/python" -m pytest -q "$@"
     ;;
+  lint)
+    setup
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    ;;
   *)
-    echo "usage: ./run.sh app|test [args]" >&2; exit 2
+    echo "usage: ./run.sh app|test|lint [args]" >&2; exit 2
     ;;
 esac
