@@ -135,7 +135,11 @@ class Studio:
         run_id = folder.run_id
         with self.db() as db, storage.transaction(db):
             storage.create_run(
-                db, run_id=run_id, name=config.name or run_id, config=config.to_dict(), run_dir=str(folder.root)
+                db,
+                run_id=run_id,
+                name=config.name or run_id,
+                config=config.to_dict(),
+                run_dir=str(folder.root),
             )
             for i, (image, data, prompt, non_soi) in enumerate(loaded):
                 rel = RunFolder.real_reference_file(i)
@@ -191,7 +195,9 @@ class Studio:
                             selection.commit(db, folder)  # 5. select, 6. weigh, and the next round
                         checkpoint("committed", r)
                     else:
-                        raise ValueError(f"round {r} of run {run_id} is in state {state!r}, which cannot advance")
+                        raise ValueError(
+                            f"round {r} of run {run_id} is in state {state!r}, which cannot advance"
+                        )
             except Cancelled as err:
                 with self.db() as db:
                     storage.update_run(db, run_id, status="cancelled")
@@ -230,7 +236,12 @@ class Studio:
             if done.write is not None:
                 done.write(db)
             checkpoint(f"{state}.recording", r)  # inside the transaction: rows written, not committed
-            stage = {"training": "train", "generating": "generate", "judging": "judge", "evaluating": "evaluate"}
+            stage = {
+                "training": "train",
+                "generating": "generate",
+                "judging": "judge",
+                "evaluating": "evaluate",
+            }
             storage.update_round(
                 db, run_id, r, state=next_state, timings=_timings(rnd, stage[state], done.seconds),
                 metrics={**(rnd.get("metrics") or {}), **done.metrics}, **done.fields,
@@ -253,17 +264,21 @@ class Studio:
         with self.db() as db:
             return review.apply_decisions(db, run_id, decisions, force=force)
 
-    def accept_oracle(self, run_id: str) -> int:
+    def accept_oracle(self, run_id: str, *, overwrite: bool = False) -> int:
         with self.db() as db:
-            return review.accept_oracle(db, run_id)
+            return review.accept_oracle(db, run_id, overwrite=overwrite)
 
-    def mark_below(self, run_id: str, threshold: float, verdict: int = 1) -> int:
+    def mark_below(self, run_id: str, threshold: float, verdict: int = 1, *, overwrite: bool = False) -> int:
         with self.db() as db:
-            return review.mark_below(db, run_id, threshold, verdict)
+            return review.mark_below(db, run_id, threshold, verdict, overwrite=overwrite)
 
     def undo(self, run_id: str) -> dict | None:
         with self.db() as db:
             return review.undo(db, run_id)
+
+    def redo(self, run_id: str) -> dict | None:
+        with self.db() as db:
+            return review.redo(db, run_id)
 
     def round_mode(self, run_id: str, round_index: int | None = None) -> str:
         with self.db() as db:
@@ -293,14 +308,19 @@ class Studio:
     # -- reading --------------------------------------------------------------------------------
     def history(self, run_id: str) -> dict:
         with self.db() as db:
-            return {"rounds": storage.list_rounds(db, run_id), "references": storage.list_references(db, run_id)}
+            return {
+                "rounds": storage.list_rounds(db, run_id),
+                "references": storage.list_references(db, run_id),
+            }
 
     def list_runs(self) -> list[dict]:
         with self.db() as db:
             return storage.list_runs(db)
 
     # -- export ---------------------------------------------------------------------------------
-    def export(self, run_id: str, out_dir: str | Path, formats: tuple[str, ...] | None = None, force: bool = False) -> dict:
+    def export(
+        self, run_id: str, out_dir: str | Path, formats: tuple[str, ...] | None = None, force: bool = False
+    ) -> dict:
         from gal.export import export_run
 
         check_run_id(run_id)
