@@ -256,9 +256,9 @@ class Studio:
         with self.db() as db:
             return review.decide(db, run_id, image_id, verdict)
 
-    def decide_many(self, run_id: str, verdicts: dict[int, int | None]) -> int:
+    def decide_many(self, run_id: str, verdicts: dict[int, int | None], label: str = "") -> int:
         with self.db() as db:
-            return review.decide_many(db, run_id, verdicts)
+            return review.decide_many(db, run_id, verdicts, label)
 
     def apply_decisions(self, run_id: str, decisions: dict[int, int | None], *, force: bool = False) -> dict:
         with self.db() as db:

@@ -776,7 +776,7 @@ class Handlers:
             row = self.studio.redo(run_id) if redo else self.studio.undo(run_id)
             if row is None:
                 info(f"nothing to {what} in this round")
-            elif len(row["images"]) > 1 or row.get("label"):
+            elif len(row["images"]) > 1:  # a bulk action: say how much came back (a click shows itself)
                 n = len(row["images"])
                 info(
                     f"{'redid' if redo else 'undid'} “{row['label'] or 'a verdict'}” ({n} image{'s' if n != 1 else ''})",
@@ -789,7 +789,7 @@ class Handlers:
 
     @user_errors
     def accept_oracle(
-        self, run_id: str | None, overwrite=False, request: gr.Request | None = None
+        self, run_id: str | None, request: gr.Request | None = None, overwrite=False
     ) -> ReviewView:
         """Bulk: agree with the oracle on every image you have not judged (``overwrite``: on all). One undo step."""
         run_id = self._require(run_id)
@@ -800,7 +800,7 @@ class Handlers:
 
     @user_errors
     def mark_below(
-        self, run_id: str | None, threshold, overwrite=False, request: gr.Request | None = None
+        self, run_id: str | None, threshold, request: gr.Request | None = None, overwrite=False
     ) -> ReviewView:
         """Bulk: mark overfit every image under the threshold you have not judged (``overwrite``: yours too)."""
         run_id = self._require(run_id)
