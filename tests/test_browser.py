@@ -258,14 +258,14 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
 
     # 16.2 the set-up check is truthful from the start: no images yet -> not ready, naming the fix
     page.wait_for_function(
-        "document.querySelector('#gal-validation').innerText.includes('no reference images')"
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('no reference images')"
     )
     assert "Ready" not in page.inner_text("#gal-validation")
     page.keyboard.press("Tab")  # 16.5 the skip link is the first stop
     assert page.evaluate("document.activeElement.dataset.galSkip") == "1"
     page.click("#gal-demo")
     page.wait_for_function(
-        "document.querySelector('#gal-validation').innerText.includes('Ready: 4 reference images')"
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('Ready: 4 reference images')"
     )
     fill(page, "anchors", "{} on grass\n{} in the sea\n{} in the snow\n{} at sunset")
     for name, value in {"m": 3, "k": 2, "train-steps": 40, "gen-steps": 3}.items():
@@ -274,7 +274,7 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     fill(page, "eval-per-prompt", 1)
     fill(page, "soi-token", "<tok>")  # the prompts say <sks>: every one now lacks the token
     page.wait_for_function(
-        "document.querySelector('#gal-validation').innerText.includes('lacks the SoI token <tok>')"
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('lacks the SoI token <tok>')"
     )
     # 16.3 the toast shows '<tok>' as text (it was read as a tag and cut the message)
     page.click("#gal-start")
@@ -283,14 +283,14 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     page.evaluate("document.querySelectorAll('[data-testid=\"toast-body\"]').forEach(t => t.remove())")
     fill(page, "soi-token", "<sks>")
     fill(page, "subject-phrase", "a <sks> star")
-    page.wait_for_function("document.querySelector('#gal-validation').innerText.includes('Ready')")
+    page.wait_for_function("(document.querySelector('#gal-validation')?.innerText || '').includes('Ready')")
     # presets: save the set-up, then load it back (JSON under <runs>/presets)
     page.fill("#gal-preset-name input, #gal-preset-name textarea", "browser preset")
     page.click("#gal-preset-save")
     wait_for(lambda: (studio.runs_root / "presets" / "browser preset.json").is_file(), what="the preset file")
     page.click("#gal-preset-load")
     page.wait_for_function(
-        "document.querySelector('#gal-validation').innerText.includes('Ready: 4 reference images')"
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('Ready: 4 reference images')"
     )
     assert page.input_value("#gal-f-train-steps input") == "40"
 
@@ -387,7 +387,9 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     mine = {i: v for i, v in person(studio, run_id, 1).items() if v is not None}
     assert len(mine) == 3
     page.click("text=Bulk actions")
-    fill(page, "threshold", 1)
+    box = page.locator("#gal-threshold input[type=number]")
+    box.fill("1")
+    box.blur()
     page.click("#gal-mark-below")
     wait_for(lambda: sum(v == 1 for v in person(studio, run_id, 1).values()) == 12 - 2, what="the bulk marks")
     after = person(studio, run_id, 1)

@@ -456,6 +456,8 @@ def test_presets_save_and_load_the_whole_setup(handlers, studio, demo_form):
     )
     assert loaded["seed"] == 7 and loaded["m"] == form["m"] and len(loaded["files"]) == 4
     assert all(Path(f).is_file() and "presets" in f for f in loaded["files"])
+    # the same file names: the table's rows are keyed by them (renamed copies lost every prompt on load)
+    assert [Path(f).name for f in loaded["files"]] == [Path(f).name for f in files]
     assert [r[1] for r in loaded["table"]] == [r[1] for r in table] and "✓ Ready" in loaded["validation"]
     assert handlers.presets().choices[0][0] == "tiny star"
     with pytest.raises(gr.Error, match="name the preset"):

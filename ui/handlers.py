@@ -620,7 +620,8 @@ class Handlers:
         images_dir.mkdir(parents=True)
         saved = []
         for i, path in enumerate(_paths(files)):
-            target = images_dir / f"{i:03d}_{Path(path).name}"
+            target = images_dir / f"{i:03d}" / Path(path).name  # the name the table's rows are keyed by
+            target.parent.mkdir()
             shutil.copyfile(path, target)
             saved.append(str(target.relative_to(folder)))
         data = {"version": 1, "form": form, "images": saved, "table": _rows(table)}

@@ -28,9 +28,9 @@ function setCursor(tile, scroll, focus = true) {
   if (scroll && !window.gal.lightboxOpen) tile.scrollIntoView({block: 'nearest', inline: 'nearest'});
 }
 
-function firstUnreviewed(from) {
+function firstUnreviewed(from) {  // the first unreviewed tile after ``from`` (wrapping), or from the top
   const all = tiles();
-  const start = Math.max(0, all.indexOf(from));
+  const start = all.indexOf(from) + 1;
   for (let i = 0; i < all.length; i++) {
     const t = all[(start + i) % all.length];
     if (!reviewed(t)) return t;
