@@ -29,12 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import storage  # noqa: E402
 from bench_ui import ARGS, CLICK_JS, click_loop, free_port, tiny_config  # noqa: E402
+
+import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 
-TARGETS = {"click -> SQLite, idle": 50.0, "click -> SQLite, while training": 200.0, "key -> next tile painted": 50.0,
-           "lightbox open": 100.0}
+TARGETS = {
+    "click -> SQLite, idle": 50.0,
+    "click -> SQLite, while training": 200.0,
+    "key -> next tile painted": 50.0,
+    "lightbox open": 100.0,
+}
 PASS_TARGET_S = 30.0
 
 KEY_JS = """async (k) => {
@@ -110,7 +115,9 @@ def main() -> int:
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.1)
         else:
-            raise SystemExit("the app did not start: " + (server.stderr.read() if server.poll() is not None else ""))
+            raise SystemExit(
+                "the app did not start: " + (server.stderr.read() if server.poll() is not None else "")
+            )
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -120,7 +127,9 @@ def main() -> int:
 
             # 1. a keyboard-only pass over all 144 images (fresh round: every image unreviewed)
             page.keyboard.press("g")
-            page.wait_for_function("document.activeElement && document.activeElement.classList.contains('gal-tile')")
+            page.wait_for_function(
+                "document.activeElement && document.activeElement.classList.contains('gal-tile')"
+            )
             t0 = time.monotonic()
             for i in range(144):
                 page.keyboard.press("x" if i % 3 == 0 else "a")
@@ -130,8 +139,10 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise SystemExit("the pass did not reach SQLite within 2 minutes")
                 time.sleep(0.02)
-            page.wait_for_function("document.querySelector('#gal-counters [data-reviewed]')?.dataset.reviewed === '144'",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "document.querySelector('#gal-counters [data-reviewed]')?.dataset.reviewed === '144'",
+                timeout=60_000,
+            )
             pass_s = time.monotonic() - t0
             loads["keyboard pass"] = os.getloadavg()
 
@@ -163,7 +174,9 @@ def main() -> int:
             loads["click -> SQLite, idle"] = os.getloadavg()
             client.predict(run_b, api_name="/continue_run")
             deadline = time.monotonic() + 120
-            while not any('data-stage="train"' in str(x) for x in client.predict(run_b, api_name="/open_run")):
+            while not any(
+                'data-stage="train"' in str(x) for x in client.predict(run_b, api_name="/open_run")
+            ):
                 if time.monotonic() > deadline:
                     raise SystemExit("run B did not start training within 2 minutes")
                 time.sleep(0.5)
@@ -187,19 +200,27 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
 
-    print(f"\nGAL Studio review bench: 144 tiles, {os.cpu_count()} CPU cores; load = os.getloadavg() (1/5/15 min) "
-          "right after each row\n")
-    print(f"{'measure':<34}{'n':>5}{'p50':>9}{'p95':>9}{'max':>9}{'target':>12}  {'result':<7}{'load 1/5/15 min':>18}")
+    print(
+        f"\nGAL Studio review bench: 144 tiles, {os.cpu_count()} CPU cores; load = os.getloadavg() (1/5/15 min) "
+        "right after each row\n"
+    )
+    print(
+        f"{'measure':<34}{'n':>5}{'p50':>9}{'p95':>9}{'max':>9}{'target':>12}  {'result':<7}{'load 1/5/15 min':>18}"
+    )
     for name, values in rows.items():
         p95 = np.percentile(values, 95)
         ok = "ok" if p95 < TARGETS[name] else "MISSED"
         load = "/".join(f"{x:.2f}" for x in loads[name])
-        print(f"{name:<34}{len(values):>5}{np.percentile(values, 50):>7.1f}ms{p95:>7.1f}ms{values.max():>7.0f}ms"
-              f"{'p95 < ' + str(int(TARGETS[name])) + ' ms':>12}  {ok:<7}{load:>18}")
+        print(
+            f"{name:<34}{len(values):>5}{np.percentile(values, 50):>7.1f}ms{p95:>7.1f}ms{values.max():>7.0f}ms"
+            f"{'p95 < ' + str(int(TARGETS[name])) + ' ms':>12}  {ok:<7}{load:>18}"
+        )
     ok = "ok" if pass_s <= PASS_TARGET_S else "MISSED"
     load = "/".join(f"{x:.2f}" for x in loads["keyboard pass"])
-    print(f"{'keyboard pass, 144 images':<34}{144:>5}{'keys ' + format(keys_s, '.1f') + ' s':>18}"
-          f"{'all in SQLite ' + format(pass_s, '.1f') + ' s':>22}{'≤ 30 s':>8}  {ok:<7}{load:>9}")
+    print(
+        f"{'keyboard pass, 144 images':<34}{144:>5}{'keys ' + format(keys_s, '.1f') + ' s':>18}"
+        f"{'all in SQLite ' + format(pass_s, '.1f') + ' s':>22}{'≤ 30 s':>8}  {ok:<7}{load:>9}"
+    )
     if not still:
         print("note: run B's training ended before the clicks did; raise --train-steps")
     return 0

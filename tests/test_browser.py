@@ -308,7 +308,9 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
         "#gal-grid .gal-anchor[data-pool='1']", "ss => ss.map(s => +s.dataset.omega)"
     )
     assert omegas == sorted(omegas, reverse=True)
-    page.click("#gal-order label:has-text('anchor index')")
+    page.click("text=Order, filters, tile size")
+    page.click("#gal-order input")
+    page.click("ul[role='listbox'] li:has-text('anchor index')")
     page.wait_for_function(
         "[...document.querySelectorAll('#gal-grid .gal-anchor')].map(s => +s.dataset.anchor)"
         ".every((a, i, all) => i === 0 || all[i - 1] < a)"
@@ -318,7 +320,8 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     ]
 
     # 16.5 one cursor: Tab enters the grid at the cursor; focusing a tile moves the cursor; keys act there
-    page.click("#gal-tile-size")  # somewhere outside the grid
+    page.click("#gal-counters")  # somewhere outside the grid, not a field
+    assert focused_tile(page) is None
     page.keyboard.press("g")
     wait_for(
         lambda: focused_tile(page) == cursor_id(page) and cursor_id(page) == str(ids[0]),
@@ -413,7 +416,11 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     page.focus(f'#gal-grid .gal-tile[data-id="{ids[3]}"]')
     page.keyboard.press("n")
     assert cursor_id(page) == str(ids[7])  # 4, 5, 6 are judged or skipped
-    shot(page, "review-grid")
+    page.click("text=Order, filters, tile size")  # both closed again: the page as it opens
+    page.click("text=Bulk actions")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.evaluate("document.querySelectorAll('[data-testid=\"toast-body\"]').forEach(t => t.remove())")
+    page.screenshot(path=str(SHOTS / "review-grid.png"))  # what a person sees: the viewport
     page.reload()
     page.wait_for_selector("#gal-grid .gal-tile.cursor")
     assert cursor_id(page) == str(ids[0]) or cursor_id(page) == page.evaluate(

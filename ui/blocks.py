@@ -267,7 +267,6 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                             show_label=False,
                             scale=0,
                             min_width=170,
-                            info="auto: oracle + your overrides · human: the images you accept",
                             elem_id="gal-mode",
                         )
                         commit_btn = gr.Button(
@@ -320,77 +319,84 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                         )
                         help_btn = gr.Button("Keys (?)", size="sm", elem_id="gal-btn-help", min_width=90)
                     gr.HTML(assets.HELP_HTML, elem_id="gal-help")
-                with gr.Row(equal_height=True, elem_id="gal-view-row"):
-                    order = gr.Radio(
-                        [
-                            ("most mixed first (Ω)", "omega"),
-                            ("anchor index", "index"),
-                            ("most overfit first (β)", "beta"),
-                        ],
-                        value="omega",
-                        label="Order anchors",
-                        elem_id="gal-order",
-                        scale=2,
-                    )
-                    filters = gr.CheckboxGroup(
-                        [
-                            ("unreviewed", "unreviewed"),
-                            ("your overrides", "overrides"),
-                            ("oracle: overfit", "oracle-overfit"),
-                            ("oracle: aligned", "oracle-aligned"),
-                            ("mixed anchors only", "mixed"),
-                        ],
-                        value=[],
-                        label="Show only",
-                        elem_id="gal-filters",
-                        scale=3,
-                    )
-                    tile_size = gr.Slider(
-                        64,
-                        320,
-                        value=128,
-                        step=16,
-                        label="Tile size (px)",
-                        elem_id="gal-tile-size",
-                        scale=1,
-                        min_width=160,
-                    )
-                with gr.Accordion("Bulk actions (each is one undo step)", open=False, elem_id="gal-bulk"):
-                    with gr.Row(equal_height=False):
-                        oracle_btn = gr.Button(
-                            "Accept the oracle's verdicts on every image you have not judged",
-                            size="sm",
-                            elem_id="gal-accept-oracle",
-                            min_width=200,
-                            scale=2,
-                            interactive=False,
-                        )
-                        threshold = gr.Slider(
-                            -1.0,
-                            1.0,
-                            value=0.2,
-                            step=0.01,
-                            label="similarity threshold",
-                            info="sim(image, anchor), the first number on each tile",
-                            elem_id="gal-threshold",
-                            scale=2,
-                            min_width=200,
-                        )
-                        below_btn = gr.Button(
-                            "Mark every image you have not judged under the threshold overfit",
-                            size="sm",
-                            elem_id="gal-mark-below",
-                            min_width=200,
-                            scale=2,
-                            interactive=False,
-                        )
-                        overwrite = gr.Checkbox(
-                            False,
-                            label="also overwrite my own verdicts",
-                            elem_id="gal-overwrite",
-                            info="off: bulk actions touch only images you have not judged",
-                            scale=1,
-                        )
+                with gr.Row(equal_height=False, elem_id="gal-tools"):
+                    with gr.Column(scale=1, min_width=300):
+                        with gr.Accordion("Order, filters, tile size", open=False, elem_id="gal-view"):
+                            with gr.Row(equal_height=True, elem_id="gal-view-row"):
+                                order = gr.Dropdown(
+                                    [
+                                        ("most mixed first (Ω)", "omega"),
+                                        ("anchor index", "index"),
+                                        ("most overfit first (β)", "beta"),
+                                    ],
+                                    value="omega",
+                                    label="Order anchors",
+                                    elem_id="gal-order",
+                                    scale=1,
+                                    min_width=200,
+                                )
+                                filters = gr.CheckboxGroup(
+                                    [
+                                        ("unreviewed", "unreviewed"),
+                                        ("your overrides", "overrides"),
+                                        ("oracle: overfit", "oracle-overfit"),
+                                        ("oracle: aligned", "oracle-aligned"),
+                                        ("mixed anchors only", "mixed"),
+                                    ],
+                                    value=[],
+                                    label="Show only",
+                                    elem_id="gal-filters",
+                                    scale=3,
+                                )
+                                tile_size = gr.Slider(
+                                    64,
+                                    320,
+                                    value=128,
+                                    step=16,
+                                    label="Tile size (px)",
+                                    elem_id="gal-tile-size",
+                                    scale=1,
+                                    min_width=160,
+                                )
+                    with gr.Column(scale=1, min_width=300):
+                        with gr.Accordion(
+                            "Bulk actions (each is one undo step)", open=False, elem_id="gal-bulk"
+                        ):
+                            with gr.Row(equal_height=False):
+                                oracle_btn = gr.Button(
+                                    "Accept the oracle's verdicts on every image you have not judged",
+                                    size="sm",
+                                    elem_id="gal-accept-oracle",
+                                    min_width=200,
+                                    scale=2,
+                                    interactive=False,
+                                )
+                                threshold = gr.Slider(
+                                    -1.0,
+                                    1.0,
+                                    value=0.2,
+                                    step=0.01,
+                                    label="similarity threshold",
+                                    info="sim(image, anchor), the first number on each tile",
+                                    elem_id="gal-threshold",
+                                    scale=2,
+                                    min_width=200,
+                                )
+                                below_btn = gr.Button(
+                                    "Mark every image you have not judged under the threshold overfit",
+                                    size="sm",
+                                    elem_id="gal-mark-below",
+                                    min_width=200,
+                                    scale=2,
+                                    interactive=False,
+                                )
+                                overwrite = gr.Checkbox(
+                                    False,
+                                    label="also overwrite my own verdicts",
+                                    elem_id="gal-overwrite",
+                                    info="off: bulk actions touch only images you have not judged",
+                                    scale=1,
+                                )
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=4):
                         grid = gr.HTML(

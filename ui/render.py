@@ -496,7 +496,7 @@ def loss_curve_svg(losses: list, width: int = 520, height: int = 140) -> str:
     span = (hi - lo) or 1.0
     x0, x1 = min(steps), max(steps)
     xs = (x1 - x0) or 1.0
-    pad = 28
+    pad = 42
     pts = " ".join(
         f"{pad + (s - x0) / xs * (width - pad - 6):.1f},{6 + (hi - v) / span * (height - 26):.1f}"
         for s, v in zip(steps, values, strict=True)
