@@ -408,6 +408,26 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     page.keyboard.press("u")
     wait_for(lambda: person(studio, run_id, 1) == {**dict.fromkeys(after), **mine}, what="undone again")
 
+    # 16.7 filters: "unreviewed" hides what you judged or skipped; "your overrides" shows only those
+    page.click("#gal-filters label:has-text('unreviewed')")
+    shown = lambda: page.eval_on_selector_all(  # noqa: E731
+        "#gal-grid .gal-tile:not(.gal-hidden)", "ts => ts.map(t => +t.dataset.id)"
+    )
+    judged = {
+        im["id"] for im in images(studio, run_id, 1) if im["person_verdict"] is not None or im["person_seen"]
+    }
+    wait_for(lambda: set(shown()) == set(ids) - judged, what="the unreviewed filter")
+    page.click("#gal-filters label:has-text('unreviewed')")
+    page.click("#gal-filters label:has-text('your overrides')")
+    overrides = {
+        im["id"]
+        for im in images(studio, run_id, 1)
+        if im["person_verdict"] is not None and im["person_verdict"] != im["oracle_verdict"]
+    }
+    wait_for(lambda: set(shown()) == overrides, what="the overrides filter")
+    page.click("#gal-filters label:has-text('your overrides')")
+    wait_for(lambda: len(shown()) == 12, what="no filter: every tile")
+
     # 16.9 the sticky bar stays in view; n goes to the next unreviewed; a refresh resumes there
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     page.wait_for_timeout(100)

@@ -707,10 +707,11 @@ class Handlers:
 
     @staticmethod
     def _tiles(state: dict) -> list[dict]:
-        """The grid's tiles in page order (the ``index`` a select event carries)."""
+        """The grid's tiles in page order (the ``index`` a select event carries): anchors as the grid
+        renders them (most mixed first), each anchor's images by slot."""
         return [
             im
-            for a in state["anchors"]
+            for a in render.ordered_anchors(state["anchors"])
             if a["in_pool"]
             for im in sorted(a["images"], key=lambda x: x["slot"])
         ]

@@ -80,8 +80,10 @@ function decide(tile, verdict) {
   tile.classList.add('pending');
   const nonce = window.gal.nonce = (window.gal.nonce || 0) + 1;
   window.gal.inflight.set(nonce, {id: String(tile.dataset.id), verdict: verdict, round: roundOf()});
-  trigger('select', {index: Number(tile.dataset.pos),
-                     value: {image_id: Number(tile.dataset.id), verdict: verdict, nonce: nonce}});
+  const event = {index: Number(tile.dataset.pos), value: {image_id: Number(tile.dataset.id), verdict: verdict, nonce: nonce}};
+  // Send right after this frame is painted: dispatching an event costs Gradio's page more than the paint,
+  // so sending first kept the judged tile and the cursor's move off screen for a frame or more.
+  requestAnimationFrame(() => setTimeout(() => trigger('select', event), 0));
 }
 
 // The newest painted verdict of each tile still in flight (later clicks win).
