@@ -370,6 +370,9 @@ class Handlers:
         # Per page (Gradio session): the latest click nonce handled, so every answer -- a patch, a
         # full render, even one for undo -- tells the page which of its clicks are settled.
         self._acks: OrderedDict[str, int] = OrderedDict()
+        # Per page: the round revision its latest answer carried, so the poll does not re-send a patch
+        # for the page's own verdicts (only for another tab's, or the CLI's).
+        self._sent: OrderedDict[str, int] = OrderedDict()
 
     def _handled(self, request: gr.Request | None, nonce) -> None:
         """Record that this page's click ``nonce`` was handled (written, or refused) before any later read."""
@@ -408,6 +411,11 @@ class Handlers:
             ack = max(self._acks.get(session, 0) if session else 0, nonce if isinstance(nonce, int) else 0)
             state = self.studio.review_state(run_id)
             in_review = state["round"]["state"] == "review"
+            if session:
+                self._sent[session] = state["revision"]
+                self._sent.move_to_end(session)
+                while len(self._sent) > MAX_SESSIONS:
+                    self._sent.popitem(last=False)
             preview = self.studio.preview_selection(run_id) if in_review else None
         counters = render.counters_html(state, preview["mode"] if preview else None)
         if patch and in_review:
@@ -899,8 +907,12 @@ class Handlers:
             if running:
                 out[0], out[1] = self._progress(run, rnd)
             if rnd and rnd["state"] == "review" and revision is not None and rev != revision:
-                view = self.review(run_id, patch=True, request=request)
-                out[5], out[6], out[7] = view.counters, view.preview, view.patch
+                session = getattr(request, "session_hash", None)
+                with self._read_lock:
+                    own = session is not None and self._sent.get(session) == rev
+                if not own:  # another tab's (or the CLI's) verdicts: send them
+                    view = self.review(run_id, patch=True, request=request)
+                    out[5], out[6], out[7] = view.counters, view.preview, view.patch
                 out[-1] = rev
             return tuple(out)
         full, mini = self._progress(run, rnd)
@@ -1094,12 +1106,14 @@ class Handlers:
 
 
 def padded_range(df: pd.DataFrame) -> list[float] | None:
-    """A y range around the values with room on both sides (a single value gets ±10 %, at least 0.01)."""
+    """A y range around the values with room on both sides (a single value gets ±10 % of itself), never
+    below 0 for a metric that is never negative."""
     if df is None or not len(df):
         return None
     lo, hi = float(df["value"].min()), float(df["value"].max())
-    pad = max((hi - lo) * 0.15, abs(hi) * 0.1, 0.01)
-    return [round(lo - pad, 4), round(hi + pad, 4)]
+    pad = max((hi - lo) * 0.15, abs(hi) * 0.1, 1e-6)
+    low = lo - pad if lo < 0 else max(0.0, lo - pad)
+    return [round(low, 6), round(hi + pad, 6)]
 
 
 def export_choices() -> list[tuple[str, str]]:

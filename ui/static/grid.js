@@ -121,10 +121,15 @@ function applyState(state) {
     if (painted.has(String(id))) {
       paint(tile, painted.get(String(id)), pick);
       tile.classList.add('pending');
+      tile._galKey = null;
       continue;
     }
+    // only tiles whose state changed touch the DOM: a fast keyboard pass applies an answer per key
+    const k = `${final}|${person}|${oracle}|${pick}|${seen}`;
+    if (tile._galKey === k && !tile.classList.contains('pending')) continue;
     setTile(tile, final, person, oracle, pick, seen);
     tile.classList.remove('pending');
+    tile._galKey = k;
   }
   for (const [a, beta, omega, css, words, omegaValue, betaValue] of state.anchors) {
     const section = grid.querySelector(`.gal-anchor[data-anchor="${a}"]`);
