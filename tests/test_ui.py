@@ -354,6 +354,25 @@ def test_a_new_action_clears_redo_and_accept_oracle_keeps_your_overrides(handler
     assert {i: im["person_verdict"] for i, im in rows(studio, run_id).items()} == start
 
 
+def test_keys_sent_together_are_still_one_undo_step_each(handlers, studio, run_id):
+    """Keys pressed while an answer is on its way go in one event (the page's outbox); each stays its own
+    action, and the answer acknowledges the last one."""
+    page = types.SimpleNamespace(session_hash="batch-page")
+    a, b = sorted(rows(studio, run_id))[6:8]
+    before = {i: rows(studio, run_id)[i]["person_verdict"] for i in (a, b)}
+    view = handlers.select_tile(run_id, select(0, batch=[[a, 1, 41], [b, 0, 42], [a, 0, 43]]), page)
+    assert json.loads(view.patch)["ack"] == 43
+    assert (rows(studio, run_id)[a]["person_verdict"], rows(studio, run_id)[b]["person_verdict"]) == (0, 0)
+    handlers.undo(run_id)  # the last key only
+    assert (rows(studio, run_id)[a]["person_verdict"], rows(studio, run_id)[b]["person_verdict"]) == (1, 0)
+    handlers.undo(run_id)
+    handlers.undo(run_id)
+    assert {i: rows(studio, run_id)[i]["person_verdict"] for i in (a, b)} == before
+    with pytest.warns(UserWarning, match="1 verdict not recorded"):
+        bad = handlers.select_tile(run_id, select(0, batch=[[99999, 1, 44]]), page)
+    assert bad.patch == gr.skip() and "gal-tile" in bad.grid  # a full re-read from SQLite
+
+
 def test_skip_is_seen_no_opinion_and_counts_as_reviewed(handlers, studio, run_id):
     target = sorted(rows(studio, run_id))[5]
     studio.decide(run_id, target, None)

@@ -80,10 +80,43 @@ function decide(tile, verdict) {
   tile.classList.add('pending');
   const nonce = window.gal.nonce = (window.gal.nonce || 0) + 1;
   window.gal.inflight.set(nonce, {id: String(tile.dataset.id), verdict: verdict, round: roundOf()});
-  const event = {index: Number(tile.dataset.pos), value: {image_id: Number(tile.dataset.id), verdict: verdict, nonce: nonce}};
+  window.gal.outbox.push([Number(tile.dataset.id), verdict, nonce]);
   // Send right after this frame is painted: dispatching an event costs Gradio's page more than the paint,
   // so sending first kept the judged tile and the cursor's move off screen for a frame or more.
-  requestAnimationFrame(() => setTimeout(() => trigger('select', event), 0));
+  requestAnimationFrame(() => setTimeout(flush, 0));
+}
+
+// At most one verdict event in flight: keys pressed meanwhile wait in the outbox and go together in the
+// next one (each still its own action). A queue of a hundred events made Gradio re-send every waiting
+// event's position after each answer, and a fast pass took longer the faster the keys came.
+window.gal.outbox = window.gal.outbox || [];
+function flush() {
+  const g = window.gal;
+  if (!g.outbox.length) return;
+  if (g.sentUpTo && g.sentAt && Date.now() - g.sentAt < 3000) return;  // the answer is on its way
+  const batch = g.outbox.splice(0, g.outbox.length);
+  g.sentUpTo = batch[batch.length - 1][2];
+  g.sentAt = Date.now();
+  if (batch.length === 1) {
+    const [id, verdict, nonce] = batch[0];
+    const tile = tileById(id);
+    trigger('select', {index: tile ? Number(tile.dataset.pos) : 0, value: {image_id: id, verdict: verdict, nonce: nonce}});
+  } else {
+    trigger('select', {index: 0, value: {batch: batch}});
+  }
+  clearTimeout(g.flushTimer);
+  g.flushTimer = setTimeout(() => { g.sentAt = 0; flush(); }, 3000);  // an answer that never comes
+}
+// Every answer says which of this page's clicks it covers (``ack``): once it covers the last one sent,
+// the next batch goes.
+function settle(ack) {
+  const g = window.gal;
+  if (g.sentUpTo && (ack || 0) >= g.sentUpTo) {
+    g.sentUpTo = 0;
+    g.sentAt = 0;
+    clearTimeout(g.flushTimer);
+    if (g.outbox.length) setTimeout(flush, 0);
+  }
 }
 
 // The newest painted verdict of each tile still in flight (later clicks win).
@@ -100,6 +133,7 @@ function inflightTiles(round) {
 // their painted verdict (and 'pending') until an answer covering that click arrives. A state read
 // before one already shown (lower ``seq``) only settles clicks: the newer state is shown.
 function applyState(state) {
+  if (state) settle(state.ack);
   const round = roundOf();
   if (!state || !state.tiles || round === null || round !== String(state.round)) return;
   for (const nonce of [...window.gal.inflight.keys()]) {
