@@ -209,7 +209,7 @@ def main() -> int:
         "right after each row\n"
     )
     print(
-        f"{'measure':<34}{'n':>5}{'p50':>9}{'p95':>9}{'max':>9}{'target':>12}  {'result':<7}{'load 1/5/15 min':>18}"
+        f"{'measure':<34}{'n':>5}{'p50':>9}{'p95':>9}{'max':>9}{'target':>14}  {'result':<7}{'load 1/5/15 min':>18}"
     )
     for name, values in rows.items():
         p95 = np.percentile(values, 95)
@@ -217,7 +217,7 @@ def main() -> int:
         load = "/".join(f"{x:.2f}" for x in loads[name])
         print(
             f"{name:<34}{len(values):>5}{np.percentile(values, 50):>7.1f}ms{p95:>7.1f}ms{values.max():>7.0f}ms"
-            f"{'p95 < ' + str(int(TARGETS[name])) + ' ms':>12}  {ok:<7}{load:>18}"
+            f"{'p95 < ' + str(int(TARGETS[name])) + ' ms':>14}  {ok:<7}{load:>18}"
         )
     ok = "ok" if pass_s <= PASS_TARGET_S else "MISSED"
     load = "/".join(f"{x:.2f}" for x in loads["keyboard pass"])

@@ -310,7 +310,7 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                         skip_btn = gr.Button(
                             "– Skip (s)", size="sm", elem_id="gal-btn-skip", min_width=90, interactive=False
                         )
-                        zoom_btn = gr.Button("🔍 Zoom (z)", size="sm", elem_id="gal-btn-zoom", min_width=90)
+                        zoom_btn = gr.Button("⤢ Zoom (z)", size="sm", elem_id="gal-btn-zoom", min_width=90)
                         undo_btn = gr.Button(
                             "↶ Undo (u)", size="sm", elem_id="gal-btn-undo", min_width=90, interactive=False
                         )
