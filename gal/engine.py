@@ -275,25 +275,29 @@ class Studio:
         with self.db() as db:
             return review.decide(db, run_id, image_id, verdict)
 
-    def decide_many(self, run_id: str, verdicts: dict[int, int | None]) -> int:
+    def decide_many(self, run_id: str, verdicts: dict[int, int | None], label: str = "") -> int:
         with self.db() as db:
-            return review.decide_many(db, run_id, verdicts)
+            return review.decide_many(db, run_id, verdicts, label)
 
     def apply_decisions(self, run_id: str, decisions: dict[int, int | None], *, force: bool = False) -> dict:
         with self.db() as db:
             return review.apply_decisions(db, run_id, decisions, force=force)
 
-    def accept_oracle(self, run_id: str) -> int:
+    def accept_oracle(self, run_id: str, *, overwrite: bool = False) -> int:
         with self.db() as db:
-            return review.accept_oracle(db, run_id)
+            return review.accept_oracle(db, run_id, overwrite=overwrite)
 
-    def mark_below(self, run_id: str, threshold: float, verdict: int = 1) -> int:
+    def mark_below(self, run_id: str, threshold: float, verdict: int = 1, *, overwrite: bool = False) -> int:
         with self.db() as db:
-            return review.mark_below(db, run_id, threshold, verdict)
+            return review.mark_below(db, run_id, threshold, verdict, overwrite=overwrite)
 
     def undo(self, run_id: str) -> dict | None:
         with self.db() as db:
             return review.undo(db, run_id)
+
+    def redo(self, run_id: str) -> dict | None:
+        with self.db() as db:
+            return review.redo(db, run_id)
 
     def round_mode(self, run_id: str, round_index: int | None = None) -> str:
         with self.db() as db:

@@ -18,23 +18,40 @@ from gal import algorithm
 from gal.config import RunConfig
 from gal.runfolder import RunFolder
 
+SKIP = storage.SEEN  # "seen, no opinion": counts as reviewed, the final verdict stays the oracle's
 VERDICT_WORDS = {
     "1": 1, "overfit": 1, "reject": 1, "x": 1,
     "0": 0, "aligned": 0, "accept": 0, "a": 0,
     "": None, "clear": None, "none": None, "oracle": None,
+    "s": SKIP, "skip": SKIP, "seen": SKIP, "2": SKIP,
 }  # fmt: skip
 
 
-def parse_verdict(value) -> int | None:
-    """``1`` overfit/reject, ``0`` aligned/accept, ``None`` clear (back to the oracle)."""
+def parse_verdict(value) -> int | str | None:
+    """``1`` overfit/reject, ``0`` aligned/accept, ``None`` clear (back to the oracle), ``SKIP``
+    skip/seen/s/2 (seen, no opinion: the oracle's verdict stands, the image counts as reviewed)."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
-        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1, 2):
+        return SKIP if value == 2 else value
     word = str(value).strip().lower()
     if word not in VERDICT_WORDS:
-        raise ValueError(f"unknown verdict {value!r}: use overfit/reject/1, aligned/accept/0, or clear")
+        raise ValueError(
+            f"unknown verdict {value!r}: use overfit/reject/1, aligned/accept/0, skip/s, or clear"
+        )
     return VERDICT_WORDS[word]
+
+
+def person_state(image: dict):
+    """What the person said about an image: 0, 1, ``SKIP`` or None (nothing)."""
+    if image.get("person_verdict") is not None:
+        return image["person_verdict"]
+    return SKIP if image.get("person_seen") else None
+
+
+def judged(image: dict) -> bool:
+    """The person has said something about the image (a verdict, or skip)."""
+    return person_state(image) is not None
 
 
 MAX_DECISION_FILE = 20_000_000  # bytes: a round of 18 anchors × 10 images is ~20 KB; refuse runaway files
@@ -83,15 +100,17 @@ def read_decisions(path: str | Path, *, clear_blank: bool = False) -> Decisions:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}): fix or re-export it") from None
+            raise ValueError(
+                f"{path} is not valid JSON ({err.msg} at line {err.lineno}): fix or re-export it"
+            ) from None
         if isinstance(data, dict):
             items = list(data.items())
         elif isinstance(data, list) and all(isinstance(d, dict) and "image_id" in d for d in data):
             items = [(d["image_id"], d.get("verdict")) for d in data]
         else:
             raise ValueError(
-                f"{path} must hold an object {{\"12\": \"overfit\"}} or a list of "
-                f"{{\"image_id\": 12, \"verdict\": 1}} rows, got {type(data).__name__}"
+                f'{path} must hold an object {{"12": "overfit"}} or a list of '
+                f'{{"image_id": 12, "verdict": 1}} rows, got {type(data).__name__}'
                 + (" with rows lacking image_id" if isinstance(data, list) else "")
             )
     else:
@@ -154,7 +173,9 @@ def store_anchor_scores(db, run_id: str, r: int, selected: frozenset[int] | set[
         row = {"anchor_index": i, "selected": i in selected}
         if a["in_pool"] and (final[i] >= 0).all():
             beta = float(algorithm.overfit_rate(final[i : i + 1])[0])
-            row.update(overfit_rate=beta, uncertainty=float(algorithm.direction_uncertainty(np.array([beta]))[0]))
+            row.update(
+                overfit_rate=beta, uncertainty=float(algorithm.direction_uncertainty(np.array([beta]))[0])
+            )
         rows.append(row)
     storage.upsert_anchors(db, run_id, r, rows)
 
@@ -168,41 +189,49 @@ def round_under_review(db, run_id: str) -> int:
     r = run["current_round"]
     state = storage.get_round(db, run_id, r)["state"]
     if state != "review":
-        raise ValueError(f"round {r} of run {run_id} is {state}, not in review: wait for it to finish generating")
+        raise ValueError(
+            f"round {r} of run {run_id} is {state}, not in review: wait for it to finish generating"
+        )
     return r
 
 
-def decide(db, run_id: str, image_id: int, verdict: int | None) -> dict:
-    """A person's verdict on one image (1 overfit/reject, 0 aligned/accept, None back to the oracle)."""
+def _record(db, run_id: str, r: int, verdicts: dict, label: str) -> int | None:
+    action = storage.record_action(db, run_id, r, verdicts, label)
+    if action is not None:
+        store_anchor_scores(db, run_id, r)
+    return action
+
+
+def decide(db, run_id: str, image_id: int, verdict) -> dict:
+    """A person's verdict on one image (1 overfit/reject, 0 aligned/accept, ``SKIP`` seen/no opinion,
+    None back to the oracle): one action, so one undo step."""
     with storage.transaction(db):  # the check, the verdict and the anchor's β/Ω land together
         r = round_under_review(db, run_id)
         image = storage.get_image(db, image_id)
         if image is None or (image["run_id"], image["round_index"], image["kind"]) != (run_id, r, "anchor"):
             raise ValueError(f"image {image_id} is not an image of run {run_id}'s round {r} under review")
-        storage.record_decision(db, image_id=image_id, verdict=verdict, source="person")
-        store_anchor_scores(db, run_id, r)
+        word = {0: "aligned", 1: "overfit", SKIP: "skip", None: "clear"}[verdict]
+        _record(db, run_id, r, {image_id: verdict}, f"{word} image {image_id}")
     return {"image_id": image_id, "verdict": verdict}
 
 
-def decide_many(db, run_id: str, verdicts: dict[int, int | None]) -> int:
-    """Several verdicts in one transaction (`gal decide`, bulk actions)."""
+def decide_many(db, run_id: str, verdicts: dict[int, int | None], label: str = "") -> int:
+    """Several verdicts in one transaction and one action (`gal decide`, bulk actions): one undo step."""
     with storage.transaction(db):
         r = round_under_review(db, run_id)
         valid = {im["id"] for im in storage.list_images(db, run_id, r)}
         bad = [i for i in verdicts if i not in valid]
         if bad:
             raise ValueError(f"images {bad[:5]} are not in run {run_id}'s round {r}: check the image ids")
-        for image_id, verdict in verdicts.items():
-            storage.record_decision(db, image_id=int(image_id), verdict=verdict, source="person")
-        store_anchor_scores(db, run_id, r)
+        _record(db, run_id, r, {int(i): v for i, v in verdicts.items()}, label or f"{len(verdicts)} verdicts")
     return len(verdicts)
 
 
 def apply_decisions(db, run_id: str, decisions: dict[int, int | None], *, force: bool = False) -> dict:
-    """A verdict file's verdicts, in one transaction: only those that change something are recorded
-    (an unchanged row adds nothing to the undo history). A file from ``gal images`` carries its round and
-    revision: one of another round is refused, and so is one whose images got newer person verdicts
-    since it was written, unless ``force``. Returns ``{"recorded", "unchanged"}``."""
+    """A verdict file's verdicts, in one transaction and one action: only those that change something are
+    recorded (an unchanged row adds nothing to the undo history). A file from ``gal images`` carries its
+    round and revision: one of another round is refused, and so is one whose images got newer person
+    verdicts since it was written, unless ``force``. Returns ``{"recorded", "unchanged"}``."""
     with storage.transaction(db):
         r = round_under_review(db, run_id)
         round_index = getattr(decisions, "round_index", None)
@@ -219,38 +248,77 @@ def apply_decisions(db, run_id: str, decisions: dict[int, int | None], *, force:
                     f"{len(newer)} image(s) of this file (e.g. image {newer[0]}) got newer verdicts after the file "
                     f"was written: re-export with gal images {run_id}, or pass --force to overwrite them"
                 )
-        current = {im["id"]: im["person_verdict"] for im in storage.list_images(db, run_id, r)}
+        current = {im["id"]: person_state(im) for im in storage.list_images(db, run_id, r)}
         bad = [i for i in decisions if i not in current]
         if bad:
             raise ValueError(f"images {bad[:5]} are not in run {run_id}'s round {r}: check the image ids")
         changed = {i: v for i, v in decisions.items() if current[i] != v}
-        for image_id, verdict in changed.items():
-            storage.record_decision(db, image_id=int(image_id), verdict=verdict, source="person")
-        if changed:
-            store_anchor_scores(db, run_id, r)
+        _record(db, run_id, r, changed, f"verdict file ({len(changed)} images)")
     return {"recorded": len(changed), "unchanged": len(decisions) - len(changed)}
 
 
-def accept_oracle(db, run_id: str) -> int:
-    """Bulk: the person agrees with the oracle on every image they have not judged yet."""
-    r = round_under_review(db, run_id)
-    todo = {im["id"]: im["oracle_verdict"] for im in storage.list_images(db, run_id, r) if im["person_verdict"] is None}
-    return decide_many(db, run_id, todo) if todo else 0
+def accept_oracle(db, run_id: str, *, overwrite: bool = False) -> int:
+    """Bulk, one undo step: the person agrees with the oracle on every image they have not judged yet
+    (``overwrite``: on every image, replacing their own verdicts and skips too). Returns how many changed."""
+    with storage.transaction(db):
+        r = round_under_review(db, run_id)
+        images = storage.list_images(db, run_id, r)
+        todo = {
+            im["id"]: im["oracle_verdict"]
+            for im in images
+            if im["oracle_verdict"] is not None
+            and (overwrite or not judged(im))
+            and person_state(im) != im["oracle_verdict"]
+        }
+        _record(db, run_id, r, todo, "accept the oracle" + (" (also yours)" if overwrite else ""))
+    return len(todo)
 
 
-def mark_below(db, run_id: str, threshold: float, verdict: int = 1) -> int:
-    """Bulk: give ``verdict`` to every image whose sim(image, anchor) is below ``threshold``."""
+def mark_below(db, run_id: str, threshold: float, verdict: int = 1, *, overwrite: bool = False) -> int:
+    """Bulk, one undo step: give ``verdict`` to every image the person has not judged whose
+    sim(image, anchor) is below ``threshold`` (``overwrite``: to their own verdicts too)."""
     if not np.isfinite(threshold):
         raise ValueError(f"threshold must be a number, got {threshold!r}")
-    r = round_under_review(db, run_id)
-    todo = {im["id"]: verdict for im in storage.list_images(db, run_id, r) if im["sim_anchor"] < threshold}
-    return decide_many(db, run_id, todo) if todo else 0
+    with storage.transaction(db):
+        r = round_under_review(db, run_id)
+        images = storage.list_images(db, run_id, r)
+        todo = {
+            im["id"]: verdict
+            for im in images
+            if im["sim_anchor"] is not None
+            and im["sim_anchor"] < threshold
+            and (overwrite or not judged(im))
+            and person_state(im) != verdict
+        }
+        word = {0: "aligned", 1: "overfit"}[verdict]
+        _record(
+            db, run_id, r, todo, f"mark under {threshold:g} {word}" + (" (also yours)" if overwrite else "")
+        )
+    return len(todo)
 
 
 def undo(db, run_id: str) -> dict | None:
+    """Undo the round's last action (a click, a key, a bulk action) as a whole; None: nothing to undo.
+    Decisions recorded before actions existed (no action id) are undone one at a time, after them."""
     with storage.transaction(db):
         r = round_under_review(db, run_id)
-        row = storage.undo_last_decision(db, run_id, r)
+        row = storage.undo_action(db, run_id, r)
+        if row is None:
+            legacy = storage.undo_last_decision(db, run_id, r, legacy_only=True)
+            row = (
+                None
+                if legacy is None
+                else {"undone": legacy["undoes"], "label": "", "images": [legacy["image_id"]]}
+            )
+        store_anchor_scores(db, run_id, r)
+    return row
+
+
+def redo(db, run_id: str) -> dict | None:
+    """Redo the round's last undone action; None: nothing to redo (a new action clears what can be redone)."""
+    with storage.transaction(db):
+        r = round_under_review(db, run_id)
+        row = storage.redo_action(db, run_id, r)
         store_anchor_scores(db, run_id, r)
     return row
 
@@ -280,27 +348,32 @@ def review_state(db, folder: RunFolder, round_index: int | None = None) -> dict:
     by_anchor: dict[int, list[dict]] = {}
     for im in images:
         by_anchor.setdefault(im["anchor_index"], []).append({**im, "path": str(folder.path(im["file"]))})
-    out_anchors, reviewed, overrides, total = [], 0, 0, 0
+    out_anchors, reviewed, overrides, total, skipped = [], 0, 0, 0, 0
     for a in anchors:
         ims = by_anchor.get(a["anchor_index"], [])
         total += len(ims)
-        reviewed += sum(im["person_verdict"] is not None for im in ims)
+        reviewed += sum(judged(im) for im in ims)
+        skipped += sum(im["person_verdict"] is None and bool(im["person_seen"]) for im in ims)
         overrides += sum(
             im["person_verdict"] is not None and im["person_verdict"] != im["oracle_verdict"] for im in ims
         )
         out_anchors.append({**a, "images": ims})
     mixed = sum(1 for a in anchors if a["in_pool"] and (a.get("uncertainty") or 0) > 0)
     settled = sum(1 for a in anchors if a["in_pool"] and a.get("uncertainty") == 0)
+    can_undo, can_redo = storage.undo_redo_labels(db, run_id, r)
     return {
         "run": run,
         "config": config,
         "round": rnd,
         "anchors": out_anchors,
         "revision": revision,  # the round's latest decision id: what a verdict file was written against
+        "undo": can_undo,  # the label of the action undo would take back (None: nothing)
+        "redo": can_redo,
         "counters": {
             "reviewed": reviewed,
             "total": total,
             "overrides": overrides,
+            "skipped": skipped,
             "mixed": mixed,
             "settled": settled,
             # the person's references and the images earlier rounds added

@@ -32,16 +32,21 @@ from .runs import (
 from .verdicts import (
     DECISION_SOURCES,
     IMAGE_KINDS,
+    SEEN,
     add_images,
     decision_history,
     final_verdicts,
     get_image,
     judged_since,
     list_images,
+    record_action,
     record_decision,
+    redo_action,
     review_revision,
     set_similarities,
+    undo_action,
     undo_last_decision,
+    undo_redo_labels,
 )
 
 __all__ = [
@@ -52,6 +57,11 @@ __all__ = [
     "release_lease",
     "renew_lease",
     "IMAGE_KINDS",
+    "SEEN",
+    "record_action",
+    "redo_action",
+    "undo_action",
+    "undo_redo_labels",
     "REFERENCE_SOURCES",
     "ROUND_MODES",
     "ROUND_STATES",

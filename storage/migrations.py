@@ -158,5 +158,42 @@ CREATE TABLE leases (
     )
 
 
+def m003_review_actions(db: Database) -> None:
+    """Review actions: every click, key or bulk action is one row of `actions`, its decisions carry its
+    id, so undo/redo restore a whole action; `seen` marks a person's "seen, no opinion" (skip) row, whose
+    verdict stays NULL (the final verdict is the oracle's) but which counts as reviewed."""
+    _run(
+        db,
+        """
+CREATE TABLE actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    round_index INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('do', 'undo', 'redo')),
+    target INTEGER REFERENCES actions(id),       -- undo/redo: the action undone or redone
+    label TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    CHECK ((kind = 'do') = (target IS NULL))
+);
+CREATE INDEX actions_by_round ON actions (run_id, round_index, id);
+CREATE TRIGGER actions_no_update BEFORE UPDATE ON actions
+BEGIN
+    SELECT RAISE(ABORT, 'actions are append-only: record a new action instead of updating one');
+END;
+CREATE TRIGGER actions_no_delete BEFORE DELETE ON actions
+BEGIN
+    SELECT RAISE(ABORT, 'actions are append-only: rows are never deleted');
+END;
+ALTER TABLE decisions ADD COLUMN action_id INTEGER REFERENCES actions(id);
+ALTER TABLE decisions ADD COLUMN seen INTEGER NOT NULL DEFAULT 0 CHECK (seen IN (0, 1) AND (seen = 0 OR verdict IS NULL));
+CREATE INDEX decisions_by_action ON decisions (action_id);
+""",
+    )
+
+
 # Applied in this order; a name, once released, is never reused or edited.
-MIGRATIONS: tuple[Callable[[Database], None], ...] = (m001_initial_schema, m002_run_leases)
+MIGRATIONS: tuple[Callable[[Database], None], ...] = (
+    m001_initial_schema,
+    m002_run_leases,
+    m003_review_actions,
+)

@@ -4,6 +4,12 @@
 (highest id) is the person's verdict, NULL there meaning "cleared, back to the oracle". The final
 verdict is the person's when given, else the oracle's. `images.oracle_verdict` mirrors the latest
 oracle row, written in the same transaction.
+
+Review actions (m003): `record_action` writes one click, key or bulk action as an `actions` row plus
+one decision per image it changes, all carrying its `action_id`; `undo_action` / `redo_action` append
+an action (and decisions) that restore every image of the last action — nothing is ever rewritten.
+A person row with `seen = 1` is "seen, no opinion" (skip): verdict NULL, so the final verdict is the
+oracle's, but the image counts as reviewed.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ _PERSON_VERDICT = (
     "(SELECT d.verdict FROM decisions AS d WHERE d.image_id = images.id AND d.source = 'person'"
     " ORDER BY d.id DESC LIMIT 1)"
 )
+_PERSON_SEEN = (
+    "(SELECT d.seen FROM decisions AS d WHERE d.image_id = images.id AND d.source = 'person'"
+    " ORDER BY d.id DESC LIMIT 1)"
+)
+SEEN = "seen"  # record_action's verdict for "seen, no opinion" (skip)
 
 
 @storage_op
@@ -98,20 +109,23 @@ def add_images(db: Database, rows: list[dict[str, Any]]) -> list[int]:
 @storage_op
 def list_images(db: Database, run_id: str, round_index: int, kind: str | None = "anchor") -> list[Row]:
     """The round's images of `kind` (None: all) by anchor_index, slot; each with oracle_verdict,
-    person_verdict and final_verdict (person's if not None, else oracle's)."""
+    person_verdict, person_seen (the person's latest row is a skip) and final_verdict (person's if
+    not None, else oracle's)."""
     where, params = "run_id = ? AND round_index = ?", [run_id, round_index]
     if kind is not None:
         check_choice(kind, IMAGE_KINDS, "image kind")
         where, params = where + " AND kind = ?", [*params, kind]
     found = rows(
         db,
-        f"SELECT images.*, {_PERSON_VERDICT} AS person_verdict FROM images WHERE {where}"
+        f"SELECT images.*, {_PERSON_VERDICT} AS person_verdict, {_PERSON_SEEN} AS person_seen"
+        f" FROM images WHERE {where}"
         " ORDER BY kind, anchor_index, slot",
         params,
     )
     if not found:
         require_run(db, run_id)
     for row in found:
+        row["person_seen"] = bool(row["person_seen"])
         row["final_verdict"] = (
             row["person_verdict"] if row["person_verdict"] is not None else row["oracle_verdict"]
         )
@@ -184,19 +198,23 @@ def record_decision(
 
 
 @storage_op
-def undo_last_decision(db: Database, run_id: str, round_index: int) -> Row | None:
+def undo_last_decision(
+    db: Database, run_id: str, round_index: int, *, legacy_only: bool = False
+) -> Row | None:
     """Undo the round's latest person decision that is not an undo and not undone yet.
 
     Appends a person decision that gives that image back the person verdict it had before
     (None when it had none), with `undoes` = the undone id and note 'undo:<id>'. Calling it
     again walks further back; returns the appended row, or None when nothing is left to undo.
+    `legacy_only`: only decisions recorded outside an action (before m003, or by `record_decision`).
     """
     with transaction(db):
         target = one(
             db,
             "SELECT * FROM decisions AS d WHERE d.run_id = ? AND d.round_index = ? AND d.source = 'person'"
             " AND d.undoes IS NULL AND NOT EXISTS (SELECT 1 FROM decisions AS u WHERE u.undoes = d.id)"
-            " ORDER BY d.id DESC LIMIT 1",
+            + (" AND d.action_id IS NULL" if legacy_only else "")
+            + " ORDER BY d.id DESC LIMIT 1",
             [run_id, round_index],
         )
         if target is None:
@@ -212,6 +230,138 @@ def undo_last_decision(db: Database, run_id: str, round_index: int) -> Row | Non
             db, image, before[0] if before else None, "person", f"undo:{target['id']}", target["id"], now()
         )
         return one(db, "SELECT * FROM decisions WHERE id = ?", [decision_id])
+
+
+def _state_before(db: Database, image_id: int, decision_id: int) -> tuple[int | None, int]:
+    """(verdict, seen) of the image's latest person row before `decision_id` ((None, 0): none)."""
+    before = db.execute(
+        "SELECT verdict, seen FROM decisions WHERE image_id = ? AND source = 'person' AND id < ?"
+        " ORDER BY id DESC LIMIT 1",
+        [image_id, decision_id],
+    ).fetchone()
+    return (before[0], before[1]) if before else (None, 0)
+
+
+def _new_action(
+    db: Database, run_id: str, round_index: int, kind: str, target: int | None, label: str
+) -> int:
+    cursor = db.execute(
+        "INSERT INTO actions (run_id, round_index, kind, target, label, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [run_id, round_index, kind, target, label, now()],
+    )
+    return cursor.lastrowid
+
+
+def _append_person(db: Database, image: Row, verdict, seen: int, action_id: int, note, undoes, stamp) -> int:
+    cursor = db.execute(
+        "INSERT INTO decisions (image_id, run_id, round_index, verdict, source, note, undoes, created_at,"
+        " action_id, seen) VALUES (?, ?, ?, ?, 'person', ?, ?, ?, ?, ?)",
+        [image["id"], image["run_id"], image["round_index"], verdict, note, undoes, stamp, action_id, seen],
+    )
+    return cursor.lastrowid
+
+
+@storage_op
+def record_action(
+    db: Database, run_id: str, round_index: int, verdicts: dict[int, Any], label: str = ""
+) -> int | None:
+    """One person action (a click, a key, a bulk action): a verdict per image — 0, 1, None (back to the
+    oracle) or `SEEN` (seen, no opinion) — in one transaction, all rows carrying the new action's id.
+    Returns the action id, or None when `verdicts` is empty (nothing is recorded)."""
+    prepared = []
+    for image_id, verdict in verdicts.items():
+        seen = 1 if verdict == SEEN else 0
+        prepared.append((as_int(image_id, "image_id"), None if seen else check_verdict(verdict), seen))
+    if not prepared:
+        return None
+    with transaction(db):
+        action_id = _new_action(db, run_id, round_index, "do", None, label)
+        stamp = now()
+        for image_id, verdict, seen in prepared:
+            image = _require_image(db, image_id)
+            if (image["run_id"], image["round_index"]) != (run_id, round_index):
+                raise ValueError(f"image {image_id} is not in run {run_id!r}'s round {round_index}")
+            _append_person(db, image, verdict, seen, action_id, None, None, stamp)
+    return action_id
+
+
+def action_stacks(db: Database, run_id: str, round_index: int) -> tuple[list[Row], list[Row]]:
+    """(undo stack, redo stack) of the round's actions, replayed from the append-only `actions` rows:
+    a new action clears the redo stack; undo moves its target to the redo stack; redo pushes itself."""
+    actions = rows(
+        db, "SELECT * FROM actions WHERE run_id = ? AND round_index = ? ORDER BY id", [run_id, round_index]
+    )
+    by_id = {a["id"]: a for a in actions}
+    undo_stack: list[Row] = []
+    redo_stack: list[Row] = []
+    for a in actions:
+        if a["kind"] == "do":
+            undo_stack.append(a)
+            redo_stack.clear()
+        elif a["kind"] == "undo":
+            undo_stack[:] = [x for x in undo_stack if x["id"] != a["target"]]
+            redo_stack.append(by_id[a["target"]])
+        else:  # redo
+            redo_stack[:] = [x for x in redo_stack if x["id"] != a["target"]]
+            undo_stack.append(a)
+    return undo_stack, redo_stack
+
+
+@storage_op
+def undo_action(db: Database, run_id: str, round_index: int) -> Row | None:
+    """Undo the round's last action: every image it changed gets back the person verdict (and skip)
+    it had just before. Returns ``{"action", "undone", "label", "images"}`` or None (nothing to undo)."""
+    with transaction(db):
+        undo_stack, _ = action_stacks(db, run_id, round_index)
+        if not undo_stack:
+            require_run(db, run_id)
+            return None
+        target = undo_stack[-1]
+        decisions = rows(db, "SELECT * FROM decisions WHERE action_id = ? ORDER BY id", [target["id"]])
+        action_id = _new_action(
+            db, run_id, round_index, "undo", target["id"], f"undo {target['label']}".strip()
+        )
+        stamp = now()
+        for d in decisions:
+            verdict, seen = _state_before(db, d["image_id"], d["id"])
+            image = {"id": d["image_id"], "run_id": d["run_id"], "round_index": d["round_index"]}
+            _append_person(db, image, verdict, seen, action_id, f"undo:{d['id']}", d["id"], stamp)
+        return {
+            "action": action_id,
+            "undone": target["id"],
+            "label": target["label"],
+            "images": sorted({d["image_id"] for d in decisions}),
+        }
+
+
+@storage_op
+def redo_action(db: Database, run_id: str, round_index: int) -> Row | None:
+    """Redo the round's last undone action (its verdicts again). Returns like `undo_action`, or None."""
+    with transaction(db):
+        _, redo_stack = action_stacks(db, run_id, round_index)
+        if not redo_stack:
+            require_run(db, run_id)
+            return None
+        target = redo_stack[-1]
+        decisions = rows(db, "SELECT * FROM decisions WHERE action_id = ? ORDER BY id", [target["id"]])
+        action_id = _new_action(db, run_id, round_index, "redo", target["id"], target["label"])
+        stamp = now()
+        for d in decisions:
+            image = {"id": d["image_id"], "run_id": d["run_id"], "round_index": d["round_index"]}
+            _append_person(db, image, d["verdict"], d["seen"], action_id, f"redo:{d['id']}", None, stamp)
+        return {
+            "action": action_id,
+            "redone": target["id"],
+            "label": target["label"],
+            "images": sorted({d["image_id"] for d in decisions}),
+        }
+
+
+@storage_op
+def undo_redo_labels(db: Database, run_id: str, round_index: int) -> tuple[str | None, str | None]:
+    """What undo and redo would act on now (labels), None where the stack is empty."""
+    undo_stack, redo_stack = action_stacks(db, run_id, round_index)
+    return (undo_stack[-1]["label"] if undo_stack else None, redo_stack[-1]["label"] if redo_stack else None)
 
 
 @storage_op

@@ -19,16 +19,28 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed (/usr/bin/chromium): apt-get install -y chromium",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install playwright")
+    pytest.skip(
+        "Debian's chromium is not installed (/usr/bin/chromium): apt-get install -y chromium",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install playwright"
+)
 
 import storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -55,8 +67,9 @@ def served(tmp_path_factory):
 
     port = free_port()
     runs = tmp_path_factory.mktemp("runs")
-    args = app.build_parser().parse_args(["--runs-dir", str(runs), "--model", "tiny", "--oracle", "tiny",
-                                          "--port", str(port)])
+    args = app.build_parser().parse_args(
+        ["--runs-dir", str(runs), "--model", "tiny", "--oracle", "tiny", "--port", str(port)]
+    )
     studio, demo, kwargs = app.create_app(args)
     demo.queue(default_concurrency_limit=1)
     demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
@@ -127,28 +140,43 @@ def test_review_flow_in_a_real_browser(served, browser):
         assert len(storage.list_references(db, run_id)) == 4
     ims = images(studio, run_id, 1)
     assert len(ims) == 12 and page.locator("#gal-grid .gal-tile").count() == 12
-    by_pos = sorted(ims, key=lambda im: (im["anchor_index"], im["slot"]))
+    by_id = {im["id"]: im for im in ims}
+    # the page's order: anchors most mixed first (Ω), each anchor's images by slot
+    sections = page.eval_on_selector_all(
+        "#gal-grid .gal-anchor",
+        "ss => ss.map(s => [...s.querySelectorAll('.gal-tile')].map(t => +t.dataset.id))",
+    )
+    sections = [ids for ids in sections if ids]
+    by_pos = [by_id[i] for ids in sections for i in ids]
 
     # 2. a click flips the first image's verdict, written to SQLite at once
     first = by_pos[0]
     page.click(f'#gal-grid .gal-tile[data-id="{first["id"]}"]')
-    wait_for(lambda: person(studio, run_id, 1)[first["id"]] == 1 - first["oracle_verdict"], what="the click's row")
+    wait_for(
+        lambda: person(studio, run_id, 1)[first["id"]] == 1 - first["oracle_verdict"], what="the click's row"
+    )
     page.wait_for_selector(f'#gal-grid .gal-tile[data-id="{first["id"]}"].override')
 
-    # 3. keys: ↓ to anchor 1's first image, then a/x against the oracle, x on the next, u undoes it
-    second = by_pos[3]
+    # 3. keys: ↓ to the next anchor's first image, then a/x against the oracle, x on the next, u undoes it
+    second = by_id[sections[1][0]]
     page.keyboard.press("ArrowDown")
     page.keyboard.press("a" if second["oracle_verdict"] == 1 else "x")
-    wait_for(lambda: person(studio, run_id, 1)[second["id"]] == 1 - second["oracle_verdict"], what="the key's row")
-    third = by_pos[4]
+    wait_for(
+        lambda: person(studio, run_id, 1)[second["id"]] == 1 - second["oracle_verdict"], what="the key's row"
+    )
+    third = by_id[sections[1][1]]
     page.keyboard.press("x")
     wait_for(lambda: person(studio, run_id, 1)[third["id"]] == 1, what="x on the next image")
     # painted at once in the page ('pending'), then confirmed by the server's re-render from SQLite
     page.wait_for_selector(f'#gal-grid .gal-tile[data-id="{third["id"]}"].person:not(.pending)')
-    page.wait_for_function("document.querySelector('#gal-counters [data-reviewed]')?.dataset.reviewed === '3'")
+    page.wait_for_function(
+        "document.querySelector('#gal-counters [data-reviewed]')?.dataset.reviewed === '3'"
+    )
     page.keyboard.press("u")
     wait_for(lambda: person(studio, run_id, 1)[third["id"]] is None, what="undo")
-    page.wait_for_function("document.querySelector('#gal-counters [data-reviewed]')?.dataset.reviewed === '2'")
+    page.wait_for_function(
+        "document.querySelector('#gal-counters [data-reviewed]')?.dataset.reviewed === '2'"
+    )
     counters = page.inner_text("#gal-counters")
     assert "2/12" in counters and "Overrides 2" in counters.replace("\n", " ")
     with storage.open_db(studio.db_path) as db:
@@ -169,7 +197,11 @@ def test_review_flow_in_a_real_browser(served, browser):
     assert page.locator("#gal-grid .gal-tile.person").count() == 2
 
     # 5. commit: the round's picks join the references and round 2 trains in the worker
-    page.click("#gal-commit")
+    page.click("#gal-commit")  # asks once, saying what it adds; only "Yes" commits (issue 16.10)
+    page.wait_for_selector("#gal-confirm-text:has-text('Commit round 1')")
+    with storage.open_db(studio.db_path) as db:
+        assert storage.get_run(db, run_id)["current_round"] == 1
+    page.click("#gal-commit-yes")
     page.wait_for_selector('#gal-grid .gal-grid[data-round="2"] .gal-tile', timeout=120_000)
     with storage.open_db(studio.db_path) as db:
         assert len(storage.list_selections(db, run_id, 1)) == 2
@@ -181,8 +213,10 @@ def test_review_flow_in_a_real_browser(served, browser):
     # 6. history: plots, the added references, the same anchor+seed across rounds
     page.click("#gal-tab-history-button, button[role='tab']:has-text('History')")
     page.wait_for_selector("#gal-compare table")
-    page.wait_for_function("[...document.querySelectorAll('#gal-refs img')].length >= 6 && "
-                           "[...document.querySelectorAll('#gal-refs img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#gal-refs img')].length >= 6 && "
+        "[...document.querySelectorAll('#gal-refs img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     page.wait_for_selector("#gal-plot-txt .vega-embed")
     assert page.locator("#gal-compare th:has-text('round 2')").count() == 1
     shot(page, "history")
@@ -195,4 +229,247 @@ def test_review_flow_in_a_real_browser(served, browser):
     assert (out / "README.md").is_file() and (out / "dataset" / "metadata.jsonl").is_file()
     archive = studio.run_dir(run_id) / f"{run_id}-export.zip"
     assert "README.md" in zipfile.ZipFile(archive).namelist()
+    assert not errors, errors
+
+
+def cursor_id(page) -> str | None:
+    return page.evaluate("window.gal.cursor")
+
+
+def focused_tile(page) -> str | None:
+    return page.evaluate(
+        "document.activeElement && document.activeElement.classList.contains('gal-tile')"
+        " ? document.activeElement.dataset.id : null"
+    )
+
+
+def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
+    """Issue 16, each item driven in the page and checked in SQLite: live set-up validation, escaped
+    toasts, lightbox, one cursor = focus, two live tabs, order + filters, bulk actions that keep your
+    verdicts and undo/redo as one step, skip, sticky bar, next-unreviewed, resume after refresh, commit
+    confirm, the training view (loss curve, log, disabled buttons), presets, and Back staying in the app."""
+    studio, demo, url = served
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(30_000)
+    page.goto(url)
+
+    # 16.2 the set-up check is truthful from the start: no images yet -> not ready, naming the fix
+    page.wait_for_function(
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('no reference images')"
+    )
+    assert "Ready" not in page.inner_text("#gal-validation")
+    page.keyboard.press("Tab")  # 16.5 the skip link is the first stop
+    assert page.evaluate("document.activeElement.dataset.galSkip") == "1"
+    page.click("#gal-demo")
+    page.wait_for_function(
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('Ready: 4 reference images')"
+    )
+    fill(page, "anchors", "{} on grass\n{} in the sea\n{} in the snow\n{} at sunset")
+    for name, value in {"m": 3, "k": 2, "train-steps": 40, "gen-steps": 3}.items():
+        fill(page, name, value)
+    page.click("text=More settings")
+    fill(page, "eval-per-prompt", 1)
+    fill(page, "soi-token", "<tok>")  # the prompts say <sks>: every one now lacks the token
+    page.wait_for_function(
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('lacks the SoI token <tok>')"
+    )
+    # 16.3 the toast shows '<tok>' as text (it was read as a tag and cut the message)
+    page.click("#gal-start")
+    toast = page.wait_for_selector("[data-testid='toast-body']:has-text('lacks the SoI token')")
+    assert "<tok>" in toast.inner_text()
+    page.evaluate("document.querySelectorAll('[data-testid=\"toast-body\"]').forEach(t => t.remove())")
+    fill(page, "soi-token", "<sks>")
+    fill(page, "subject-phrase", "a <sks> star")
+    page.wait_for_function("(document.querySelector('#gal-validation')?.innerText || '').includes('Ready')")
+    # presets: save the set-up, then load it back (JSON under <runs>/presets)
+    page.fill("#gal-preset-name input, #gal-preset-name textarea", "browser preset")
+    page.click("#gal-preset-save")
+    wait_for(lambda: (studio.runs_root / "presets" / "browser preset.json").is_file(), what="the preset file")
+    page.click("#gal-preset-load")
+    page.wait_for_function(
+        "(document.querySelector('#gal-validation')?.innerText || '').includes('Ready: 4 reference images')"
+    )
+    assert page.input_value("#gal-f-train-steps input") == "40"
+
+    page.click("#gal-start")
+    page.wait_for_selector("#gal-grid .gal-tile", timeout=120_000)
+    run_id = wait_for(lambda: "run=" in page.url and page.url.split("run=")[1], what="?run= in the address")
+    page.evaluate("document.querySelectorAll('[data-testid=\"toast-body\"]').forEach(t => t.remove())")
+    ids = [
+        int(x) for x in page.eval_on_selector_all("#gal-grid .gal-tile", "ts => ts.map(t => t.dataset.id)")
+    ]
+    assert len(ids) == 12
+
+    # 16.7 anchors most mixed first (Ω), re-sortable by index; filters hide what does not match
+    omegas = page.eval_on_selector_all(
+        "#gal-grid .gal-anchor[data-pool='1']", "ss => ss.map(s => +s.dataset.omega)"
+    )
+    assert omegas == sorted(omegas, reverse=True)
+    page.click("text=Order, filters, tile size")
+    page.click("#gal-order input")
+    page.click("ul[role='listbox'] li:has-text('anchor index')")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#gal-grid .gal-anchor')].map(s => +s.dataset.anchor)"
+        ".every((a, i, all) => i === 0 || all[i - 1] < a)"
+    )
+    ids = [
+        int(x) for x in page.eval_on_selector_all("#gal-grid .gal-tile", "ts => ts.map(t => t.dataset.id)")
+    ]
+
+    # 16.5 one cursor: Tab enters the grid at the cursor; focusing a tile moves the cursor; keys act there
+    page.click("#gal-counters")  # somewhere outside the grid, not a field
+    assert focused_tile(page) is None
+    page.keyboard.press("g")
+    wait_for(
+        lambda: focused_tile(page) == cursor_id(page) and cursor_id(page) == str(ids[0]),
+        what="g focuses the cursor",
+    )
+    page.focus(f'#gal-grid .gal-tile[data-id="{ids[4]}"]')
+    assert cursor_id(page) == str(ids[4])
+    page.keyboard.press("x")
+    wait_for(lambda: person(studio, run_id, 1)[ids[4]] == 1, what="x on the focused tile")
+    assert person(studio, run_id, 1)[ids[0]] is None  # not on tile 1
+    assert focused_tile(page) == cursor_id(page) == str(ids[5])  # moved on, focus with it
+
+    # 16.4 the lightbox: z opens the cursor's image large, crisp; a/x/s judge there and move on; Esc closes
+    t0 = time.monotonic()
+    page.keyboard.press("z")
+    page.wait_for_selector("#gal-lightbox:not([hidden])")
+    opened_ms = (time.monotonic() - t0) * 1000
+    info = page.inner_text("#gal-lightbox")
+    assert (
+        "sim(image, anchor)" in info and "oracle" in info and "a <sks> star" in info and "2 of 12" not in info
+    )
+    assert (
+        page.evaluate("getComputedStyle(document.querySelector('#gal-lightbox img')).imageRendering")
+        == "pixelated"
+    )
+    assert page.evaluate("document.querySelector('#gal-lightbox img').getBoundingClientRect().width") > 400
+    assert page.get_attribute("#gal-lightbox", "data-id") == str(ids[5])
+    page.keyboard.press("a")
+    wait_for(lambda: person(studio, run_id, 1)[ids[5]] == 0, what="a inside the lightbox")
+    assert page.get_attribute("#gal-lightbox", "data-id") == str(ids[6])
+    page.keyboard.press("s")  # 16.10 skip: seen, no opinion
+    wait_for(
+        lambda: (
+            images(studio, run_id, 1)[6]["person_seen"]
+            if False
+            else {im["id"]: im for im in images(studio, run_id, 1)}[ids[6]]["person_seen"]
+        ),
+        what="s records a skip",
+    )
+    page.keyboard.press("ArrowLeft")
+    assert page.get_attribute("#gal-lightbox", "data-id") == str(ids[6])
+    assert "skip" in page.inner_text("#gal-lightbox .gal-lb-you")
+    shot(page, "lightbox")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#gal-lightbox", state="hidden")
+    assert opened_ms < 2000
+    page.evaluate("window.gal.tileSize(200)")  # tile size
+    assert (
+        page.evaluate(f"document.querySelector('#gal-grid .gal-tile[data-id=\"{ids[0]}\"] img').offsetWidth")
+        == 200
+    )
+    page.evaluate("window.gal.tileSize(128)")
+
+    # 16.6 a second tab stays live: a verdict here shows there within 2 s
+    other = browser.new_page(viewport={"width": 1200, "height": 800})
+    other.goto(page.url)
+    other.wait_for_selector(f'#gal-grid .gal-tile[data-id="{ids[4]}"].person')
+    page.focus(f'#gal-grid .gal-tile[data-id="{ids[8]}"]')
+    page.keyboard.press("x")
+    t0 = time.monotonic()
+    other.wait_for_selector(f'#gal-grid .gal-tile[data-id="{ids[8]}"].person.v1', timeout=2500)
+    assert time.monotonic() - t0 < 2.5
+    other.close()
+
+    # 16.1 bulk: "mark under the threshold" touches only images you have not judged; one u undoes it all; U redoes
+    mine = {i: v for i, v in person(studio, run_id, 1).items() if v is not None}
+    assert len(mine) == 3
+    page.click("text=Bulk actions")
+    box = page.locator("#gal-threshold input[type=number]")
+    box.fill("1")
+    box.blur()
+    page.click("#gal-mark-below")
+    wait_for(lambda: sum(v == 1 for v in person(studio, run_id, 1).values()) == 12 - 2, what="the bulk marks")
+    after = person(studio, run_id, 1)
+    assert all(after[i] == v for i, v in mine.items())  # yours kept (ids[5] stays aligned)
+    assert {im["id"]: im for im in images(studio, run_id, 1)}[ids[6]]["person_seen"]  # the skip kept too
+    page.focus(f'#gal-grid .gal-tile[data-id="{ids[0]}"]')
+    page.keyboard.press("u")
+    wait_for(
+        lambda: person(studio, run_id, 1) == {**dict.fromkeys(after), **mine}, what="one u undoes the bulk"
+    )
+    page.keyboard.press("U")
+    wait_for(lambda: person(studio, run_id, 1) == after, what="U redoes it")
+    page.keyboard.press("u")
+    wait_for(lambda: person(studio, run_id, 1) == {**dict.fromkeys(after), **mine}, what="undone again")
+
+    # 16.7 filters: "unreviewed" hides what you judged or skipped; "your overrides" shows only those
+    page.click("#gal-filters label:has-text('unreviewed')")
+    shown = lambda: page.eval_on_selector_all(  # noqa: E731
+        "#gal-grid .gal-tile:not(.gal-hidden)", "ts => ts.map(t => +t.dataset.id)"
+    )
+    judged = {
+        im["id"] for im in images(studio, run_id, 1) if im["person_verdict"] is not None or im["person_seen"]
+    }
+    wait_for(lambda: set(shown()) == set(ids) - judged, what="the unreviewed filter")
+    page.click("#gal-filters label:has-text('unreviewed')")
+    page.click("#gal-filters label:has-text('your overrides')")
+    overrides = {
+        im["id"]
+        for im in images(studio, run_id, 1)
+        if im["person_verdict"] is not None and im["person_verdict"] != im["oracle_verdict"]
+    }
+    wait_for(lambda: set(shown()) == overrides, what="the overrides filter")
+    page.click("#gal-filters label:has-text('your overrides')")
+    wait_for(lambda: len(shown()) == 12, what="no filter: every tile")
+
+    # 16.9 the sticky bar stays in view; n goes to the next unreviewed; a refresh resumes there
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_timeout(100)
+    top = page.evaluate("document.querySelector('#gal-commit').getBoundingClientRect().top")
+    assert 0 <= top < 200, top
+    page.focus(f'#gal-grid .gal-tile[data-id="{ids[3]}"]')
+    page.keyboard.press("n")
+    assert cursor_id(page) == str(ids[7])  # 4, 5, 6 are judged or skipped
+    page.click("text=Order, filters, tile size")  # both closed again: the page as it opens
+    page.click("text=Bulk actions")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.evaluate("document.querySelectorAll('[data-testid=\"toast-body\"]').forEach(t => t.remove())")
+    page.screenshot(path=str(SHOTS / "review-grid.png"))  # what a person sees: the viewport
+    page.reload()
+    page.wait_for_selector("#gal-grid .gal-tile.cursor")
+    assert cursor_id(page) == str(ids[0]) or cursor_id(page) == page.evaluate(
+        "[...document.querySelectorAll('#gal-grid .gal-tile')].find(t => !t.classList.contains('person')"
+        " && !t.classList.contains('seen')).dataset.id"
+    )
+    page.keyboard.press("a")  # resumes on the first unreviewed image
+    first_unreviewed = next(
+        i
+        for i in page.eval_on_selector_all("#gal-grid .gal-tile", "ts => ts.map(t => +t.dataset.id)")
+        if i not in mine
+    )
+    wait_for(lambda: person(studio, run_id, 1)[first_unreviewed] == 0, what="a on the resumed cursor")
+
+    # 16.10 Back stays in the app: it goes back to the previous tab
+    page.click("button[role='tab']:has-text('History')")
+    page.go_back()
+    page.wait_for_selector("#gal-grid .gal-tile", state="visible")
+    assert page.url.startswith(url)
+
+    # 16.10 commit asks once; 16.8 the training view: loss curve, log, buttons that cannot act are disabled
+    page.click("#gal-commit")
+    page.click("#gal-commit-yes")
+    page.click("button[role='tab']:has-text('Progress')")
+    page.wait_for_selector("#gal-progress .gal-loss polyline", timeout=60_000)
+    assert page.is_disabled("#gal-resume") and page.is_enabled("#gal-cancel")
+    assert page.is_disabled("#gal-commit")
+    assert "train: 40 to do" in page.inner_text("#gal-progress .gal-log")
+    assert " left" in page.inner_text("#gal-progress")
+    shot(page, "training")
+    page.wait_for_selector('#gal-grid .gal-grid[data-round="2"] .gal-tile', state="attached", timeout=120_000)
     assert not errors, errors

@@ -6,6 +6,7 @@ the tests then review it through the same functions the page calls, checking SQL
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -28,8 +29,15 @@ from ui import render  # noqa: E402
 from ui.handlers import FORM_FIELDS, Handlers, config_from_form, default_form, references_from  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"anchors": "{} on grass\n{} in the sea\n{} in the snow\n{} at sunset", "m": 3, "k": 2, "train_steps": 10,
-        "gen_steps": 3, "eval_per_prompt": 1, "gen_batch": 12}
+TINY = {
+    "anchors": "{} on grass\n{} in the sea\n{} in the snow\n{} at sunset",
+    "m": 3,
+    "k": 2,
+    "train_steps": 10,
+    "gen_steps": 3,
+    "eval_per_prompt": 1,
+    "gen_batch": 12,
+}
 
 
 def form_values(form: dict) -> list:
@@ -56,7 +64,13 @@ def handlers(studio) -> Handlers:
 
 @pytest.fixture(scope="module")
 def demo_form(handlers) -> tuple[list[str], list[list], dict]:
-    out = dict(zip(("files", "gallery", "table", *FORM_FIELDS, "validation"), handlers.demo_fill("object"), strict=True))
+    out = dict(
+        zip(
+            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
+            handlers.demo_fill("object"),
+            strict=True,
+        )
+    )
     form = {name: out[name] for name in FORM_FIELDS}
     form.update(TINY)
     return out["files"], out["table"], form
@@ -105,7 +119,8 @@ def test_invalid_values_are_refused_with_the_fix(handlers, change, fix):
         config_from_form(form)
     message = handlers.validate_form(*form_values(form))
     assert "✗" in message and fix.split()[0] in message
-    with pytest.warns(UserWarning, match=re.escape(fix)):  # leaving the field says it at once, too
+    # leaving the field says it at once, too; toasts render HTML, so the message comes escaped (issue 16.3)
+    with pytest.warns(UserWarning, match=re.escape(html.escape(fix, quote=False))):
         handlers.check_field(*form_values(form))
 
 
@@ -122,7 +137,13 @@ def test_a_run_started_from_the_demo_form_trains_as_the_demo_does(handlers, tmp_
     from gal.demo import demo_scenario
 
     demo, _ = demo_scenario(tmp_path, "object", model=handlers.studio.default_model)
-    out = dict(zip(("files", "gallery", "table", *FORM_FIELDS, "validation"), handlers.demo_fill("object"), strict=True))
+    out = dict(
+        zip(
+            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
+            handlers.demo_fill("object"),
+            strict=True,
+        )
+    )
     started = config_from_form({name: out[name] for name in FORM_FIELDS})
     assert started.train == demo.train and started.generate == demo.generate
     assert started.gal.m == demo.gal.m and started.gal.k == demo.gal.k and started.gal.lam == demo.gal.lam
@@ -133,7 +154,11 @@ def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tm
     paths = [str(tmp_path / f"img{i}.png") for i in range(3)]
     preview, table = handlers.files_changed(paths, [["img1.png", "a <sks> cat", "a cat on a sofa"]])
     assert preview == paths
-    assert table == [["img0.png", "", ""], ["img1.png", "a <sks> cat", "a cat on a sofa"], ["img2.png", "", ""]]
+    assert table == [
+        ["img0.png", "", ""],
+        ["img1.png", "a <sks> cat", "a cat on a sofa"],
+        ["img2.png", "", ""],
+    ]
     with pytest.raises(ValueError, match="image 1 .* has no prompt"):
         references_from(paths, table)
     with pytest.raises(ValueError, match="2 rows for 3 images"):
@@ -148,7 +173,13 @@ def test_switching_the_task_loads_the_papers_presets(handlers):
 
 
 def test_the_style_demo_is_valid_too(handlers):
-    out = dict(zip(("files", "gallery", "table", *FORM_FIELDS, "validation"), handlers.demo_fill("style"), strict=True))
+    out = dict(
+        zip(
+            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
+            handlers.demo_fill("style"),
+            strict=True,
+        )
+    )
     assert out["task"] == "style" and len(out["files"]) == 2 and "✓" in out["validation"]
 
 
@@ -181,7 +212,9 @@ def test_select_writes_the_verdict_to_sqlite_at_once(handlers, studio, run_id):
     assert "Reviewed <b>1/12</b>" in view.counters and "Overrides <b>1</b>" in view.counters
     # the grid is not re-sent: a patch carries every tile's verdicts [id, final, person, oracle, pick]
     patch = json.loads(view.patch)
-    assert patch["ack"] == 0 and [1 - oracle, 1 - oracle, oracle] in [t[1:4] for t in patch["tiles"] if t[0] == target]
+    assert patch["ack"] == 0 and [1 - oracle, 1 - oracle, oracle] in [
+        t[1:4] for t in patch["tiles"] if t[0] == target
+    ]
     # no verdict: a click flips the current one; no image id: the index names the tile
     handlers.select_tile(run_id, gr.SelectData(None, {"index": 2, "value": {}}))
     assert rows(studio, run_id)[target]["person_verdict"] == oracle
@@ -200,8 +233,12 @@ def test_every_answer_acknowledges_the_pages_clicks_so_far(handlers, studio, run
     answers merged into one ``watch`` call) or gets late still settles every pending tile."""
     page, other = types.SimpleNamespace(session_hash="page-1"), types.SimpleNamespace(session_hash="page-2")
     ids = tile_ids(handlers.review(run_id).grid)
-    first = json.loads(handlers.select_tile(run_id, select(0, image_id=ids[0], verdict=1, nonce=1), page).patch)
-    second = json.loads(handlers.select_tile(run_id, select(1, image_id=ids[1], verdict=1, nonce=2), page).patch)
+    first = json.loads(
+        handlers.select_tile(run_id, select(0, image_id=ids[0], verdict=1, nonce=1), page).patch
+    )
+    second = json.loads(
+        handlers.select_tile(run_id, select(1, image_id=ids[1], verdict=1, nonce=2), page).patch
+    )
     assert (first["ack"], second["ack"]) == (1, 2) and second["seq"] > first["seq"]  # seq: the order of reads
     assert [ids[1], 1, 1] in [t[:3] for t in second["tiles"]]
     undone = json.loads(handlers.undo(run_id, page).patch)
@@ -223,7 +260,9 @@ def test_a_bad_click_warns_and_rerenders_from_sqlite(handlers, run_id):
     with pytest.warns(UserWarning, match="no image at position 99"):
         view = handlers.select_tile(run_id, gr.SelectData(None, {"index": 99, "value": None}))
     assert len(tile_ids(view.grid)) == 12
-    with pytest.raises(gr.Error, match="expected '<image_id> <verdict>'"):
+    with pytest.raises(
+        gr.Error, match="expected '&lt;image_id&gt; &lt;verdict&gt;'"
+    ):  # escaped: shown as text
         handlers.decide(run_id, "overfit")
 
 
@@ -250,8 +289,249 @@ def test_bulk_actions(handlers, studio, run_id):
     handlers.accept_oracle(run_id)
     after = rows(studio, run_id)
     assert all(im["person_verdict"] is not None for im in after.values())
-    assert all(after[i]["person_verdict"] == before[i]["person_verdict"] for i in before
-               if before[i]["person_verdict"] is not None)  # overrides survive
+    assert all(
+        after[i]["person_verdict"] == before[i]["person_verdict"]
+        for i in before
+        if before[i]["person_verdict"] is not None
+    )  # overrides survive
+
+
+def test_bulk_actions_touch_only_unjudged_images_and_undo_as_one_step(handlers, studio, run_id):
+    """Issue 16.1: a bulk action never overwrites the person's own verdicts unless asked; every action
+    (a click, a key, a bulk action) is one undo step; redo re-applies it; history stays append-only."""
+    start = {i: (im["person_verdict"], im["person_seen"]) for i, im in rows(studio, run_id).items()}
+    assert all(v is not None for v, _ in start.values())  # test_bulk_actions accepted the oracle on all 12
+    assert handlers.studio.mark_below(run_id, 1.1) == 0  # everything is judged: nothing to mark
+    cleared = sorted(start)[:3]
+    studio.decide_many(run_id, dict.fromkeys(cleared, None), label="clear three")
+    handlers.mark_below(run_id, 1.1)  # every sim is < 1.1: only the 3 unjudged images change
+    after = rows(studio, run_id)
+    assert all(after[i]["person_verdict"] == start[i][0] for i in start if i not in cleared)  # yours kept
+    assert all(after[i]["person_verdict"] == 1 for i in cleared)
+    patch = json.loads(handlers.undo(run_id).patch)  # ONE undo restores all three
+    assert all(rows(studio, run_id)[i]["person_verdict"] is None for i in cleared)
+    assert [t[2] for t in patch["tiles"] if t[0] in cleared] == [None, None, None]
+    handlers.redo(run_id)  # U: the whole action again
+    assert all(rows(studio, run_id)[i]["person_verdict"] == 1 for i in cleared)
+    handlers.undo(run_id)
+    # "also overwrite mine": every image under the threshold, the person's too; one undo takes it all back
+    handlers.mark_below(run_id, 1.1, overwrite=True)
+    assert all(im["person_verdict"] == 1 for im in rows(studio, run_id).values())
+    handlers.undo(run_id)
+    handlers.undo(run_id)  # the clearing
+    assert {i: (im["person_verdict"], im["person_seen"]) for i, im in rows(studio, run_id).items()} == start
+    with storage.open_db(studio.db_path) as db:
+        history = [d for d in storage.decision_history(db, cleared[0]) if d["source"] == "person"]
+        _, redo_stack = storage.verdicts.action_stacks(db, run_id, 1)
+    assert redo_stack and redo_stack[-1]["label"] == "clear three"  # what U would redo now
+    last = history[-1]  # appended, never rewritten: the undo row names the row it undid
+    assert last["note"] == f"undo:{last['undoes']}" and last["undoes"] in {d["id"] for d in history[:-1]}
+    assert last["action_id"] is not None
+    assert studio.review_state(run_id)["redo"] == "clear three"
+
+
+def test_a_new_action_clears_redo_and_accept_oracle_keeps_your_overrides(handlers, studio, run_id):
+    start = {i: im["person_verdict"] for i, im in rows(studio, run_id).items()}
+    target = sorted(start)[0]
+    oracle = rows(studio, run_id)[target]["oracle_verdict"]
+    handlers.select_tile(run_id, select(0, image_id=target, verdict=1 - oracle))  # an override
+    other = sorted(start)[1]
+    handlers.select_tile(run_id, select(1, image_id=other, verdict=None))  # cleared: unjudged again
+    handlers.accept_oracle(run_id)  # only the unjudged one
+    now = rows(studio, run_id)
+    assert now[target]["person_verdict"] == 1 - oracle  # the override survives
+    assert now[other]["person_verdict"] == now[other]["oracle_verdict"]
+    handlers.undo(run_id)
+    assert rows(studio, run_id)[other]["person_verdict"] is None
+    handlers.select_tile(run_id, select(1, image_id=other, verdict=1))  # a new action: nothing to redo now
+    assert studio.review_state(run_id)["redo"] is None
+    handlers.accept_oracle(run_id, overwrite=True)  # also mine: every image back to the oracle's verdict
+    assert all(im["person_verdict"] == im["oracle_verdict"] for im in rows(studio, run_id).values())
+    handlers.undo(run_id)
+    handlers.undo(run_id)
+    handlers.undo(run_id)
+    handlers.undo(run_id)
+    assert {i: im["person_verdict"] for i, im in rows(studio, run_id).items()} == start
+
+
+def test_keys_sent_together_are_still_one_undo_step_each(handlers, studio, run_id):
+    """Keys pressed while an answer is on its way go in one event (the page's outbox); each stays its own
+    action, and the answer acknowledges the last one."""
+    page = types.SimpleNamespace(session_hash="batch-page")
+    a, b = sorted(rows(studio, run_id))[6:8]
+    before = {i: rows(studio, run_id)[i]["person_verdict"] for i in (a, b)}
+    view = handlers.select_tile(run_id, select(0, batch=[[a, 1, 41], [b, 0, 42], [a, 0, 43]]), page)
+    assert json.loads(view.patch)["ack"] == 43
+    assert (rows(studio, run_id)[a]["person_verdict"], rows(studio, run_id)[b]["person_verdict"]) == (0, 0)
+    handlers.undo(run_id)  # the last key only
+    assert (rows(studio, run_id)[a]["person_verdict"], rows(studio, run_id)[b]["person_verdict"]) == (1, 0)
+    handlers.undo(run_id)
+    handlers.undo(run_id)
+    assert {i: rows(studio, run_id)[i]["person_verdict"] for i in (a, b)} == before
+    with pytest.warns(UserWarning, match="1 verdict not recorded"):
+        bad = handlers.select_tile(run_id, select(0, batch=[[99999, 1, 44]]), page)
+    assert bad.patch == gr.skip() and "gal-tile" in bad.grid  # a full re-read from SQLite
+
+
+def test_skip_is_seen_no_opinion_and_counts_as_reviewed(handlers, studio, run_id):
+    target = sorted(rows(studio, run_id))[5]
+    studio.decide(run_id, target, None)
+    before = studio.review_state(run_id)["counters"]["reviewed"]
+    view = handlers.select_tile(run_id, select(5, image_id=target, verdict=2))  # key s
+    row = rows(studio, run_id)[target]
+    assert (
+        row["person_verdict"] is None and row["person_seen"] and row["final_verdict"] == row["oracle_verdict"]
+    )
+    state = studio.review_state(run_id)
+    assert state["counters"]["reviewed"] == before + 1 and state["counters"]["skipped"] >= 1
+    assert [t[5] for t in json.loads(view.patch)["tiles"] if t[0] == target] == [1]
+    assert "Skipped <b>" in view.counters
+    assert 'class="gal-tile' in handlers.review(run_id).grid and "seen" in handlers.review(run_id).grid
+    from gal.review import SKIP, parse_verdict
+
+    assert parse_verdict("s") == SKIP == parse_verdict("skip") and parse_verdict(2) == SKIP
+    handlers.undo(run_id)
+    assert not rows(studio, run_id)[target]["person_seen"]
+    handlers.undo(run_id)  # the clear
+
+
+def test_anchors_order_by_omega_index_or_beta_and_filters(handlers, studio, run_id):
+    state = studio.review_state(run_id)
+    anchors = state["anchors"]
+    by_omega = render.ordered_anchors(anchors, "omega")
+    omegas = [a.get("uncertainty") or 0 for a in by_omega if a["in_pool"]]
+    assert omegas == sorted(omegas, reverse=True)
+    assert [a["anchor_index"] for a in render.ordered_anchors(anchors, "index")] == sorted(
+        a["anchor_index"] for a in anchors
+    )
+    betas = [a.get("overfit_rate") or 0 for a in render.ordered_anchors(anchors, "beta") if a["in_pool"]]
+    assert betas == sorted(betas, reverse=True)
+    html = handlers.review(run_id).grid  # the grid renders in Ω order, most mixed first
+    shown = [int(x) for x in re.findall(r'<section class="gal-anchor[^"]*" data-anchor="(\d+)"', html)]
+    assert shown == [a["anchor_index"] for a in by_omega]
+    with pytest.raises(ValueError, match="order must be one of"):
+        render.ordered_anchors(anchors, "size")
+    images = [(im, a) for a in anchors for im in a["images"]]
+    target = images[0][0]
+    studio.decide(run_id, target["id"], 1 - target["oracle_verdict"])
+    state = studio.review_state(run_id)
+    images = [(im, a) for a in state["anchors"] for im in a["images"]]
+    overrides = [im["id"] for im, a in images if render.visible(im, a, {"overrides"})]
+    assert target["id"] in overrides and all(
+        im["person_verdict"] != im["oracle_verdict"] for im, a in images if im["id"] in overrides
+    )
+    unreviewed = {im["id"] for im, a in images if render.visible(im, a, {"unreviewed"})}
+    assert target["id"] not in unreviewed
+    assert all(im["oracle_verdict"] == 1 for im, a in images if render.visible(im, a, {"oracle-overfit"}))
+    assert all((a.get("uncertainty") or 0) > 0 for im, a in images if render.visible(im, a, {"mixed"}))
+    with pytest.raises(ValueError, match="unknown filter"):
+        render.visible(images[0][0], images[0][1], {"pretty"})
+    handlers.undo(run_id)
+
+
+def test_messages_are_text_never_html(handlers, demo_form):
+    """Issue 16.3: '<sks>' in a toast was read as a tag and cut the message."""
+    files, table, form = demo_form
+    bad = [[r[0], "a star on stairs", r[2]] for r in table]  # no token
+    with pytest.raises(gr.Error) as err:
+        handlers.start_run(files, bad, *form_values(form))
+    assert "&lt;sks&gt;" in err.value.message and "<sks>" not in err.value.message
+    from ui.handlers import text
+
+    assert text("a <b>&") == "a &lt;b&gt;&amp;"
+    with pytest.warns(UserWarning, match="&lt;sks&gt;"):
+        handlers.check_field(*form_values({**form, "subject_phrase": "a cat"}))
+
+
+def test_setup_validates_images_and_prompts_as_you_type(handlers, demo_form):
+    """Issue 16.2: "✓ Ready" only when Start would start: images, one prompt each, each with the token."""
+    files, table, form = demo_form
+    ready = handlers.validate_setup(files, table, *form_values(form))
+    assert "✓ Ready: 4 reference images" in ready
+    none = handlers.validate_setup(None, None, *form_values(form))
+    assert "✗" in none and "no reference images" in none and "Ready" not in none
+    empty = [[r[0], "", r[2]] for r in table]
+    assert "image 1 (" in handlers.validate_setup(files, empty, *form_values(form))
+    assert "has no prompt" in handlers.validate_setup(files, empty, *form_values(form))
+    tokenless = [[r[0], "a star on stairs", r[2]] for r in table]
+    message = handlers.validate_setup(files, tokenless, *form_values(form))
+    assert "lacks the SoI token &lt;sks&gt;" in message and "a &lt;sks&gt; cat" in message
+    both = handlers.validate_setup(None, None, *form_values({**form, "k": 99}))
+    assert "lower k" in both and "no reference images" in both  # every problem, each with its fix
+
+
+def test_presets_save_and_load_the_whole_setup(handlers, studio, demo_form):
+    files, table, form = demo_form
+    dropdown = handlers.save_preset("tiny star", files, table, *form_values({**form, "seed": 7}))
+    assert dropdown.value == "tiny star" and "tiny star" in [c[0] for c in dropdown.choices]
+    saved = json.loads((studio.runs_root / "presets" / "tiny star.json").read_text())
+    assert saved["form"]["seed"] == 7 and len(saved["images"]) == 4
+    loaded = dict(
+        zip(
+            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
+            handlers.load_preset("tiny star"),
+            strict=True,
+        )
+    )
+    assert loaded["seed"] == 7 and loaded["m"] == form["m"] and len(loaded["files"]) == 4
+    assert all(Path(f).is_file() and "presets" in f for f in loaded["files"])
+    # the same file names: the table's rows are keyed by them (renamed copies lost every prompt on load)
+    assert [Path(f).name for f in loaded["files"]] == [Path(f).name for f in files]
+    assert [r[1] for r in loaded["table"]] == [r[1] for r in table] and "✓ Ready" in loaded["validation"]
+    assert handlers.presets().choices[0][0] == "tiny star"
+    with pytest.raises(gr.Error, match="name the preset"):
+        handlers.save_preset("../escape", files, table, *form_values(form))
+    with pytest.raises(gr.Error, match="no preset"):
+        handlers.load_preset("missing")
+
+
+def test_the_poll_patches_the_grid_when_another_tab_judged(handlers, studio, run_id):
+    """Issue 16.6: a verdict from another tab (or the CLI) reaches this page at the next poll."""
+    view = handlers.open(run_id)
+    assert handlers.tick(run_id, view.seen, view.revision)[7] == gr.skip()  # nothing new: nothing sent
+    target = sorted(rows(studio, run_id))[4]
+    studio.decide(run_id, target, 1)  # "the other tab"
+    out = handlers.tick(run_id, view.seen, view.revision)
+    patch = json.loads(out[7])
+    assert [t[2] for t in patch["tiles"] if t[0] == target] == [1] and out[-1] > view.revision
+    assert handlers.tick(run_id, view.seen, out[-1])[7] == gr.skip()  # sent once
+    handlers.undo(run_id)
+
+
+def test_controls_are_disabled_when_they_cannot_act(handlers, studio, run_id):
+    view = handlers.open(run_id)
+    assert view.commit_ctl["interactive"] and view.accept_ctl["interactive"]  # in review
+    assert (
+        not view.resume_ctl["interactive"] and not view.cancel_ctl["interactive"]
+    )  # nothing to resume/cancel
+    empty = handlers.empty()
+    assert not empty.commit_ctl["interactive"] and not empty.undo_ctl["interactive"]
+    shown, body = handlers.commit_ask(run_id, "auto")
+    assert shown["visible"] is True and "Commit round 1" in body and "adds 2 images" in body
+    assert "round 1" in view.export_note or "No round is trained" not in view.export_note
+
+
+def test_the_eta_counts_a_stages_first_chunk_and_the_loss_curve_fills():
+    """Issue 16.8: a stage's first report comes after its first batch; timing from it read '~0 s left'."""
+    import time
+
+    from gal.jobs import Jobs
+
+    jobs = Jobs()
+    jobs.start("r")
+    report = jobs.reporter("r", None)
+    time.sleep(0.3)
+    report("generate", 12, 48, round=1)  # one batch of 4 done after 0.3 s
+    assert jobs.live["r"]["eta"] == pytest.approx(0.9, abs=0.25)
+    for step in range(1, 6):
+        report("train", step, 5, loss=1.0 / step)
+    job = jobs.live["r"]
+    assert [s for s, _ in job["losses"]] == [1, 2, 3, 4, 5] and any(
+        "train: done" in line for line in job["log"]
+    )
+    svg = render.loss_curve_svg(job["losses"])
+    assert "<polyline" in svg and "loss 0.2000" in svg
+    assert "job started" in render.log_html(job["log"])
 
 
 def test_the_timer_rerenders_only_on_a_change(handlers, run_id):
@@ -288,8 +568,17 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
         state = studio.review_state(run_id)
         many = [{"anchor_index": 0, "slot": i, "image_id": -1 - i} for i in range(12)]
         assert "would fill only" in render.dilution_note(state, 12)
-        auto = render.preview_html({"mode": "auto", "strategy": "uncertainty+balance", "openness": 0.001,
-                                    "weight": 0.001, "round": 1, "picks": many}, state)
+        auto = render.preview_html(
+            {
+                "mode": "auto",
+                "strategy": "uncertainty+balance",
+                "openness": 0.001,
+                "weight": 0.001,
+                "round": 1,
+                "picks": many,
+            },
+            state,
+        )
         assert 'data-picks="12"' in auto and "would fill only" not in auto  # auto adds k a round by design
     finally:
         studio.decide_many(run_id, before)
@@ -315,13 +604,25 @@ def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers,
     assert list(h.txt_aln["round"]) == ["1", "2"] and len(h.ovf) == 2 and len(h.delta) == 1
     assert len(h.references) == 6 and sum("round 1" in caption for _, caption in h.references) == 2
     assert "round 1" in h.compare and "round 2" in h.compare and "seed" in h.compare
-    assert h.compare.count("<img") == 6  # an anchor still in the pool: 3 slots × 2 rounds
+    # issue 16.10: Compare opens on the anchor the last commit picked (its round-1 images, then out of the pool)
+    with storage.open_db(handlers.studio.db_path) as db:
+        picked = storage.list_selections(db, run_id)[-1]["anchor_index"]
+    assert h.anchor.value == picked
+    assert h.compare.count("<img") == 3 and "out of the pool" in h.compare
+    in_pool = handlers.history(
+        run_id, anchor=next(c[1] for c in h.anchor.choices if c[1] != picked and "out" not in c[0])
+    )
+    page = handlers.history_page(run_id)
+    assert page[0].y_lim[0] < h.txt_aln["value"].min() < page[0].y_lim[1]  # readable at one point too
+    assert in_pool.compare.count("<img") in (3, 6)
 
 
 def test_runs_list_opens_a_run_by_click_and_by_url(handlers, run_id):
     table, dropdown = handlers.runs()
     assert table[0][0] == run_id and table[0][3] == "awaiting_review"
-    opened = handlers.run_selected(gr.SelectData(None, {"index": [0, 1], "value": table[0][1], "row_value": table[0]}))
+    opened = handlers.run_selected(
+        gr.SelectData(None, {"index": [0, 1], "value": table[0][1], "row_value": table[0]})
+    )
     assert opened.run_id == run_id
     by_url = handlers.load(types.SimpleNamespace(query_params={"run": run_id}))
     assert by_url.run_id == run_id and tile_ids(by_url.grid) == tile_ids(opened.grid)
@@ -347,9 +648,11 @@ def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, stu
     view = handlers.start_run(files, table, *form_values({**form, "train_steps": 100_000, "name": "long"}))
     run_b = view.run_id
     try:
+
         def training():
             progress = handlers.tick(run_b, "")[0]
             return "Training the LoRA" in progress and " left" in progress and progress
+
         progress = wait_for(training, 60, "a training progress line with an ETA")
         assert re.search(r"\d+/100000 \(\d+%\)", progress)
     finally:
@@ -399,8 +702,9 @@ def test_the_launched_app_through_gradio_client(studio, run_id):
     from gradio_client import Client
 
     port = free_port()
-    args = app.build_parser().parse_args(["--runs-dir", str(studio.runs_root), "--model", "tiny", "--oracle", "tiny",
-                                          "--port", str(port)])
+    args = app.build_parser().parse_args(
+        ["--runs-dir", str(studio.runs_root), "--model", "tiny", "--oracle", "tiny", "--port", str(port)]
+    )
     _, demo, kwargs = app.create_app(args)
     assert kwargs["allowed_paths"] == [str(studio.runs_root)] and kwargs["server_name"] == "127.0.0.1"
     demo.queue()

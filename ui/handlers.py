@@ -9,7 +9,10 @@ cannot apply (the round left review) becomes a ``gr.Warning`` and the grid is re
 from __future__ import annotations
 
 import functools
+import html
 import itertools
+import json
+import re
 import shutil
 import threading
 from collections import OrderedDict
@@ -41,21 +44,77 @@ DEFAULT_SUBJECT = {"object": "a <sks> cat", "style": "in <sks> style"}
 
 # The set-up form, in the order the handlers take it.
 FORM_FIELDS = (
-    "task", "soi_token", "subject_phrase", "oracle_subject", "anchors", "eval_prompts", "model", "oracle",
-    "strategy", "m", "k", "lam", "rounds", "train_steps", "resolution", "seed",
-    "learning_rate", "rank", "train_batch", "gen_steps", "guidance", "gen_batch", "eval_per_prompt",
-    "lr_schedule", "reference_sampling", "adaptive_stop", "name",
+    "task",
+    "soi_token",
+    "subject_phrase",
+    "oracle_subject",
+    "anchors",
+    "eval_prompts",
+    "model",
+    "oracle",
+    "strategy",
+    "m",
+    "k",
+    "lam",
+    "rounds",
+    "train_steps",
+    "resolution",
+    "seed",
+    "learning_rate",
+    "rank",
+    "train_batch",
+    "gen_steps",
+    "guidance",
+    "gen_batch",
+    "eval_per_prompt",
+    "lr_schedule",
+    "reference_sampling",
+    "adaptive_stop",
+    "name",
 )
 # Labels used in messages, so an error names the field as the page shows it.
 FIELD_LABELS = {
-    "m": "m (images per anchor)", "k": "k (anchors per round)", "lam": "λ", "rounds": "rounds",
-    "train_steps": "training steps", "resolution": "resolution", "seed": "seed", "learning_rate": "learning rate",
-    "rank": "LoRA rank", "train_batch": "training batch", "gen_steps": "sampling steps", "guidance": "guidance scale",
-    "gen_batch": "generation batch", "eval_per_prompt": "evaluation images per prompt",
+    "m": "m (images per anchor)",
+    "k": "k (anchors per round)",
+    "lam": "λ",
+    "rounds": "rounds",
+    "train_steps": "training steps",
+    "resolution": "resolution",
+    "seed": "seed",
+    "learning_rate": "learning rate",
+    "rank": "LoRA rank",
+    "train_batch": "training batch",
+    "gen_steps": "sampling steps",
+    "guidance": "guidance scale",
+    "gen_batch": "generation batch",
+    "eval_per_prompt": "evaluation images per prompt",
 }
 TABLE_HEADERS = ["image", "prompt (with the SoI token)", "non-SoI caption (what the model must NOT learn)"]
 MAX_SESSIONS = 1000  # pages whose latest click nonce is remembered
 RUN_HEADERS = ["run id", "name", "task", "status", "round", "strategy", "created"]
+
+
+# The review controls whose ``interactive`` follows the run (in this order in ``OpenView`` and the poll).
+CONTROLS = ("commit", "accept", "reject", "skip", "undo", "redo", "oracle", "below", "resume", "cancel")
+PRESET_NAME = re.compile(r"^[\w .-]{1,60}$")
+
+
+def text(message) -> str:
+    """A message for a toast as text: Gradio renders toast messages as HTML, so ``<sks>`` vanished as an
+    unknown tag; escaping < > & shows every message as typed."""
+    return html.escape(str(message), quote=False)
+
+
+def error(message) -> gr.Error:
+    return gr.Error(text(message))
+
+
+def warn(message, **kw) -> None:
+    gr.Warning(text(message), **kw)
+
+
+def info(message, **kw) -> None:
+    gr.Info(text(message), **kw)
 
 
 class ReviewView(NamedTuple):
@@ -78,6 +137,18 @@ class OpenView(NamedTuple):
     progress: Any
     progress_mini: Any
     seen: Any  # what the page last rendered, so the timer re-renders only on a change
+    commit_ctl: Any = None  # the controls' interactive states (CONTROLS)
+    accept_ctl: Any = None
+    reject_ctl: Any = None
+    skip_ctl: Any = None
+    undo_ctl: Any = None
+    redo_ctl: Any = None
+    oracle_ctl: Any = None
+    below_ctl: Any = None
+    resume_ctl: Any = None
+    cancel_ctl: Any = None
+    export_note: Any = None  # which round Export writes
+    revision: Any = None  # the round's latest decision id the page was sent (the poll patches on a change)
 
 
 class HistoryView(NamedTuple):
@@ -107,7 +178,7 @@ def user_errors(handler):
         except gr.Error:
             raise
         except ValueError as err:
-            raise gr.Error(str(err)) from err
+            raise error(err) from err
 
     return wrapper
 
@@ -156,20 +227,31 @@ def config_from_form(form: dict) -> RunConfig:
         seed=_whole(form, "seed"),
         name=(form.get("name") or "").strip(),
         train=TrainConfig(
-            steps=_whole(form, "train_steps"), resolution=resolution or None,
-            learning_rate=_number(form, "learning_rate"), rank=rank,  # alpha: the default rule, alpha = rank
+            steps=_whole(form, "train_steps"),
+            resolution=resolution or None,
+            learning_rate=_number(form, "learning_rate"),
+            rank=rank,  # alpha: the default rule, alpha = rank
             batch_size=_whole(form, "train_batch"),
             reference_sampling=form.get("reference_sampling") or "pooled",
             lr_schedule=form.get("lr_schedule") or "constant",
         ),
-        generate=GenerateConfig(steps=_whole(form, "gen_steps"), guidance_scale=_number(form, "guidance"),
-                                batch_size=_whole(form, "gen_batch")),
+        generate=GenerateConfig(
+            steps=_whole(form, "gen_steps"),
+            guidance_scale=_number(form, "guidance"),
+            batch_size=_whole(form, "gen_batch"),
+        ),
         gal=GALConfig(
-            strategy=form["strategy"], m=_whole(form, "m"), k=_whole(form, "k"), lam=_number(form, "lam"),
-            max_rounds=_whole(form, "rounds"), pause_for_review=True,  # the app always stops at review
+            strategy=form["strategy"],
+            m=_whole(form, "m"),
+            k=_whole(form, "k"),
+            lam=_number(form, "lam"),
+            max_rounds=_whole(form, "rounds"),
+            pause_for_review=True,  # the app always stops at review
             adaptive_stop=bool(form.get("adaptive_stop")),
         ),
-        eval=EvalConfig(prompts=_lines(form.get("eval_prompts")), images_per_prompt=_whole(form, "eval_per_prompt")),
+        eval=EvalConfig(
+            prompts=_lines(form.get("eval_prompts")), images_per_prompt=_whole(form, "eval_per_prompt")
+        ),
     )
     if not config.model:
         raise ValueError("the model is empty: 'tiny', 'toy', a hub id or a local diffusers folder")
@@ -181,24 +263,46 @@ def config_from_form(form: dict) -> RunConfig:
 
 def form_from_config(config: RunConfig) -> dict:
     return {
-        "task": config.task, "soi_token": config.soi_token, "subject_phrase": config.subject_phrase,
-        "oracle_subject": config.oracle_subject or "", "anchors": "\n".join(config.anchors),
-        "eval_prompts": "\n".join(config.eval.prompts), "model": config.model, "oracle": config.oracle,
-        "strategy": config.gal.strategy, "m": config.gal.m, "k": config.gal.k, "lam": config.gal.lam,
-        "rounds": config.gal.max_rounds, "train_steps": config.train.steps, "resolution": config.train.resolution or 0,
-        "seed": config.seed, "learning_rate": config.train.learning_rate, "rank": config.train.rank,
-        "train_batch": config.train.batch_size, "gen_steps": config.generate.steps,
-        "guidance": config.generate.guidance_scale, "gen_batch": config.generate.batch_size,
-        "eval_per_prompt": config.eval.images_per_prompt, "adaptive_stop": config.gal.adaptive_stop,
-        "reference_sampling": config.train.reference_sampling, "lr_schedule": config.train.lr_schedule,
+        "task": config.task,
+        "soi_token": config.soi_token,
+        "subject_phrase": config.subject_phrase,
+        "oracle_subject": config.oracle_subject or "",
+        "anchors": "\n".join(config.anchors),
+        "eval_prompts": "\n".join(config.eval.prompts),
+        "model": config.model,
+        "oracle": config.oracle,
+        "strategy": config.gal.strategy,
+        "m": config.gal.m,
+        "k": config.gal.k,
+        "lam": config.gal.lam,
+        "rounds": config.gal.max_rounds,
+        "train_steps": config.train.steps,
+        "resolution": config.train.resolution or 0,
+        "seed": config.seed,
+        "learning_rate": config.train.learning_rate,
+        "rank": config.train.rank,
+        "train_batch": config.train.batch_size,
+        "gen_steps": config.generate.steps,
+        "guidance": config.generate.guidance_scale,
+        "gen_batch": config.generate.batch_size,
+        "eval_per_prompt": config.eval.images_per_prompt,
+        "adaptive_stop": config.gal.adaptive_stop,
+        "reference_sampling": config.train.reference_sampling,
+        "lr_schedule": config.train.lr_schedule,
         "name": config.name,
     }
 
 
 def default_form(model: str, oracle: str, task: str = "object") -> dict:
     presets = load_presets()
-    config = RunConfig(task=task, subject_phrase=DEFAULT_SUBJECT[task], anchors=list(presets[task]),
-                       model=model, oracle=oracle, eval=EvalConfig(prompts=list(presets["eval"][task])))
+    config = RunConfig(
+        task=task,
+        subject_phrase=DEFAULT_SUBJECT[task],
+        anchors=list(presets[task]),
+        model=model,
+        oracle=oracle,
+        eval=EvalConfig(prompts=list(presets["eval"][task])),
+    )
     return form_from_config(config)
 
 
@@ -220,8 +324,9 @@ def _paths(files) -> list[str]:
     return [str(getattr(f, "name", None) or getattr(f, "path", None) or f) for f in files]
 
 
-def references_from(files, table) -> list[ReferenceInput]:
-    """Pair the uploaded images with the table's rows (one row per image, in order)."""
+def references_from(files, table, soi_token: str | None = None) -> list[ReferenceInput]:
+    """Pair the uploaded images with the table's rows (one row per image, in order); with ``soi_token``,
+    every prompt must contain it (the token is what the model learns to bind to the subject)."""
     paths, rows = _paths(files), _rows(table)
     if not paths:
         raise ValueError("no reference images: drop at least one image of the subject or style above")
@@ -232,7 +337,14 @@ def references_from(files, table) -> list[ReferenceInput]:
         prompt = str(row[1] if len(row) > 1 and row[1] is not None else "").strip()
         non_soi = str(row[2] if len(row) > 2 and row[2] is not None else "").strip() or None
         if not prompt:
-            raise ValueError(f"image {i} ({Path(path).name}) has no prompt: describe it, e.g. 'a <sks> cat on the stairs'")
+            raise ValueError(
+                f"image {i} ({Path(path).name}) has no prompt: describe it, e.g. 'a <sks> cat on the stairs'"
+            )
+        if soi_token and soi_token not in prompt:
+            raise ValueError(
+                f"image {i} ({Path(path).name})'s prompt {prompt!r} lacks the SoI token {soi_token}: "
+                f"write it where the subject is, e.g. 'a {soi_token} cat on the stairs'"
+            )
         refs.append(ReferenceInput(path, prompt, non_soi))
     return refs
 
@@ -257,6 +369,9 @@ class Handlers:
         # Per page (Gradio session): the latest click nonce handled, so every answer -- a patch, a
         # full render, even one for undo -- tells the page which of its clicks are settled.
         self._acks: OrderedDict[str, int] = OrderedDict()
+        # Per page: the round revision its latest answer carried, so the poll does not re-send a patch
+        # for the page's own verdicts (only for another tab's, or the CLI's).
+        self._sent: OrderedDict[str, int] = OrderedDict()
 
     def _handled(self, request: gr.Request | None, nonce) -> None:
         """Record that this page's click ``nonce`` was handled (written, or refused) before any later read."""
@@ -276,8 +391,9 @@ class Handlers:
             rnd = storage.get_round(db, run_id, run["current_round"]) if run["current_round"] else None
         return run, rnd
 
-    def review(self, run_id: str | None, patch: bool = False, request: gr.Request | None = None,
-               nonce: int = 0) -> ReviewView:
+    def review(
+        self, run_id: str | None, patch: bool = False, request: gr.Request | None = None, nonce: int = 0
+    ) -> ReviewView:
         """The review tab, read from SQLite: the full grid, or (``patch``) just its state as JSON.
 
         Both carry ``seq`` (the order of this read) and ``ack`` (the latest click of the asking page,
@@ -285,21 +401,35 @@ class Handlers:
         its pending tiles from any answer, whichever answers it misses or gets out of order.
         """
         if not run_id:
-            return ReviewView(render.grid_html(None), render.counters_html(None), render.preview_html(None, None),
-                              gr.skip())
+            return ReviewView(
+                render.grid_html(None), render.counters_html(None), render.preview_html(None, None), gr.skip()
+            )
         session = getattr(request, "session_hash", None)
         with self._read_lock:
             seq = next(self._seq)
             ack = max(self._acks.get(session, 0) if session else 0, nonce if isinstance(nonce, int) else 0)
             state = self.studio.review_state(run_id)
             in_review = state["round"]["state"] == "review"
+            if session:
+                self._sent[session] = state["revision"]
+                self._sent.move_to_end(session)
+                while len(self._sent) > MAX_SESSIONS:
+                    self._sent.popitem(last=False)
             preview = self.studio.preview_selection(run_id) if in_review else None
         counters = render.counters_html(state, preview["mode"] if preview else None)
         if patch and in_review:
-            return ReviewView(gr.skip(), counters, render.preview_html(preview, state),
-                              render.grid_patch(state, preview, seq, ack))
-        return ReviewView(render.grid_html(state, preview, seq=seq, ack=ack), counters,
-                          render.preview_html(preview, state), gr.skip())
+            return ReviewView(
+                gr.skip(),
+                counters,
+                render.preview_html(preview, state),
+                render.grid_patch(state, preview, seq, ack),
+            )
+        return ReviewView(
+            render.grid_html(state, preview, seq=seq, ack=ack),
+            counters,
+            render.preview_html(preview, state),
+            gr.skip(),
+        )
 
     def _key(self, run: dict, rnd: dict | None) -> str:
         job = self.worker.state(run["run_id"])
@@ -311,8 +441,55 @@ class Handlers:
         error = self.worker.errors.get(run_id)
         job = self.studio.jobs.live.get(run_id) if job_state == "running" else None
         full = render.progress_html(run, rnd, job, job_state, error)
-        mini = render.progress_html(run, rnd, job, job_state, error, compact=True) if (job_state or error) else ""
+        if job is None:  # the last job's log stays readable after it ends
+            full += render.log_html((self.studio.jobs.live.get(run_id) or {}).get("log") or [])
+        mini = (
+            render.progress_html(run, rnd, job, job_state, error, compact=True)
+            if (job_state or error)
+            else ""
+        )
         return full, mini
+
+    def controls(self, run: dict | None, rnd: dict | None) -> tuple:
+        """``interactive`` of each control in CONTROLS: verdict buttons and Commit only while a round is in
+        review, Continue only when the run stopped mid-round, Cancel only while a job runs or waits."""
+        job = self.worker.state(run["run_id"]) if run else None
+        in_review = bool(run and rnd and rnd["state"] == "review" and run["status"] == "awaiting_review")
+        resumable = bool(run and run["status"] in ("active", "failed", "cancelled") and not job)
+        on = {
+            "commit": in_review,
+            "accept": in_review,
+            "reject": in_review,
+            "skip": in_review,
+            "undo": in_review,
+            "redo": in_review,
+            "oracle": in_review,
+            "below": in_review,
+            "resume": resumable,
+            "cancel": bool(job),
+        }
+        return tuple(gr.update(interactive=on[name]) for name in CONTROLS)
+
+    def export_note(self, run_id: str | None) -> str:
+        """Which round's LoRA Export writes (the latest trained one), said before the person exports."""
+        if not run_id:
+            return render.message("No run open: open one from the Runs tab to export it.")
+        rounds = self.studio.history(run_id)["rounds"]
+        trained = [r for r in rounds if r.get("adapter_path")]
+        if not trained:
+            return render.message(
+                "No round is trained yet: Export becomes possible once round 1 has trained.", "warn"
+            )
+        last = trained[-1]["round_index"]
+        latest = rounds[-1]
+        tail = (
+            "" if latest["round_index"] == last else f" (round {latest['round_index']} is {latest['state']})"
+        )
+        return render.message(
+            f"Exports <b>round {last}</b>'s LoRA — the latest trained round of {len(rounds)}{render.esc(tail)} — "
+            f"with the references and weights it trained on.",
+            "ok",
+        )
 
     @user_errors
     def open(self, run_id: str, tab: str | None = "review") -> OpenView:
@@ -322,15 +499,42 @@ class Handlers:
         full, mini = self._progress(run, rnd)
         mode = rnd["mode"] if rnd else None
         return OpenView(
-            run_id, run_id, render.header_html(run, rnd, self.worker.state(run_id)),
+            run_id,
+            run_id,
+            render.header_html(run, rnd, self.worker.state(run_id)),
             gr.Tabs(selected=tab) if tab else gr.skip(),
-            *view, mode, full, mini, self._key(run, rnd),
+            *view,
+            mode,
+            full,
+            mini,
+            self._key(run, rnd),
+            *self.controls(run, rnd),
+            self.export_note(run_id),
+            self._revision(run_id, rnd),
         )
+
+    def _revision(self, run_id: str, rnd: dict | None) -> int:
+        if not rnd:
+            return 0
+        with self.studio.db() as db:
+            return storage.review_revision(db, run_id, rnd["round_index"])
 
     def empty(self, tab: str | None = "setup") -> OpenView:
         view = self.review(None)
-        return OpenView(None, "", render.header_html(None), gr.Tabs(selected=tab) if tab else gr.skip(), *view,
-                        None, render.progress_html(None, None, None, None, None), "", "")
+        return OpenView(
+            None,
+            "",
+            render.header_html(None),
+            gr.Tabs(selected=tab) if tab else gr.skip(),
+            *view,
+            None,
+            render.progress_html(None, None, None, None, None),
+            "",
+            "",
+            *self.controls(None, None),
+            self.export_note(None),
+            None,
+        )
 
     def load(self, request: gr.Request | None = None) -> OpenView:
         """Page load: open the run named in the URL (``?run=ID``), so a refresh shows the same run."""
@@ -341,29 +545,122 @@ class Handlers:
             try:
                 return self.open(run_id, tab=self._tab_for(run_id))
             except (gr.Error, ValueError) as err:
-                gr.Warning(f"could not open run {run_id!r} from the address: {getattr(err, 'message', err)}")
+                warn(
+                    f"could not open run {run_id!r} from the address: {html.unescape(str(getattr(err, 'message', err)))}"
+                )
         return self.empty()
 
     def _tab_for(self, run_id: str) -> str:
         run, _ = self._snapshot(run_id)
-        if run["status"] in ("failed", "cancelled") or (run["status"] == "active" and not self.worker.state(run_id)):
+        if run["status"] in ("failed", "cancelled") or (
+            run["status"] == "active" and not self.worker.state(run_id)
+        ):
             return "progress"
         return "review"
 
     # -- set-up -------------------------------------------------------------------------------
     def validate_form(self, *values) -> str:
+        """The settings alone (no images): ✓ or the first problem with its fix."""
         try:
             config_from_form(dict(zip(FORM_FIELDS, values, strict=True)))
         except ValueError as err:
             return render.message(f"✗ {render.esc(err)}", "error")
         return render.message("✓ Ready: these settings are valid.", "ok")
 
+    def validate_setup(self, files, table, *values) -> str:
+        """What Start would say, as the person types: the settings, then the reference images and their
+        prompts (each must hold the SoI token). "✓ Ready" only when Start would start."""
+        form = dict(zip(FORM_FIELDS, values, strict=True))
+        problems = []
+        try:
+            config = config_from_form(form)
+        except ValueError as err:
+            problems.append(str(err))
+            config = None
+        token = config.soi_token if config else (form.get("soi_token") or "").strip()
+        try:
+            refs = references_from(files, table, token or None)
+        except ValueError as err:
+            problems.append(f"Reference images: {err}")
+            refs = None
+        if problems:
+            items = "".join(f"<li>{render.esc(p)}</li>" for p in problems)
+            return render.message(
+                f"✗ Not ready — fix {'these' if len(problems) > 1 else 'this'} first:<ul>{items}</ul>",
+                "error",
+            )
+        return render.message(
+            f"✓ Ready: {len(refs)} reference image{'s' if len(refs) != 1 else ''} with prompts, "
+            f"{len(config.anchors)} anchors, settings valid.",
+            "ok",
+        )
+
     def check_field(self, *values) -> None:
         """Leaving a field with an invalid form: say why at once (a toast), besides the panel above Start."""
         try:
             config_from_form(dict(zip(FORM_FIELDS, values, strict=True)))
         except ValueError as err:
-            gr.Warning(str(err), duration=6)
+            warn(str(err), duration=6)
+
+    # -- presets: a named set-up saved as JSON under <runs>/presets ---------------------------------
+    def _preset_dir(self) -> Path:
+        return self.studio.runs_root / "presets"
+
+    def presets(self) -> Any:
+        folder = self._preset_dir()
+        names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        return gr.Dropdown(choices=names, value=names[-1] if names else None)
+
+    @user_errors
+    def save_preset(self, name: str, files, table, *values) -> Any:
+        """Save the set-up (every field, the reference images and their prompts) as preset ``name``."""
+        name = (name or "").strip()
+        if not PRESET_NAME.match(name):
+            raise ValueError(
+                f"name the preset with letters, digits, spaces, '.', '-' or '_' (at most 60), got {name!r}"
+            )
+        form = dict(zip(FORM_FIELDS, values, strict=True))
+        folder = self._preset_dir() / name
+        images_dir = folder / "images"
+        if images_dir.exists():
+            shutil.rmtree(images_dir)
+        images_dir.mkdir(parents=True)
+        saved = []
+        for i, path in enumerate(_paths(files)):
+            target = images_dir / f"{i:03d}" / Path(path).name  # the name the table's rows are keyed by
+            target.parent.mkdir()
+            shutil.copyfile(path, target)
+            saved.append(str(target.relative_to(folder)))
+        data = {"version": 1, "form": form, "images": saved, "table": _rows(table)}
+        (self._preset_dir() / f"{name}.json").write_text(
+            json.dumps(data, indent=1, ensure_ascii=False, default=str)
+        )
+        info(f"saved preset {name!r} ({len(saved)} images) in {self._preset_dir()}")
+        names = sorted(p.stem for p in self._preset_dir().glob("*.json"))
+        return gr.Dropdown(choices=names, value=name)
+
+    @user_errors
+    def load_preset(self, name: str | None) -> tuple:
+        """Fill the form, the images and their prompts from preset ``name``."""
+        if not name:
+            raise ValueError("choose a preset to load (save one first with 'Save as preset')")
+        file = self._preset_dir() / f"{name}.json"
+        if not PRESET_NAME.match(name) or not file.is_file():
+            raise ValueError(f"no preset {name!r} in {self._preset_dir()}: pick one from the list")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"preset {file} is not valid JSON ({err.msg}): save it again") from None
+        form = {
+            **default_form(self.studio.default_model, self.studio.default_oracle),
+            **(data.get("form") or {}),
+        }
+        folder = self._preset_dir() / name
+        paths = [str(safe_join(folder, rel)) for rel in data.get("images") or []]
+        paths = [p for p in paths if Path(p).is_file()]
+        table = data.get("table") or []
+        values = [form[n] for n in FORM_FIELDS]
+        return (paths, paths, table, *values, self.validate_setup(paths, table, *values))
 
     def files_changed(self, files, table) -> tuple[list, list[list]]:
         """New uploads: a preview, and one table row per image (kept rows keep what was typed)."""
@@ -373,7 +670,9 @@ class Handlers:
         for p in paths:
             name = Path(p).name
             old = typed.get(name)
-            rows.append([name, old[1] if old and len(old) > 1 else "", old[2] if old and len(old) > 2 else ""])
+            rows.append(
+                [name, old[1] if old and len(old) > 1 else "", old[2] if old and len(old) > 2 else ""]
+            )
         return paths, rows
 
     def task_changed(self, task: str, subject_phrase: str) -> tuple[str, str, str]:
@@ -395,33 +694,45 @@ class Handlers:
         form = form_from_config(config)
         paths = [str(r.path) for r in refs]
         table = [[Path(r.path).name, r.prompt, r.non_soi_text or ""] for r in refs]
-        return (paths, paths, table, *(form[n] for n in FORM_FIELDS), self.validate_form(*(form[n] for n in FORM_FIELDS)))
+        values = [form[n] for n in FORM_FIELDS]
+        return (paths, paths, table, *values, self.validate_setup(paths, table, *values))
 
     @user_errors
     def start_run(self, files, table, *values) -> OpenView:
         form = dict(zip(FORM_FIELDS, values, strict=True))
-        run_id = self.studio.create_run(config_from_form(form), references_from(files, table))
+        config = config_from_form(form)
+        run_id = self.studio.create_run(config, references_from(files, table, config.soi_token))
         self.worker.submit(run_id)
-        gr.Info(f"Run {run_id} started: round 1 trains now; its images appear on the Review tab.", duration=5)
+        info(f"Run {run_id} started: round 1 trains now; its images appear on the Review tab.", duration=5)
         return self.open(run_id, tab="review")
 
     # -- review -------------------------------------------------------------------------------
     def _require(self, run_id: str | None) -> str:
         if not run_id:
-            raise gr.Error("no run is open: set one up, or open one from the Runs tab")
+            raise error("no run is open: set one up, or open one from the Runs tab")
         return run_id
 
     @staticmethod
     def _tiles(state: dict) -> list[dict]:
-        """The grid's tiles in page order (the ``index`` a select event carries)."""
-        return [im for a in state["anchors"] if a["in_pool"] for im in sorted(a["images"], key=lambda x: x["slot"])]
+        """The grid's tiles in page order (the ``index`` a select event carries): anchors as the grid
+        renders them (most mixed first), each anchor's images by slot."""
+        return [
+            im
+            for a in render.ordered_anchors(state["anchors"])
+            if a["in_pool"]
+            for im in sorted(a["images"], key=lambda x: x["slot"])
+        ]
 
-    def select_tile(self, run_id: str | None, evt: gr.SelectData, request: gr.Request | None = None) -> ReviewView:
+    def select_tile(
+        self, run_id: str | None, evt: gr.SelectData, request: gr.Request | None = None
+    ) -> ReviewView:
         """A click or a key on the grid: ``value`` carries the image id and the verdict to set;
         without a verdict the image's current verdict flips (aligned ⇄ overfit). ``value.nonce``
         numbers the page's clicks: the answer (and every later one to this page) acknowledges it."""
         run_id = self._require(run_id)
         value = evt.value if isinstance(evt.value, dict) else {}
+        if isinstance(value.get("batch"), list):
+            return self._select_batch(run_id, value["batch"], request)
         nonce = value.get("nonce")
         nonce = nonce if isinstance(nonce, int) and not isinstance(nonce, bool) else 0
         try:
@@ -438,14 +749,41 @@ class Handlers:
                 if verdict == "flip":
                     current = next((t for t in tiles if t["id"] == int(image_id)), None)
                     if current is None:
-                        raise ValueError(f"image {image_id} is not in round {state['round']['round_index']}'s grid")
+                        raise ValueError(
+                            f"image {image_id} is not in round {state['round']['round_index']}'s grid"
+                        )
                     verdict = 0 if current["final_verdict"] == 1 else 1
             self.studio.decide(run_id, int(image_id), parse_verdict(verdict))
         except ValueError as err:
-            gr.Warning(str(err))
+            warn(str(err))
             return self.review(run_id, request=request, nonce=nonce)  # re-read everything: the page was stale
         finally:
             self._handled(request, nonce)  # written or refused: either way, the next read shows the truth
+        return self.review(run_id, patch=True, request=request, nonce=nonce)
+
+    def _select_batch(self, run_id: str, batch: list, request) -> ReviewView:
+        """Keys pressed while the previous answer was on its way, sent together (``[[image_id, verdict,
+        nonce], ...]``, in the order pressed): each is still its own action (one undo step each), but the
+        grid is read once, and the queue never holds a hundred events (Gradio re-sends every waiting
+        event's queue position after each one, which made a fast pass slower the faster it went)."""
+        nonce, refused = 0, []
+        try:
+            for item in batch:
+                if not (isinstance(item, list) and len(item) == 3):
+                    refused.append(f"a malformed verdict {item!r}")
+                    continue
+                image_id, verdict, n = item
+                if isinstance(n, int) and not isinstance(n, bool):
+                    nonce = max(nonce, n)
+                try:
+                    self.studio.decide(run_id, int(image_id), parse_verdict(verdict))
+                except (TypeError, ValueError) as err:
+                    refused.append(str(err))
+        finally:
+            self._handled(request, nonce)
+        if refused:
+            warn(f"{len(refused)} verdict{'s' if len(refused) > 1 else ''} not recorded: {refused[0]}")
+            return self.review(run_id, request=request, nonce=nonce)
         return self.review(run_id, patch=True, request=request, nonce=nonce)
 
     @user_errors
@@ -460,24 +798,47 @@ class Handlers:
         return self.review(run_id, patch=True, request=request)
 
     def undo(self, run_id: str | None, request: gr.Request | None = None) -> ReviewView:
+        """Undo the last action — a click, a key or a whole bulk action — in one step."""
+        return self._undo_redo(run_id, request, redo=False)
+
+    def redo(self, run_id: str | None, request: gr.Request | None = None) -> ReviewView:
+        """Redo the last undone action (U / shift-u)."""
+        return self._undo_redo(run_id, request, redo=True)
+
+    def _undo_redo(self, run_id, request, redo: bool) -> ReviewView:
         run_id = self._require(run_id)
+        what = "redo" if redo else "undo"
         try:
-            if self.studio.undo(run_id) is None:
-                gr.Info("nothing to undo in this round")
+            row = self.studio.redo(run_id) if redo else self.studio.undo(run_id)
+            if row is None:
+                info(f"nothing to {what} in this round")
+            elif len(row["images"]) > 1:  # a bulk action: say how much came back (a click shows itself)
+                n = len(row["images"])
+                info(
+                    f"{'redid' if redo else 'undid'} “{row['label'] or 'a verdict'}” ({n} image{'s' if n != 1 else ''})",
+                    duration=3,
+                )
         except ValueError as err:
-            gr.Warning(str(err))
+            warn(str(err))
             return self.review(run_id, request=request)
         return self.review(run_id, patch=True, request=request)
 
     @user_errors
-    def accept_oracle(self, run_id: str | None, request: gr.Request | None = None) -> ReviewView:
+    def accept_oracle(
+        self, run_id: str | None, request: gr.Request | None = None, overwrite=False
+    ) -> ReviewView:
+        """Bulk: agree with the oracle on every image you have not judged (``overwrite``: on all). One undo step."""
         run_id = self._require(run_id)
-        n = self.studio.accept_oracle(run_id)
-        gr.Info(f"you agreed with the oracle on {n} image{'s' if n != 1 else ''} you had not judged")
+        n = self.studio.accept_oracle(run_id, overwrite=bool(overwrite))
+        whose = "" if overwrite else " you had not judged"
+        info(f"you agreed with the oracle on {n} image{'s' if n != 1 else ''}{whose} — one u undoes it all")
         return self.review(run_id, patch=True, request=request)
 
     @user_errors
-    def mark_below(self, run_id: str | None, threshold, request: gr.Request | None = None) -> ReviewView:
+    def mark_below(
+        self, run_id: str | None, threshold, request: gr.Request | None = None, overwrite=False
+    ) -> ReviewView:
+        """Bulk: mark overfit every image under the threshold you have not judged (``overwrite``: yours too)."""
         run_id = self._require(run_id)
         if threshold is None or threshold == "":
             raise ValueError("enter a similarity threshold first, e.g. 0.25")
@@ -485,8 +846,12 @@ class Handlers:
             threshold = float(threshold)
         except (TypeError, ValueError):
             raise ValueError(f"the similarity threshold must be a number, got {threshold!r}") from None
-        n = self.studio.mark_below(run_id, threshold, verdict=1)
-        gr.Info(f"marked {n} image{'s' if n != 1 else ''} with sim(image, anchor) < {float(threshold):g} overfit")
+        n = self.studio.mark_below(run_id, threshold, verdict=1, overwrite=bool(overwrite))
+        kept = "" if overwrite else "; your own verdicts are kept"
+        info(
+            f"marked {n} image{'s' if n != 1 else ''} with sim(image, anchor) < {float(threshold):g} overfit{kept} "
+            "— one u undoes it all"
+        )
         return self.review(run_id, patch=True, request=request)
 
     @user_errors
@@ -494,6 +859,35 @@ class Handlers:
         run_id = self._require(run_id)
         self.studio.set_round_mode(run_id, mode)
         return self.review(run_id, patch=True, request=request)
+
+    @user_errors
+    def commit_ask(self, run_id: str | None, mode: str | None) -> tuple:
+        """Commit, step 1: say what committing adds and ask once (the confirm panel); nothing is written."""
+        run_id = self._require(run_id)
+        preview = self.studio.preview_selection(run_id, mode)
+        if preview.get("error"):
+            raise ValueError(preview["error"])
+        state = self.studio.review_state(run_id)
+        c = state["counters"]
+        if preview.get("last_round") or preview.get("stop"):
+            what = "finishes the run (nothing is added)"
+        else:
+            n = len(preview["picks"])
+            what = (
+                f"adds {n} image{'s' if n != 1 else ''} (weight {preview['weight']:.4g}) to the references and "
+                f"trains round {state['round']['round_index'] + 1}"
+            )
+        left = c["total"] - c["reviewed"]
+        unreviewed = (
+            f" {left} of {c['total']} images are unreviewed: the oracle's verdicts stand for them."
+            if left
+            else ""
+        )
+        body = (
+            f"<b>Commit round {state['round']['round_index']} ({render.esc(preview['mode'])} mode)?</b> "
+            f"It {render.esc(what)}.{render.esc(unreviewed)} Verdicts cannot change after this."
+        )
+        return gr.update(visible=True), render.message(body, "warn")
 
     @user_errors
     def commit(self, run_id: str | None, mode: str | None) -> OpenView:
@@ -505,43 +899,69 @@ class Handlers:
             raise ValueError(preview["error"])
         run = self.studio.commit_round(run_id, mode or preview["mode"])
         if run["status"] == "finished":
-            gr.Info("the run is finished: see History, and Export the result")
+            info("the run is finished: see History, and Export the result")
         else:
             busy = self.worker.busy_with()
             self.worker.submit(run_id)
             if busy and busy != run_id:
-                gr.Info(f"round {run['current_round']} is queued: the model worker finishes run {busy} first")
+                info(f"round {run['current_round']} is queued: the model worker finishes run {busy} first")
         return self.open(run_id, tab=None)
 
     # -- progress -----------------------------------------------------------------------------
-    def tick(self, run_id: str | None, seen: str, request: gr.Request | None = None) -> tuple:
-        """The 1 s poll: progress while a job runs; the rest only when the run's state changed."""
+    TICK_OUTPUTS = (
+        9 + len(CONTROLS) + 1
+    )  # progress, mini, header, seen, *ReviewView, mode, *controls, revision
+
+    def tick(self, run_id: str | None, seen: str, revision=None, request: gr.Request | None = None) -> tuple:
+        """The 1 s poll: progress while a job runs; the whole page when the run's state changed; and a grid
+        patch when the round's verdicts changed (``revision``: the latest decision id this page was sent),
+        so a verdict given in another tab (or by ``gal decide``) shows here within the next poll."""
         skip = gr.skip()
+        n = self.TICK_OUTPUTS
         if not run_id:
-            return (skip,) * 9
+            return (skip,) * n
         try:
             run, rnd = self._snapshot(run_id)
+            with self.studio.db() as db:
+                rev = storage.review_revision(db, run_id, rnd["round_index"]) if rnd else 0
         except ValueError:
-            return (skip,) * 9
+            return (skip,) * n
         key = self._key(run, rnd)
         running = self.worker.state(run_id) is not None
         if key == seen:
-            if not running:
-                return (skip,) * 9
-            full, mini = self._progress(run, rnd)
-            return (full, mini, skip, skip, skip, skip, skip, skip, skip)
+            out = [skip] * n
+            if running:
+                out[0], out[1] = self._progress(run, rnd)
+            if rnd and rnd["state"] == "review" and revision is not None and rev != revision:
+                session = getattr(request, "session_hash", None)
+                with self._read_lock:
+                    own = session is not None and self._sent.get(session) == rev
+                if not own:  # another tab's (or the CLI's) verdicts: send them
+                    view = self.review(run_id, patch=True, request=request)
+                    out[5], out[6], out[7] = view.counters, view.preview, view.patch
+                out[-1] = rev
+            return tuple(out)
         full, mini = self._progress(run, rnd)
         view = self.review(run_id, request=request)
         mode = rnd["mode"] if rnd else skip
-        return (full, mini, render.header_html(run, rnd, self.worker.state(run_id)), key, *view, mode)
+        return (
+            full,
+            mini,
+            render.header_html(run, rnd, self.worker.state(run_id)),
+            key,
+            *view,
+            mode,
+            *self.controls(run, rnd),
+            rev,
+        )
 
     def cancel(self, run_id: str | None) -> str:
         run_id = self._require(run_id)
         what = self.worker.cancel(run_id)
         if what == "idle":
-            gr.Info("no job is running for this run")
+            info("no job is running for this run")
         else:
-            gr.Info("cancelling: the job stops at its next step; what was saved is kept")
+            info("cancelling: the job stops at its next step; what was saved is kept")
         run, rnd = self._snapshot(run_id)
         return self._progress(run, rnd)[0]
 
@@ -549,15 +969,23 @@ class Handlers:
         run_id = self._require(run_id)
         run, _ = self._snapshot(run_id)
         if run["status"] == "finished":
-            raise gr.Error(f"run {run_id} is finished: nothing to continue (export it, or set up a new run)")
+            raise error(f"run {run_id} is finished: nothing to continue (export it, or set up a new run)")
         if run["status"] == "awaiting_review":
-            raise gr.Error(f"run {run_id} awaits your review: review the round, then commit it")
+            raise error(f"run {run_id} awaits your review: review the round, then commit it")
+        if self.worker.state(run_id):
+            raise error(
+                f"run {run_id}'s job is already {self.worker.state(run_id)}: watch it here, or cancel it"
+            )
         self.worker.submit(run_id)
         return self.open(run_id, tab=None)
 
     def continue_run(self, run_id: str | None) -> OpenView:
         """Runs tab 'Continue': open the run, and resume its job when it stopped mid-round."""
         view = self.open_run(run_id)
+        if self.worker.state(run_id):
+            info(
+                f"run {run_id}'s job is already {self.worker.state(run_id)}: its progress is on the Progress tab"
+            )
         run, _ = self._snapshot(run_id)
         if run["status"] in ("active", "failed", "cancelled") and not self.worker.state(run_id):
             self.worker.submit(run_id)
@@ -568,8 +996,16 @@ class Handlers:
     def history(self, run_id: str | None, anchor: int | None = None) -> HistoryView:
         empty = pd.DataFrame({"round": pd.Series(dtype=str), "value": pd.Series(dtype=float)})
         if not run_id:
-            return HistoryView(empty, empty, empty, empty, render.metrics_table_html([]), [],
-                               gr.Dropdown(choices=[], value=None), render.compare_html("", {}, []))
+            return HistoryView(
+                empty,
+                empty,
+                empty,
+                empty,
+                render.metrics_table_html([]),
+                [],
+                gr.Dropdown(choices=[], value=None),
+                render.compare_html("", {}, []),
+            )
         history = self.studio.history(run_id)
         rounds = history["rounds"]
 
@@ -581,22 +1017,38 @@ class Handlers:
 
         run_dir = self.studio.run_dir(run_id)
         references = [
-            (str(safe_join(run_dir, ref["file"])),
-             "real reference · weight 1" if ref["source"] == "real"
-             else f"round {ref['round_added']} · weight {ref['weight']:.4g} · {ref['prompt']}")
+            (
+                str(safe_join(run_dir, ref["file"])),
+                "real reference · weight 1"
+                if ref["source"] == "real"
+                else f"round {ref['round_added']} · weight {ref['weight']:.4g} · {ref['prompt']}",
+            )
             for ref in history["references"]
         ]
         states = {r["round_index"]: self.studio.review_state(run_id, r["round_index"]) for r in rounds}
         anchors = states[max(states)]["anchors"] if states else []
         choices = [(f"#{a['anchor_index']} {a['prompt']}", a["anchor_index"]) for a in anchors]
+        with self.studio.db() as db:
+            selections = storage.list_selections(db, run_id)
+        recent = selections[-1]["anchor_index"] if selections else None
+        if (anchor is None or anchor not in {c[1] for c in choices}) and recent in {c[1] for c in choices}:
+            anchor = recent  # the anchor the last commit picked: what changed most recently
         if anchor is None or anchor not in {c[1] for c in choices}:
-            # default: the first anchor drawn in the most rounds (the longest side-by-side)
-            drawn = {a["anchor_index"]: sum(1 for s in states.values() for b in s["anchors"]
-                                            if b["anchor_index"] == a["anchor_index"] and b["images"])
-                     for a in anchors}
+            # no pick yet: the first anchor drawn in the most rounds (the longest side-by-side)
+            drawn = {
+                a["anchor_index"]: sum(
+                    1
+                    for s in states.values()
+                    for b in s["anchors"]
+                    if b["anchor_index"] == a["anchor_index"] and b["images"]
+                )
+                for a in anchors
+            }
             anchor = max(drawn, key=lambda i: (drawn[i], -i)) if drawn else None
-        per_round = {r: [im for a in s["anchors"] if a["anchor_index"] == anchor for im in a["images"]]
-                     for r, s in states.items()}
+        per_round = {
+            r: [im for a in s["anchors"] if a["anchor_index"] == anchor for im in a["images"]]
+            for r, s in states.items()
+        }
         prompt = next((a["prompt"] for a in anchors if a["anchor_index"] == anchor), "")
         return HistoryView(
             series(lambda r: (r.get("metrics") or {}).get("txt_aln")),
@@ -609,13 +1061,29 @@ class Handlers:
             render.compare_html(prompt, per_round, sorted(states)),
         )
 
+    def history_page(self, run_id: str | None, anchor: int | None = None) -> tuple:
+        """``history`` for the page: each plot as points with a padded y range, so one round reads as a
+        dot with round ticks (a degenerate range showed an empty box ticked 1.409577)."""
+        view = self.history(run_id, anchor)
+        plots = [gr.ScatterPlot(value=df, y_lim=padded_range(df)) for df in view[:4]]
+        return (*plots, *view[4:])
+
     # -- runs ---------------------------------------------------------------------------------
     def runs(self) -> tuple[list[list], Any]:
         rows = []
         for run in self.studio.list_runs():
             config = run.get("config") or {}
-            rows.append([run["run_id"], run["name"], config.get("task", ""), run["status"], run["current_round"],
-                         (config.get("gal") or {}).get("strategy", ""), run["created_at"][:19].replace("T", " ")])
+            rows.append(
+                [
+                    run["run_id"],
+                    run["name"],
+                    config.get("task", ""),
+                    run["status"],
+                    run["current_round"],
+                    (config.get("gal") or {}).get("strategy", ""),
+                    run["created_at"][:19].replace("T", " "),
+                ]
+            )
         return rows, gr.Dropdown(choices=[r[0] for r in rows], value=rows[0][0] if rows else None)
 
     @user_errors
@@ -635,23 +1103,43 @@ class Handlers:
         run_id = self._require(run_id)
         formats = list(formats or [])
         if not formats:
-            raise gr.Error("choose at least one format to export")
+            raise error("choose at least one format to export")
         busy = self.worker.busy_with()
         if busy:
-            raise gr.Error(f"the model worker is busy with run {busy}: export when its round is in review or finished")
+            raise error(
+                f"the model worker is busy with run {busy}: export when its round is in review or finished"
+            )
         run_dir = self.studio.run_dir(run_id)
         out = run_dir / "export"
         try:
             written = self.studio.export(run_id, out, tuple(formats), force=bool(replace))
         except ValueError as err:
-            text = str(err).replace("pass --force to replace it", "tick 'Replace the previous export'")
-            raise gr.Error(text) from err
+            message = str(err).replace("pass --force to replace it", "tick 'Replace the previous export'")
+            raise error(message) from err
         archive = shutil.make_archive(str(run_dir / f"{run_id}-export"), "zip", root_dir=out)
-        lines = "".join(f"<li><b>{render.esc(k)}</b>: {render.esc(Path(v).relative_to(run_dir) if Path(v).is_relative_to(run_dir) else v)}</li>"
-                        for k, v in written.items())
-        summary = render.message(f"Exported to <code>{render.esc(out)}</code>:<ul>{lines}</ul>"
-                                 f"Download the zip below ({Path(archive).stat().st_size / 1e6:.1f} MB).", "ok")
+        lines = "".join(
+            f"<li><b>{render.esc(k)}</b>: {render.esc(Path(v).relative_to(run_dir) if Path(v).is_relative_to(run_dir) else v)}</li>"
+            for k, v in written.items()
+        )
+        trained = [r for r in self.studio.history(run_id)["rounds"] if r.get("adapter_path")]
+        which = f"round {trained[-1]['round_index']}'s LoRA" if trained else "the run"
+        summary = render.message(
+            f"Exported {which} to <code>{render.esc(out)}</code>:<ul>{lines}</ul>"
+            f"Download the zip below ({Path(archive).stat().st_size / 1e6:.1f} MB).",
+            "ok",
+        )
         return ExportView(archive, summary)
+
+
+def padded_range(df: pd.DataFrame) -> list[float] | None:
+    """A y range around the values with room on both sides (a single value gets ±10 % of itself), never
+    below 0 for a metric that is never negative."""
+    if df is None or not len(df):
+        return None
+    lo, hi = float(df["value"].min()), float(df["value"].max())
+    pad = max((hi - lo) * 0.15, abs(hi) * 0.1, 1e-6)
+    low = lo - pad if lo < 0 else max(0.0, lo - pad)
+    return [round(low, 6), round(hi + pad, 6)]
 
 
 def export_choices() -> list[tuple[str, str]]:

@@ -16,6 +16,9 @@ from urllib.parse import quote
 from PIL import Image
 
 VERDICT_WORD = {0: "✓ aligned", 1: "✗ overfit"}
+ORDERS = ("omega", "index", "beta")  # how the grid orders its anchors (the page can re-sort in place)
+SKIP_LINK = '<a class="gal-skip" href="#gal-grid" data-gal-skip="1">Skip to the review grid (g)</a>'
+
 STAGE_NAMES = {
     "train": "Training the LoRA",
     "class images": "Drawing class images",
@@ -62,7 +65,7 @@ def is_pixel_art(path: str | Path | None) -> bool:
 def header_html(run: dict | None, round_row: dict | None = None, job_state: str | None = None) -> str:
     if run is None:
         return (
-            '<div class="gal-head"><span class="gal-title">GAL Studio</span>'
+            f'{SKIP_LINK}<div class="gal-head"><span class="gal-title">GAL Studio</span>'
             '<span class="gal-muted">no run open — set one up, or open one from the Runs tab</span></div>'
         )
     config = run.get("config") or {}
@@ -73,7 +76,7 @@ def header_html(run: dict | None, round_row: dict | None = None, job_state: str 
         state += f" · {esc(round_row['state'])}"
     worker = f' <span class="gal-pill">{esc(job_state)}</span>' if job_state else ""
     return (
-        f'<div class="gal-head"><span class="gal-title">GAL Studio</span>'
+        f'{SKIP_LINK}<div class="gal-head"><span class="gal-title">GAL Studio</span>'
         f'<span><b>{esc(run.get("name") or run["run_id"])}</b> <span class="gal-muted">{esc(run["run_id"])}</span></span>'
         f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>'
         f'<span class="gal-muted">{esc(config.get("task", ""))} · {esc((config.get("gal") or {}).get("strategy", ""))}'
@@ -96,7 +99,53 @@ def anchor_state(anchor: dict) -> tuple[str, str]:
     return "settled", "● settled: all overfit" if beta == 1 else "● settled: all aligned"
 
 
-def grid_html(state: dict | None, preview: dict | None = None, note: str = "", seq: int = 0, ack: int = 0) -> str:
+def ordered_anchors(anchors: list[dict], order: str = "omega") -> list[dict]:
+    """The grid's anchor order: ``omega`` (default: the most mixed first — highest Ω, ties by index),
+    ``index``, or ``beta`` (most overfit first). Anchors out of the pool come last."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+
+    def key(a):
+        omega = a.get("uncertainty")
+        beta = a.get("overfit_rate")
+        if order == "index":
+            value = 0.0
+        elif order == "beta":
+            value = -(beta if beta is not None else -1.0)
+        else:
+            value = -(omega if omega is not None else -1.0)
+        return (not a.get("in_pool"), value, a["anchor_index"])
+
+    return sorted(anchors, key=key)
+
+
+def visible(image: dict, anchor: dict, filters: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether a tile shows under the page's filters (all must hold): ``unreviewed`` (you said nothing),
+    ``overrides`` (your verdict differs from the oracle's), ``oracle-overfit`` / ``oracle-aligned`` (the
+    oracle's verdict), ``mixed`` (its anchor is mixed: Ω > 0). grid.js applies the same rules in place."""
+    person = image.get("person_verdict")
+    reviewed = person is not None or bool(image.get("person_seen"))
+    checks = {
+        "unreviewed": not reviewed,
+        "overrides": person is not None and person != image.get("oracle_verdict"),
+        "oracle-overfit": image.get("oracle_verdict") == 1,
+        "oracle-aligned": image.get("oracle_verdict") == 0,
+        "mixed": (anchor.get("uncertainty") or 0) > 0,
+    }
+    unknown = set(filters) - set(checks)
+    if unknown:
+        raise ValueError(f"unknown filter(s) {sorted(unknown)}: use {', '.join(checks)}")
+    return all(checks[f] for f in filters)
+
+
+def grid_html(
+    state: dict | None,
+    preview: dict | None = None,
+    note: str = "",
+    seq: int = 0,
+    ack: int = 0,
+    order: str = "omega",
+) -> str:
     """The round's images, one block per anchor, each tile showing its final verdict and similarities.
 
     The grid's root carries the same state as a patch (``data-state``: ``grid_state`` as JSON), so the
@@ -118,11 +167,14 @@ def grid_html(state: dict | None, preview: dict | None = None, note: str = "", s
         }.get(rnd["state"], f"is {rnd['state']}")
         status = state["run"]["status"]
         extra = note or (
-            "The run is finished: see History and Export." if status == "finished"
+            "The run is finished: see History and Export."
+            if status == "finished"
             else "The grid appears here when the round's images are judged; progress is shown above and on the Progress tab."
         )
-        return (f'<div class="gal-grid"><div class="gal-empty"><b>Round {rnd["round_index"]} {esc(what)}.</b>'
-                f"<br>{esc(extra)}</div></div>")
+        return (
+            f'<div class="gal-grid"><div class="gal-empty"><b>Round {rnd["round_index"]} {esc(what)}.</b>'
+            f"<br>{esc(extra)}</div></div>"
+        )
     picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
     pixel = is_pixel_art(images[0]["path"]) if images else False
     parts = [
@@ -131,26 +183,38 @@ def grid_html(state: dict | None, preview: dict | None = None, note: str = "", s
         '<div class="gal-legend"><b class="a">✓ aligned</b> (green) · <b class="o">✗ overfit</b> (red) · '
         "solid border: your verdict, dashed: the oracle's · ✎ you overrode the oracle · "
         "<b>★</b> commit would add it · numbers: sim(image, anchor) / sim(image, non-SoI caption) · "
-        "click flips · keys <kbd>a</kbd> <kbd>x</kbd> <kbd>←↑→↓</kbd> <kbd>u</kbd> <kbd>?</kbd></div>",
+        "click flips · keys <kbd>a</kbd> <kbd>x</kbd> <kbd>s</kbd> skip <kbd>z</kbd> zoom <kbd>n</kbd> next unreviewed "
+        "<kbd>u</kbd>/<kbd>U</kbd> undo/redo <kbd>?</kbd> all keys</div>",
     ]
     pos = 0
-    for a in anchors:
+    for a in ordered_anchors(anchors, order):
         css, words = anchor_state(a)
-        title = (f'<div class="gal-anchor-title"><span class="idx">#{a["anchor_index"]}</span>'
-                 f'{esc(a["prompt"])}</div>')
+        title = (
+            f'<div class="gal-anchor-title"><span class="idx">#{a["anchor_index"]}</span>'
+            f"{esc(a['prompt'])}</div>"
+        )
         if not a["in_pool"]:
-            parts.append(f'<section class="gal-anchor out" data-anchor="{a["anchor_index"]}"><div>{title}</div>'
-                         f'<div class="gal-anchor-stats"><span class="gal-state">{words}</span></div></section>')
+            parts.append(
+                f'<section class="gal-anchor out" data-anchor="{a["anchor_index"]}" data-pool="0"><div>{title}</div>'
+                f'<div class="gal-anchor-stats"><span class="gal-state">{words}</span></div></section>'
+            )
             continue
-        stats = (f'<div class="gal-anchor-stats"><span class="beta" title="overfit rate β (Eq. 7): share of its images '
-                 f'judged overfit">β {fmt(a.get("overfit_rate"))}</span><span class="omega" title="direction uncertainty Ω '
-                 f'(Eq. 6)">Ω {fmt(a.get("uncertainty"))}</span><span class="gal-state {css}">{words}</span></div>')
+        stats = (
+            f'<div class="gal-anchor-stats"><span class="beta" title="overfit rate β (Eq. 7): share of its images '
+            f'judged overfit">β {fmt(a.get("overfit_rate"))}</span><span class="omega" title="direction uncertainty Ω '
+            f'(Eq. 6)">Ω {fmt(a.get("uncertainty"))}</span><span class="gal-state {css}">{words}</span></div>'
+        )
         tiles = []
         for im in sorted(a["images"], key=lambda x: x["slot"]):
             tiles.append(tile_html(im, pos, im["id"] in picks))
             pos += 1
-        parts.append(f'<section class="gal-anchor {css}" data-anchor="{a["anchor_index"]}"><div>{title}{stats}</div>'
-                     f'<div class="gal-tiles">{"".join(tiles)}</div></section>')
+        parts.append(
+            f'<section class="gal-anchor {css}" data-anchor="{a["anchor_index"]}" data-pool="1" '
+            f'data-omega="{a.get("uncertainty") if a.get("uncertainty") is not None else -1}" '
+            f'data-beta="{a.get("overfit_rate") if a.get("overfit_rate") is not None else -1}" '
+            f'data-prompt="{esc(a["prompt"])}"><div>{title}{stats}</div>'
+            f'<div class="gal-tiles">{"".join(tiles)}</div></section>'
+        )
     parts.append("</div>")
     return "".join(parts)
 
@@ -158,19 +222,47 @@ def grid_html(state: dict | None, preview: dict | None = None, note: str = "", s
 def grid_state(state: dict, preview: dict | None, seq: int, ack: int) -> dict:
     """The grid's state: every tile ``[id, final, person, oracle, pick]`` and every pooled anchor's stats.
 
+    A tile's last field is 1 when the person skipped it (seen, no opinion: the oracle's verdict stands).
     ``seq`` orders the reads (a larger one was read later, so it is at least as new); ``ack`` is the
     latest click of this page (its ``nonce``) that the server had handled before this read, so every
     click up to it is in ``tiles`` and the page can stop showing those tiles as pending.
     """
     picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
-    tiles = [[im["id"], im["final_verdict"], im["person_verdict"], im["oracle_verdict"], int(im["id"] in picks)]
-             for a in state["anchors"] for im in a["images"]]
+    tiles = [
+        [
+            im["id"],
+            im["final_verdict"],
+            im["person_verdict"],
+            im["oracle_verdict"],
+            int(im["id"] in picks),
+            int(bool(im.get("person_seen")) and im["person_verdict"] is None),
+        ]
+        for a in state["anchors"]
+        for im in a["images"]
+    ]
     anchors = []
     for a in state["anchors"]:
         if a["in_pool"]:
             css, words = anchor_state(a)
-            anchors.append([a["anchor_index"], fmt(a.get("overfit_rate")), fmt(a.get("uncertainty")), css, words])
-    return {"seq": seq, "ack": ack, "round": state["round"]["round_index"], "tiles": tiles, "anchors": anchors}
+            anchors.append(
+                [
+                    a["anchor_index"],
+                    fmt(a.get("overfit_rate")),
+                    fmt(a.get("uncertainty")),
+                    css,
+                    words,
+                    a.get("uncertainty") if a.get("uncertainty") is not None else -1,
+                    a.get("overfit_rate") if a.get("overfit_rate") is not None else -1,
+                ]
+            )
+    return {
+        "seq": seq,
+        "ack": ack,
+        "round": state["round"]["round_index"],
+        "tiles": tiles,
+        "anchors": anchors,
+        "revision": state.get("revision", 0),
+    }
 
 
 def grid_patch(state: dict, preview: dict | None, seq: int, ack: int) -> str:
@@ -186,6 +278,7 @@ def grid_patch(state: dict, preview: dict | None, seq: int, ack: int) -> str:
 
 def tile_html(im: dict, pos: int, picked: bool) -> str:
     oracle, person = im["oracle_verdict"], im["person_verdict"]
+    seen = person is None and bool(im.get("person_seen"))
     final = person if person is not None else oracle
     if final is None:  # generated but not judged yet
         final_cls, badge = "", "… judging"
@@ -197,18 +290,24 @@ def tile_html(im: dict, pos: int, picked: bool) -> str:
         who = "✎ you (override)" if person != oracle else "you"
         if person != oracle:
             classes.append("override")
+    elif seen:
+        classes.append("seen")
+        who = "you: skip (oracle's)"
     else:
         who = "oracle"
     if picked:
         classes.append("pick")
-    sims = f'{fmt(im.get("sim_anchor"))}/{fmt(im.get("sim_non_soi"))}'
-    label = (f'anchor {im["anchor_index"]} image {im["slot"] + 1}: {badge[2:] if final is not None else "not judged"}'
-             f' ({"your verdict" if person is not None else "oracle"}), similarities {sims}'
-             f'{", commit would add it" if picked else ""}')
+    sims = f"{fmt(im.get('sim_anchor'))}/{fmt(im.get('sim_non_soi'))}"
+    label = (
+        f"anchor {im['anchor_index']} image {im['slot'] + 1}: {badge[2:] if final is not None else 'not judged'}"
+        f" ({'your verdict' if person is not None else ('you skipped: oracle' if seen else 'oracle')}), similarities {sims}"
+        f"{', commit would add it' if picked else ''}"
+    )
     return (
-        f'<button type="button" class="{" ".join(c for c in classes if c)}" data-id="{im["id"]}" data-pos="{pos}" '
+        f'<button type="button" tabindex="-1" class="{" ".join(c for c in classes if c)}" data-id="{im["id"]}" data-pos="{pos}" '
         f'data-anchor="{im["anchor_index"]}" data-slot="{im["slot"]}" data-oracle="{"" if oracle is None else oracle}" '
-        f'data-final="{"" if final is None else final}" aria-label="{esc(label)}" title="seed {im.get("seed")}">'
+        f'data-final="{"" if final is None else final}" data-sim="{fmt(im.get("sim_anchor"), 3)}" '
+        f'data-nonsoi="{fmt(im.get("sim_non_soi"), 3)}" aria-label="{esc(label)}" title="seed {im.get("seed")}">'
         f'<img src="{esc(file_url(im["path"]))}" alt="" loading="lazy" draggable="false">'
         f'<span class="gal-pick">★ pick</span>'
         f'<span class="gal-badge">{badge}</span><span class="gal-sims">{sims}</span>'
@@ -222,14 +321,21 @@ def counters_html(state: dict | None, mode: str | None = None) -> str:
     c = state["counters"]
     share = c["reviewed"] / c["total"] if c["total"] else 0.0
     mode_span = f"<span>Mode <b>{esc(mode)}</b></span>" if mode else ""
+    skipped = f"<span>Skipped <b>{c.get('skipped', 0)}</b></span>" if c.get("skipped") else ""
+    undo, redo = state.get("undo"), state.get("redo")
+    history = (
+        f'<span class="gal-undo" title="u undoes, U redoes">↶ {esc(undo) if undo else "nothing to undo"}'
+        f"{' · ↷ ' + esc(redo) if redo else ''}</span>"
+    )
     return (
-        f'<div class="gal-counters" data-reviewed="{c["reviewed"]}" data-total="{c["total"]}">'
-        f'<span>Round <b>{state["round"]["round_index"]}</b></span>'
-        f'<span>Reviewed <b>{c["reviewed"]}/{c["total"]}</b></span>'
+        f'<div class="gal-counters" data-reviewed="{c["reviewed"]}" data-total="{c["total"]}" '
+        f'data-undo="{esc(undo or "")}" data-redo="{esc(redo or "")}">'
+        f"<span>Round <b>{state['round']['round_index']}</b></span>"
+        f"<span>Reviewed <b>{c['reviewed']}/{c['total']}</b></span>"
         f'<span class="gal-bar" style="width:140px" title="{share:.0%} reviewed"><span style="width:{share:.0%}"></span></span>'
-        f'<span>Overrides <b>{c["overrides"]}</b></span>'
-        f'<span>Anchors <b>{c["mixed"]}</b> mixed · <b>{c["settled"]}</b> settled</span>'
-        f"{mode_span}</div>"
+        f"<span>Overrides <b>{c['overrides']}</b></span>{skipped}"
+        f"<span>Anchors <b>{c['mixed']}</b> mixed · <b>{c['settled']}</b> settled</span>"
+        f"{mode_span}{history}</div>"
     )
 
 
@@ -240,19 +346,26 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
     if preview.get("error"):
         return f'<div class="gal-preview">{message(esc(preview["error"]), "error")}</div>'
     k = state["config"].gal.k
-    head = (f'<h4>If you commit now</h4><div class="gal-muted">mode <b>{esc(preview["mode"])}</b> · strategy '
-            f'<b>{esc(preview["strategy"])}</b> · openness Δ = {preview["openness"]:.5f} (Eq. 9)</div>')
+    head = (
+        f'<h4>If you commit now</h4><div class="gal-muted">mode <b>{esc(preview["mode"])}</b> · strategy '
+        f"<b>{esc(preview['strategy'])}</b> · openness Δ = {preview['openness']:.5f} (Eq. 9)</div>"
+    )
     if preview.get("last_round"):
         text = f"Round {preview['round']} is the last one: committing finishes the run (nothing is added). Export the result afterwards."
         return f'<div class="gal-preview">{head}{message(text, "ok")}</div>'
     if preview.get("stop"):
-        text = (f"Eq. 10 stops here: fewer than k = {k} anchors are still mixed, so committing finishes the run. "
-                "Flip verdicts to open more anchors, or turn adaptive stop off in a new run.")
+        text = (
+            f"Eq. 10 stops here: fewer than k = {k} anchors are still mixed, so committing finishes the run. "
+            "Flip verdicts to open more anchors, or turn adaptive stop off in a new run."
+        )
         return f'<div class="gal-preview">{head}{message(text, "ok")}</div>'
     picks = preview["picks"]
     if not picks:
-        text = ("No image is accepted yet: human mode adds the images you accept (key a)."
-                if preview["mode"] == "human" else "Nothing would be added.")
+        text = (
+            "No image is accepted yet: human mode adds the images you accept (key a)."
+            if preview["mode"] == "human"
+            else "Nothing would be added."
+        )
         return f'<div class="gal-preview">{head}{message(text, "error")}</div>'
     by_id = {im["id"]: im for a in state["anchors"] for im in a["images"]}
     prompts = {a["anchor_index"]: a["prompt"] for a in state["anchors"]}
@@ -260,20 +373,23 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
     for p in picks:
         per_anchor.setdefault(p["anchor_index"], []).append(p)
     items = "".join(
-        f'<li><b>#{a}</b> {esc(prompts.get(a, ""))} — {len(ps)} image{"s" if len(ps) > 1 else ""} '
-        f'(slot {", ".join(str(p["slot"] + 1) for p in ps)})</li>'
+        f"<li><b>#{a}</b> {esc(prompts.get(a, ''))} — {len(ps)} image{'s' if len(ps) > 1 else ''} "
+        f"(slot {', '.join(str(p['slot'] + 1) for p in ps)})</li>"
         for a, ps in per_anchor.items()
     )
     thumbs = "".join(
         f'<img src="{esc(file_url(by_id[p["image_id"]]["path"]))}" alt="anchor {p["anchor_index"]} image {p["slot"] + 1}" '
         f'title="#{p["anchor_index"]} slot {p["slot"] + 1}">'
-        for p in picks if p["image_id"] in by_id
+        for p in picks
+        if p["image_id"] in by_id
     )
-    note = dilution_note(state, len(picks)) if preview["mode"] == "human" else ""  # auto adds k a round by design
+    note = (
+        dilution_note(state, len(picks)) if preview["mode"] == "human" else ""
+    )  # auto adds k a round by design
     return (
         f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
-        f'<div>Adds <b>{len(picks)}</b> image{"s" if len(picks) > 1 else ""} from <b>{len(per_anchor)}</b> '
-        f'anchor{"s" if len(per_anchor) > 1 else ""}, each weighing <b>{preview["weight"]:.5g}</b> in the next round\'s loss '
+        f"<div>Adds <b>{len(picks)}</b> image{'s' if len(picks) > 1 else ''} from <b>{len(per_anchor)}</b> "
+        f"anchor{'s' if len(per_anchor) > 1 else ''}, each weighing <b>{preview['weight']:.5g}</b> in the next round's loss "
         f'(real references weigh 1).</div>{note}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
     )
 
@@ -288,10 +404,12 @@ def dilution_note(state: dict, n_picks: int) -> str:
     if train.reference_sampling != "pooled" or not real or added <= real:
         return ""
     share = real / (real + added)
-    text = (f"Your {real} reference{'s' if real > 1 else ''} would fill only {share:.0%} of the next round's training "
-            f"batches: the {added} added images take the other slots (pooled sampling), whatever their weight. "
-            "Accept fewer images, or start the run with “Batches of added images” = real-rate, which keeps your "
-            "references' round-1 share.")
+    text = (
+        f"Your {real} reference{'s' if real > 1 else ''} would fill only {share:.0%} of the next round's training "
+        f"batches: the {added} added images take the other slots (pooled sampling), whatever their weight. "
+        "Accept fewer images, or start the run with “Batches of added images” = real-rate, which keeps your "
+        "references' round-1 share."
+    )
     return message(esc(text), "warn")
 
 
@@ -307,15 +425,22 @@ def eta_text(seconds) -> str:
     return f"~{seconds // 60} min {seconds % 60:02d} s left"
 
 
-def progress_html(run: dict | None, round_row: dict | None, job: dict | None, job_state: str | None,
-                  error: str | None, compact: bool = False) -> str:
+def progress_html(
+    run: dict | None,
+    round_row: dict | None,
+    job: dict | None,
+    job_state: str | None,
+    error: str | None,
+    compact: bool = False,
+) -> str:
     if run is None:
         return '<div class="gal-progress gal-muted">No run open.</div>'
     status, r = run["status"], run["current_round"]
     state = round_row["state"] if round_row else "?"
     steps = "".join(
         f'<span class="{"now" if s == state else ("done" if ROUND_STEPS.index(s) < ROUND_STEPS.index(state) else "")}">{s}</span>'
-        for s in ROUND_STEPS if state in ROUND_STEPS
+        for s in ROUND_STEPS
+        if state in ROUND_STEPS
     )
     stages = "" if compact else f'<div class="gal-stages" aria-label="round steps">{steps}</div>'
     if job_state == "running" and job and job.get("total"):
@@ -326,34 +451,90 @@ def progress_html(run: dict | None, round_row: dict | None, job: dict | None, jo
         stage = STAGE_NAMES.get(job.get("stage"), job.get("stage", "working"))
         fresh = time.time() - job.get("updated", time.time())
         stale = f" · last update {fresh:.0f} s ago" if fresh > 10 else ""
+        extra = "" if compact else loss_curve_svg(job.get("losses") or []) + log_html(job.get("log") or [])
         return (
             f'<div class="gal-progress" data-stage="{esc(job.get("stage"))}" data-done="{done}" data-total="{total}">'
             f'<div><span class="stage">Round {r}: {esc(stage)}</span> — {done}/{total} ({share:.0%}) · '
             f"{esc(eta_text(job.get('eta')))}{loss}{stale}</div>"
             f'<div class="gal-bar" role="progressbar" aria-valuenow="{done}" aria-valuemax="{total}">'
-            f'<span style="width:{share:.1%}"></span></div>{stages}</div>'
+            f'<span style="width:{share:.1%}"></span></div>{stages}{extra}</div>'
         )
     if job_state == "running":
         return f'<div class="gal-progress"><span class="stage">Round {r}: {esc(state)}…</span> starting{stages}</div>'
     if job_state == "queued":
         return f'<div class="gal-progress">Queued: waits for the model worker to finish another run.{stages}</div>'
     if error:
-        text = (f"<b>{esc(status)}</b>: {esc(error)}. What was saved is kept — "
-                "press <b>Continue</b> to resume from the last saved step.")
+        text = (
+            f"<b>{esc(status)}</b>: {esc(error)}. What was saved is kept — "
+            "press <b>Continue</b> to resume from the last saved step."
+        )
         return f'<div class="gal-progress">{message(text, "error")}{stages}</div>'
     texts = {
         "awaiting_review": f"Round {r} awaits your review on the Review tab.",
         "finished": "The run is finished. See History, and Export the result.",
         "cancelled": f"Round {r} was cancelled at the {state} step. Continue resumes from there.",
         "failed": f"Round {r} failed at the {state} step{': ' + esc(round_row.get('error')) if round_row and round_row.get('error') else ''}. "
-                  "Continue retries it.",
+        "Continue retries it.",
         "active": f"Round {r} is at the {state} step and no job is running (the app was restarted?). Continue resumes it.",
     }
-    kind = "error" if status in ("failed", "cancelled") else ("ok" if status in ("finished", "awaiting_review") else "")
+    kind = (
+        "error"
+        if status in ("failed", "cancelled")
+        else ("ok" if status in ("finished", "awaiting_review") else "")
+    )
     return f'<div class="gal-progress" data-status="{esc(status)}">{message(esc(texts.get(status, status)), kind)}{stages}</div>'
 
 
+def loss_curve_svg(losses: list, width: int = 520, height: int = 140) -> str:
+    """The round's training loss per step as an inline SVG line (no plot component: the poll re-sends it
+    each second), with the first/last/min values labelled. Empty until two steps are in."""
+    if len(losses) < 2:
+        return ""
+    steps = [float(s) for s, _ in losses]
+    values = [float(v) for _, v in losses]
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    x0, x1 = min(steps), max(steps)
+    xs = (x1 - x0) or 1.0
+    pad = 42
+    pts = " ".join(
+        f"{pad + (s - x0) / xs * (width - pad - 6):.1f},{6 + (hi - v) / span * (height - 26):.1f}"
+        for s, v in zip(steps, values, strict=True)
+    )
+    return (
+        f'<figure class="gal-loss" aria-label="training loss per step"><svg viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img"><title>training loss, step {int(x0)} to {int(x1)}</title>'
+        f'<line x1="{pad}" y1="{height - 20}" x2="{width - 6}" y2="{height - 20}" class="axis"/>'
+        f'<line x1="{pad}" y1="6" x2="{pad}" y2="{height - 20}" class="axis"/>'
+        f'<polyline points="{pts}" fill="none" class="curve"/>'
+        f'<text x="{pad - 4}" y="12" text-anchor="end">{hi:.3g}</text>'
+        f'<text x="{pad - 4}" y="{height - 20}" text-anchor="end">{lo:.3g}</text>'
+        f'<text x="{pad}" y="{height - 4}">step {int(x0)}</text>'
+        f'<text x="{width - 6}" y="{height - 4}" text-anchor="end">step {int(x1)} · loss {values[-1]:.4f}</text>'
+        f"</svg><figcaption>training loss (each step's batch)</figcaption></figure>"
+    )
+
+
+def log_html(lines: list[str]) -> str:
+    """The job's log, newest last, in a scrolling pane."""
+    if not lines:
+        return ""
+    return f'<pre class="gal-log" aria-label="job log">{esc(chr(10).join(lines[-40:]))}</pre>'
+
+
 # -- history -----------------------------------------------------------------------------------
+
+METRICS_HELP = (
+    '<ul class="gal-metrics-help">'
+    "<li><b>TXT-ALN</b> ↑ (0–2.5): CLIPScore, 2.5 × the CLIP cosine of each held-out image to its own prompt — "
+    "does the model still follow the text?</li>"
+    "<li><b>IMG-ALN</b> ↑ (−1–1, in practice 0–1): CLIP image–image cosine of the held-out images to your real "
+    "references — does it still look like your subject?</li>"
+    "<li><b>OVF</b> ↓ (0–1): the share of held-out images judged overfit by Eq. 8 — closer to the non-SoI caption "
+    "(your references' scene) than to the prompt.</li>"
+    "<li><b>Δ</b> (Eq. 9): openness, λ × mean Ω of the round — the loss weight of each image that round adds.</li>"
+    "</ul>"
+)
 
 
 def metrics_table_html(rounds: list[dict]) -> str:
@@ -367,9 +548,11 @@ def metrics_table_html(rounds: list[dict]) -> str:
             f"<td>{fmt(m.get('txt_aln'), 3)}</td><td>{fmt(m.get('img_aln'), 3)}</td><td>{fmt(m.get('ovf'), 3)}</td>"
             f"<td>{fmt(r.get('openness'), 5)}</td><td>{esc(m.get('strategy', ''))}</td></tr>"
         )
-    return ('<table class="gal-table"><thead><tr><th>round</th><th>mode</th><th>state</th><th>TXT-ALN</th>'
-            "<th>IMG-ALN</th><th>OVF</th><th>Δ</th><th>strategy</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (
+        '<table class="gal-table"><thead><tr><th>round</th><th>mode</th><th>state</th><th>TXT-ALN</th>'
+        "<th>IMG-ALN</th><th>OVF</th><th>Δ</th><th>strategy</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def compare_html(anchor_prompt: str, per_round: dict[int, list[dict]], rounds: list[int]) -> str:
@@ -394,9 +577,15 @@ def compare_html(anchor_prompt: str, per_round: dict[int, list[dict]], rounds: l
             seed = im.get("seed")
             v = im["final_verdict"]
             word = VERDICT_WORD.get(v, "not judged")
-            cells.append(f'<td class="v{v}"><img src="{esc(file_url(im["path"]))}" alt="round {r}: {esc(word)}">'
-                         f"{word}<br>{fmt(im.get('sim_anchor'))}/{fmt(im.get('sim_non_soi'))}</td>")
-        body.append(f"<tr><th>slot {s + 1}<br><span class='gal-muted'>seed {seed}</span></th>{''.join(cells)}</tr>")
-    return (f'<div class="gal-muted">“{esc(anchor_prompt)}”: the same seed in every round, so a change is the model\'s.</div>'
-            f'<table class="gal-table gal-compare{" pixel" if pixel else ""}"><thead><tr><th></th>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+            cells.append(
+                f'<td class="v{v}"><img src="{esc(file_url(im["path"]))}" alt="round {r}: {esc(word)}">'
+                f"{word}<br>{fmt(im.get('sim_anchor'))}/{fmt(im.get('sim_non_soi'))}</td>"
+            )
+        body.append(
+            f"<tr><th>slot {s + 1}<br><span class='gal-muted'>seed {seed}</span></th>{''.join(cells)}</tr>"
+        )
+    return (
+        f'<div class="gal-muted">“{esc(anchor_prompt)}”: the same seed in every round, so a change is the model\'s.</div>'
+        f'<table class="gal-table gal-compare{" pixel" if pixel else ""}"><thead><tr><th></th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
