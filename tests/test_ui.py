@@ -742,3 +742,22 @@ def test_only_ui_and_app_import_gradio():
     for package in ("gal", "storage"):
         for path in (ROOT / package).rglob("*.py"):
             assert not re.search(r"^\s*(import|from)\s+gradio", path.read_text(), re.M), path
+
+
+def test_the_model_field_names_the_family_and_fills_its_defaults(handlers, tmp_path):
+    """Leaving the Model field: a full-size model's family fills its defaults; the built-in ones keep theirs."""
+    import torch
+
+    from gal.families import defaults
+    from gal.models import load_pipeline
+
+    current = (0, 1e-4, 8, 50, 7.5)
+    note, *fields = handlers.model_changed("tiny-sdxl", *current)
+    assert "Stable Diffusion XL" in note and all(isinstance(f, type(gr.skip())) for f in fields)
+    folder = tmp_path / "my-flux"
+    load_pipeline("tiny-flux", torch.device("cpu"), torch.float32).save_pretrained(folder)
+    note, *fields = handlers.model_changed(str(folder), *current)
+    d = defaults("flux")
+    assert "FLUX.1" in note and fields == [d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale]
+    note, *fields = handlers.model_changed(str(tmp_path / "missing"), *current)
+    assert "✗ Model" in note and "model_index.json" in note

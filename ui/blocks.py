@@ -158,13 +158,15 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                             f["model"] = gr.Textbox(
                                 form0["model"],
                                 label="Model",
-                                info="tiny, toy, a hub id or a local diffusers folder",
+                                info="tiny, toy, a hub id or a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1)",
                             )
                             f["oracle"] = gr.Textbox(
                                 form0["oracle"],
                                 label="Oracle",
                                 info="tiny, toy, ViT-B-32/openai or an open_clip folder",
                             )
+                        # the detected family (SD 1.x/2.x, SDXL, FLUX.1) and the defaults it filled
+                        model_family = gr.HTML("", elem_id="gal-model-family")
                 f["strategy"] = gr.Radio(
                     STRATEGY_CHOICES,
                     value=form0["strategy"],
@@ -600,6 +602,15 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
             [f["anchors"], f["eval_prompts"], f["subject_phrase"]],
         )
         preset_btn.click(handlers.preset_anchors, f["task"], f["anchors"])
+        family_fields = [f[n] for n in ("resolution", "learning_rate", "rank", "gen_steps", "guidance")]
+        gr.on(
+            [f["model"].blur, f["model"].submit],
+            handlers.model_changed,
+            [f["model"], *family_fields],
+            [model_family, *family_fields],
+            show_progress="hidden",
+            api_name="model_family",
+        )
         gr.on(
             [c.change for c in (files, table, *form)],
             handlers.validate_setup,

@@ -683,6 +683,32 @@ class Handlers:
             subject = DEFAULT_SUBJECT[task]
         return "\n".join(presets[task]), "\n".join(presets["eval"][task]), subject
 
+    def model_changed(self, model: str, *current) -> tuple:
+        """Leaving the Model field: name the model family it is and fill that family's defaults
+        (resolution, learning rate, rank, sampling steps, guidance) — for full-size models; the built-in
+        tiny and toy models keep the settings they were made for. ``current``: the fields' values now."""
+        from gal.families import TINY, defaults
+        from gal.models import model_family
+
+        keep = tuple(gr.skip() for _ in current)
+        spec = (model or "").strip()
+        if not spec:
+            return (render.message("Model: enter tiny, toy, a hub id or a local diffusers folder", "warn"), *keep)
+        try:
+            family = model_family(spec)
+        except ValueError as err:
+            return (render.message(f"✗ Model: {render.esc(err)}", "error"), *keep)
+        if spec in TINY or spec == "toy":
+            note = f"{family.label}: the built-in {render.esc(spec)} model keeps its settings"
+            return (render.message(note, "ok"), *keep)
+        d = defaults(family.name)
+        filled = (d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale)
+        note = (
+            f"{family.label}: filled its defaults — {d.resolution} px, lr {d.learning_rate:g}, rank {d.rank}, "
+            f"{d.steps} sampling steps, guidance {d.guidance_scale:g}, sampler {render.esc(d.scheduler)}"
+        )
+        return (render.message(note, "ok"), *filled)
+
     def preset_anchors(self, task: str) -> str:
         return "\n".join(load_presets()[task])
 
