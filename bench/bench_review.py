@@ -63,7 +63,8 @@ LIGHTBOX_JS = """async () => {
   await frame(); await frame();
   const shown = !document.querySelector('#gal-lightbox').hidden;
   const dt = performance.now() - t0;
-  document.activeElement.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape', bubbles: true, cancelable: true}));
+  document.activeElement.dispatchEvent(new KeyboardEvent('keydown', \
+{key: 'Escape', bubbles: true, cancelable: true}));
   await frame();
   return shown ? dt : -1;
 }"""
@@ -205,18 +206,21 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
     print(
-        f"\nGAL Studio review bench: 144 tiles, {os.cpu_count()} CPU cores; load = os.getloadavg() (1/5/15 min) "
+        f"\nGAL Studio review bench: 144 tiles, {os.cpu_count()} CPU cores; "
+        "load = os.getloadavg() (1/5/15 min) "
         "right after each row\n"
     )
     print(
-        f"{'measure':<34}{'n':>5}{'p50':>9}{'p95':>9}{'max':>9}{'target':>14}  {'result':<7}{'load 1/5/15 min':>18}"
+        f"{'measure':<34}{'n':>5}{'p50':>9}{'p95':>9}{'max':>9}"
+        f"{'target':>14}  {'result':<7}{'load 1/5/15 min':>18}"
     )
     for name, values in rows.items():
         p95 = np.percentile(values, 95)
         ok = "ok" if p95 < TARGETS[name] else "MISSED"
         load = "/".join(f"{x:.2f}" for x in loads[name])
         print(
-            f"{name:<34}{len(values):>5}{np.percentile(values, 50):>7.1f}ms{p95:>7.1f}ms{values.max():>7.0f}ms"
+            f"{name:<34}{len(values):>5}{np.percentile(values, 50):>7.1f}ms{p95:>7.1f}ms"
+            f"{values.max():>7.0f}ms"
             f"{'p95 < ' + str(int(TARGETS[name])) + ' ms':>14}  {ok:<7}{load:>18}"
         )
     ok = "ok" if pass_s <= PASS_TARGET_S else "MISSED"

@@ -34,8 +34,16 @@ import storage  # noqa: E402
 from gal.demo import demo_scenario  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TARGETS = {"idle": 50.0, "while training": 200.0}  # p95 click -> SQLite, ms (the issue's targets)
 
 CLICK_JS = """async (id) => {
@@ -70,7 +78,8 @@ def tiny_config(folder: Path, steps: int, anchors: int):
 def decision_times(db_path: Path, run_id: str, after_id: int) -> list[tuple[int, float]]:
     with storage.open_db(db_path) as db:
         found = db.execute(
-            "SELECT id, created_at FROM decisions WHERE run_id = ? AND source = 'person' AND id > ? ORDER BY id",
+            "SELECT id, created_at FROM decisions WHERE run_id = ? AND source = 'person' AND id > ? "
+            "ORDER BY id",
             [run_id, after_id],
         ).fetchall()
     return [(i, datetime.fromisoformat(ts).timestamp() * 1000.0) for i, ts in found]
@@ -98,13 +107,19 @@ def click_loop(page, db_path: Path, run_id: str, ids: list[int], clicks: int, pa
 
 def print_table(results: dict, tiles: int) -> None:
     print(f"\nclick -> SQLite and click -> re-rendered grid, {tiles} tiles, {os.cpu_count()} CPU cores\n")
-    print(f"{'scenario':<16}{'clicks':>7}{'SQLite p50':>12}{'p95':>8}{'max':>8}{'grid p50':>10}{'p95':>8}{'target p95':>16}")
+    print(
+        f"{'scenario':<16}{'clicks':>7}{'SQLite p50':>12}{'p95':>8}{'max':>8}"
+        f"{'grid p50':>10}{'p95':>8}{'target p95':>16}"
+    )
     for name, r in results.items():
         db, render = r["db"], r["render"]
         ok = "ok" if np.percentile(db, 95) < TARGETS[name] else "MISSED"
-        print(f"{name:<16}{r['n']:>7}{np.percentile(db, 50):>10.1f}ms{np.percentile(db, 95):>6.1f}ms"
-              f"{db.max():>6.0f}ms{np.percentile(render, 50):>8.1f}ms{np.percentile(render, 95):>6.1f}ms"
-              f"{'< ' + str(int(TARGETS[name])) + ' ms ' + ok:>16}", flush=True)
+        print(
+            f"{name:<16}{r['n']:>7}{np.percentile(db, 50):>10.1f}ms{np.percentile(db, 95):>6.1f}ms"
+            f"{db.max():>6.0f}ms{np.percentile(render, 50):>8.1f}ms{np.percentile(render, 95):>6.1f}ms"
+            f"{'< ' + str(int(TARGETS[name])) + ' ms ' + ok:>16}",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -112,7 +127,12 @@ def main() -> int:
     p.add_argument("--clicks", type=int, default=200, help="clicks per scenario (>= 200 for the report)")
     p.add_argument("--pause", type=float, default=0.05, help="seconds between a re-render and the next click")
     p.add_argument("--anchors", type=int, default=6, help="anchors in the reviewed run (6 × m=6 = 36 tiles)")
-    p.add_argument("--train-steps", type=int, default=20000, help="run B's LoRA steps (long enough to outlast the clicks)")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=20000,
+        help="run B's LoRA steps (long enough to outlast the clicks)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the runs folder")
     p.add_argument("--idle-only", action="store_true", help="skip the while-training scenario")
     args = p.parse_args()
@@ -130,12 +150,29 @@ def main() -> int:
     config_b.name = "background"
     run_b = studio.create_run(config_b, refs_b)
     with storage.open_db(studio.db_path) as db:
-        ids = [im["id"] for im in sorted(storage.list_images(db, run_a, 1), key=lambda x: (x["anchor_index"], x["slot"]))]
+        ids = [
+            im["id"]
+            for im in sorted(storage.list_images(db, run_a, 1), key=lambda x: (x["anchor_index"], x["slot"]))
+        ]
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--runs-dir", str(runs), "--model", "tiny", "--oracle", "tiny",
-         "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "--runs-dir",
+            str(runs),
+            "--model",
+            "tiny",
+            "--oracle",
+            "tiny",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     results = {}
     try:
@@ -149,7 +186,9 @@ def main() -> int:
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.1)
         else:
-            raise SystemExit("the app did not start: " + (server.stderr.read() if server.poll() is not None else ""))
+            raise SystemExit(
+                "the app did not start: " + (server.stderr.read() if server.poll() is not None else "")
+            )
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -164,7 +203,9 @@ def main() -> int:
                 return 0
             client.predict(run_b, api_name="/continue_run")
             deadline = time.monotonic() + 120
-            while not any('data-stage="train"' in str(x) for x in client.predict(run_b, api_name="/open_run")):
+            while not any(
+                'data-stage="train"' in str(x) for x in client.predict(run_b, api_name="/open_run")
+            ):
                 if time.monotonic() > deadline:
                     raise SystemExit("run B did not start training within 2 minutes")
                 time.sleep(0.5)

@@ -62,7 +62,8 @@ class Jobs:
         job.update(running=False, updated=time.time(), **fields)
 
     def reporter(self, run_id: str, progress: Progress | None) -> Callable[..., None]:
-        """``report(stage, done, total, **info)`` for one run: updates the live view and calls ``progress``."""
+        """``report(stage, done, total, **info)`` for one run: updates the live view and calls
+        ``progress``."""
 
         def report(stage: str, done: int, total: int, **info) -> None:
             job = self.live.setdefault(run_id, {})

@@ -245,7 +245,8 @@ def apply_decisions(db, run_id: str, decisions: dict[int, int | None], *, force:
             newer = sorted(storage.judged_since(db, run_id, r, revision) & set(decisions))
             if newer:
                 raise ValueError(
-                    f"{len(newer)} image(s) of this file (e.g. image {newer[0]}) got newer verdicts after the file "
+                    f"{len(newer)} image(s) of this file (e.g. image {newer[0]}) got newer verdicts "
+                    "after the file "
                     f"was written: re-export with gal images {run_id}, or pass --force to overwrite them"
                 )
         current = {im["id"]: person_state(im) for im in storage.list_images(db, run_id, r)}

@@ -185,7 +185,8 @@ BEGIN
     SELECT RAISE(ABORT, 'actions are append-only: rows are never deleted');
 END;
 ALTER TABLE decisions ADD COLUMN action_id INTEGER REFERENCES actions(id);
-ALTER TABLE decisions ADD COLUMN seen INTEGER NOT NULL DEFAULT 0 CHECK (seen IN (0, 1) AND (seen = 0 OR verdict IS NULL));
+ALTER TABLE decisions ADD COLUMN seen INTEGER NOT NULL DEFAULT 0 \
+CHECK (seen IN (0, 1) AND (seen = 0 OR verdict IS NULL));
 CREATE INDEX decisions_by_action ON decisions (action_id);
 """,
     )

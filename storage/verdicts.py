@@ -56,7 +56,8 @@ SEEN = "seen"  # record_action's verdict for "seen, no opinion" (skip)
 
 @storage_op
 def add_images(db: Database, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert generated images (run_id, round_index, anchor_index, slot, file, kind, prompt, seed); return their ids.
+    """Insert generated images (run_id, round_index, anchor_index, slot, file, kind, prompt, seed);
+    return their ids.
 
     `anchor_index` may be None for `eval` images. (run, round, kind, anchor, slot) is unique.
     """
@@ -88,7 +89,8 @@ def add_images(db: Database, rows: list[dict[str, Any]]) -> list[int]:
         stamp = now()
         for values in prepared:
             duplicate = db.execute(
-                "SELECT id FROM images WHERE run_id = ? AND round_index = ? AND kind = ? AND anchor_index IS ?"
+                "SELECT id FROM images WHERE run_id = ? AND round_index = ? AND kind = ? "
+                "AND anchor_index IS ?"
                 " AND slot = ?",
                 [values[0], values[1], values[4], values[2], values[3]],
             ).fetchone()
@@ -98,7 +100,8 @@ def add_images(db: Database, rows: list[dict[str, Any]]) -> list[int]:
                     f"(kind {values[4]}, anchor {values[2]}, slot {values[3]}); use another slot"
                 )
             cursor = db.execute(
-                "INSERT INTO images (run_id, round_index, anchor_index, slot, kind, prompt, file, seed, created_at)"
+                "INSERT INTO images (run_id, round_index, anchor_index, slot, "
+                "kind, prompt, file, seed, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [*values, stamp],
             )
@@ -246,7 +249,8 @@ def _new_action(
     db: Database, run_id: str, round_index: int, kind: str, target: int | None, label: str
 ) -> int:
     cursor = db.execute(
-        "INSERT INTO actions (run_id, round_index, kind, target, label, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO actions (run_id, round_index, kind, target, label, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
         [run_id, round_index, kind, target, label, now()],
     )
     return cursor.lastrowid

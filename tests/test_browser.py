@@ -1,4 +1,5 @@
-"""GAL Studio in a real Chromium: set up a run, review it by click and by key, undo, commit, see round 2, export.
+"""GAL Studio in a real Chromium: set up a run, review it by click and by key, undo, commit, see round 2,
+export.
 
 Each step is checked where the truth lives: the SQLite database (opened with ``storage.open_db``) and
 the run folder. Screenshots of the set-up, review and history pages go to ``artifacts/screenshots/``.
@@ -386,7 +387,8 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     assert time.monotonic() - t0 < 2.5
     other.close()
 
-    # 16.1 bulk: "mark under the threshold" touches only images you have not judged; one u undoes it all; U redoes
+    # 16.1 bulk: "mark under the threshold" touches only images you have not judged;
+    # one u undoes it all; U redoes
     mine = {i: v for i, v in person(studio, run_id, 1).items() if v is not None}
     assert len(mine) == 3
     page.click("text=Bulk actions")

@@ -272,7 +272,8 @@ def test_base_model_versions_per_family():
 
 
 def test_family_detection_from_the_pipeline():
-    """sd1 / sd2 / sdxl / flux from real (tiny) pipelines: SD 2 is told apart by its 1024-wide text encoder."""
+    """sd1 / sd2 / sdxl / flux from real (tiny) pipelines: SD 2 is told apart by its 1024-wide text
+    encoder."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -287,10 +288,15 @@ def test_family_detection_from_the_pipeline():
     )
     sd2.text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=1024, intermediate_size=64, **text))
     sd2.unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, cross_attention_dim=1024,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=8, norm_num_groups=16,
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=16,
+        cross_attention_dim=1024,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
     assert gx.detect_family(sd2) == "sd2"
     cpu = torch.device("cpu")
     assert gx.detect_family(load_pipeline("tiny-sdxl", cpu, torch.float32)) == "sdxl"

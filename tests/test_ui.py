@@ -604,7 +604,8 @@ def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers,
     assert list(h.txt_aln["round"]) == ["1", "2"] and len(h.ovf) == 2 and len(h.delta) == 1
     assert len(h.references) == 6 and sum("round 1" in caption for _, caption in h.references) == 2
     assert "round 1" in h.compare and "round 2" in h.compare and "seed" in h.compare
-    # issue 16.10: Compare opens on the anchor the last commit picked (its round-1 images, then out of the pool)
+    # issue 16.10: Compare opens on the anchor the last commit picked
+    # (its round-1 images, then out of the pool)
     with storage.open_db(handlers.studio.db_path) as db:
         picked = storage.list_selections(db, run_id)[-1]["anchor_index"]
     assert h.anchor.value == picked
@@ -713,7 +714,8 @@ def test_the_launched_app_through_gradio_client(studio, run_id):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         client.predict(run_id, api_name="/open_run")
         target = tile_ids(handlers_grid(studio, run_id))[0]
-        r = studio.review_state(run_id)["round"]["round_index"]  # the round under review, whichever tests ran before
+        # the round under review, whichever tests ran before
+        r = studio.review_state(run_id)["round"]["round_index"]
         _, counters, _, patch = client.predict(f"{target} overfit", api_name="/decide")
         assert rows(studio, run_id, r)[target]["person_verdict"] == 1
         assert [target, 1, 1] in [t[:3] for t in json.loads(patch)["tiles"]] and "Reviewed <b>1/" in counters
@@ -745,7 +747,8 @@ def test_only_ui_and_app_import_gradio():
 
 
 def test_the_model_field_names_the_family_and_fills_its_defaults(handlers, tmp_path):
-    """Leaving the Model field: a full-size model's family fills its defaults; the built-in ones keep theirs."""
+    """Leaving the Model field: a full-size model's family fills its defaults; the built-in ones keep
+    theirs."""
     import torch
 
     from gal.families import defaults

@@ -1,8 +1,9 @@
 """The page: tabs Set up, Review, Progress, History, Runs, Export, wired to ``ui.handlers.Handlers``.
 
 ``build(studio)`` returns the ``gr.Blocks`` and never launches; ``app.py`` launches it with
-``launch_kwargs()`` (Gradio 6 takes css/head/theme in ``launch()``; the files are in ``ui/static/``). The only session state is the
-open run's id (``gr.State``), mirrored into the address as ``?run=ID``; the rest is read from SQLite.
+``launch_kwargs()`` (Gradio 6 takes css/head/theme in ``launch()``; the files are in ``ui/static/``).
+The only session state is the open run's id (``gr.State``), mirrored into the address as ``?run=ID``;
+the rest is read from SQLite.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                             static_columns=[0],
                             interactive=True,
                             label="Per image: its prompt, and the non-SoI caption — what the "
-                            "model must NOT learn (e.g. 'a cat on the stairs'; empty: the prompt without the token)",
+                            "model must NOT learn (e.g. 'a cat on the stairs'; "
+                            "empty: the prompt without the token)",
                             elem_id="gal-ref-table",
                             wrap=True,
                         )
@@ -158,7 +160,8 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                             f["model"] = gr.Textbox(
                                 form0["model"],
                                 label="Model",
-                                info="tiny, toy, a hub id or a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1)",
+                                info="tiny, toy, a hub id or a local diffusers folder "
+                                "(SD 1.x/2.x, SDXL, FLUX.1)",
                             )
                             f["oracle"] = gr.Textbox(
                                 form0["oracle"],

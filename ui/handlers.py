@@ -433,7 +433,10 @@ class Handlers:
 
     def _key(self, run: dict, rnd: dict | None) -> str:
         job = self.worker.state(run["run_id"])
-        return f"{run['run_id']}|{run['status']}|{run['current_round']}|{rnd['state'] if rnd else ''}|{job or ''}"
+        return (
+            f"{run['run_id']}|{run['status']}|{run['current_round']}|"
+            f"{rnd['state'] if rnd else ''}|{job or ''}"
+        )
 
     def _progress(self, run: dict, rnd: dict | None) -> tuple[str, str]:
         run_id = run["run_id"]
@@ -486,7 +489,8 @@ class Handlers:
             "" if latest["round_index"] == last else f" (round {latest['round_index']} is {latest['state']})"
         )
         return render.message(
-            f"Exports <b>round {last}</b>'s LoRA — the latest trained round of {len(rounds)}{render.esc(tail)} — "
+            f"Exports <b>round {last}</b>'s LoRA — the latest trained round of "
+            f"{len(rounds)}{render.esc(tail)} — "
             f"with the references and weights it trained on.",
             "ok",
         )
@@ -546,7 +550,8 @@ class Handlers:
                 return self.open(run_id, tab=self._tab_for(run_id))
             except (gr.Error, ValueError) as err:
                 warn(
-                    f"could not open run {run_id!r} from the address: {html.unescape(str(getattr(err, 'message', err)))}"
+                    f"could not open run {run_id!r} from the address: "
+                    f"{html.unescape(str(getattr(err, 'message', err)))}"
                 )
         return self.empty()
 
@@ -693,7 +698,10 @@ class Handlers:
         keep = tuple(gr.skip() for _ in current)
         spec = (model or "").strip()
         if not spec:
-            return (render.message("Model: enter tiny, toy, a hub id or a local diffusers folder", "warn"), *keep)
+            return (
+                render.message("Model: enter tiny, toy, a hub id or a local diffusers folder", "warn"),
+                *keep,
+            )
         try:
             family = model_family(spec)
         except ValueError as err:
@@ -704,7 +712,8 @@ class Handlers:
         d = defaults(family.name)
         filled = (d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale)
         note = (
-            f"{family.label}: filled its defaults — {d.resolution} px, lr {d.learning_rate:g}, rank {d.rank}, "
+            f"{family.label}: filled its defaults — {d.resolution} px, lr {d.learning_rate:g}, "
+            f"rank {d.rank}, "
             f"{d.steps} sampling steps, guidance {d.guidance_scale:g}, sampler {render.esc(d.scheduler)}"
         )
         return (render.message(note, "ok"), *filled)
@@ -841,7 +850,8 @@ class Handlers:
             elif len(row["images"]) > 1:  # a bulk action: say how much came back (a click shows itself)
                 n = len(row["images"])
                 info(
-                    f"{'redid' if redo else 'undid'} “{row['label'] or 'a verdict'}” ({n} image{'s' if n != 1 else ''})",
+                    f"{'redid' if redo else 'undid'} “{row['label'] or 'a verdict'}” "
+                    f"({n} image{'s' if n != 1 else ''})",
                     duration=3,
                 )
         except ValueError as err:
@@ -853,7 +863,8 @@ class Handlers:
     def accept_oracle(
         self, run_id: str | None, request: gr.Request | None = None, overwrite=False
     ) -> ReviewView:
-        """Bulk: agree with the oracle on every image you have not judged (``overwrite``: on all). One undo step."""
+        """Bulk: agree with the oracle on every image you have not judged (``overwrite``: on all).
+        One undo step."""
         run_id = self._require(run_id)
         n = self.studio.accept_oracle(run_id, overwrite=bool(overwrite))
         whose = "" if overwrite else " you had not judged"
@@ -864,7 +875,8 @@ class Handlers:
     def mark_below(
         self, run_id: str | None, threshold, request: gr.Request | None = None, overwrite=False
     ) -> ReviewView:
-        """Bulk: mark overfit every image under the threshold you have not judged (``overwrite``: yours too)."""
+        """Bulk: mark overfit every image under the threshold you have not judged
+        (``overwrite``: yours too)."""
         run_id = self._require(run_id)
         if threshold is None or threshold == "":
             raise ValueError("enter a similarity threshold first, e.g. 0.25")
@@ -875,7 +887,8 @@ class Handlers:
         n = self.studio.mark_below(run_id, threshold, verdict=1, overwrite=bool(overwrite))
         kept = "" if overwrite else "; your own verdicts are kept"
         info(
-            f"marked {n} image{'s' if n != 1 else ''} with sim(image, anchor) < {float(threshold):g} overfit{kept} "
+            f"marked {n} image{'s' if n != 1 else ''} with sim(image, anchor) < {float(threshold):g} "
+            f"overfit{kept} "
             "— one u undoes it all"
         )
         return self.review(run_id, patch=True, request=request)
@@ -900,7 +913,8 @@ class Handlers:
         else:
             n = len(preview["picks"])
             what = (
-                f"adds {n} image{'s' if n != 1 else ''} (weight {preview['weight']:.4g}) to the references and "
+                f"adds {n} image{'s' if n != 1 else ''} (weight {preview['weight']:.4g}) "
+                "to the references and "
                 f"trains round {state['round']['round_index'] + 1}"
             )
         left = c["total"] - c["reviewed"]
@@ -1010,7 +1024,8 @@ class Handlers:
         view = self.open_run(run_id)
         if self.worker.state(run_id):
             info(
-                f"run {run_id}'s job is already {self.worker.state(run_id)}: its progress is on the Progress tab"
+                f"run {run_id}'s job is already {self.worker.state(run_id)}: "
+                "its progress is on the Progress tab"
             )
         run, _ = self._snapshot(run_id)
         if run["status"] in ("active", "failed", "cancelled") and not self.worker.state(run_id):
@@ -1144,7 +1159,8 @@ class Handlers:
             raise error(message) from err
         archive = shutil.make_archive(str(run_dir / f"{run_id}-export"), "zip", root_dir=out)
         lines = "".join(
-            f"<li><b>{render.esc(k)}</b>: {render.esc(Path(v).relative_to(run_dir) if Path(v).is_relative_to(run_dir) else v)}</li>"
+            f"<li><b>{render.esc(k)}</b>: "
+            f"{render.esc(Path(v).relative_to(run_dir) if Path(v).is_relative_to(run_dir) else v)}</li>"
             for k, v in written.items()
         )
         trained = [r for r in self.studio.history(run_id)["rounds"] if r.get("adapter_path")]

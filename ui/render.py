@@ -35,7 +35,8 @@ def esc(text) -> str:
 
 
 def file_url(path: str | Path) -> str:
-    """A URL Gradio serves for a file under an ``allowed_paths`` folder (relative: works under a root path)."""
+    """A URL Gradio serves for a file under an ``allowed_paths`` folder (relative: works under a root
+    path)."""
     return "gradio_api/file=" + quote(str(path))
 
 
@@ -77,9 +78,11 @@ def header_html(run: dict | None, round_row: dict | None = None, job_state: str 
     worker = f' <span class="gal-pill">{esc(job_state)}</span>' if job_state else ""
     return (
         f'{SKIP_LINK}<div class="gal-head"><span class="gal-title">GAL Studio</span>'
-        f'<span><b>{esc(run.get("name") or run["run_id"])}</b> <span class="gal-muted">{esc(run["run_id"])}</span></span>'
+        f"<span><b>{esc(run.get('name') or run['run_id'])}</b> "
+        f'<span class="gal-muted">{esc(run["run_id"])}</span></span>'
         f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>'
-        f'<span class="gal-muted">{esc(config.get("task", ""))} · {esc((config.get("gal") or {}).get("strategy", ""))}'
+        f'<span class="gal-muted">{esc(config.get("task", ""))} · '
+        f"{esc((config.get('gal') or {}).get('strategy', ''))}"
         f"{state}</span>{worker}</div>"
     )
 
@@ -153,7 +156,10 @@ def grid_html(
     newer state, and can settle the clicks the render's ``ack`` covers.
     """
     if state is None:
-        return '<div class="gal-grid"><div class="gal-empty">No run open. Set one up, or open one from the Runs tab.</div></div>'
+        return (
+            '<div class="gal-grid"><div class="gal-empty">'
+            "No run open. Set one up, or open one from the Runs tab.</div></div>"
+        )
     rnd = state["round"]
     anchors = state["anchors"]
     images = [im for a in anchors for im in a["images"]]
@@ -169,7 +175,8 @@ def grid_html(
         extra = note or (
             "The run is finished: see History and Export."
             if status == "finished"
-            else "The grid appears here when the round's images are judged; progress is shown above and on the Progress tab."
+            else "The grid appears here when the round's images are judged; "
+            "progress is shown above and on the Progress tab."
         )
         return (
             f'<div class="gal-grid"><div class="gal-empty"><b>Round {rnd["round_index"]} {esc(what)}.</b>'
@@ -178,12 +185,16 @@ def grid_html(
     picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
     pixel = is_pixel_art(images[0]["path"]) if images else False
     parts = [
-        f'<div class="gal-grid{" pixel" if pixel else ""}" data-round="{rnd["round_index"]}" data-seq="{seq}" '
-        f'data-state="{esc(json.dumps(grid_state(state, preview, seq, ack), separators=(",", ":"), ensure_ascii=False))}">',
+        f'<div class="gal-grid{" pixel" if pixel else ""}" '
+        f'data-round="{rnd["round_index"]}" data-seq="{seq}" '
+        f'''data-state="{
+            esc(json.dumps(grid_state(state, preview, seq, ack), separators=(",", ":"), ensure_ascii=False))
+        }">''',
         '<div class="gal-legend"><b class="a">✓ aligned</b> (green) · <b class="o">✗ overfit</b> (red) · '
         "solid border: your verdict, dashed: the oracle's · ✎ you overrode the oracle · "
         "<b>★</b> commit would add it · numbers: sim(image, anchor) / sim(image, non-SoI caption) · "
-        "click flips · keys <kbd>a</kbd> <kbd>x</kbd> <kbd>s</kbd> skip <kbd>z</kbd> zoom <kbd>n</kbd> next unreviewed "
+        "click flips · keys <kbd>a</kbd> <kbd>x</kbd> <kbd>s</kbd> skip <kbd>z</kbd> zoom "
+        "<kbd>n</kbd> next unreviewed "
         "<kbd>u</kbd>/<kbd>U</kbd> undo/redo <kbd>?</kbd> all keys</div>",
     ]
     pos = 0
@@ -195,14 +206,18 @@ def grid_html(
         )
         if not a["in_pool"]:
             parts.append(
-                f'<section class="gal-anchor out" data-anchor="{a["anchor_index"]}" data-pool="0"><div>{title}</div>'
+                f'<section class="gal-anchor out" data-anchor="{a["anchor_index"]}" data-pool="0">'
+                f"<div>{title}</div>"
                 f'<div class="gal-anchor-stats"><span class="gal-state">{words}</span></div></section>'
             )
             continue
         stats = (
-            f'<div class="gal-anchor-stats"><span class="beta" title="overfit rate β (Eq. 7): share of its images '
-            f'judged overfit">β {fmt(a.get("overfit_rate"))}</span><span class="omega" title="direction uncertainty Ω '
-            f'(Eq. 6)">Ω {fmt(a.get("uncertainty"))}</span><span class="gal-state {css}">{words}</span></div>'
+            '<div class="gal-anchor-stats"><span class="beta" '
+            'title="overfit rate β (Eq. 7): share of its images '
+            f'judged overfit">β {fmt(a.get("overfit_rate"))}</span>'
+            '<span class="omega" title="direction uncertainty Ω '
+            f'(Eq. 6)">Ω {fmt(a.get("uncertainty"))}</span>'
+            f'<span class="gal-state {css}">{words}</span></div>'
         )
         tiles = []
         for im in sorted(a["images"], key=lambda x: x["slot"]):
@@ -299,15 +314,21 @@ def tile_html(im: dict, pos: int, picked: bool) -> str:
         classes.append("pick")
     sims = f"{fmt(im.get('sim_anchor'))}/{fmt(im.get('sim_non_soi'))}"
     label = (
-        f"anchor {im['anchor_index']} image {im['slot'] + 1}: {badge[2:] if final is not None else 'not judged'}"
-        f" ({'your verdict' if person is not None else ('you skipped: oracle' if seen else 'oracle')}), similarities {sims}"
+        f"anchor {im['anchor_index']} image {im['slot'] + 1}: "
+        f"{badge[2:] if final is not None else 'not judged'}"
+        f" ({'your verdict' if person is not None else ('you skipped: oracle' if seen else 'oracle')}),"
+        f" similarities {sims}"
         f"{', commit would add it' if picked else ''}"
     )
     return (
-        f'<button type="button" tabindex="-1" class="{" ".join(c for c in classes if c)}" data-id="{im["id"]}" data-pos="{pos}" '
-        f'data-anchor="{im["anchor_index"]}" data-slot="{im["slot"]}" data-oracle="{"" if oracle is None else oracle}" '
-        f'data-final="{"" if final is None else final}" data-sim="{fmt(im.get("sim_anchor"), 3)}" '
-        f'data-nonsoi="{fmt(im.get("sim_non_soi"), 3)}" aria-label="{esc(label)}" title="seed {im.get("seed")}">'
+        f'<button type="button" tabindex="-1" class="{" ".join(c for c in classes if c)}" '
+        f'data-id="{im["id"]}" data-pos="{pos}" '
+        f'data-anchor="{im["anchor_index"]}" data-slot="{im["slot"]}" '
+        f'data-oracle="{"" if oracle is None else oracle}" '
+        f'data-final="{"" if final is None else final}" '
+        f'data-sim="{fmt(im.get("sim_anchor"), 3)}" '
+        f'data-nonsoi="{fmt(im.get("sim_non_soi"), 3)}" aria-label="{esc(label)}" '
+        f'title="seed {im.get("seed")}">'
         f'<img src="{esc(file_url(im["path"]))}" alt="" loading="lazy" draggable="false">'
         f'<span class="gal-pick">★ pick</span>'
         f'<span class="gal-badge">{badge}</span><span class="gal-sims">{sims}</span>'
@@ -332,7 +353,8 @@ def counters_html(state: dict | None, mode: str | None = None) -> str:
         f'data-undo="{esc(undo or "")}" data-redo="{esc(redo or "")}">'
         f"<span>Round <b>{state['round']['round_index']}</b></span>"
         f"<span>Reviewed <b>{c['reviewed']}/{c['total']}</b></span>"
-        f'<span class="gal-bar" style="width:140px" title="{share:.0%} reviewed"><span style="width:{share:.0%}"></span></span>'
+        f'<span class="gal-bar" style="width:140px" title="{share:.0%} reviewed">'
+        f'<span style="width:{share:.0%}"></span></span>'
         f"<span>Overrides <b>{c['overrides']}</b></span>{skipped}"
         f"<span>Anchors <b>{c['mixed']}</b> mixed · <b>{c['settled']}</b> settled</span>"
         f"{mode_span}{history}</div>"
@@ -342,7 +364,10 @@ def counters_html(state: dict | None, mode: str | None = None) -> str:
 def preview_html(preview: dict | None, state: dict | None) -> str:
     """What 'Commit round' would add right now: anchors, images and their loss weight."""
     if preview is None or state is None:
-        return '<div class="gal-preview gal-muted">The selection preview appears while a round is in review.</div>'
+        return (
+            '<div class="gal-preview gal-muted">'
+            "The selection preview appears while a round is in review.</div>"
+        )
     if preview.get("error"):
         return f'<div class="gal-preview">{message(esc(preview["error"]), "error")}</div>'
     k = state["config"].gal.k
@@ -351,7 +376,10 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
         f"<b>{esc(preview['strategy'])}</b> · openness Δ = {preview['openness']:.5f} (Eq. 9)</div>"
     )
     if preview.get("last_round"):
-        text = f"Round {preview['round']} is the last one: committing finishes the run (nothing is added). Export the result afterwards."
+        text = (
+            f"Round {preview['round']} is the last one: committing finishes the run (nothing is added). "
+            "Export the result afterwards."
+        )
         return f'<div class="gal-preview">{head}{message(text, "ok")}</div>'
     if preview.get("stop"):
         text = (
@@ -378,7 +406,8 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
         for a, ps in per_anchor.items()
     )
     thumbs = "".join(
-        f'<img src="{esc(file_url(by_id[p["image_id"]]["path"]))}" alt="anchor {p["anchor_index"]} image {p["slot"] + 1}" '
+        f'<img src="{esc(file_url(by_id[p["image_id"]]["path"]))}" '
+        f'alt="anchor {p["anchor_index"]} image {p["slot"] + 1}" '
         f'title="#{p["anchor_index"]} slot {p["slot"] + 1}">'
         for p in picks
         if p["image_id"] in by_id
@@ -389,7 +418,8 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
     return (
         f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
         f"<div>Adds <b>{len(picks)}</b> image{'s' if len(picks) > 1 else ''} from <b>{len(per_anchor)}</b> "
-        f"anchor{'s' if len(per_anchor) > 1 else ''}, each weighing <b>{preview['weight']:.5g}</b> in the next round's loss "
+        f"anchor{'s' if len(per_anchor) > 1 else ''}, each weighing <b>{preview['weight']:.5g}</b> "
+        "in the next round's loss "
         f'(real references weigh 1).</div>{note}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
     )
 
@@ -405,7 +435,8 @@ def dilution_note(state: dict, n_picks: int) -> str:
         return ""
     share = real / (real + added)
     text = (
-        f"Your {real} reference{'s' if real > 1 else ''} would fill only {share:.0%} of the next round's training "
+        f"Your {real} reference{'s' if real > 1 else ''} would fill only {share:.0%} "
+        "of the next round's training "
         f"batches: the {added} added images take the other slots (pooled sampling), whatever their weight. "
         "Accept fewer images, or start the run with “Batches of added images” = real-rate, which keeps your "
         "references' round-1 share."
@@ -438,7 +469,9 @@ def progress_html(
     status, r = run["status"], run["current_round"]
     state = round_row["state"] if round_row else "?"
     steps = "".join(
-        f'<span class="{"now" if s == state else ("done" if ROUND_STEPS.index(s) < ROUND_STEPS.index(state) else "")}">{s}</span>'
+        '<span class="'
+        f"{'now' if s == state else ('done' if ROUND_STEPS.index(s) < ROUND_STEPS.index(state) else '')}"
+        f'">{s}</span>'
         for s in ROUND_STEPS
         if state in ROUND_STEPS
     )
@@ -453,16 +486,23 @@ def progress_html(
         stale = f" · last update {fresh:.0f} s ago" if fresh > 10 else ""
         extra = "" if compact else loss_curve_svg(job.get("losses") or []) + log_html(job.get("log") or [])
         return (
-            f'<div class="gal-progress" data-stage="{esc(job.get("stage"))}" data-done="{done}" data-total="{total}">'
+            f'<div class="gal-progress" data-stage="{esc(job.get("stage"))}" '
+            f'data-done="{done}" data-total="{total}">'
             f'<div><span class="stage">Round {r}: {esc(stage)}</span> — {done}/{total} ({share:.0%}) · '
             f"{esc(eta_text(job.get('eta')))}{loss}{stale}</div>"
             f'<div class="gal-bar" role="progressbar" aria-valuenow="{done}" aria-valuemax="{total}">'
             f'<span style="width:{share:.1%}"></span></div>{stages}{extra}</div>'
         )
     if job_state == "running":
-        return f'<div class="gal-progress"><span class="stage">Round {r}: {esc(state)}…</span> starting{stages}</div>'
+        return (
+            f'<div class="gal-progress"><span class="stage">Round {r}: {esc(state)}…</span> '
+            f"starting{stages}</div>"
+        )
     if job_state == "queued":
-        return f'<div class="gal-progress">Queued: waits for the model worker to finish another run.{stages}</div>'
+        return (
+            '<div class="gal-progress">Queued: waits for the model worker to finish another run.'
+            f"{stages}</div>"
+        )
     if error:
         text = (
             f"<b>{esc(status)}</b>: {esc(error)}. What was saved is kept — "
@@ -473,16 +513,21 @@ def progress_html(
         "awaiting_review": f"Round {r} awaits your review on the Review tab.",
         "finished": "The run is finished. See History, and Export the result.",
         "cancelled": f"Round {r} was cancelled at the {state} step. Continue resumes from there.",
-        "failed": f"Round {r} failed at the {state} step{': ' + esc(round_row.get('error')) if round_row and round_row.get('error') else ''}. "
+        "failed": f"Round {r} failed at the {state} step"
+        f"{': ' + esc(round_row.get('error')) if round_row and round_row.get('error') else ''}. "
         "Continue retries it.",
-        "active": f"Round {r} is at the {state} step and no job is running (the app was restarted?). Continue resumes it.",
+        "active": f"Round {r} is at the {state} step and no job is running (the app was restarted?). "
+        "Continue resumes it.",
     }
     kind = (
         "error"
         if status in ("failed", "cancelled")
         else ("ok" if status in ("finished", "awaiting_review") else "")
     )
-    return f'<div class="gal-progress" data-status="{esc(status)}">{message(esc(texts.get(status, status)), kind)}{stages}</div>'
+    return (
+        f'<div class="gal-progress" data-status="{esc(status)}">'
+        f"{message(esc(texts.get(status, status)), kind)}{stages}</div>"
+    )
 
 
 def loss_curve_svg(losses: list, width: int = 520, height: int = 140) -> str:
@@ -503,14 +548,16 @@ def loss_curve_svg(losses: list, width: int = 520, height: int = 140) -> str:
     )
     return (
         f'<figure class="gal-loss" aria-label="training loss per step"><svg viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img"><title>training loss, step {int(x0)} to {int(x1)}</title>'
+        f'width="{width}" height="{height}" role="img">'
+        f"<title>training loss, step {int(x0)} to {int(x1)}</title>"
         f'<line x1="{pad}" y1="{height - 20}" x2="{width - 6}" y2="{height - 20}" class="axis"/>'
         f'<line x1="{pad}" y1="6" x2="{pad}" y2="{height - 20}" class="axis"/>'
         f'<polyline points="{pts}" fill="none" class="curve"/>'
         f'<text x="{pad - 4}" y="12" text-anchor="end">{hi:.3g}</text>'
         f'<text x="{pad - 4}" y="{height - 20}" text-anchor="end">{lo:.3g}</text>'
         f'<text x="{pad}" y="{height - 4}">step {int(x0)}</text>'
-        f'<text x="{width - 6}" y="{height - 4}" text-anchor="end">step {int(x1)} · loss {values[-1]:.4f}</text>'
+        f'<text x="{width - 6}" y="{height - 4}" text-anchor="end">'
+        f"step {int(x1)} · loss {values[-1]:.4f}</text>"
         f"</svg><figcaption>training loss (each step's batch)</figcaption></figure>"
     )
 
@@ -526,13 +573,17 @@ def log_html(lines: list[str]) -> str:
 
 METRICS_HELP = (
     '<ul class="gal-metrics-help">'
-    "<li><b>TXT-ALN</b> ↑ (0–2.5): CLIPScore, 2.5 × the CLIP cosine of each held-out image to its own prompt — "
+    "<li><b>TXT-ALN</b> ↑ (0–2.5): CLIPScore, 2.5 × the CLIP cosine "
+    "of each held-out image to its own prompt — "
     "does the model still follow the text?</li>"
-    "<li><b>IMG-ALN</b> ↑ (−1–1, in practice 0–1): CLIP image–image cosine of the held-out images to your real "
+    "<li><b>IMG-ALN</b> ↑ (−1–1, in practice 0–1): CLIP image–image cosine "
+    "of the held-out images to your real "
     "references — does it still look like your subject?</li>"
-    "<li><b>OVF</b> ↓ (0–1): the share of held-out images judged overfit by Eq. 8 — closer to the non-SoI caption "
+    "<li><b>OVF</b> ↓ (0–1): the share of held-out images judged overfit by Eq. 8 "
+    "— closer to the non-SoI caption "
     "(your references' scene) than to the prompt.</li>"
-    "<li><b>Δ</b> (Eq. 9): openness, λ × mean Ω of the round — the loss weight of each image that round adds.</li>"
+    "<li><b>Δ</b> (Eq. 9): openness, λ × mean Ω of the round "
+    "— the loss weight of each image that round adds.</li>"
     "</ul>"
 )
 
@@ -545,7 +596,8 @@ def metrics_table_html(rounds: list[dict]) -> str:
         m = r.get("metrics") or {}
         rows.append(
             f"<tr><td>{r['round_index']}</td><td>{esc(r['mode'])}</td><td>{esc(r['state'])}</td>"
-            f"<td>{fmt(m.get('txt_aln'), 3)}</td><td>{fmt(m.get('img_aln'), 3)}</td><td>{fmt(m.get('ovf'), 3)}</td>"
+            f"<td>{fmt(m.get('txt_aln'), 3)}</td><td>{fmt(m.get('img_aln'), 3)}</td>"
+            f"<td>{fmt(m.get('ovf'), 3)}</td>"
             f"<td>{fmt(r.get('openness'), 5)}</td><td>{esc(m.get('strategy', ''))}</td></tr>"
         )
     return (
@@ -585,7 +637,9 @@ def compare_html(anchor_prompt: str, per_round: dict[int, list[dict]], rounds: l
             f"<tr><th>slot {s + 1}<br><span class='gal-muted'>seed {seed}</span></th>{''.join(cells)}</tr>"
         )
     return (
-        f'<div class="gal-muted">“{esc(anchor_prompt)}”: the same seed in every round, so a change is the model\'s.</div>'
-        f'<table class="gal-table gal-compare{" pixel" if pixel else ""}"><thead><tr><th></th>{head}</tr></thead>'
+        f'<div class="gal-muted">“{esc(anchor_prompt)}”: the same seed in every round, '
+        "so a change is the model's.</div>"
+        f'<table class="gal-table gal-compare{" pixel" if pixel else ""}">'
+        f"<thead><tr><th></th>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
     )

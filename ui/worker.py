@@ -1,8 +1,9 @@
 """One background thread for model jobs (train, generate, judge, evaluate), so no handler waits on one.
 
-Handlers submit a run id (a commit goes through the engine first, without the worker); the page polls ``state()`` and
-``Studio.jobs`` with a ``gr.Timer``. Jobs run one at a time, in submission order: there is one model
-(one GPU). Everything a job does is persisted by the engine, so a crash or a restart loses no work.
+Handlers submit a run id (a commit goes through the engine first, without the worker); the page polls
+``state()`` and ``Studio.jobs`` with a ``gr.Timer``. Jobs run one at a time, in submission order: there
+is one model (one GPU). Everything a job does is persisted by the engine, so a crash or a restart loses
+no work.
 """
 
 from __future__ import annotations
