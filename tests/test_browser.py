@@ -87,6 +87,13 @@ def browser():
         b.close()
 
 
+STALE = "document.querySelectorAll('#gal-validation *').forEach(e => e.dataset.stale = '1')"
+FRESH_READY = (
+    "[...document.querySelectorAll('#gal-validation .gal-msg')]"
+    ".some(e => !e.dataset.stale && e.innerText.includes('Ready'))"
+)
+
+
 def fill(page, name: str, value) -> None:
     box = page.locator(f"#gal-f-{name} input, #gal-f-{name} textarea").first
     box.fill(str(value))
@@ -282,22 +289,21 @@ def test_review_as_fast_and_safe_as_an_annotation_tool(served, browser):
     toast = page.wait_for_selector("[data-testid='toast-body']:has-text('lacks the SoI token')")
     assert "<tok>" in toast.inner_text()
     page.evaluate("document.querySelectorAll('[data-testid=\"toast-body\"]').forEach(t => t.remove())")
-    # Blank the panel first: a "Ready" that shows up afterwards answers these edits, so the page's form
-    # state holds them before the preset is saved (else a slow answer could save the '<tok>' state).
-    page.evaluate("document.querySelector('#gal-validation').innerHTML = ''")
+    # Mark the panel's message stale first: a "Ready" in a fresh message answers these edits, so the
+    # page's form state holds them before the preset is saved (a slow answer could save the '<tok>' state).
+    page.evaluate(STALE)
     fill(page, "soi-token", "<sks>")
     fill(page, "subject-phrase", "a <sks> star")
-    page.wait_for_function("(document.querySelector('#gal-validation')?.innerText || '').includes('Ready')")
+    page.wait_for_function(FRESH_READY)
     # presets: save the set-up, then load it back (JSON under <runs>/presets)
     page.fill("#gal-preset-name input, #gal-preset-name textarea", "browser preset")
     page.click("#gal-preset-save")
     wait_for(lambda: (studio.runs_root / "presets" / "browser preset.json").is_file(), what="the preset file")
-    page.evaluate("document.querySelector('#gal-validation').innerHTML = ''")
     page.click("#gal-preset-load")
     page.wait_for_function(
         "(document.querySelector('#gal-validation')?.innerText || '').includes('Ready: 4 reference images')"
     )
-    assert page.input_value("#gal-f-soi-token input") == "<sks>"
+    assert page.locator("#gal-f-soi-token input, #gal-f-soi-token textarea").first.input_value() == "<sks>"
     assert page.input_value("#gal-f-train-steps input") == "40"
 
     page.click("#gal-start")
