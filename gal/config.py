@@ -53,6 +53,9 @@ class TrainConfig:
     # Learning-rate schedule over a round's steps: "constant" (diffusers' default) or "cosine" (5 % linear
     # warm-up, then cosine decay to 0), which keeps long high-lr rounds from blowing up late.
     lr_schedule: str = "constant"
+    # Preview images of two anchors every N training steps, shown on the Progress tab. None: every 100 steps
+    # on a GPU, off on the CPU (there a preview costs more than 10 % of a round); 0: off.
+    preview_every: int | None = None
     # -- memory (None: on where the model family needs it on CUDA, see gal.families.defaults; off on CPU) --
     gradient_checkpointing: bool | None = None  # recompute activations in backward: ~same speed x1.3, far less memory
     offload_text_encoders: bool | None = None  # after caching the round's embeddings, move text encoders to the CPU
@@ -103,6 +106,14 @@ class TrainConfig:
             raise ValueError("prior preservation needs a class prompt, e.g. 'a cat'")
         if self.mixed_precision not in ("auto", "fp16", "bf16", "no"):
             raise ValueError(f"train.mixed_precision must be auto, fp16, bf16 or no, got {self.mixed_precision!r}")
+        if self.preview_every is not None and (
+            isinstance(self.preview_every, bool)
+            or not isinstance(self.preview_every, int)
+            or not 0 <= self.preview_every <= 1_000_000
+        ):
+            raise ValueError(
+                f"train.preview_every must be a whole number of steps (0 = off), got {self.preview_every!r}"
+            )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.reference_sampling not in REFERENCE_SAMPLING:

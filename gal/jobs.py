@@ -83,6 +83,8 @@ class Jobs:
                 losses.append((done, float(info["loss"])))
                 if len(losses) > MAX_LOSS_POINTS:  # keep the curve's shape, drop every other point
                     del losses[1:-1:2]
+            if info.get("previews"):
+                job["previews"] = list(info["previews"])  # the latest training previews, for the page
             if done and done == total:
                 log(job, f"{stage}: done in {now - job['started']:.1f} s")
             if progress is not None:

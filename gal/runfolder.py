@@ -106,6 +106,10 @@ class RunFolder:
         return f"rounds/r{round_index:02d}/images/a{anchor_index:02d}_s{slot:02d}.png"
 
     @staticmethod
+    def preview_file(round_index: int, step: int, anchor_index: int) -> str:
+        return f"rounds/r{round_index:02d}/previews/s{step:06d}_a{anchor_index:02d}.png"
+
+    @staticmethod
     def eval_file(round_index: int, i: int) -> str:
         return f"rounds/r{round_index:02d}/eval/e{i:03d}.png"
 

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image
 
 import storage
 from gal import algorithm
-from gal.config import RunConfig
+from gal.config import GenerateConfig, RunConfig
 from gal.distributed import Processes
 from gal.evaluation import round_metrics
 from gal.generation import generate as draw
@@ -95,6 +96,15 @@ def train(rnd: Round) -> StepResult:
         init_state = adapter_state(prev_pipe)
     class_examples = _class_examples(rnd) if config.train.prior_preservation else None
     rnd.models.mark(spec, None)  # training replaces whatever adapter was active
+    every = preview_interval(config.train.preview_every, rnd.models.device)
+    anchors = [a for a in _pool_anchors(rnd)][:2] if every else []
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        info = {"loss": loss, "round": r}
+        if anchors and (step % every == 0 or step == total):
+            info["previews"] = draw_previews(rnd, pipe, anchors, step)
+        rnd.report("train", step, total, **info)
+
     result = train_lora(
         pipe,
         examples,
@@ -103,7 +113,7 @@ def train(rnd: Round) -> StepResult:
         seed=training_seed(config.seed, r),
         init_state=init_state,
         class_examples=class_examples,
-        progress=lambda s, n, loss: rnd.report("train", s, n, loss=loss, round=r),
+        progress=on_step,
         cancel=rnd.cancel,
         processes=rnd.processes,
     )
@@ -116,6 +126,55 @@ def train(rnd: Round) -> StepResult:
         metrics={"train_loss": float(np.mean(result.losses[-20:]))},
         fields={"adapter_path": rel},
     )
+
+
+def preview_interval(preview_every: int | None, device) -> int:
+    """Steps between training previews: the config's, or (None) 100 on a GPU and none on the CPU."""
+    if preview_every is None:
+        return 100 if device.type == "cuda" else 0
+    return preview_every
+
+
+def _pool_anchors(rnd: Round) -> list[dict]:
+    with rnd.db() as db:
+        return [a for a in storage.list_anchors(db, rnd.run_id, rnd.index) if a["in_pool"]]
+
+
+@torch.no_grad()
+def draw_previews(rnd: Round, pipe, anchors: list[dict], step: int) -> list[str]:
+    """Slot 0 of each anchor with the adapter as it is at ``step`` (the image generation will draw later),
+    saved under the round's ``previews/``. The training draws are untouched: the previews use their own
+    generators and no gradients, so a run with previews trains exactly as one without."""
+    from gal.families import family_of
+
+    family = family_of(pipe)
+    denoiser = family.denoiser(pipe)
+    if any(te.device != denoiser.device for te in family.text_encoders(pipe)):
+        return []  # text encoders offloaded to save memory while training: no previews
+    if not rnd.processes.is_main:
+        return []
+    config = rnd.config
+    cfg = GenerateConfig(
+        scheduler=config.generate.scheduler, steps=min(config.generate.steps, 20),
+        guidance_scale=config.generate.guidance_scale, batch_size=len(anchors),
+        negative_prompt=config.generate.negative_prompt,
+    )  # fmt: skip
+    set_scheduler(pipe, cfg.scheduler)
+    was_training = denoiser.training
+    denoiser.eval()
+    try:
+        with torch.autocast(denoiser.device.type, dtype=denoiser.dtype, enabled=denoiser.device.type == "cuda"):
+            images = draw(pipe, [a["prompt"] for a in anchors],
+                          [image_seed(config.seed, a["anchor_index"], 0) for a in anchors], cfg,
+                          resolution=rnd.resolution(pipe))  # fmt: skip
+    finally:
+        denoiser.train(was_training)
+    paths = []
+    for a, image in zip(anchors, images, strict=True):
+        rel = RunFolder.preview_file(rnd.index, step, a["anchor_index"])
+        rnd.folder.save(image, rel)
+        paths.append(str(rnd.folder.path(rel)))
+    return paths
 
 
 def _class_examples(rnd: Round) -> list[TrainExample]:

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config
 
 import storage
@@ -218,3 +219,29 @@ def test_a_pool_emptied_by_the_person_ends_the_run_after_training_on_the_picks(s
         assert {"txt_aln", "img_aln", "ovf"} <= set(r2["metrics"])  # round 2's model was still evaluated
         assert [im for im in storage.list_images(db, run_id, 2) if im["kind"] == "anchor"] == []
         assert sum(x["source"] == "synthetic" for x in storage.list_references(db, run_id)) == 4
+
+
+def test_training_previews_are_drawn_and_change_nothing(shared_studio, references):
+    """train.preview_every draws slot 0 of two anchors every N steps (the Progress tab shows the latest);
+    the run trains exactly as one without previews (own generators, no gradients)."""
+    from safetensors.torch import load_file
+
+    from gal.training import LORA_FILE
+
+    adapters = []
+    for every in (0, 2):
+        config = tiny_config(max_rounds=1)
+        config.train.preview_every = every
+        run_id = shared_studio.create_run(config, references)
+        shared_studio.advance(run_id)
+        folder = shared_studio.run_dir(run_id)
+        previews = (
+            sorted(p.name for p in (folder / "rounds" / "r01" / "previews").glob("*.png")) if every else []
+        )
+        adapters.append(load_file(str(folder / "rounds" / "r01" / "adapter" / LORA_FILE)))
+        if every:
+            assert previews == [f"s{s:06d}_a{a:02d}.png" for s in (2, 4, 6) for a in (0, 1)]
+            live = shared_studio.jobs.live[run_id]
+            assert [p.rsplit("/", 1)[-1] for p in live["previews"]] == ["s000006_a00.png", "s000006_a01.png"]
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])

@@ -764,3 +764,21 @@ def test_the_model_field_names_the_family_and_fills_its_defaults(handlers, tmp_p
     assert "FLUX.1" in note and fields == [d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale]
     note, *fields = handlers.model_changed(str(tmp_path / "missing"), *current)
     assert "✗ Model" in note and "model_index.json" in note
+
+
+def test_the_training_view_shows_the_latest_previews():
+    run = {"run_id": "r", "status": "active", "current_round": 1}
+    rnd = {"round_index": 1, "state": "training"}
+    job = {
+        "stage": "train",
+        "done": 4,
+        "total": 6,
+        "info": {"loss": 0.5},
+        "updated": 0,
+        "losses": [(1, 0.9)],
+        "previews": ["/runs/r/rounds/r01/previews/s000004_a00.png"],
+        "log": [],
+    }
+    html_ = render.progress_html(run, rnd, job, "running", None)
+    assert 'class="gal-previews"' in html_ and "s000004_a00.png" in html_
+    assert "gal-previews" not in render.progress_html(run, rnd, {**job, "previews": []}, "running", None)

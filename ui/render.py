@@ -484,7 +484,15 @@ def progress_html(
         stage = STAGE_NAMES.get(job.get("stage"), job.get("stage", "working"))
         fresh = time.time() - job.get("updated", time.time())
         stale = f" · last update {fresh:.0f} s ago" if fresh > 10 else ""
-        extra = "" if compact else loss_curve_svg(job.get("losses") or []) + log_html(job.get("log") or [])
+        extra = (
+            ""
+            if compact
+            else (
+                loss_curve_svg(job.get("losses") or [])
+                + previews_html(job.get("previews") or [])
+                + log_html(job.get("log") or [])
+            )
+        )
         return (
             f'<div class="gal-progress" data-stage="{esc(job.get("stage"))}" '
             f'data-done="{done}" data-total="{total}">'
@@ -560,6 +568,17 @@ def loss_curve_svg(losses: list, width: int = 520, height: int = 140) -> str:
         f"step {int(x1)} · loss {values[-1]:.4f}</text>"
         f"</svg><figcaption>training loss (each step's batch)</figcaption></figure>"
     )
+
+
+def previews_html(paths: list[str]) -> str:
+    """The latest preview images drawn during training (train.preview_every)."""
+    if not paths:
+        return ""
+    images = "".join(
+        f'<img src="{esc(file_url(p))}" alt="preview {i + 1}" width="96" height="96">'
+        for i, p in enumerate(paths)
+    )
+    return f'<div class="gal-previews" aria-label="training previews">{images}</div>'
 
 
 def log_html(lines: list[str]) -> str:
