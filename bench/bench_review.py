@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_ui import ARGS, CLICK_JS, click_loop, free_port, tiny_config  # noqa: E402
+from bench_ui import ARGS, CLICK_JS, click_loop, connect, free_port, tiny_config  # noqa: E402
 
 import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
@@ -108,18 +108,7 @@ def main() -> int:
     loads: dict[str, tuple] = {}
     try:
         url = f"http://127.0.0.1:{port}/"
-        from gradio_client import Client
-
-        for _ in range(600):
-            try:
-                client = Client(url, verbose=False)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.1)
-        else:
-            raise SystemExit(
-                "the app did not start: " + (server.stderr.read() if server.poll() is not None else "")
-            )
+        client = connect(url, server)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -59,6 +59,18 @@ CLICK_JS = """async (id) => {
 }"""
 
 
+def connect(url: str, server: subprocess.Popen):
+    """A gradio_client for the app process at ``url``, once it answers (a minute at most)."""
+    from gradio_client import Client
+
+    for _ in range(600):
+        try:
+            return Client(url, verbose=False)
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.1)
+    raise SystemExit("the app did not start: " + (server.stderr.read() if server.poll() is not None else ""))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -177,18 +189,7 @@ def main() -> int:
     results = {}
     try:
         url = f"http://127.0.0.1:{port}/"
-        from gradio_client import Client
-
-        for _ in range(600):
-            try:
-                client = Client(url, verbose=False)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.1)
-        else:
-            raise SystemExit(
-                "the app did not start: " + (server.stderr.read() if server.poll() is not None else "")
-            )
+        client = connect(url, server)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
