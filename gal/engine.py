@@ -178,16 +178,13 @@ class Studio:
                 report = self._heartbeat(run_id, owner, report)
             try:
                 while True:
-                    self.processes.barrier()  # every process reads the state the main one last wrote
-                    with self.db() as db:
-                        run = storage.get_run(db, run_id)
-                        if run["status"] == "finished":
-                            return run
-                        config = RunConfig.from_dict(run["config"])
-                        r = run["current_round"]
-                        rnd = storage.get_round(db, run_id, r)
-                        if main and run["status"] != "active":
-                            storage.update_run(db, run_id, status="active")
+                    # The main process reads the state and hands it to the others (reading it themselves, they
+                    # could see it half-way through one of the main process's writes).
+                    run, rnd = self.processes.broadcast(self._snapshot(run_id) if main else None)
+                    if run["status"] == "finished":
+                        return run
+                    config = RunConfig.from_dict(run["config"])
+                    r = run["current_round"]
                     state = rnd["state"]
                     if state in STEPS:  # 1. train, 2. generate, 3. judge, then evaluate on held-out prompts
                         step, next_state = STEPS[state]
@@ -205,8 +202,7 @@ class Studio:
                             if waits:
                                 if main:
                                     storage.update_run(db, run_id, status="awaiting_review")
-                                self.processes.barrier()
-                                return storage.get_run(db, run_id)
+                                return self.processes.broadcast(storage.get_run(db, run_id) if main else None)
                             if main:
                                 selection.commit(db, folder)  # 5. select, 6. weigh, and the next round
                         checkpoint("committed", r)
@@ -231,6 +227,15 @@ class Studio:
                 if main:
                     with self.db() as db:
                         storage.release_lease(db, run_id, owner)
+
+    def _snapshot(self, run_id: str) -> tuple[dict, dict]:
+        """The run and its current round, in one read transaction; an interrupted run is active again."""
+        with self.db() as db, storage.transaction(db):
+            run = storage.get_run(db, run_id)
+            if run["status"] not in ("active", "finished"):
+                storage.update_run(db, run_id, status="active")
+                run = storage.get_run(db, run_id)
+            return run, storage.get_round(db, run_id, run["current_round"])
 
     def _heartbeat(self, run_id: str, owner: str, report, every: float = 5.0):
         """``report`` that also renews the run's lease every ``every`` seconds of work."""
