@@ -213,7 +213,7 @@ def diverse_picks(
     )
     open_ = in_pool & (uncertainty > 0)
     if int(open_.sum()) < k:
-        anchors = (
+        anchors = np.sort(
             top_k_anchors(uncertainty, min(k, int(in_pool.sum())), in_pool)
             if in_pool.any()
             else np.zeros(0, np.int64)

@@ -22,10 +22,17 @@ def subject_gate(studio, run_id: str, spec: Spec, round_index: int = 1, n: int =
     """Measure the gate on a run's round ``round_index`` (judged) for the subject ``spec``."""
     folder = studio.folder(run_id)
     state = studio.review_state(run_id, round_index)
-    aligned = [folder.open_rgb(im["file"]) for a in state["anchors"] for im in a["images"] if im["final_verdict"] == 0]
+    aligned = [
+        folder.open_rgb(im["file"])
+        for a in state["anchors"]
+        for im in a["images"]
+        if im["final_verdict"] == 0
+    ]
     with studio.db() as db:
         config = storage.get_run(db, run_id)["config"]
-        refs = [folder.open_rgb(x["file"]) for x in storage.list_references(db, run_id) if x["source"] == "real"]
+        refs = [
+            folder.open_rgb(x["file"]) for x in storage.list_references(db, run_id) if x["source"] == "real"
+        ]
     scenes = [b for b in BACKGROUNDS if b != spec.background]
     real = subject_renders(spec, scenes, n, seed=seed)
     oracle = studio.oracle(config["oracle"])
