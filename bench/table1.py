@@ -295,7 +295,7 @@ def paired(results: list[dict]) -> list[str]:
         lines.append(f"{task}: last round against round 1 of the same seed, and against Random's last round")
         for strategy in ROWS:
             seeds = sorted(seed for name, seed in runs if name == strategy)
-            if not seeds:
+            if not seeds or strategy == "dreambooth-matched":  # one round: its own round 1
                 continue
             first = [runs[strategy, s]["rounds"][0] for s in seeds]
             last = [runs[strategy, s]["rounds"][-1] for s in seeds]
@@ -314,7 +314,7 @@ def paired(results: list[dict]) -> list[str]:
 def variants(results: list[dict]) -> str:
     """Every setting in a results file side by side (controls, λ sweeps, sampling): per task, strategy and
     variant, round 1 and each run's last round, mean ± sd over the seeds."""
-    lines = [f"{'task':<7}{'strategy':<21}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
+    lines = [f"{'task':<7}{'strategy':<31}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
              f"  {'last IMG-ALN':>13}  {'last OVF':>13}{'added':>7}"]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -323,7 +323,7 @@ def variants(results: list[dict]) -> str:
     for (task, row, label), runs in sorted(groups.items()):
         last = [r["rounds"][-1] for r in runs]
         cells = [mean_sd([r["rounds"][0]["ovf"] for r in runs], 3), *(mean_sd([x[m] for x in last], 3) for m in METRICS)]
-        lines.append(f"{task:<7}{ROWS[row]:<21}{label:<48}{len(runs):>5}  " + "  ".join(cells)
+        lines.append(f"{task:<7}{ROWS[row]:<31}{label:<48}{len(runs):>5}  " + "  ".join(cells)
                      + f"{np.mean([r['added'] for r in runs]):>7.1f}")
     return "\n".join(lines)
 
@@ -332,7 +332,7 @@ def summarise(results: list[dict], rounds: int) -> str:
     lines = []
     for task in sorted({r["task"] for r in results}):
         lines.append(f"\n{task} task — mean ± sd (sample sd, n-1) over seeds; R1 is plain DreamBooth-LoRA (no synthetic data)")
-        lines.append(f"{'strategy':<22}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
+        lines.append(f"{'strategy':<31}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
         base = [r for r in results if r["task"] == task]
         for strategy in ROWS:
             runs = [r for r in base if r["strategy"] == strategy]
@@ -341,10 +341,12 @@ def summarise(results: list[dict], rounds: int) -> str:
             for i in range(rounds):
                 cells = [mean_sd([r["rounds"][i][m] for r in runs if i < len(r["rounds"])]) for m in METRICS]
                 reached = sum(i < len(r["rounds"]) for r in runs)
-                lines.append(f"{strategy if i == 0 else '':<22}{i + 1:>6}{reached:>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
+                if not reached:  # dreambooth-matched has one round
+                    continue
+                lines.append(f"{strategy if i == 0 else '':<31}{i + 1:>6}{reached:>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
             # a Human run whose pool emptied ends early: its own last round, next to the others' last round
             cells = [mean_sd([r["rounds"][-1][m] for r in runs]) for m in METRICS]
-            lines.append(f"{'':<22}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
+            lines.append(f"{'':<31}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
                          f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}")
     lines += ["", *direction(results), "", *paired(results)]
     return "\n".join(lines)
