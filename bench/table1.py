@@ -458,7 +458,7 @@ def main() -> None:
     parser.add_argument("--lam", type=float, help="λ of Eq. 9 (default: the config's 0.005)")
     parser.add_argument("--steps", type=int, help="training steps per round (default: the demo's 900)")
     parser.add_argument("--captions", choices=["plain", "informative"], help="train.captions (default: the config's plain)")
-    parser.add_argument("--images-per-anchor", type=int, help="gal.images_per_anchor of the +diversity rows (default 2)")
+    parser.add_argument("--images-per-anchor", type=int, help="gal.images_per_anchor of the +diversity rows (default 1)")
     parser.add_argument("--match", choices=[s for s in ROWS if s not in CONTROL_ROWS],
                         help="dreambooth-matched matches this row's reference counts (default uncertainty+balance)")
     parser.add_argument("--adopt", help="copy the λ = 0 and matched-step runs of another results.json in as the "

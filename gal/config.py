@@ -106,8 +106,9 @@ class GALConfig:
     pause_for_review: bool = False  # stop at each round's review (the app and Human mode do)
     adaptive_stop: bool = True  # Eq. 10: finish early when fewer than k anchors are still uncertain
     # +diversity strategies only: up to this many images of a picked anchor, each extra one only when it
-    # raises the picks' diversity (mean pairwise cosine distance of the oracle's image embeddings)
-    images_per_anchor: int = 2
+    # raises the picks' diversity (mean pairwise cosine distance of the oracle's image embeddings).
+    # 1 (default): k images a round, the budget of every Table 1 row, so the matched-compute control holds.
+    images_per_anchor: int = 1
 
     @property
     def parsed_strategy(self) -> Strategy:
