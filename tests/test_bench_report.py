@@ -214,3 +214,12 @@ def test_adopt_relabels_the_old_controls_as_rows():
     assert [(r["strategy"], r["variant"]) for r in adopted] == [("lambda-0", {"eval_images": 8}),
                                                               ("dreambooth-matched", {"eval_images": 8})]
     assert adopted[1]["matched"]["steps"] == 277
+
+
+def test_real_rate_rows_are_matched_by_their_own_round_1():
+    rr = {"sampling": "real-rate"}
+    results = [_run("uncertainty+diversity", s, [R1, (1.1, 0.59, 0.3 if s < 4 else 0.5)]) | {"variant": rr}
+               for s in range(5)]
+    lines = table1.against_matched(results)
+    assert "its own round 1" in lines[0]
+    assert "lower in 4/5" in lines[1] and ">= 95% in 5/5" in lines[1] and "MET" in lines[1]
