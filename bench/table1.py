@@ -222,7 +222,7 @@ def direction(results: list[dict]) -> list[str]:
             return [r["rounds"][-1][metric] for r in results if r["task"] == task and r["strategy"] == strategy]
 
         ub_ovf, rnd_ovf = last("uncertainty+balance", "ovf"), last("random", "ovf")
-        r1 = [r["rounds"][0] for r in results if r["task"] == task]
+        r1 = [r["rounds"][0] for r in results if r["task"] == task and r["strategy"] != "dreambooth-matched"]
         if not ub_ovf or not r1:
             continue
         r1_ovf, r1_img = np.mean([x["ovf"] for x in r1]), np.mean([x["img_aln"] for x in r1])
