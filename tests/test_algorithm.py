@@ -100,14 +100,23 @@ def test_planted_mixed_anchor_is_selected_with_its_best_image():
     assert sel.weight == 1.0
     balanced = A.select("uncertainty+balance", sim, verdicts, k=2, lam=0.005)
     assert balanced.weight == pytest.approx(balanced.openness)
-    assert balanced.openness == pytest.approx(0.005 * (math.log(2) + A.direction_uncertainty(np.array([0.25]))[0]) / 4)
+    assert balanced.openness == pytest.approx(
+        0.005 * (math.log(2) + A.direction_uncertainty(np.array([0.25]))[0]) / 4
+    )
 
 
 def test_human_strategy_takes_accepted_images_in_pool():
     verdicts = np.zeros((3, 2), dtype=int)
     person = np.array([[0, -1], [1, 0], [0, 0]])
-    sel = A.select("human+balance", np.zeros((3, 2)), verdicts, k=1, lam=0.01, person=person,
-                   in_pool=np.array([True, True, False]))
+    sel = A.select(
+        "human+balance",
+        np.zeros((3, 2)),
+        verdicts,
+        k=1,
+        lam=0.01,
+        person=person,
+        in_pool=np.array([True, True, False]),
+    )
     assert list(zip(sel.anchors.tolist(), sel.slots.tolist())) == [(0, 0), (1, 1)]
     assert sel.weight == sel.openness
 
@@ -140,7 +149,9 @@ def test_selection_properties(verdicts, seed):
         s2 = A.select(strategy, sim, verdicts, k=k, lam=0.005, rng=np.random.default_rng(seed))
         assert len(set(s1.anchors.tolist())) == k  # exactly k distinct anchors
         assert ((s1.slots >= 0) & (s1.slots < m)).all()
-        assert s1.anchors.tolist() == s2.anchors.tolist() and s1.slots.tolist() == s2.slots.tolist()  # same seed
+        assert (
+            s1.anchors.tolist() == s2.anchors.tolist() and s1.slots.tolist() == s2.slots.tolist()
+        )  # same seed
         assert 0 <= s1.openness <= 0.005 * math.log(2) + 1e-12
     # uncertainty never prefers a less uncertain anchor over a more uncertain one left out
     picked = A.select("uncertainty", sim, verdicts, k=k, lam=0.0).anchors
@@ -170,7 +181,12 @@ def test_strategy_names_parse_and_round_trip():
         assert A.Strategy.parse(name).name == name
     s = A.Strategy.parse("uncertainty+diversity+balance")
     assert (s.query, s.diversity, s.balance) == ("uncertainty", True, True)
-    for bad in ("random+diversity", "uncertainty+balance+diversity", "uncertainty+diversity+x", "human+diversity"):
+    for bad in (
+        "random+diversity",
+        "uncertainty+balance+diversity",
+        "uncertainty+diversity+x",
+        "human+diversity",
+    ):
         with pytest.raises(ValueError, match="unknown strategy"):
             A.Strategy.parse(bad)
     # a human round of a diversity run takes the person's picks, an auto round keeps the configured query
@@ -224,17 +240,47 @@ def test_diversity_is_deterministic_and_picks_exactly_k_distinct_anchors():
         pool = rng.random(10) < 0.8
         if pool.sum() < 3:
             continue
-        runs = [A.select("uncertainty+diversity", sim, verdicts, k=3, lam=0.0, in_pool=pool, embeddings=emb,
-                         rng=np.random.default_rng(seed)) for seed in (trial, trial + 100)]
-        assert runs[0].anchors.tolist() == runs[1].anchors.tolist() and runs[0].slots.tolist() == runs[1].slots.tolist()
+        runs = [
+            A.select(
+                "uncertainty+diversity",
+                sim,
+                verdicts,
+                k=3,
+                lam=0.0,
+                in_pool=pool,
+                embeddings=emb,
+                rng=np.random.default_rng(seed),
+            )
+            for seed in (trial, trial + 100)
+        ]
+        assert (
+            runs[0].anchors.tolist() == runs[1].anchors.tolist()
+            and runs[0].slots.tolist() == runs[1].slots.tolist()
+        )
         one = runs[0]  # images_per_anchor = 1: one image per anchor
         assert len(one.anchors) == len(set(one.anchors.tolist())) == 3 and pool[one.anchors].all()
-        several = A.select("uncertainty+diversity", sim, verdicts, k=3, lam=0.0, in_pool=pool, embeddings=emb,
-                           images_per_anchor=3)
-        assert len(set(several.anchors.tolist())) == 3 and set(several.anchors.tolist()) == set(one.anchors.tolist())
+        several = A.select(
+            "uncertainty+diversity",
+            sim,
+            verdicts,
+            k=3,
+            lam=0.0,
+            in_pool=pool,
+            embeddings=emb,
+            images_per_anchor=3,
+        )
+        assert len(set(several.anchors.tolist())) == 3 and set(several.anchors.tolist()) == set(
+            one.anchors.tolist()
+        )
         assert max(np.bincount(several.anchors)) <= 3
-        assert len(set(zip(several.anchors.tolist(), several.slots.tolist()))) == len(several.anchors)  # no repeats
-        extra = [(a, s) for a, s in zip(several.anchors, several.slots) if (a, s) not in set(zip(one.anchors, one.slots))]
+        assert len(set(zip(several.anchors.tolist(), several.slots.tolist()))) == len(
+            several.anchors
+        )  # no repeats
+        extra = [
+            (a, s)
+            for a, s in zip(several.anchors, several.slots)
+            if (a, s) not in set(zip(one.anchors, one.slots))
+        ]
         assert all(verdicts[a, s] == 0 for a, s in extra)  # extra images are aligned ones
 
 
@@ -251,7 +297,11 @@ def test_several_images_per_anchor_only_when_that_raises_diversity():
     picked = np.stack([emb[a, s] for a, s in zip(far.anchors, far.slots)])
     assert A.set_diversity(picked) > A.set_diversity(picked[:3])
     # without a share of more than one image per anchor it stays out
-    assert A.select("uncertainty+diversity", sim, verdicts, k=3, lam=0.0, embeddings=emb).slots.tolist() == [0, 0, 0]
+    assert A.select("uncertainty+diversity", sim, verdicts, k=3, lam=0.0, embeddings=emb).slots.tolist() == [
+        0,
+        0,
+        0,
+    ]
 
 
 def test_diversity_needs_embeddings_of_the_right_shape():

@@ -490,10 +490,16 @@ def _anchor_templates(exclude: str, subject_slot: str = "{}") -> list[str]:
     return out
 
 
-def subject_renders(spec: Spec, backgrounds: list[str], n: int, seed: int = 0, size: int = 32) -> list[Image.Image]:
+def subject_renders(
+    spec: Spec, backgrounds: list[str], n: int, seed: int = 0, size: int = 32
+) -> list[Image.Image]:
     """``n`` real renders of ``spec``'s subject in each of ``backgrounds`` (the gate's held-out truth)."""
     rng = np.random.default_rng([seed, 3])
-    return [render(Spec(spec.shape, spec.colour, spec.pattern, b), rng, size) for b in backgrounds for _ in range(n)]
+    return [
+        render(Spec(spec.shape, spec.colour, spec.pattern, b), rng, size)
+        for b in backgrounds
+        for _ in range(n)
+    ]
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -566,4 +572,3 @@ def scenarios() -> dict[str, Scenario]:
         metadata={"subject_spec": asdict(KNOWN_SUBJECT)},
     )
     return {"object": obj, "style": sty, "known": known}
-
