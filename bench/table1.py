@@ -27,11 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from gal.algorithm import matched_real_steps  # noqa: E402
 from gal.demo import demo_scenario  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 from gal.models import default_model, default_oracle  # noqa: E402
+from gal.toyworld.gate import subject_gate  # noqa: E402
+from gal.toyworld.world import scenarios  # noqa: E402
 
-ROWS = ["random", "human", "human-noisy", "uncertainty", "uncertainty+balance", "human+balance"]
+PAPER_ROWS = ["random", "human", "human-noisy", "uncertainty", "uncertainty+balance", "human+balance"]
+# The controls (issue 17): U+B with λ = 0 (added images weigh nothing, so they only take batch slots), and
+# plain DreamBooth for one round at the compared run's real-reference steps (matched_real_steps); and the
+# seeds' strategies (AISEL's diverse uncertainty sampling).
+CONTROL_ROWS = ["lambda-0", "dreambooth-matched"]
+SEED_ROWS = ["uncertainty+diversity", "uncertainty+diversity+balance"]
+ROWS = PAPER_ROWS + CONTROL_ROWS + SEED_ROWS
+COMPARED = "uncertainty+balance"  # the run dreambooth-matched is matched to (unless a variant names another)
+TASKS = list(scenarios())  # object, style, known
 METRICS = ("txt_aln", "img_aln", "ovf")
 
 
@@ -72,8 +83,34 @@ def simulated_person(studio: Studio, run_id: str, budget: int, noise: float, rng
     return len(verdicts)
 
 
+def added_per_round(history: dict) -> list[int]:
+    """How many added images each round of a run trained on (round r trains on those added before it)."""
+    added = [x["round_added"] for x in history["references"] if x["source"] == "synthetic"]
+    return [sum(a < r["round_index"] for a in added) for r in history["rounds"]]
+
+
+def matched_steps_for(results: list[dict], task: str, seed: int, variant: dict, rounds: int, steps: int,
+                      n_real: int, k: int, sampling: str) -> tuple[int, list[int], bool]:
+    """dreambooth-matched's step count for one seed: from the compared run's reference counts when it is in
+    ``results``, else from the counts it will have (k a round, no early stop in the bench). Returns
+    (steps, added per round, whether the compared run was found)."""
+    compared = variant.get("match", COMPARED)
+    want = {k2: v for k2, v in variant.items() if k2 != "match"}
+    for r in results:
+        if (r["task"], r["strategy"], r["seed"]) == (task, compared, seed) and _base(r.get("variant")) == want:
+            counts = r.get("added_per_round") or [0] * (len(r["rounds"]) - 1) + [r["added"]]
+            return matched_real_steps(steps, n_real, counts, sampling=sampling), counts, True
+    counts = [k * i for i in range(rounds)]
+    return matched_real_steps(steps, n_real, counts, sampling=sampling), counts, False
+
+
+def _base(variant: dict | None) -> dict:
+    """A variant without the person's settings (they belong to the Human rows only)."""
+    return {k: v for k, v in (variant or {}).items() if k not in ("person_budget", "noise")}
+
+
 def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, folder: Path,
-            variant: dict | None = None, grid_dir: Path | None = None) -> dict:
+            variant: dict | None = None, grid_dir: Path | None = None, results: list[dict] | None = None) -> dict:
     variant = variant or {}
     config, refs = demo_scenario(folder / "refs", task, model=studio.default_model)
     config.oracle = studio.default_oracle
@@ -87,15 +124,33 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, fo
         config.gal.lam = variant["lam"]
     if variant.get("steps"):
         config.train.steps = variant["steps"]
-    config.gal.strategy = "human" if strategy == "human-noisy" else strategy
+    if variant.get("captions"):
+        config.train.captions = variant["captions"]
+    if variant.get("images_per_anchor"):
+        config.gal.images_per_anchor = variant["images_per_anchor"]
+    matched = None
+    if strategy == "dreambooth-matched":  # plain DreamBooth, one round, at the compared run's real-reference steps
+        steps, counts, found = matched_steps_for(results or [], task, seed, variant, rounds, config.train.steps,
+                                                 len(refs), config.gal.k, config.train.reference_sampling)
+        matched = {"steps": steps, "compared": variant.get("match", COMPARED), "added_per_round": counts,
+                   "from_run": found, "rounds_matched": rounds}
+        config.train.steps = steps
+        rounds = 1
+    if strategy == "lambda-0":
+        config.gal.lam = 0.0
+    config.gal.strategy = {"human-noisy": "human", "lambda-0": COMPARED, "dreambooth-matched": COMPARED}.get(strategy, strategy)
     config.gal.max_rounds = rounds
     config.gal.adaptive_stop = False  # compare every strategy over the same number of rounds
     run_id = studio.create_run(config, refs)
     rng = np.random.default_rng([seed, 99])
     started = time.perf_counter()
     fallbacks = 0
+    gate = None
+    spec = scenarios()[task].reference_specs[0]
     while True:
         run = studio.advance(run_id)
+        if gate is None and scenarios()[task].kind == "object":  # round 1: do aligned drawings look like the refs?
+            gate = subject_gate(studio, run_id, spec)
         if run["status"] == "finished":
             break
         if strategy.startswith("human"):
@@ -115,8 +170,9 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, fo
                    | {"openness": r.get("openness"), "mixed": studio.review_state(run_id, i + 1)["counters"]["mixed"]}
                    for i, r in enumerate(history["rounds"])],
         "added": sum(r["source"] == "synthetic" for r in history["references"]),
+        "added_per_round": added_per_round(history),
         "auto_fallbacks": fallbacks,
-    }
+    } | ({"matched": matched} if matched else {}) | ({"gate": gate} if gate else {})
 
 
 def job_variant(base: dict, strategy: str, person_budget: int, noise: float) -> dict:
@@ -166,7 +222,7 @@ def direction(results: list[dict]) -> list[str]:
             return [r["rounds"][-1][metric] for r in results if r["task"] == task and r["strategy"] == strategy]
 
         ub_ovf, rnd_ovf = last("uncertainty+balance", "ovf"), last("random", "ovf")
-        r1 = [r["rounds"][0] for r in results if r["task"] == task]
+        r1 = [r["rounds"][0] for r in results if r["task"] == task and r["strategy"] != "dreambooth-matched"]
         if not ub_ovf or not r1:
             continue
         r1_ovf, r1_img = np.mean([x["ovf"] for x in r1]), np.mean([x["img_aln"] for x in r1])
@@ -177,6 +233,46 @@ def direction(results: list[dict]) -> list[str]:
                           f" (Random's IMG-ALN {np.mean(last('random', 'img_aln')):.3f})")
         checks.append(f"IMG-ALN {ub_img:.3f} vs R1 {r1_img:.3f}: {'kept' if ub_img >= 0.9 * r1_img else 'COLLAPSED'} (>= 90 %)")
         lines.append(f"{task}: Uncertainty+Balance, last round — " + "; ".join(checks))
+    return lines + against_matched(results)
+
+
+TARGET_SEEDS, TARGET_IMG = 4, 0.95  # the issue's target: OVF below dreambooth-matched in >= 4 seeds, IMG-ALN >= 95 %
+
+
+def against_matched(results: list[dict]) -> list[str]:
+    """Every row's last round against dreambooth-matched of the same seed (the control for "less training on
+    the references"): lower OVF, IMG-ALN kept >= 95 % of it, and both, counted per seed; the target is both in
+    >= 4 of 5 seeds."""
+    lines = []
+    for task in sorted({r["task"] for r in results}):
+        runs = {(r["strategy"], r["seed"]): r for r in results if r["task"] == task}
+        base = {s: r["rounds"][-1] for (name, s), r in runs.items() if name == "dreambooth-matched"}
+        # under real-rate sampling the real references keep every step (matched_real_steps = steps): the
+        # matched DreamBooth is the run's own round 1
+        own_r1 = not base and all((r.get("variant") or {}).get("sampling") == "real-rate" for r in runs.values())
+        if not base and not own_r1:
+            continue
+        steps = sorted({r["matched"]["steps"] for (name, _), r in runs.items() if name == "dreambooth-matched" and r.get("matched")})
+        what = "its own round 1 (real-rate: the real references keep all steps)" if own_r1 else (
+            f"dreambooth-matched of the same seed ({'/'.join(map(str, steps)) or '?'} steps, one round)")
+        lines.append(f"{task}: last round against {what}; target: lower OVF with IMG-ALN >= {TARGET_IMG:.0%} "
+                     f"in >= {TARGET_SEEDS} seeds")
+        for strategy in ROWS:
+            if strategy == "dreambooth-matched":
+                continue
+            seeds = sorted(s for name, s in runs if name == strategy and (own_r1 or s in base))
+            if not seeds:
+                continue
+            last = [runs[strategy, s]["rounds"][-1] for s in seeds]
+            control = {s: runs[strategy, s]["rounds"][0] for s in seeds} if own_r1 else base
+            d_ovf = [x["ovf"] - control[s]["ovf"] for x, s in zip(last, seeds)]
+            lower = [d < 0 for d in d_ovf]
+            kept = [x["img_aln"] >= TARGET_IMG * control[s]["img_aln"] for x, s in zip(last, seeds)]
+            both = sum(a and b for a, b in zip(lower, kept))
+            ratio = np.mean([x["img_aln"] / control[s]["img_aln"] for x, s in zip(last, seeds)])
+            met = "MET" if both >= TARGET_SEEDS else "not met"
+            lines.append(f"  {strategy:<30} ΔOVF {np.mean(d_ovf):+.3f}, lower in {sum(lower)}/{len(seeds)}; IMG-ALN "
+                         f"{ratio:.0%} of it, >= {TARGET_IMG:.0%} in {sum(kept)}/{len(seeds)}; both in {both}/{len(seeds)}: {met}")
     return lines
 
 
@@ -205,7 +301,7 @@ def paired(results: list[dict]) -> list[str]:
         lines.append(f"{task}: last round against round 1 of the same seed, and against Random's last round")
         for strategy in ROWS:
             seeds = sorted(seed for name, seed in runs if name == strategy)
-            if not seeds:
+            if not seeds or strategy == "dreambooth-matched":  # one round: its own round 1
                 continue
             first = [runs[strategy, s]["rounds"][0] for s in seeds]
             last = [runs[strategy, s]["rounds"][-1] for s in seeds]
@@ -224,7 +320,7 @@ def paired(results: list[dict]) -> list[str]:
 def variants(results: list[dict]) -> str:
     """Every setting in a results file side by side (controls, λ sweeps, sampling): per task, strategy and
     variant, round 1 and each run's last round, mean ± sd over the seeds."""
-    lines = [f"{'task':<7}{'strategy':<21}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
+    lines = [f"{'task':<7}{'strategy':<31}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
              f"  {'last IMG-ALN':>13}  {'last OVF':>13}{'added':>7}"]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -233,7 +329,7 @@ def variants(results: list[dict]) -> str:
     for (task, row, label), runs in sorted(groups.items()):
         last = [r["rounds"][-1] for r in runs]
         cells = [mean_sd([r["rounds"][0]["ovf"] for r in runs], 3), *(mean_sd([x[m] for x in last], 3) for m in METRICS)]
-        lines.append(f"{task:<7}{ROWS[row]:<21}{label:<48}{len(runs):>5}  " + "  ".join(cells)
+        lines.append(f"{task:<7}{ROWS[row]:<31}{label:<48}{len(runs):>5}  " + "  ".join(cells)
                      + f"{np.mean([r['added'] for r in runs]):>7.1f}")
     return "\n".join(lines)
 
@@ -242,7 +338,7 @@ def summarise(results: list[dict], rounds: int) -> str:
     lines = []
     for task in sorted({r["task"] for r in results}):
         lines.append(f"\n{task} task — mean ± sd (sample sd, n-1) over seeds; R1 is plain DreamBooth-LoRA (no synthetic data)")
-        lines.append(f"{'strategy':<22}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
+        lines.append(f"{'strategy':<31}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
         base = [r for r in results if r["task"] == task]
         for strategy in ROWS:
             runs = [r for r in base if r["strategy"] == strategy]
@@ -251,10 +347,12 @@ def summarise(results: list[dict], rounds: int) -> str:
             for i in range(rounds):
                 cells = [mean_sd([r["rounds"][i][m] for r in runs if i < len(r["rounds"])]) for m in METRICS]
                 reached = sum(i < len(r["rounds"]) for r in runs)
-                lines.append(f"{strategy if i == 0 else '':<22}{i + 1:>6}{reached:>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
+                if not reached:  # dreambooth-matched has one round
+                    continue
+                lines.append(f"{strategy if i == 0 else '':<31}{i + 1:>6}{reached:>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
             # a Human run whose pool emptied ends early: its own last round, next to the others' last round
             cells = [mean_sd([r["rounds"][-1][m] for r in runs]) for m in METRICS]
-            lines.append(f"{'':<22}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
+            lines.append(f"{'':<31}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
                          f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}")
     lines += ["", *direction(results), "", *paired(results)]
     return "\n".join(lines)
@@ -296,24 +394,54 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
 _WORKER: dict = {}
 
 
-def _init_worker(model: str, oracle: str, root: str, grid_dir: str) -> None:
+def _init_worker(model: str, oracle: str, root: str, grid_dir: str, saved: str = "") -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core: 2 threads each thrash a shared 2-core machine
     folder = Path(tempfile.mkdtemp(dir=root))
-    _WORKER.update(studio=Studio(folder / "runs", model=model, oracle=oracle), folder=folder, grid_dir=Path(grid_dir))
+    _WORKER.update(studio=Studio(folder / "runs", model=model, oracle=oracle), folder=folder, grid_dir=Path(grid_dir),
+                   saved=Path(saved) if saved else None)
 
 
 def _work(job: tuple) -> dict:
     task, strategy, seed, rounds, variant = job
     try:
+        saved = _WORKER.get("saved")  # dreambooth-matched reads the compared run's counts from the results so far
+        results = json.loads(saved.read_text()) if saved and saved.exists() else []
         return one_run(_WORKER["studio"], task, strategy, seed, rounds, _WORKER["folder"], variant,
-                       _WORKER["grid_dir"])
+                       _WORKER["grid_dir"], results)
     except Exception as err:  # one failed run is reported, the others go on
         import traceback
 
         return {"task": task, "strategy": strategy, "seed": seed, "variant": variant,
                 "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+
+
+def adopt_controls(results: list[dict], k: int = 3) -> list[dict]:
+    """The λ = 0 and plain-DreamBooth step-count runs of an older results file, as the control rows they are:
+    U+B with ``lam`` 0 -> ``lambda-0``; one-round U+B whose ``steps`` equal matched_real_steps of the
+    compared run of the same seed -> ``dreambooth-matched``. Other runs are left out."""
+    adopted = []
+    for r in results:
+        v = dict(r.get("variant") or {})
+        if r["strategy"] != COMPARED:
+            continue
+        if v.get("lam") == 0.0 and set(v) - {"lam"} == {"eval_images"}:
+            v.pop("lam")
+            adopted.append(r | {"strategy": "lambda-0", "variant": v})
+        elif "steps" in v and len(r["rounds"]) == 1 and set(v) - {"steps"} == {"eval_images"}:
+            steps = v.pop("steps")
+            n_real = 4 if r["task"] in ("object", "known") else 2
+            rounds = next((len(c["rounds"]) for c in results if (c["task"], c["strategy"], c["seed"]) ==
+                           (r["task"], COMPARED, r["seed"]) and c.get("variant") == v), 4)
+            compared = next((c["added"] for c in results if (c["task"], c["strategy"], c["seed"]) ==
+                             (r["task"], COMPARED, r["seed"]) and c.get("variant") == v), k * (rounds - 1))
+            counts = [0] * (rounds - 1) + [compared]
+            if matched_real_steps(900, n_real, counts) == steps:
+                adopted.append(r | {"strategy": "dreambooth-matched", "variant": v,
+                                    "matched": {"steps": steps, "compared": COMPARED, "added_per_round": counts,
+                                                "from_run": True, "rounds_matched": rounds}})
+    return adopted
 
 
 def _key(r: dict) -> tuple:
@@ -322,7 +450,7 @@ def _key(r: dict) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", nargs="+", default=["object"], choices=["object", "style"])
+    parser.add_argument("--tasks", nargs="+", default=["object"], choices=TASKS)
     parser.add_argument("--strategies", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=4)
@@ -335,6 +463,12 @@ def main() -> None:
     parser.add_argument("--sampling", choices=["pooled", "real-rate"], help="train.reference_sampling (default: the config's)")
     parser.add_argument("--lam", type=float, help="λ of Eq. 9 (default: the config's 0.005)")
     parser.add_argument("--steps", type=int, help="training steps per round (default: the demo's 900)")
+    parser.add_argument("--captions", choices=["plain", "informative"], help="train.captions (default: the config's plain)")
+    parser.add_argument("--images-per-anchor", type=int, help="gal.images_per_anchor of the +diversity rows (default 1)")
+    parser.add_argument("--match", choices=[s for s in ROWS if s not in CONTROL_ROWS],
+                        help="dreambooth-matched matches this row's reference counts (default uncertainty+balance)")
+    parser.add_argument("--adopt", help="copy the λ = 0 and matched-step runs of another results.json in as the "
+                        "lambda-0 and dreambooth-matched rows (they are the same runs)")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each")
     parser.add_argument("--out", default="artifacts/table1")
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out/results.json")
@@ -346,16 +480,28 @@ def main() -> None:
     if args.person_budget < 0 or not 0 <= args.noise <= 1:
         parser.error("--person-budget must be >= 0 and --noise within [0, 1]")
     variant = {k: v for k, v in {"eval_images": args.eval_images, "sampling": args.sampling, "lam": args.lam,
-                                  "steps": args.steps}.items() if v is not None}
+                                  "steps": args.steps, "captions": args.captions,
+                                  "images_per_anchor": args.images_per_anchor}.items() if v is not None}
 
     def variant_of(strategy: str) -> dict:
-        return job_variant(variant, strategy, args.person_budget, args.noise)
+        v = job_variant(variant, strategy, args.person_budget, args.noise)
+        if strategy in CONTROL_ROWS:
+            v.pop("lam", None)  # lambda-0 sets its own λ; dreambooth-matched adds nothing
+        if strategy == "dreambooth-matched" and args.match and args.match != COMPARED:
+            v["match"] = args.match
+        return v
 
     def selected(results: list[dict]) -> list[dict]:
         return [r for r in results if (r.get("variant") or {}) == variant_of(r["strategy"])]
 
     saved = out / "results.json"
     results = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
+    if args.adopt:
+        have = {_key(r) for r in results}
+        new = [r for r in adopt_controls(json.loads(Path(args.adopt).read_text())) if _key(r) not in have]
+        results += new
+        saved.write_text(json.dumps(results, indent=1))
+        print(f"adopted {len(new)} control runs from {args.adopt}")
     if args.variants:
         print(variants(results))
         return
@@ -378,12 +524,13 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.jobs == 1:
-            _init_worker(args.model, args.oracle, tmp, str(out / "grids"))
+            _init_worker(args.model, args.oracle, tmp, str(out / "grids"), str(saved))
             finished = map(_work, jobs)
         else:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(args.jobs, _init_worker, (args.model, args.oracle, tmp, str(out / "grids")))
+            pool = mp.get_context("spawn").Pool(args.jobs, _init_worker,
+                                                (args.model, args.oracle, tmp, str(out / "grids"), str(saved)))
             finished = pool.imap_unordered(_work, jobs)
         failed = []
         for result in finished:

@@ -15,20 +15,32 @@ from dataclasses import dataclass
 import numpy as np
 
 QUERIES = ("random", "uncertainty", "human")  # which images a round adds
-# Table 1's five rows, kept as the names people type: each is a query, with or without Balance.
-STRATEGIES = ("random", "human", "uncertainty", "uncertainty+balance", "human+balance")
+# Table 1's five rows, kept as the names people type: each is a query, with or without Balance; and the
+# AISEL seed's diverse uncertainty sampling (``+diversity``: among the uncertain anchors, a set whose
+# images lie far apart in the oracle's image-embedding space).
+STRATEGIES = (
+    "random",
+    "human",
+    "uncertainty",
+    "uncertainty+balance",
+    "human+balance",
+    "uncertainty+diversity",
+    "uncertainty+diversity+balance",
+)
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """A strategy is a query (which images a round adds) times Balance (whether they weigh Δ, Eq. 9)."""
+    """A strategy is a query (which images a round adds) times Balance (whether they weigh Δ, Eq. 9);
+    the uncertainty query may also ask for diversity (``uncertainty+diversity[+balance]``)."""
 
     query: str  # random | uncertainty | human
     balance: bool  # added images weigh Δ of the round (else 1.0)
+    diversity: bool = False  # uncertainty only: farthest-point picks in image-embedding space
 
     @property
     def name(self) -> str:
-        return f"{self.query}+balance" if self.balance else self.query
+        return "+".join([self.query] + ["diversity"] * self.diversity + ["balance"] * self.balance)
 
     @property
     def human(self) -> bool:
@@ -37,11 +49,14 @@ class Strategy:
 
     @classmethod
     def parse(cls, name: str) -> Strategy:
-        """``"uncertainty+balance"`` -> Strategy("uncertainty", True); any query, with ``+balance`` or not."""
-        query, plus, rest = str(name).partition("+")
-        if query not in QUERIES or (plus and rest != "balance"):
+        """``"uncertainty+balance"`` -> Strategy("uncertainty", True); any query, with ``+balance`` or not;
+        ``"uncertainty+diversity[+balance]"`` -> diverse uncertainty sampling."""
+        query, *mods = str(name).split("+")
+        diversity = mods[:1] == ["diversity"] and query == "uncertainty"
+        rest = mods[1:] if diversity else mods
+        if query not in QUERIES or rest not in ([], ["balance"]):
             raise ValueError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
-        return cls(query, bool(plus))
+        return cls(query, bool(rest), diversity)
 
     def in_mode(self, mode: str) -> Strategy:
         """The strategy a round committed in ``mode`` uses: a human round takes the person's picks, an auto
@@ -62,7 +77,9 @@ def overfit_verdicts(sim_anchor: np.ndarray, sim_non_soi: np.ndarray) -> np.ndar
     if sim_non_soi.ndim == sim_anchor.ndim + 1:
         sim_non_soi = sim_non_soi.max(axis=-1)
     if sim_anchor.shape != sim_non_soi.shape:
-        raise ValueError(f"similarity shapes differ: anchor {sim_anchor.shape} vs non-SoI {sim_non_soi.shape}")
+        raise ValueError(
+            f"similarity shapes differ: anchor {sim_anchor.shape} vs non-SoI {sim_non_soi.shape}"
+        )
     if not (np.isfinite(sim_anchor).all() and np.isfinite(sim_non_soi).all()):
         raise ValueError("similarities contain NaN or inf: the oracle returned an invalid score")
     return (sim_anchor <= sim_non_soi).astype(np.int64)
@@ -144,6 +161,127 @@ def best_image(sim_anchor: np.ndarray, anchors: np.ndarray, verdicts: np.ndarray
     return np.asarray(picks, dtype=np.int64)
 
 
+def _cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``1 - cos`` between rows of ``a [n, d]`` and ``b [p, d]`` (rows need not be unit length). ``-> [n, p]``"""
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return 1.0 - a @ b.T
+
+
+def set_diversity(embeddings: np.ndarray) -> float:
+    """Mean pairwise cosine distance of a set of image embeddings ``[n, d]`` (0 for fewer than 2)."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    n = len(embeddings)
+    if n < 2:
+        return 0.0
+    d = _cosine_distance(embeddings, embeddings)
+    return float(d[~np.eye(n, dtype=bool)].mean())
+
+
+def diverse_picks(
+    uncertainty: np.ndarray,
+    sim_anchor: np.ndarray,
+    verdicts: np.ndarray,
+    embeddings: np.ndarray,
+    k: int,
+    candidates: np.ndarray | None = None,
+    images_per_anchor: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Diverse uncertainty sampling (AISEL seed): ``(anchors, slots)`` of the images a round adds.
+
+    1. The candidates are the uncertain anchors in the pool (Ω > 0); when fewer than ``k`` are, the ``k``
+       most uncertain (as :func:`top_k_anchors`), so there is nothing to choose and no diversity step.
+    2. Each candidate is represented by its :func:`best_image`. Farthest-point sampling: start from the
+       most uncertain candidate (lower index on ties), then repeatedly add the candidate whose image is
+       farthest (largest min cosine distance) from the images already picked — ties: higher Ω, then
+       lower index. Exactly ``k`` distinct anchors (fewer only when the pool holds fewer).
+    3. ``images_per_anchor > 1``: another aligned image of a picked anchor joins the picks only if it
+       raises the set's diversity (mean pairwise cosine distance, :func:`set_diversity`); greedily, the
+       image that raises it most first, until none does or every anchor has its share.
+
+    ``embeddings`` is ``[A, m, d]``, the oracle's image embeddings of the round's images. Deterministic.
+    """
+    uncertainty = np.asarray(uncertainty, dtype=np.float64)  # [A]
+    verdicts = np.asarray(verdicts, dtype=np.int64)  # [A, m]
+    emb = np.asarray(embeddings, dtype=np.float64)  # [A, m, d]
+    if emb.shape[:2] != verdicts.shape:
+        raise ValueError(f"embeddings {emb.shape} do not match verdicts {verdicts.shape}")
+    if not isinstance(images_per_anchor, (int, np.integer)) or images_per_anchor < 1:
+        raise ValueError(f"images_per_anchor must be a whole number >= 1, got {images_per_anchor!r}")
+    in_pool = (
+        np.ones(uncertainty.size, dtype=bool) if candidates is None else np.asarray(candidates, dtype=bool)
+    )
+    open_ = in_pool & (uncertainty > 0)
+    if int(open_.sum()) < k:
+        anchors = np.sort(
+            top_k_anchors(uncertainty, min(k, int(in_pool.sum())), in_pool)
+            if in_pool.any()
+            else np.zeros(0, np.int64)
+        )
+    else:
+        cands = np.flatnonzero(open_)
+        reps = best_image(sim_anchor, cands, verdicts)
+        points = emb[cands, reps]  # [c, d]
+        chosen = [int(top_k_anchors(uncertainty, 1, open_)[0])]
+        nearest = _cosine_distance(points, points[np.flatnonzero(cands == chosen[0])])[:, 0]  # [c]
+        while len(chosen) < k:
+            free = ~np.isin(cands, chosen)
+            idx = np.flatnonzero(free)
+            # lexsort: last key first — farthest first, then higher Ω, then lower index
+            best = idx[np.lexsort((cands[idx], -uncertainty[cands[idx]], -nearest[idx]))[0]]
+            chosen.append(int(cands[best]))
+            nearest = np.minimum(nearest, _cosine_distance(points, points[best : best + 1])[:, 0])
+        anchors = np.sort(np.asarray(chosen, dtype=np.int64))
+    slots = best_image(sim_anchor, anchors, verdicts)
+    picks = [(int(a), int(s)) for a, s in zip(anchors, slots)]
+    if images_per_anchor > 1 and len(picks) > 0:
+        extra = [(int(a), j) for a in anchors for j in range(verdicts.shape[1]) if verdicts[a, j] == 0]
+        while True:
+            have = np.stack([emb[a, s] for a, s in picks])
+            current = set_diversity(have)
+            counts = {a: sum(p[0] == a for p in picks) for a in anchors.tolist()}
+            options = [(a, j) for a, j in extra if (a, j) not in picks and counts[a] < images_per_anchor]
+            if not options:
+                break
+            gains = [set_diversity(np.vstack([have, emb[a, j][None]])) - current for a, j in options]
+            best = int(np.argmax(gains))  # first option wins ties (lower anchor, then lower slot)
+            if gains[best] <= 1e-12:
+                break
+            picks.append(options[best])
+        picks.sort()
+    return (
+        np.asarray([a for a, _ in picks], dtype=np.int64),
+        np.asarray([s for _, s in picks], dtype=np.int64),
+    )
+
+
+def matched_real_steps(
+    steps: int,
+    n_real: int,
+    added_per_round: list[int],
+    *,
+    sampling: str = "pooled",
+    retrain_from_base: bool = True,
+) -> int:
+    """Plain DreamBooth's step count matched to a GAL run's training of its real references.
+
+    A GAL run trains ``steps`` per round; under ``pooled`` sampling a batch slot draws a real reference
+    with probability ``n_real / (n_real + n_added_r)``, where ``n_added_r`` is the number of added images
+    round ``r`` trains on (``added_per_round[r-1]``, 0 in round 1). The real references' share of round
+    ``r``'s steps is ``steps · n_real / (n_real + n_added_r)``; under ``real-rate`` sampling it is
+    ``steps`` (they keep round 1's batches). When each round retrains from the base, only the last
+    round's training reaches the final model, so the matched count is the last round's share:
+    ``round(steps · n_real / (n_real + n_added_last))`` — 900 · 4 / (4 + 9) = 277 for the toy object.
+    When rounds continue the previous adapter, the shares add up over the rounds.
+    """
+    if n_real < 1 or steps < 1:
+        raise ValueError("need at least one real reference and one step")
+    added = list(added_per_round) or [0]
+    shares = [1.0 if sampling == "real-rate" else n_real / (n_real + a) for a in added]
+    total = shares[-1] if retrain_from_base else sum(shares)
+    return max(1, int(round(steps * total)))
+
+
 def check_k(k: int, n_anchors: int) -> None:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a whole number >= 1, got {k!r}")
@@ -179,12 +317,16 @@ def select(
     in_pool: np.ndarray | None = None,
     person: np.ndarray | None = None,
     rng: np.random.Generator | None = None,
+    embeddings: np.ndarray | None = None,
+    images_per_anchor: int = 1,
 ) -> Selection:
     """One query step of a strategy (Table 1's five rows, and any query × Balance).
 
     ``verdicts`` are the final verdicts ``[A, m]`` (oracle, overridden by the person where given).
     ``person`` is ``[A, m]`` with -1 where the person gave no verdict; the Human strategies take the
     images the person accepted (verdict 0). ``in_pool`` masks anchors not yet selected.
+    ``embeddings`` ``[A, m, d]`` (the oracle's image embeddings) are needed by ``+diversity``, which may
+    add up to ``images_per_anchor`` images of a picked anchor (:func:`diverse_picks`).
     """
     strategy = strategy if isinstance(strategy, Strategy) else Strategy.parse(strategy)
     verdicts = np.asarray(verdicts, dtype=np.int64)  # [A, m]
@@ -210,6 +352,15 @@ def select(
         pool = np.flatnonzero(in_pool)
         anchors = np.sort(rng.choice(pool, size=k_round, replace=False))
         slots = rng.integers(0, verdicts.shape[1], size=k_round)
+    elif strategy.diversity:
+        if embeddings is None:
+            raise ValueError("the +diversity strategies need the oracle's image embeddings of the round")
+        if k_round:
+            anchors, slots = diverse_picks(
+                uncertainty, sim_anchor, verdicts, embeddings, k_round, in_pool, images_per_anchor
+            )
+        else:
+            anchors, slots = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     elif strategy.query == "uncertainty":
         anchors = top_k_anchors(uncertainty, k_round, in_pool) if k_round else np.zeros(0, dtype=np.int64)
         slots = best_image(sim_anchor, anchors, verdicts)

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from gal.algorithm import STRATEGIES
 from gal.review import parse_verdict, read_decisions  # noqa: F401  (the CLI's verdict words; tests use them)
 
 
@@ -28,13 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="a JSON RunConfig (flags below override it)")
     run.add_argument("--demo", action="store_true", help="the built-in toy-world scenario (default when no --ref is given)")
     run.add_argument("--task", choices=["object", "style"])
+    run.add_argument("--scenario", choices=["object", "style", "known"],
+                     help="with --demo: the toy-world scenario (known: a subject the toy model already draws)")
     run.add_argument("--ref", action="append", default=[], help="a reference image (repeat for several)")
     run.add_argument("--prompt", help="the references' prompt, e.g. 'a <sks> cat on the stairs'")
     run.add_argument("--non-soi", help="what the model must NOT learn, e.g. 'a cat on the stairs' (default: prompt without token)")
     run.add_argument("--token", help="the SoI token (default <sks>)")
     run.add_argument("--subject", help="replaces {} in the anchors, e.g. 'a <sks> cat'")
     run.add_argument("--anchors", help="a text file, one anchor template per line ({} = subject)")
-    run.add_argument("--strategy", choices=["random", "human", "uncertainty", "uncertainty+balance", "human+balance"])
+    run.add_argument("--strategy", choices=list(STRATEGIES))
+    run.add_argument("--captions", choices=["plain", "informative"],
+                     help="training captions: the prompts (plain), or naming the non-SoI content (informative)")
     run.add_argument("--m", type=int, help="images per anchor (10)")
     run.add_argument("--k", type=int, help="anchors picked per round (3)")
     run.add_argument("--lam", type=float, help="λ of Eq. 9 (0.005)")
@@ -149,7 +154,8 @@ def _new_config(args):
         config = RunConfig.from_dict(_read_config(Path(args.config)))
         references = []
     elif args.demo or not args.ref:
-        config, references = demo_scenario(Path(args.runs_dir) / "demo-references", task=args.task or "object")
+        scenario = args.scenario or args.task or "object"
+        config, references = demo_scenario(Path(args.runs_dir) / "demo-references", task=scenario)
     else:
         config = RunConfig(task=args.task or "object")
         references = []
@@ -166,7 +172,9 @@ def _new_config(args):
         "name": (None, "name"), "model": (None, "model"), "oracle": (None, "oracle"),
         "strategy": ("gal", "strategy"), "m": ("gal", "m"), "k": ("gal", "k"), "lam": ("gal", "lam"),
         "rounds": ("gal", "max_rounds"), "steps": ("train", "steps"), "lr": ("train", "learning_rate"),
-        "rank": ("train", "rank"), "alpha": ("train", "alpha"), "sampling": ("train", "reference_sampling"), "lr_schedule": ("train", "lr_schedule"), "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
+        "rank": ("train", "rank"), "alpha": ("train", "alpha"), "sampling": ("train", "reference_sampling"),
+        "lr_schedule": ("train", "lr_schedule"), "captions": ("train", "captions"),
+        "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
         "guidance": ("generate", "guidance_scale"), "scheduler": ("generate", "scheduler"),
     }.items():
         value = getattr(args, flag)

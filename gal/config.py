@@ -23,6 +23,7 @@ PRESETS_FILE = Path(__file__).parent / "presets" / "anchor_prompts.json"
 
 
 REFERENCE_SAMPLING = ("pooled", "real-rate")
+CAPTIONS = ("plain", "informative")
 
 
 @dataclass
@@ -53,6 +54,11 @@ class TrainConfig:
     # Learning-rate schedule over a round's steps: "constant" (diffusers' default) or "cosine" (5 % linear
     # warm-up, then cosine decay to 0), which keeps long high-lr rounds from blowing up late.
     lr_schedule: str = "constant"
+    # Training captions (the SID seed). "plain": each reference trains on its prompt. "informative":
+    # a real reference's caption also names its non-SoI content (the words of its non-SoI caption its
+    # prompt lacks: "a <sks> star" + "a star on stairs" -> "a <sks> star on stairs"), and an added
+    # image's caption names what the oracle sees in it (the anchor or non-SoI text it scores highest).
+    captions: str = "plain"
     # Preview images of two anchors every N training steps, shown on the Progress tab. None: every 100 steps
     # on a GPU, off on the CPU (there a preview costs more than 10 % of a round); 0: off.
     preview_every: int | None = None
@@ -116,6 +122,8 @@ class TrainConfig:
             )
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.captions not in CAPTIONS:
+            raise ValueError(f"train.captions must be {' or '.join(CAPTIONS)}, got {self.captions!r}")
         if self.reference_sampling not in REFERENCE_SAMPLING:
             raise ValueError(f"train.reference_sampling must be {' or '.join(REFERENCE_SAMPLING)}, got {self.reference_sampling!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -164,6 +172,10 @@ class GALConfig:
     remove_selected: bool = True  # official: a selected anchor leaves the pool (18 -> 15 -> 12)
     pause_for_review: bool = False  # stop at each round's review (the app and Human mode do)
     adaptive_stop: bool = True  # Eq. 10: finish early when fewer than k anchors are still uncertain
+    # +diversity strategies only: up to this many images of a picked anchor, each extra one only when it
+    # raises the picks' diversity (mean pairwise cosine distance of the oracle's image embeddings).
+    # 1 (default): k images a round, the budget of every Table 1 row, so the matched-compute control holds.
+    images_per_anchor: int = 1
 
     @property
     def parsed_strategy(self) -> Strategy:
@@ -174,6 +186,7 @@ class GALConfig:
         _positive_int("m", self.m, most=1000)
         _positive_int("k", self.k, most=1000)
         _positive_int("max_rounds", self.max_rounds, most=1000)
+        _positive_int("images_per_anchor", self.images_per_anchor, most=1000)
         lam = self.lam
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"λ must be a finite number >= 0, got {self.lam!r}")

@@ -18,7 +18,7 @@ def demo_scenario(
     scenario = scenarios()[task]
     paths = scenario.write_references(Path(folder) / task)
     config = RunConfig(
-        task=task,
+        task=scenario.kind,  # "known" is an object scenario
         soi_token=scenario.token,
         subject_phrase=scenario.subject,
         oracle_subject=scenario.oracle_subject,

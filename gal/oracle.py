@@ -97,6 +97,10 @@ class ClipOracle:
             self._text_cache.update(zip(missing, f))
         return np.stack([self._text_cache[t] for t in texts])
 
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """Unit-length image embeddings ``[n, d]`` (the +diversity strategies' space)."""
+        return self.encode_images(images)
+
     def text_similarities(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
         if not images or not texts:
             return np.zeros((len(images), len(texts)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -76,6 +77,7 @@ def select(db, run_id: str, config: RunConfig, r: int, mode: str) -> tuple[algor
     # Anchors out of the pool drew no images: give them neutral rows the pool mask then ignores.
     oracle[~in_pool] = 0
     strategy = config.gal.parsed_strategy.in_mode(mode)
+    embeddings = _embeddings(db, run_id, r, ids) if strategy.diversity else None
     selection = algorithm.select(
         strategy,
         sim,
@@ -85,8 +87,28 @@ def select(db, run_id: str, config: RunConfig, r: int, mode: str) -> tuple[algor
         in_pool=in_pool,
         person=person,
         rng=np.random.default_rng([config.seed, r]),
+        embeddings=embeddings,
+        images_per_anchor=config.gal.images_per_anchor,
     )
     return selection, ids, strategy
+
+
+def _embeddings(db, run_id: str, r: int, ids: np.ndarray) -> np.ndarray:
+    """``[A, m, d]`` oracle image embeddings of round ``r`` (saved by the judge step), zeros where no image."""
+    from gal.steps import embeddings_file
+
+    path = RunFolder(Path(storage.get_run(db, run_id)["run_dir"]).parent, run_id).path(embeddings_file(r))
+    if not path.exists():
+        raise ValueError(f"round {r} has no image embeddings ({path.name}): resume the run to judge it again")
+    saved = np.load(path)
+    rows = {int(i): e for i, e in zip(saved["ids"], saved["embeddings"])}
+    dim = saved["embeddings"].shape[1]
+    out = np.zeros((*ids.shape, dim), dtype=np.float64)
+    for a, j in zip(*np.nonzero(ids >= 0)):
+        if int(ids[a, j]) not in rows:
+            raise ValueError(f"round {r}'s embeddings lack image {int(ids[a, j])}: resume the run to judge it again")
+        out[a, j] = rows[int(ids[a, j])]
+    return out
 
 
 def preview(db, run_id: str, mode: str | None = None) -> dict:

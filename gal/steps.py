@@ -86,9 +86,11 @@ def train(rnd: Round) -> StepResult:
     with rnd.db() as db:
         refs = storage.list_references(db, rnd.run_id, up_to_round=r - 1)
         previous = storage.get_round(db, rnd.run_id, r - 1) if r > 1 else None
+    images = [folder.open_rgb(x["file"]) for x in refs]
+    captions = training_captions(rnd, refs, images)
     examples = [
-        TrainExample(folder.open_rgb(x["file"]), x["prompt"], x["weight"], added=x["source"] == "synthetic")
-        for x in refs
+        TrainExample(image, text, x["weight"], added=x["source"] == "synthetic")
+        for x, image, text in zip(refs, images, captions, strict=True)
     ]
     init_state = None
     if not config.train.retrain_from_base and previous is not None:
@@ -175,6 +177,48 @@ def draw_previews(rnd: Round, pipe, anchors: list[dict], step: int) -> list[str]
         rnd.folder.save(image, rel)
         paths.append(str(rnd.folder.path(rel)))
     return paths
+
+
+def informative_caption(prompt: str, non_soi_text: str) -> str:
+    """A real reference's caption that names its non-SoI content (SID seed): the prompt, then the words of
+    the non-SoI caption after its longest prefix the prompt already holds in order.
+
+    ``("a <sks> star", "a star on stairs")`` -> ``"a <sks> star on stairs"``; a prompt that already names
+    it (``"a <sks> star on stairs"``) is returned unchanged.
+    """
+    words, extra = prompt.split(), non_soi_text.split()
+    at = 0  # how many leading non-SoI words the prompt holds, in order
+    pos = 0
+    lowered = [w.lower() for w in words]
+    while at < len(extra):
+        try:
+            pos = lowered.index(extra[at].lower(), pos) + 1
+        except ValueError:
+            break
+        at += 1
+    return " ".join(words + extra[at:])
+
+
+def training_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -> list[str]:
+    """The caption each reference trains on (``train.captions``): its prompt ("plain"), or ("informative")
+    real references' prompts naming their non-SoI content and added images captioned by what the oracle
+    sees — the generator prompt of the anchor (or reference) text the oracle scores highest."""
+    config = rnd.config
+    if config.train.captions != "informative":
+        return [x["prompt"] for x in refs]
+    real = [x for x in refs if x["source"] == "real"]
+    captions = [informative_caption(x["prompt"], x["non_soi_text"]) if x["source"] == "real" else None for x in refs]
+    added = [i for i, x in enumerate(refs) if x["source"] != "real"]
+    if added:
+        # what the oracle can read, each with the prompt that would draw it
+        readings = dict(zip(config.anchor_oracle_texts(), config.anchor_prompts(), strict=True))
+        for x in real:
+            readings.setdefault(x["non_soi_text"], informative_caption(x["prompt"], x["non_soi_text"]))
+        texts = list(readings)
+        sims = rnd.models.oracle(config.oracle).text_similarities([images[i] for i in added], texts)  # [n, t]
+        for i, row in zip(added, sims, strict=True):
+            captions[i] = readings[texts[int(np.argmax(row))]]
+    return captions
 
 
 def _class_examples(rnd: Round) -> list[TrainExample]:
@@ -269,6 +313,19 @@ def non_soi_texts(db, run_id: str) -> list[str]:
     return list(dict.fromkeys(x["non_soi_text"] for x in refs if x["source"] == "real"))
 
 
+def embeddings_file(round_index: int) -> str:
+    return f"rounds/r{round_index:02d}/embeddings.npz"
+
+
+def save_embeddings(folder: RunFolder, r: int, ids: list[int], embeddings: np.ndarray) -> None:
+    """The oracle's image embeddings of round ``r``'s images, by image id (re-judging overwrites them)."""
+    path = folder.path(embeddings_file(r))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, ids=np.asarray(ids, dtype=np.int64), embeddings=np.asarray(embeddings, dtype=np.float32))
+    tmp.replace(path)
+
+
 def judge(rnd: Round) -> StepResult:
     """Eq. 8 on every image: sim(image, anchor text) vs the max over the non-SoI captions."""
     started = time.perf_counter()
@@ -281,13 +338,16 @@ def judge(rnd: Round) -> StepResult:
     if not images:  # every anchor has left the pool: nothing was drawn, nothing to judge
         return StepResult(time.perf_counter() - started)
     mine = rnd.processes.shard(images)
-    rows = []
+    rows, embeddings = [], []
+    diversity = rnd.config.gal.parsed_strategy.diversity  # the +diversity query reads the image embeddings
     if mine:
         oracle = rnd.models.oracle(rnd.config.oracle)
         pil = [rnd.folder.open_rgb(im["file"]) for im in mine]
         anchor_texts = list(dict.fromkeys(texts.values()))
         sims = oracle.text_similarities(pil, anchor_texts + non_soi)  # [n, |texts| + c]
         col = np.array([anchor_texts.index(texts[im["anchor_index"]]) for im in mine])
+        if diversity:
+            embeddings = list(oracle.embed_images(pil))
         sim_anchor = sims[np.arange(len(mine)), col]  # [n]
         sim_non_soi = sims[:, len(anchor_texts) :].max(axis=1)  # [n]
         verdicts = algorithm.overfit_verdicts(sim_anchor, sim_non_soi)
@@ -296,6 +356,10 @@ def judge(rnd: Round) -> StepResult:
             for im, a, b, v in zip(mine, sim_anchor, sim_non_soi, verdicts, strict=True)
         ]
     rows = rnd.processes.gather(rows)
+    if diversity:
+        embeddings = rnd.processes.gather(embeddings)
+        if rnd.processes.is_main:
+            save_embeddings(rnd.folder, r, [im["id"] for im in images], np.stack(embeddings))
 
     def write(db) -> None:
         storage.set_similarities(db, rows)

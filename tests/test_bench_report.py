@@ -159,3 +159,67 @@ def test_variants_lists_every_setting_side_by_side(results):
     # default: 2 runs, R1 OVF 0.4, last TXT (1.2, 1.4) -> 1.3, IMG (0.6, 0.58) -> 0.59, OVF (0.2, 0.3) -> 0.25
     assert default[2:] == ["2", "0.400", "±", "0.000", "1.300", "±", "0.141", "0.590", "±", "0.014", "0.250", "±", "0.071", "9.0"]
     assert lam0[2:] == ["lam=0.0", "1", "0.400", "±", "–", "1.000", "±", "–", "0.500", "±", "–", "0.100", "±", "–", "9.0"]
+
+
+# -- issue 17: the control rows ---------------------------------------------------------------------
+
+
+def test_report_reads_new_rows_against_dreambooth_matched():
+    base = [(1.0, 0.60, 0.20)]
+    results = [
+        _run("dreambooth-matched", s, base, added=0) | {"matched": {"steps": 277}} for s in range(5)
+    ] + [
+        # lower OVF in 4 seeds with IMG-ALN >= 95 % of the control: the target
+        _run("uncertainty+diversity", s, [R1, (1.2, 0.58, 0.10 if s < 4 else 0.30)]) for s in range(5)
+    ] + [
+        # lower OVF in every seed, but by losing the subject (IMG-ALN 80 %): not met
+        _run("lambda-0", s, [R1, (1.2, 0.48, 0.05)]) for s in range(5)
+    ]
+    lines = table1.against_matched(results)
+    text = "\n".join(lines)
+    assert "277 steps" in text
+    div = next(line for line in lines if "uncertainty+diversity" in line)
+    assert "lower in 4/5" in div and ">= 95% in 5/5" in div and "both in 4/5: MET" in div
+    lam = next(line for line in lines if "lambda-0" in line)
+    assert "lower in 5/5" in lam and ">= 95% in 0/5" in lam and "both in 0/5: not met" in lam
+    assert not any(line.strip().startswith("dreambooth-matched") for line in lines)
+    # the summary table has the new rows, the one-round control included
+    summary = table1.summarise(results, rounds=2)
+    assert _rows(summary, "dreambooth-matched")[0][:3] == ["dreambooth-matched", "1", "5"]
+    assert "both in 4/5: MET" in summary
+
+
+def test_matched_steps_come_from_the_compared_runs_counts():
+    results = [_run("uncertainty+balance", 0, [R1] * 4, added=9) | {"added_per_round": [0, 3, 6, 9]},
+               _run("uncertainty+diversity", 0, [R1] * 4, added=15) | {"added_per_round": [0, 5, 10, 15]}]
+    steps, counts, found = table1.matched_steps_for(results, "object", 0, {}, 4, 900, 4, 3, "pooled")
+    assert (steps, counts, found) == (277, [0, 3, 6, 9], True)
+    steps, _, found = table1.matched_steps_for(results, "object", 0, {"match": "uncertainty+diversity"}, 4, 900, 4, 3,
+                                               "pooled")
+    assert (steps, found) == (round(900 * 4 / 19), True)
+    # not run yet: the counts it will have (k a round, no early stop)
+    assert table1.matched_steps_for(results, "object", 1, {}, 4, 900, 4, 3, "pooled") == (277, [0, 3, 6, 9], False)
+    assert table1.matched_steps_for([], "style", 0, {}, 4, 900, 2, 3, "pooled")[0] == 164
+
+
+def test_adopt_relabels_the_old_controls_as_rows():
+    old = [
+        _run("uncertainty+balance", 0, [R1] * 4) | {"variant": {"eval_images": 8}},
+        _run("uncertainty+balance", 0, [R1] * 4) | {"variant": {"eval_images": 8, "lam": 0.0}},
+        _run("uncertainty+balance", 0, [R1]) | {"variant": {"eval_images": 8, "steps": 277}},
+        _run("uncertainty+balance", 0, [R1]) | {"variant": {"eval_images": 8, "steps": 300}},  # not the match
+        _run("uncertainty+balance", 0, [R1] * 4) | {"variant": {"eval_images": 8, "lam": 1.0}},
+    ]
+    adopted = table1.adopt_controls(old)
+    assert [(r["strategy"], r["variant"]) for r in adopted] == [("lambda-0", {"eval_images": 8}),
+                                                              ("dreambooth-matched", {"eval_images": 8})]
+    assert adopted[1]["matched"]["steps"] == 277
+
+
+def test_real_rate_rows_are_matched_by_their_own_round_1():
+    rr = {"sampling": "real-rate"}
+    results = [_run("uncertainty+diversity", s, [R1, (1.1, 0.59, 0.3 if s < 4 else 0.5)]) | {"variant": rr}
+               for s in range(5)]
+    lines = table1.against_matched(results)
+    assert "its own round 1" in lines[0]
+    assert "lower in 4/5" in lines[1] and ">= 95% in 5/5" in lines[1] and "MET" in lines[1]

@@ -97,13 +97,14 @@ def test_invalid_spec_names_the_value():
 
 def test_scenarios_are_well_formed(tmp_path):
     sc = scenarios()
-    assert set(sc) == {"object", "style"}
+    assert set(sc) == {"object", "style", "known"}
     for s in sc.values():
         assert len(s.anchors) == 18 and len(set(s.anchors)) == 18
         assert all(a.count("{}") == 1 for a in s.anchors)
         assert 1 <= len(s.reference_specs) <= 5
         assert len({r.background for r in s.reference_specs}) == 1  # one non-SoI background
-        assert all(r.pattern == RESERVED_PATTERN for r in s.reference_specs)
+        # object/style: a pattern the base model never saw; known: one it draws (KNOWN_SUBJECT)
+        assert all((r.pattern == RESERVED_PATTERN) == (s.name != "known") for r in s.reference_specs)
         assert all(s.token in p for p in s.anchor_prompts())
         assert all(s.token not in t and "  " not in t for t in s.anchor_oracle_texts())
         assert s.token in s.prompt and s.token not in s.non_soi_text
@@ -159,3 +160,25 @@ def test_shipped_clip_loads_and_embeds():
     m2 = open_clip.create_model(f"local-dir:{ASSETS / 'clip'}")
     assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in model.parameters())
     assert os.path.getsize(ASSETS / "clip" / "open_clip_model.safetensors") < 20e6
+
+
+def test_known_scenario_is_the_object_scenario_with_a_subject_the_base_model_draws(tmp_path):
+    from gal.toyworld.world import KNOWN_SUBJECT, subject_renders
+
+    obj, known = scenarios()["object"], scenarios()["known"]
+    assert known.kind == "object" and known.anchors == obj.anchors and known.eval_prompts == obj.eval_prompts
+    assert (known.prompt, known.non_soi_text) == (obj.prompt, obj.non_soi_text)
+    assert set(known.reference_specs) == {KNOWN_SUBJECT} and KNOWN_SUBJECT.pattern in PATTERNS
+    assert KNOWN_SUBJECT.background == "stairs"
+    renders = subject_renders(KNOWN_SUBJECT, ["sea", "grass"], 3)
+    assert len(renders) == 6 and renders[0].size == (32, 32)
+    again = subject_renders(KNOWN_SUBJECT, ["sea", "grass"], 3)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(renders, again))
+
+
+def test_demo_known_is_an_object_run(tmp_path):
+    from gal.demo import demo_scenario
+
+    config, refs = demo_scenario(tmp_path, "known", model="tiny")
+    config.validate()
+    assert config.task == "object" and len(refs) == 4 and refs[0].non_soi_text == "a star on stairs"

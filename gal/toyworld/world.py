@@ -476,6 +476,11 @@ class Scenario:
         return d
 
 
+# The "known" scenario's subject: a shape × colour × pattern the base generator already draws faithfully
+# in every scene (scripts/known_gate.py measures it), so the round's own aligned drawings can be good data.
+KNOWN_SUBJECT = Spec("star", "green", "checkered", "stairs")
+
+
 def _anchor_templates(exclude: str, subject_slot: str = "{}") -> list[str]:
     """Two phrasings for each background other than ``exclude``: 9 x 2 = 18 templates."""
     out = []
@@ -485,8 +490,21 @@ def _anchor_templates(exclude: str, subject_slot: str = "{}") -> list[str]:
     return out
 
 
+def subject_renders(
+    spec: Spec, backgrounds: list[str], n: int, seed: int = 0, size: int = 32
+) -> list[Image.Image]:
+    """``n`` real renders of ``spec``'s subject in each of ``backgrounds`` (the gate's held-out truth)."""
+    rng = np.random.default_rng([seed, 3])
+    return [
+        render(Spec(spec.shape, spec.colour, spec.pattern, b), rng, size)
+        for b in backgrounds
+        for _ in range(n)
+    ]
+
+
 def scenarios() -> dict[str, Scenario]:
-    """The GAL presets: ``object`` (a rainbow-striped star, all references on stairs) and ``style``."""
+    """The GAL presets: ``object`` (a rainbow-striped star, all references on stairs), ``style``, and
+    ``known`` (a subject the base model already draws, all references on stairs)."""
     star = Spec("star", None, RESERVED_PATTERN, "stairs")
     obj = Scenario(
         name="object",
@@ -535,5 +553,22 @@ def scenarios() -> dict[str, Scenario]:
         notes="Style: the rainbow-striped palette. References are rainbow-striped hearts on a blank "
         "background; the heart shape and the blank background are what can leak.",
     )
-    return {"object": obj, "style": sty}
-
+    known = Scenario(
+        name="known",
+        kind="object",
+        token="<sks>",
+        subject="a <sks> star",
+        oracle_subject="a star",
+        prompt="a <sks> star on stairs",
+        non_soi_text="a star on stairs",
+        reference_specs=[KNOWN_SUBJECT] * 4,
+        reference_prompts=["a <sks> star on stairs"] * 4,
+        anchors=_anchor_templates("stairs"),
+        eval_prompts=list(obj.eval_prompts),
+        seed=0,
+        notes=f"Subject: {subject_phrase(KNOWN_SUBJECT)[2:]} — a shape, colour and pattern the base model "
+        "draws in every scene, so aligned round-1 drawings of it in new scenes look like the references "
+        "(the gate in the model card). Every reference is on stairs, as in `object`.",
+        metadata={"subject_spec": asdict(KNOWN_SUBJECT)},
+    )
+    return {"object": obj, "style": sty, "known": known}

@@ -1,0 +1,101 @@
+"""Issue 17 end to end on the tiny models: informative captions (SID seed), diverse uncertainty sampling
+(AISEL seed) through the Studio, and the known-subject gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+import gal.steps
+import storage
+from gal.engine import ReferenceInput
+from gal.steps import informative_caption
+
+
+def test_informative_caption_names_the_non_soi_content_once():
+    assert informative_caption("a <sks> star", "a star on stairs") == "a <sks> star on stairs"
+    assert informative_caption("a <sks> star on stairs", "a star on stairs") == "a <sks> star on stairs"
+    assert (
+        informative_caption("a heart in <sks> style", "a heart on a blank background")
+        == "a heart in <sks> style on a blank background"
+    )
+    # leading words the prompt already holds are not repeated
+    assert informative_caption("a photo of <sks>", "a dog on a sofa") == "a photo of <sks> dog on a sofa"
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Every round's training examples (caption, weight, added), as train() hands them to train_lora."""
+    seen: list[list[tuple[str, float, bool]]] = []
+    real_train = gal.steps.train_lora
+
+    def spy(pipe, examples, *args, **kwargs):
+        seen.append([(e.prompt, e.weight, e.added) for e in examples])
+        return real_train(pipe, examples, *args, **kwargs)
+
+    monkeypatch.setattr(gal.steps, "train_lora", spy)
+    return seen
+
+
+def _bare_references(reference_files):
+    # plain DreamBooth captions: the prompt does not name the stairs, the non-SoI caption does
+    return [ReferenceInput(p, "a <sks> star", "a star on stairs") for p in reference_files]
+
+
+def test_informative_captions_and_diverse_picks_two_rounds(shared_studio, reference_files, captured):
+    studio = shared_studio
+    config = tiny_config("uncertainty+diversity", images_per_anchor=2)
+    config.train.captions = "informative"
+    config.gal.pause_for_review = True
+    run_id = studio.create_run(config, _bare_references(reference_files))
+    assert studio.advance(run_id)["status"] == "awaiting_review"
+    # the judge step saved the oracle's image embeddings of round 1, one per image
+    saved = np.load(studio.run_dir(run_id) / "rounds/r01/embeddings.npz")
+    with studio.db() as db:
+        images = storage.list_images(db, run_id, 1, kind="anchor")
+    assert sorted(saved["ids"].tolist()) == sorted(im["id"] for im in images)
+    assert saved["embeddings"].shape[0] == len(images)
+    preview = studio.preview_selection(run_id)
+    studio.commit_round(run_id)
+    studio.advance(run_id)
+    assert len(captured) == 2
+    round1, round2 = captured[0], captured[-1]
+    assert [c for c, _, added in round1] == ["a <sks> star on stairs"] * 4 and not any(a for *_, a in round1)
+    real2 = [c for c, _, added in round2 if not added]
+    added2 = [c for c, _, added in round2 if added]
+    assert real2 == ["a <sks> star on stairs"] * 4
+    # added images carry the generator prompt of what the oracle reads in them: an anchor or the references'
+    allowed = set(config.anchor_prompts()) | {"a <sks> star on stairs"}
+    assert added2 and set(added2) <= allowed
+    with studio.db() as db:
+        picks = storage.list_selections(db, run_id, 1)
+    anchors = [p["anchor_index"] for p in picks]
+    assert (
+        len(set(anchors)) == config.gal.k and len(anchors) <= config.gal.k * 2 and len(added2) == len(anchors)
+    )
+    assert sorted(anchors) == sorted(p["anchor_index"] for p in preview["picks"])
+    assert all(w == 1.0 for _, w, added in round2 if added)  # no +balance: weight 1
+
+
+def test_plain_captions_are_the_prompts(shared_studio, reference_files, captured):
+    studio = shared_studio
+    config = tiny_config("uncertainty+balance", max_rounds=1)
+    run_id = studio.create_run(config, _bare_references(reference_files))
+    studio.advance(run_id)
+    assert [c for c, _, _ in captured[0]] == ["a <sks> star"] * 4
+
+
+def test_known_gate_compares_aligned_drawings_with_real_renders(shared_studio, references):
+    from gal.toyworld.gate import subject_gate
+    from gal.toyworld.world import scenarios
+
+    studio = shared_studio
+    run_id = studio.create_run(tiny_config("uncertainty+balance", max_rounds=1), references)
+    studio.advance(run_id)
+    gate = subject_gate(studio, run_id, scenarios()["object"].reference_specs[0], n=2)
+    assert gate["images"] == 4 * 3 and 0 <= gate["aligned"] <= gate["images"]
+    assert np.isfinite(gate["real"]) and -1 <= gate["real"] <= 1
+    if gate["aligned"]:
+        assert gate["passes"] == (gate["generated"] >= gate["real"])
+        assert gate["ratio"] == pytest.approx(gate["generated"] / gate["real"])
