@@ -39,7 +39,10 @@ STRATEGY_CHOICES = [
     ("Uncertainty — the k most uncertain anchors, weight 1", "uncertainty"),
     ("Uncertainty + Balance (GAL) — k most uncertain anchors, weight Δ", "uncertainty+balance"),
     ("Human + Balance — the images you accept, weight Δ", "human+balance"),
-    ("Uncertainty + Diversity (AISEL) — uncertain anchors whose images lie far apart, weight 1", "uncertainty+diversity"),
+    (
+        "Uncertainty + Diversity (AISEL) — uncertain anchors whose images lie far apart, weight 1",
+        "uncertainty+diversity",
+    ),
 ]
 DEFAULT_SUBJECT = {"object": "a <sks> cat", "style": "in <sks> style"}
 
