@@ -1,7 +1,8 @@
 """Table 1 of the paper on the toy world: 5 strategies × seeds × rounds, TXT-ALN / IMG-ALN / OVF.
 
     .venv/bin/python bench/table1.py                       # object task, 3 seeds, 4 rounds
-    .venv/bin/python bench/table1.py --tasks object style --seeds 0 1 2 --rounds 4 --jobs 2 --out artifacts/table1
+    .venv/bin/python bench/table1.py --tasks object style --seeds 0 1 2 --rounds 4 --jobs 2 \\
+        --out artifacts/table1
 
 Human is simulated by a stand-in *person* who reads each image as the evaluation CLIP does (its Eq. 8
 verdict, so a perfect stand-in for the oracle); ``human-noisy`` misreads each image with probability
@@ -46,7 +47,9 @@ TASKS = list(scenarios())  # object, style, known
 METRICS = ("txt_aln", "img_aln", "ovf")
 
 
-def person_verdicts(images: list[dict], *, budget: int, noise: float, rng: np.random.Generator) -> dict[int, int]:
+def person_verdicts(
+    images: list[dict], *, budget: int, noise: float, rng: np.random.Generator
+) -> dict[int, int]:
     """What the simulated person records on one round's images (``id``, ``anchor_index``, ``sim_anchor``,
     ``sim_non_soi``): image id -> verdict (0 accept, 1 reject).
 
@@ -89,15 +92,26 @@ def added_per_round(history: dict) -> list[int]:
     return [sum(a < r["round_index"] for a in added) for r in history["rounds"]]
 
 
-def matched_steps_for(results: list[dict], task: str, seed: int, variant: dict, rounds: int, steps: int,
-                      n_real: int, k: int, sampling: str) -> tuple[int, list[int], bool]:
+def matched_steps_for(
+    results: list[dict],
+    task: str,
+    seed: int,
+    variant: dict,
+    rounds: int,
+    steps: int,
+    n_real: int,
+    k: int,
+    sampling: str,
+) -> tuple[int, list[int], bool]:
     """dreambooth-matched's step count for one seed: from the compared run's reference counts when it is in
     ``results``, else from the counts it will have (k a round, no early stop in the bench). Returns
     (steps, added per round, whether the compared run was found)."""
     compared = variant.get("match", COMPARED)
     want = {k2: v for k2, v in variant.items() if k2 != "match"}
     for r in results:
-        if (r["task"], r["strategy"], r["seed"]) == (task, compared, seed) and _base(r.get("variant")) == want:
+        if (r["task"], r["strategy"], r["seed"]) == (task, compared, seed) and _base(
+            r.get("variant")
+        ) == want:
             counts = r.get("added_per_round") or [0] * (len(r["rounds"]) - 1) + [r["added"]]
             return matched_real_steps(steps, n_real, counts, sampling=sampling), counts, True
     counts = [k * i for i in range(rounds)]
@@ -109,8 +123,17 @@ def _base(variant: dict | None) -> dict:
     return {k: v for k, v in (variant or {}).items() if k not in ("person_budget", "noise")}
 
 
-def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, folder: Path,
-            variant: dict | None = None, grid_dir: Path | None = None, results: list[dict] | None = None) -> dict:
+def one_run(
+    studio: Studio,
+    task: str,
+    strategy: str,
+    seed: int,
+    rounds: int,
+    folder: Path,
+    variant: dict | None = None,
+    grid_dir: Path | None = None,
+    results: list[dict] | None = None,
+) -> dict:
     variant = variant or {}
     config, refs = demo_scenario(folder / "refs", task, model=studio.default_model)
     config.oracle = studio.default_oracle
@@ -129,16 +152,34 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, fo
     if variant.get("images_per_anchor"):
         config.gal.images_per_anchor = variant["images_per_anchor"]
     matched = None
-    if strategy == "dreambooth-matched":  # plain DreamBooth, one round, at the compared run's real-reference steps
-        steps, counts, found = matched_steps_for(results or [], task, seed, variant, rounds, config.train.steps,
-                                                 len(refs), config.gal.k, config.train.reference_sampling)
-        matched = {"steps": steps, "compared": variant.get("match", COMPARED), "added_per_round": counts,
-                   "from_run": found, "rounds_matched": rounds}
+    if (
+        strategy == "dreambooth-matched"
+    ):  # plain DreamBooth, one round, at the compared run's real-reference steps
+        steps, counts, found = matched_steps_for(
+            results or [],
+            task,
+            seed,
+            variant,
+            rounds,
+            config.train.steps,
+            len(refs),
+            config.gal.k,
+            config.train.reference_sampling,
+        )
+        matched = {
+            "steps": steps,
+            "compared": variant.get("match", COMPARED),
+            "added_per_round": counts,
+            "from_run": found,
+            "rounds_matched": rounds,
+        }
         config.train.steps = steps
         rounds = 1
     if strategy == "lambda-0":
         config.gal.lam = 0.0
-    config.gal.strategy = {"human-noisy": "human", "lambda-0": COMPARED, "dreambooth-matched": COMPARED}.get(strategy, strategy)
+    config.gal.strategy = {"human-noisy": "human", "lambda-0": COMPARED, "dreambooth-matched": COMPARED}.get(
+        strategy, strategy
+    )
     config.gal.max_rounds = rounds
     config.gal.adaptive_stop = False  # compare every strategy over the same number of rounds
     run_id = studio.create_run(config, refs)
@@ -149,7 +190,9 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, fo
     spec = scenarios()[task].reference_specs[0]
     while True:
         run = studio.advance(run_id)
-        if gate is None and scenarios()[task].kind == "object":  # round 1: do aligned drawings look like the refs?
+        if (
+            gate is None and scenarios()[task].kind == "object"
+        ):  # round 1: do aligned drawings look like the refs?
             gate = subject_gate(studio, run_id, spec)
         if run["status"] == "finished":
             break
@@ -162,17 +205,35 @@ def one_run(studio: Studio, task: str, strategy: str, seed: int, rounds: int, fo
             fallbacks += 1
     history = studio.history(run_id)
     if grid_dir is not None:
-        save_grid(studio.run_dir(run_id), len(history["rounds"]), grid_dir / grid_name(task, strategy, seed, variant))
-    return {
-        "task": task, "strategy": strategy, "seed": seed, "seconds": time.perf_counter() - started, "variant": variant,
-        # mixed: anchors in the pool with 0 < β < 1 after the round's training, the directions GAL can query
-        "rounds": [{k: (r.get("metrics") or {}).get(k) for k in METRICS}
-                   | {"openness": r.get("openness"), "mixed": studio.review_state(run_id, i + 1)["counters"]["mixed"]}
-                   for i, r in enumerate(history["rounds"])],
-        "added": sum(r["source"] == "synthetic" for r in history["references"]),
-        "added_per_round": added_per_round(history),
-        "auto_fallbacks": fallbacks,
-    } | ({"matched": matched} if matched else {}) | ({"gate": gate} if gate else {})
+        save_grid(
+            studio.run_dir(run_id),
+            len(history["rounds"]),
+            grid_dir / grid_name(task, strategy, seed, variant),
+        )
+    return (
+        {
+            "task": task,
+            "strategy": strategy,
+            "seed": seed,
+            "seconds": time.perf_counter() - started,
+            "variant": variant,
+            # mixed: anchors in the pool with 0 < β < 1 after the round's training, the directions GAL
+            # can query
+            "rounds": [
+                {k: (r.get("metrics") or {}).get(k) for k in METRICS}
+                | {
+                    "openness": r.get("openness"),
+                    "mixed": studio.review_state(run_id, i + 1)["counters"]["mixed"],
+                }
+                for i, r in enumerate(history["rounds"])
+            ],
+            "added": sum(r["source"] == "synthetic" for r in history["references"]),
+            "added_per_round": added_per_round(history),
+            "auto_fallbacks": fallbacks,
+        }
+        | ({"matched": matched} if matched else {})
+        | ({"gate": gate} if gate else {})
+    )
 
 
 def job_variant(base: dict, strategy: str, person_budget: int, noise: float) -> dict:
@@ -191,8 +252,8 @@ DEFAULT_VARIANT = {"eval_images": 8, "person_budget": 3, "noise": 0.2}
 
 
 def grid_name(task: str, strategy: str, seed: int, variant: dict) -> str:
-    """``TASK-STRATEGY[-SETTING…]-seedN.png``: a run with a non-default setting (λ, sampling, person budget, …)
-    gets its own file instead of overwriting the main row's."""
+    """``TASK-STRATEGY[-SETTING…]-seedN.png``: a run with a non-default setting (λ, sampling, person
+    budget, …) gets its own file instead of overwriting the main row's."""
     tags = [f"{k}{v}" for k, v in sorted(variant.items()) if DEFAULT_VARIANT.get(k) != v]
     return "-".join([task, strategy, *tags, f"seed{seed}"]) + ".png"
 
@@ -201,14 +262,19 @@ def save_grid(run_dir: Path, rounds: int, path: Path, per_round: int = 16, scale
     """One row per round: its first held-out evaluation images (the same prompts and seeds every round)."""
     from PIL import Image
 
-    rows = [sorted((run_dir / f"rounds/r{r:02d}/eval").glob("e*.png"))[:per_round] for r in range(1, rounds + 1)]
+    rows = [
+        sorted((run_dir / f"rounds/r{r:02d}/eval").glob("e*.png"))[:per_round] for r in range(1, rounds + 1)
+    ]
     if not rows or not rows[0]:
         return
     w, h = Image.open(rows[0][0]).size
     grid = Image.new("RGB", (per_round * w * scale, len(rows) * h * scale), "white")
     for i, files in enumerate(rows):
         for j, f in enumerate(files):
-            grid.paste(Image.open(f).convert("RGB").resize((w * scale, h * scale), Image.NEAREST), (j * w * scale, i * h * scale))
+            grid.paste(
+                Image.open(f).convert("RGB").resize((w * scale, h * scale), Image.NEAREST),
+                (j * w * scale, i * h * scale),
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
 
@@ -218,8 +284,11 @@ def direction(results: list[dict]) -> list[str]:
     against round 1 and against Random, and IMG-ALN does not collapse (kept within 10 % of round 1)."""
     lines = []
     for task in sorted({r["task"] for r in results}):
+
         def last(strategy, metric, task=task):
-            return [r["rounds"][-1][metric] for r in results if r["task"] == task and r["strategy"] == strategy]
+            return [
+                r["rounds"][-1][metric] for r in results if r["task"] == task and r["strategy"] == strategy
+            ]
 
         ub_ovf, rnd_ovf = last("uncertainty+balance", "ovf"), last("random", "ovf")
         r1 = [r["rounds"][0] for r in results if r["task"] == task and r["strategy"] != "dreambooth-matched"]
@@ -227,16 +296,28 @@ def direction(results: list[dict]) -> list[str]:
             continue
         r1_ovf, r1_img = np.mean([x["ovf"] for x in r1]), np.mean([x["img_aln"] for x in r1])
         ub_img = np.mean(last("uncertainty+balance", "img_aln"))
-        checks = [f"OVF {np.mean(ub_ovf):.3f} vs R1 {r1_ovf:.3f}: {'lower' if np.mean(ub_ovf) < r1_ovf else 'NOT lower'}"]
+        checks = [
+            f"OVF {np.mean(ub_ovf):.3f} vs R1 {r1_ovf:.3f}: "
+            f"{'lower' if np.mean(ub_ovf) < r1_ovf else 'NOT lower'}"
+        ]
         if rnd_ovf:
-            checks.append(f"vs Random {np.mean(rnd_ovf):.3f}: {'lower' if np.mean(ub_ovf) < np.mean(rnd_ovf) else 'NOT lower'}"
-                          f" (Random's IMG-ALN {np.mean(last('random', 'img_aln')):.3f})")
-        checks.append(f"IMG-ALN {ub_img:.3f} vs R1 {r1_img:.3f}: {'kept' if ub_img >= 0.9 * r1_img else 'COLLAPSED'} (>= 90 %)")
+            checks.append(
+                f"vs Random {np.mean(rnd_ovf):.3f}: "
+                f"{'lower' if np.mean(ub_ovf) < np.mean(rnd_ovf) else 'NOT lower'}"
+                f" (Random's IMG-ALN {np.mean(last('random', 'img_aln')):.3f})"
+            )
+        checks.append(
+            f"IMG-ALN {ub_img:.3f} vs R1 {r1_img:.3f}: "
+            f"{'kept' if ub_img >= 0.9 * r1_img else 'COLLAPSED'} (>= 90 %)"
+        )
         lines.append(f"{task}: Uncertainty+Balance, last round — " + "; ".join(checks))
     return lines + against_matched(results)
 
 
-TARGET_SEEDS, TARGET_IMG = 4, 0.95  # the issue's target: OVF below dreambooth-matched in >= 4 seeds, IMG-ALN >= 95 %
+TARGET_SEEDS, TARGET_IMG = (
+    4,
+    0.95,
+)  # the issue's target: OVF below dreambooth-matched in >= 4 seeds, IMG-ALN >= 95 %
 
 
 def against_matched(results: list[dict]) -> list[str]:
@@ -249,14 +330,29 @@ def against_matched(results: list[dict]) -> list[str]:
         base = {s: r["rounds"][-1] for (name, s), r in runs.items() if name == "dreambooth-matched"}
         # under real-rate sampling the real references keep every step (matched_real_steps = steps): the
         # matched DreamBooth is the run's own round 1
-        own_r1 = not base and all((r.get("variant") or {}).get("sampling") == "real-rate" for r in runs.values())
+        own_r1 = not base and all(
+            (r.get("variant") or {}).get("sampling") == "real-rate" for r in runs.values()
+        )
         if not base and not own_r1:
             continue
-        steps = sorted({r["matched"]["steps"] for (name, _), r in runs.items() if name == "dreambooth-matched" and r.get("matched")})
-        what = "its own round 1 (real-rate: the real references keep all steps)" if own_r1 else (
-            f"dreambooth-matched of the same seed ({'/'.join(map(str, steps)) or '?'} steps, one round)")
-        lines.append(f"{task}: last round against {what}; target: lower OVF with IMG-ALN >= {TARGET_IMG:.0%} "
-                     f"in >= {TARGET_SEEDS} seeds")
+        steps = sorted(
+            {
+                r["matched"]["steps"]
+                for (name, _), r in runs.items()
+                if name == "dreambooth-matched" and r.get("matched")
+            }
+        )
+        what = (
+            "its own round 1 (real-rate: the real references keep all steps)"
+            if own_r1
+            else (
+                f"dreambooth-matched of the same seed ({'/'.join(map(str, steps)) or '?'} steps, one round)"
+            )
+        )
+        lines.append(
+            f"{task}: last round against {what}; target: lower OVF with IMG-ALN >= {TARGET_IMG:.0%} "
+            f"in >= {TARGET_SEEDS} seeds"
+        )
         for strategy in ROWS:
             if strategy == "dreambooth-matched":
                 continue
@@ -271,8 +367,11 @@ def against_matched(results: list[dict]) -> list[str]:
             both = sum(a and b for a, b in zip(lower, kept))
             ratio = np.mean([x["img_aln"] / control[s]["img_aln"] for x, s in zip(last, seeds)])
             met = "MET" if both >= TARGET_SEEDS else "not met"
-            lines.append(f"  {strategy:<30} ΔOVF {np.mean(d_ovf):+.3f}, lower in {sum(lower)}/{len(seeds)}; IMG-ALN "
-                         f"{ratio:.0%} of it, >= {TARGET_IMG:.0%} in {sum(kept)}/{len(seeds)}; both in {both}/{len(seeds)}: {met}")
+            lines.append(
+                f"  {strategy:<30} ΔOVF {np.mean(d_ovf):+.3f}, lower in {sum(lower)}/{len(seeds)}; IMG-ALN "
+                f"{ratio:.0%} of it, >= {TARGET_IMG:.0%} in {sum(kept)}/{len(seeds)}; "
+                f"both in {both}/{len(seeds)}: {met}"
+            )
     return lines
 
 
@@ -307,11 +406,17 @@ def paired(results: list[dict]) -> list[str]:
             last = [runs[strategy, s]["rounds"][-1] for s in seeds]
             d_ovf = [b["ovf"] - a["ovf"] for a, b in zip(first, last)]
             kept = sum(b["img_aln"] >= 0.9 * a["img_aln"] for a, b in zip(first, last))
-            text = (f"  {strategy:<20} ΔOVF {np.mean(d_ovf):+.3f}, lower in {sum(d < 0 for d in d_ovf)}/{len(seeds)} seeds; "
-                    f"IMG-ALN kept (>= 90 % of R1) in {kept}/{len(seeds)}")
+            text = (
+                f"  {strategy:<20} ΔOVF {np.mean(d_ovf):+.3f}, "
+                f"lower in {sum(d < 0 for d in d_ovf)}/{len(seeds)} seeds; "
+                f"IMG-ALN kept (>= 90 % of R1) in {kept}/{len(seeds)}"
+            )
             rivals = [s for s in seeds if ("random", s) in runs]
             if strategy != "random" and rivals:
-                vs = [runs[strategy, s]["rounds"][-1]["ovf"] - runs["random", s]["rounds"][-1]["ovf"] for s in rivals]
+                vs = [
+                    runs[strategy, s]["rounds"][-1]["ovf"] - runs["random", s]["rounds"][-1]["ovf"]
+                    for s in rivals
+                ]
                 text += f"; OVF vs Random {np.mean(vs):+.3f}, lower in {sum(d < 0 for d in vs)}/{len(rivals)}"
             lines.append(text)
     return lines
@@ -320,25 +425,38 @@ def paired(results: list[dict]) -> list[str]:
 def variants(results: list[dict]) -> str:
     """Every setting in a results file side by side (controls, λ sweeps, sampling): per task, strategy and
     variant, round 1 and each run's last round, mean ± sd over the seeds."""
-    lines = [f"{'task':<7}{'strategy':<31}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
-             f"  {'last IMG-ALN':>13}  {'last OVF':>13}{'added':>7}"]
+    lines = [
+        f"{'task':<7}{'strategy':<31}{'variant':<48}{'runs':>5}  {'R1 OVF':>13}  {'last TXT-ALN':>13}"
+        f"  {'last IMG-ALN':>13}  {'last OVF':>13}{'added':>7}"
+    ]
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         label = " ".join(f"{k}={v}" for k, v in sorted((r.get("variant") or {}).items()))
         groups.setdefault((r["task"], ROWS.index(r["strategy"]), label), []).append(r)
     for (task, row, label), runs in sorted(groups.items()):
         last = [r["rounds"][-1] for r in runs]
-        cells = [mean_sd([r["rounds"][0]["ovf"] for r in runs], 3), *(mean_sd([x[m] for x in last], 3) for m in METRICS)]
-        lines.append(f"{task:<7}{ROWS[row]:<31}{label:<48}{len(runs):>5}  " + "  ".join(cells)
-                     + f"{np.mean([r['added'] for r in runs]):>7.1f}")
+        cells = [
+            mean_sd([r["rounds"][0]["ovf"] for r in runs], 3),
+            *(mean_sd([x[m] for x in last], 3) for m in METRICS),
+        ]
+        lines.append(
+            f"{task:<7}{ROWS[row]:<31}{label:<48}{len(runs):>5}  "
+            + "  ".join(cells)
+            + f"{np.mean([r['added'] for r in runs]):>7.1f}"
+        )
     return "\n".join(lines)
 
 
 def summarise(results: list[dict], rounds: int) -> str:
     lines = []
     for task in sorted({r["task"] for r in results}):
-        lines.append(f"\n{task} task — mean ± sd (sample sd, n-1) over seeds; R1 is plain DreamBooth-LoRA (no synthetic data)")
-        lines.append(f"{'strategy':<31}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}")
+        lines.append(
+            f"\n{task} task — mean ± sd (sample sd, n-1) over seeds; "
+            "R1 is plain DreamBooth-LoRA (no synthetic data)"
+        )
+        lines.append(
+            f"{'strategy':<31}{'round':>6}{'runs':>5}{'TXT-ALN':>16}{'IMG-ALN':>16}{'OVF':>16}{'added':>7}{'min/run':>9}"
+        )
         base = [r for r in results if r["task"] == task]
         for strategy in ROWS:
             runs = [r for r in base if r["strategy"] == strategy]
@@ -349,11 +467,17 @@ def summarise(results: list[dict], rounds: int) -> str:
                 reached = sum(i < len(r["rounds"]) for r in runs)
                 if not reached:  # dreambooth-matched has one round
                     continue
-                lines.append(f"{strategy if i == 0 else '':<31}{i + 1:>6}{reached:>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
+                lines.append(
+                    f"{strategy if i == 0 else '':<31}{i + 1:>6}{reached:>5}"
+                    f"{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
+                )
             # a Human run whose pool emptied ends early: its own last round, next to the others' last round
             cells = [mean_sd([r["rounds"][-1][m] for r in runs]) for m in METRICS]
-            lines.append(f"{'':<31}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
-                         f"{np.mean([r['added'] for r in runs]):>7.1f}{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}")
+            lines.append(
+                f"{'':<31}{'last':>6}{len(runs):>5}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}"
+                f"{np.mean([r['added'] for r in runs]):>7.1f}"
+                f"{np.mean([r['seconds'] for r in runs]) / 60:>9.1f}"
+            )
     lines += ["", *direction(results), "", *paired(results)]
     return "\n".join(lines)
 
@@ -377,12 +501,23 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
                 for i in range(rounds):  # a Human run that emptied the pool ends early
                     values = [r["rounds"][i][metric] for r in runs if i < len(r["rounds"])]
                     if values:
-                        xs.append(i + 1 + (n - len(ROWS) / 2) * 0.04)  # side by side, so error bars do not hide each other
+                        xs.append(
+                            i + 1 + (n - len(ROWS) / 2) * 0.04
+                        )  # side by side, so error bars do not hide each other
                         mean.append(np.mean(values))
                         sd.append(sample_sd(values) or 0.0)
                 # Balance rows solid, weight-1 rows dashed: the split the results fall along
-                ax.errorbar(xs, mean, yerr=sd, label=strategy, capsize=2, marker="o", markersize=4,
-                            color=f"C{n}", linestyle="-" if strategy.endswith("balance") else "--")
+                ax.errorbar(
+                    xs,
+                    mean,
+                    yerr=sd,
+                    label=strategy,
+                    capsize=2,
+                    marker="o",
+                    markersize=4,
+                    color=f"C{n}",
+                    linestyle="-" if strategy.endswith("balance") else "--",
+                )
             ax.set_title(f"{task}: {metric.upper().replace('_', '-')}")
             ax.set_xlabel("round")
             ax.set_xticks(range(1, rounds + 1))
@@ -399,22 +534,43 @@ def _init_worker(model: str, oracle: str, root: str, grid_dir: str, saved: str =
 
     torch.set_num_threads(1)  # one process per core: 2 threads each thrash a shared 2-core machine
     folder = Path(tempfile.mkdtemp(dir=root))
-    _WORKER.update(studio=Studio(folder / "runs", model=model, oracle=oracle), folder=folder, grid_dir=Path(grid_dir),
-                   saved=Path(saved) if saved else None)
+    _WORKER.update(
+        studio=Studio(folder / "runs", model=model, oracle=oracle),
+        folder=folder,
+        grid_dir=Path(grid_dir),
+        saved=Path(saved) if saved else None,
+    )
 
 
 def _work(job: tuple) -> dict:
     task, strategy, seed, rounds, variant = job
     try:
-        saved = _WORKER.get("saved")  # dreambooth-matched reads the compared run's counts from the results so far
+        saved = _WORKER.get(
+            "saved"
+        )  # dreambooth-matched reads the compared run's counts from the results so far
         results = json.loads(saved.read_text()) if saved and saved.exists() else []
-        return one_run(_WORKER["studio"], task, strategy, seed, rounds, _WORKER["folder"], variant,
-                       _WORKER["grid_dir"], results)
+        return one_run(
+            _WORKER["studio"],
+            task,
+            strategy,
+            seed,
+            rounds,
+            _WORKER["folder"],
+            variant,
+            _WORKER["grid_dir"],
+            results,
+        )
     except Exception as err:  # one failed run is reported, the others go on
         import traceback
 
-        return {"task": task, "strategy": strategy, "seed": seed, "variant": variant,
-                "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        return {
+            "task": task,
+            "strategy": strategy,
+            "seed": seed,
+            "variant": variant,
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+        }
 
 
 def adopt_controls(results: list[dict], k: int = 3) -> list[dict]:
@@ -432,15 +588,40 @@ def adopt_controls(results: list[dict], k: int = 3) -> list[dict]:
         elif "steps" in v and len(r["rounds"]) == 1 and set(v) - {"steps"} == {"eval_images"}:
             steps = v.pop("steps")
             n_real = 4 if r["task"] in ("object", "known") else 2
-            rounds = next((len(c["rounds"]) for c in results if (c["task"], c["strategy"], c["seed"]) ==
-                           (r["task"], COMPARED, r["seed"]) and c.get("variant") == v), 4)
-            compared = next((c["added"] for c in results if (c["task"], c["strategy"], c["seed"]) ==
-                             (r["task"], COMPARED, r["seed"]) and c.get("variant") == v), k * (rounds - 1))
+            rounds = next(
+                (
+                    len(c["rounds"])
+                    for c in results
+                    if (c["task"], c["strategy"], c["seed"]) == (r["task"], COMPARED, r["seed"])
+                    and c.get("variant") == v
+                ),
+                4,
+            )
+            compared = next(
+                (
+                    c["added"]
+                    for c in results
+                    if (c["task"], c["strategy"], c["seed"]) == (r["task"], COMPARED, r["seed"])
+                    and c.get("variant") == v
+                ),
+                k * (rounds - 1),
+            )
             counts = [0] * (rounds - 1) + [compared]
             if matched_real_steps(900, n_real, counts) == steps:
-                adopted.append(r | {"strategy": "dreambooth-matched", "variant": v,
-                                    "matched": {"steps": steps, "compared": COMPARED, "added_per_round": counts,
-                                                "from_run": True, "rounds_matched": rounds}})
+                adopted.append(
+                    r
+                    | {
+                        "strategy": "dreambooth-matched",
+                        "variant": v,
+                        "matched": {
+                            "steps": steps,
+                            "compared": COMPARED,
+                            "added_per_round": counts,
+                            "from_run": True,
+                            "rounds_matched": rounds,
+                        },
+                    }
+                )
     return adopted
 
 
@@ -454,34 +635,76 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--noise", type=float, default=DEFAULT_VARIANT["noise"], help="how often the noisy person misreads an image")
-    parser.add_argument("--person-budget", type=int, default=DEFAULT_VARIANT["person_budget"],
-                        help="images the simulated person accepts per round (default 3 = k; 0 = every image they call aligned)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=DEFAULT_VARIANT["noise"],
+        help="how often the noisy person misreads an image",
+    )
+    parser.add_argument(
+        "--person-budget",
+        type=int,
+        default=DEFAULT_VARIANT["person_budget"],
+        help="images the simulated person accepts per round "
+        "(default 3 = k; 0 = every image they call aligned)",
+    )
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--oracle", default=default_oracle())
-    parser.add_argument("--eval-images", type=int, default=DEFAULT_VARIANT["eval_images"], help="images per held-out prompt (the demo uses 4)")
-    parser.add_argument("--sampling", choices=["pooled", "real-rate"], help="train.reference_sampling (default: the config's)")
+    parser.add_argument(
+        "--eval-images",
+        type=int,
+        default=DEFAULT_VARIANT["eval_images"],
+        help="images per held-out prompt (the demo uses 4)",
+    )
+    parser.add_argument(
+        "--sampling", choices=["pooled", "real-rate"], help="train.reference_sampling (default: the config's)"
+    )
     parser.add_argument("--lam", type=float, help="λ of Eq. 9 (default: the config's 0.005)")
     parser.add_argument("--steps", type=int, help="training steps per round (default: the demo's 900)")
-    parser.add_argument("--captions", choices=["plain", "informative"], help="train.captions (default: the config's plain)")
-    parser.add_argument("--images-per-anchor", type=int, help="gal.images_per_anchor of the +diversity rows (default 1)")
-    parser.add_argument("--match", choices=[s for s in ROWS if s not in CONTROL_ROWS],
-                        help="dreambooth-matched matches this row's reference counts (default uncertainty+balance)")
-    parser.add_argument("--adopt", help="copy the λ = 0 and matched-step runs of another results.json in as the "
-                        "lambda-0 and dreambooth-matched rows (they are the same runs)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each")
+    parser.add_argument(
+        "--captions", choices=["plain", "informative"], help="train.captions (default: the config's plain)"
+    )
+    parser.add_argument(
+        "--images-per-anchor", type=int, help="gal.images_per_anchor of the +diversity rows (default 1)"
+    )
+    parser.add_argument(
+        "--match",
+        choices=[s for s in ROWS if s not in CONTROL_ROWS],
+        help="dreambooth-matched matches this row's reference counts (default uncertainty+balance)",
+    )
+    parser.add_argument(
+        "--adopt",
+        help="copy the λ = 0 and matched-step runs of another results.json in as the "
+        "lambda-0 and dreambooth-matched rows (they are the same runs)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each"
+    )
     parser.add_argument("--out", default="artifacts/table1")
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out/results.json")
-    parser.add_argument("--report", action="store_true", help="only print the table and plot from --out/results.json")
-    parser.add_argument("--variants", action="store_true", help="only print every setting in --out/results.json side by side")
+    parser.add_argument(
+        "--report", action="store_true", help="only print the table and plot from --out/results.json"
+    )
+    parser.add_argument(
+        "--variants", action="store_true", help="only print every setting in --out/results.json side by side"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.person_budget < 0 or not 0 <= args.noise <= 1:
         parser.error("--person-budget must be >= 0 and --noise within [0, 1]")
-    variant = {k: v for k, v in {"eval_images": args.eval_images, "sampling": args.sampling, "lam": args.lam,
-                                  "steps": args.steps, "captions": args.captions,
-                                  "images_per_anchor": args.images_per_anchor}.items() if v is not None}
+    variant = {
+        k: v
+        for k, v in {
+            "eval_images": args.eval_images,
+            "sampling": args.sampling,
+            "lam": args.lam,
+            "steps": args.steps,
+            "captions": args.captions,
+            "images_per_anchor": args.images_per_anchor,
+        }.items()
+        if v is not None
+    }
 
     def variant_of(strategy: str) -> dict:
         v = job_variant(variant, strategy, args.person_budget, args.noise)
@@ -509,18 +732,29 @@ def main() -> None:
         shown = selected(results)
         if not shown:
             found = sorted({json.dumps(r.get("variant") or {}, sort_keys=True) for r in results})
-            sys.exit(f"no runs with variant {variant} in {saved}; it holds {', '.join(found) or 'none'}: "
-                     "pass the same --eval-images/--sampling/--lam/--steps/--person-budget/--noise as the runs")
+            sys.exit(
+                f"no runs with variant {variant} in {saved}; it holds {', '.join(found) or 'none'}: "
+                "pass the same --eval-images/--sampling/--lam/--steps/--person-budget/--noise as the runs"
+            )
         rounds = max(len(r["rounds"]) for r in shown)
         print(summarise(shown, rounds))
         plot(shown, rounds, out / "table1.png")
         print(f"\nwrote {out / 'table1.png'}")
         return
     done = {_key(r) for r in results}
-    jobs = [(task, strategy, seed, args.rounds, variant_of(strategy))
-            for task in args.tasks for seed in args.seeds for strategy in args.strategies
-            if _key({"task": task, "strategy": strategy, "seed": seed, "variant": variant_of(strategy)}) not in done]
-    print(f"{len(jobs)} runs to do ({len(results)} already in {saved}), {args.jobs} at a time; variant {variant}", flush=True)
+    jobs = [
+        (task, strategy, seed, args.rounds, variant_of(strategy))
+        for task in args.tasks
+        for seed in args.seeds
+        for strategy in args.strategies
+        if _key({"task": task, "strategy": strategy, "seed": seed, "variant": variant_of(strategy)})
+        not in done
+    ]
+    print(
+        f"{len(jobs)} runs to do ({len(results)} already in {saved}), "
+        f"{args.jobs} at a time; variant {variant}",
+        flush=True,
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.jobs == 1:
@@ -529,25 +763,37 @@ def main() -> None:
         else:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(args.jobs, _init_worker,
-                                                (args.model, args.oracle, tmp, str(out / "grids"), str(saved)))
+            pool = mp.get_context("spawn").Pool(
+                args.jobs, _init_worker, (args.model, args.oracle, tmp, str(out / "grids"), str(saved))
+            )
             finished = pool.imap_unordered(_work, jobs)
         failed = []
         for result in finished:
             if "error" in result:
                 failed.append(result)
-                print(f"{result['task']} {result['strategy']} seed {result['seed']} FAILED: {result['traceback']}", flush=True)
+                print(
+                    f"{result['task']} {result['strategy']} seed {result['seed']} "
+                    f"FAILED: {result['traceback']}",
+                    flush=True,
+                )
                 continue
             results.append(result)
-            print(f"{result['task']} {result['strategy']} seed {result['seed']}: " + "  ".join(
-                f"R{i + 1} OVF {r['ovf']:.3f} mixed {r['mixed']}" for i, r in enumerate(result["rounds"])) +
-                f"  ({result['seconds']:.0f} s)", flush=True)
+            print(
+                f"{result['task']} {result['strategy']} seed {result['seed']}: "
+                + "  ".join(
+                    f"R{i + 1} OVF {r['ovf']:.3f} mixed {r['mixed']}" for i, r in enumerate(result["rounds"])
+                )
+                + f"  ({result['seconds']:.0f} s)",
+                flush=True,
+            )
             saved.write_text(json.dumps(results, indent=1))
         if args.jobs > 1:
             pool.close()
             pool.join()
-    print(f"model {args.model}, oracle {args.oracle}; {len(jobs) - len(failed)} runs in "
-          f"{(time.perf_counter() - started) / 60:.1f} min, {len(failed)} failed")
+    print(
+        f"model {args.model}, oracle {args.oracle}; {len(jobs) - len(failed)} runs in "
+        f"{(time.perf_counter() - started) / 60:.1f} min, {len(failed)} failed"
+    )
     shown = selected(results)
     print(summarise(shown, args.rounds))
     plot(shown, args.rounds, out / "table1.png")

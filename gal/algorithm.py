@@ -162,7 +162,8 @@ def best_image(sim_anchor: np.ndarray, anchors: np.ndarray, verdicts: np.ndarray
 
 
 def _cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``1 - cos`` between rows of ``a [n, d]`` and ``b [p, d]`` (rows need not be unit length). ``-> [n, p]``"""
+    """``1 - cos`` between rows of ``a [n, d]`` and ``b [p, d]`` (rows need not be unit length).
+    ``-> [n, p]``"""
     a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
     return 1.0 - a @ b.T

@@ -18,28 +18,47 @@ from gal.review import parse_verdict, read_decisions  # noqa: F401  (the CLI's v
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gal", description="Generative Active Learning for Stable Diffusion personalization")
-    p.add_argument("--runs-dir", default=os.environ.get("GAL_RUNS_DIR", "runs"), help="folder of runs and gal.db (default ./runs)")
+    p = argparse.ArgumentParser(
+        prog="gal", description="Generative Active Learning for Stable Diffusion personalization"
+    )
+    p.add_argument(
+        "--runs-dir",
+        default=os.environ.get("GAL_RUNS_DIR", "runs"),
+        help="folder of runs and gal.db (default ./runs)",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "no"], help="weights dtype on CUDA")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp16", "bf16", "no"], help="weights dtype on CUDA"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start a new run, or --resume one")
     run.add_argument("--resume", metavar="RUN_ID", help="continue a run where it stopped")
     run.add_argument("--config", help="a JSON RunConfig (flags below override it)")
-    run.add_argument("--demo", action="store_true", help="the built-in toy-world scenario (default when no --ref is given)")
+    run.add_argument(
+        "--demo", action="store_true", help="the built-in toy-world scenario (default when no --ref is given)"
+    )
     run.add_argument("--task", choices=["object", "style"])
-    run.add_argument("--scenario", choices=["object", "style", "known"],
-                     help="with --demo: the toy-world scenario (known: a subject the toy model already draws)")
+    run.add_argument(
+        "--scenario",
+        choices=["object", "style", "known"],
+        help="with --demo: the toy-world scenario (known: a subject the toy model already draws)",
+    )
     run.add_argument("--ref", action="append", default=[], help="a reference image (repeat for several)")
     run.add_argument("--prompt", help="the references' prompt, e.g. 'a <sks> cat on the stairs'")
-    run.add_argument("--non-soi", help="what the model must NOT learn, e.g. 'a cat on the stairs' (default: prompt without token)")
+    run.add_argument(
+        "--non-soi",
+        help="what the model must NOT learn, e.g. 'a cat on the stairs' (default: prompt without token)",
+    )
     run.add_argument("--token", help="the SoI token (default <sks>)")
     run.add_argument("--subject", help="replaces {} in the anchors, e.g. 'a <sks> cat'")
     run.add_argument("--anchors", help="a text file, one anchor template per line ({} = subject)")
     run.add_argument("--strategy", choices=list(STRATEGIES))
-    run.add_argument("--captions", choices=["plain", "informative"],
-                     help="training captions: the prompts (plain), or naming the non-SoI content (informative)")
+    run.add_argument(
+        "--captions",
+        choices=["plain", "informative"],
+        help="training captions: the prompts (plain), or naming the non-SoI content (informative)",
+    )
     run.add_argument("--m", type=int, help="images per anchor (10)")
     run.add_argument("--k", type=int, help="anchors picked per round (3)")
     run.add_argument("--lam", type=float, help="λ of Eq. 9 (0.005)")
@@ -47,23 +66,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="LoRA steps per round")
     run.add_argument("--lr", type=float, help="LoRA learning rate")
     run.add_argument("--rank", type=int, help="LoRA rank (8)")
-    run.add_argument("--alpha", type=float, help="LoRA alpha; scale = alpha / rank (default: alpha = rank, scale 1)")
+    run.add_argument(
+        "--alpha", type=float, help="LoRA alpha; scale = alpha / rank (default: alpha = rank, scale 1)"
+    )
     run.add_argument("--resolution", type=int, help="training/generation size (default: the model's)")
     run.add_argument("--gen-steps", type=int, help="denoising steps")
     run.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    run.add_argument("--scheduler", help="dpmsolver++, ddim, euler, euler_a, pndm, ddpm; FLUX.1: flow-euler "
-                     "(default: the model family's)")
+    run.add_argument(
+        "--scheduler",
+        help="dpmsolver++, ddim, euler, euler_a, pndm, ddpm; FLUX.1: flow-euler "
+        "(default: the model family's)",
+    )
     run.add_argument("--seed", type=int)
     run.add_argument("--name")
-    run.add_argument("--model", help="tiny, tiny-sdxl, tiny-flux, toy, a hub id, a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1) or ckpt.safetensors?config=FOLDER")
+    run.add_argument(
+        "--model",
+        help="tiny, tiny-sdxl, tiny-flux, toy, a hub id, "
+        "a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1) or ckpt.safetensors?config=FOLDER",
+    )
     run.add_argument("--oracle", help="tiny, toy, ViT-B-32/openai or a local open_clip folder")
-    run.add_argument("--lr-schedule", choices=["constant", "cosine"], help="learning-rate schedule per round (constant)")
-    run.add_argument("--sampling", choices=["pooled", "real-rate"],
-                     help="how batches mix real and added references (pooled: official; real-rate: real ones keep round 1's rate)")
-    run.add_argument("--continue-adapter", action="store_true", help="each round continues the last adapter (official: retrain from base)")
-    run.add_argument("--keep-selected", action="store_true", help="selected anchors stay in the pool (official: removed)")
-    run.add_argument("--no-adaptive-stop", action="store_true", help="run all --rounds even when Eq. 10 says stop")
-    run.add_argument("--pause", action="store_true", help="stop at every round's review (then gal decide / gal commit)")
+    run.add_argument(
+        "--lr-schedule", choices=["constant", "cosine"], help="learning-rate schedule per round (constant)"
+    )
+    run.add_argument(
+        "--sampling",
+        choices=["pooled", "real-rate"],
+        help="how batches mix real and added references "
+        "(pooled: official; real-rate: real ones keep round 1's rate)",
+    )
+    run.add_argument(
+        "--continue-adapter",
+        action="store_true",
+        help="each round continues the last adapter (official: retrain from base)",
+    )
+    run.add_argument(
+        "--keep-selected", action="store_true", help="selected anchors stay in the pool (official: removed)"
+    )
+    run.add_argument(
+        "--no-adaptive-stop", action="store_true", help="run all --rounds even when Eq. 10 says stop"
+    )
+    run.add_argument(
+        "--pause", action="store_true", help="stop at every round's review (then gal decide / gal commit)"
+    )
 
     images = sub.add_parser("images", help="print the current round's images as CSV (to fill in verdicts)")
     images.add_argument("run_id")
@@ -73,10 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("file")
     decide.add_argument("--commit", action="store_true", help="commit the round afterwards")
     decide.add_argument("--mode", choices=["auto", "human"], help="the round's mode when committing")
-    decide.add_argument("--clear-blank", action="store_true",
-                        help="a blank verdict clears the image's verdict (default: blank = no change)")
-    decide.add_argument("--force", action="store_true",
-                        help="apply even where images got newer verdicts after `gal images` wrote the file")
+    decide.add_argument(
+        "--clear-blank",
+        action="store_true",
+        help="a blank verdict clears the image's verdict (default: blank = no change)",
+    )
+    decide.add_argument(
+        "--force",
+        action="store_true",
+        help="apply even where images got newer verdicts after `gal images` wrote the file",
+    )
 
     commit = sub.add_parser("commit", help="commit the round under review and go on")
     commit.add_argument("run_id")
@@ -86,13 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export the run's final LoRA, dataset and model card")
     export.add_argument("run_id")
     export.add_argument("out")
-    export.add_argument("--format", default="diffusers,kohya,dataset,card",
-                        help="comma list of diffusers,kohya,fused,checkpoint,dataset,card")
-    export.add_argument("--force", action="store_true", help="replace this run's previous export in that folder (nothing else)")
+    export.add_argument(
+        "--format",
+        default="diffusers,kohya,dataset,card",
+        help="comma list of diffusers,kohya,fused,checkpoint,dataset,card",
+    )
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="replace this run's previous export in that folder (nothing else)",
+    )
 
     sub.add_parser("runs", help="list the runs")
 
-    sub.add_parser("app", help="launch the GAL Studio web app (same flags as python app.py: gal app --port 7870)")
+    sub.add_parser(
+        "app", help="launch the GAL Studio web app (same flags as python app.py: gal app --port 7870)"
+    )
     return p
 
 
@@ -108,7 +167,9 @@ def _progress_printer():
                 bar.close()
             bars.clear()
             label = f"round {info['round']} {stage}" if "round" in info else stage
-            bars[key] = tqdm(total=total, desc=label, unit="step" if stage == "train" else "img", file=sys.stderr)
+            bars[key] = tqdm(
+                total=total, desc=label, unit="step" if stage == "train" else "img", file=sys.stderr
+            )
         bar = bars[key]
         bar.n = done
         if "loss" in info:
@@ -127,9 +188,13 @@ def _read_config(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"config file {path} is not valid JSON ({err}): fix it, or start from a run's config.json") from None
+        raise ValueError(
+            f"config file {path} is not valid JSON ({err}): fix it, or start from a run's config.json"
+        ) from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a JSON object like a run's config.json, got {type(data).__name__}")
+        raise ValueError(
+            f"config file {path} must hold a JSON object like a run's config.json, got {type(data).__name__}"
+        )
     return data
 
 
@@ -159,7 +224,9 @@ def _new_config(args):
     else:
         config = RunConfig(task=args.task or "object")
         references = []
-        if args.model:  # the family's defaults (resolution, lr, rank, sampler, guidance); flags below override
+        if (
+            args.model
+        ):  # the family's defaults (resolution, lr, rank, sampler, guidance); flags below override
             _apply_family_defaults(config, args.model)
     from gal.engine import ReferenceInput
 
@@ -168,14 +235,29 @@ def _new_config(args):
             raise ValueError("--ref needs --prompt: the caption of the references, with the SoI token")
         references = [ReferenceInput(path, args.prompt, args.non_soi) for path in args.ref]
     for flag, (section, key) in {
-        "task": (None, "task"), "token": (None, "soi_token"), "subject": (None, "subject_phrase"), "seed": (None, "seed"),
-        "name": (None, "name"), "model": (None, "model"), "oracle": (None, "oracle"),
-        "strategy": ("gal", "strategy"), "m": ("gal", "m"), "k": ("gal", "k"), "lam": ("gal", "lam"),
-        "rounds": ("gal", "max_rounds"), "steps": ("train", "steps"), "lr": ("train", "learning_rate"),
-        "rank": ("train", "rank"), "alpha": ("train", "alpha"), "sampling": ("train", "reference_sampling"),
-        "lr_schedule": ("train", "lr_schedule"), "captions": ("train", "captions"),
-        "resolution": ("train", "resolution"), "gen_steps": ("generate", "steps"),
-        "guidance": ("generate", "guidance_scale"), "scheduler": ("generate", "scheduler"),
+        "task": (None, "task"),
+        "token": (None, "soi_token"),
+        "subject": (None, "subject_phrase"),
+        "seed": (None, "seed"),
+        "name": (None, "name"),
+        "model": (None, "model"),
+        "oracle": (None, "oracle"),
+        "strategy": ("gal", "strategy"),
+        "m": ("gal", "m"),
+        "k": ("gal", "k"),
+        "lam": ("gal", "lam"),
+        "rounds": ("gal", "max_rounds"),
+        "steps": ("train", "steps"),
+        "lr": ("train", "learning_rate"),
+        "rank": ("train", "rank"),
+        "alpha": ("train", "alpha"),
+        "sampling": ("train", "reference_sampling"),
+        "lr_schedule": ("train", "lr_schedule"),
+        "captions": ("train", "captions"),
+        "resolution": ("train", "resolution"),
+        "gen_steps": ("generate", "steps"),
+        "guidance": ("generate", "guidance_scale"),
+        "scheduler": ("generate", "scheduler"),
     }.items():
         value = getattr(args, flag)
         if value is not None:
@@ -186,9 +268,13 @@ def _new_config(args):
         path = Path(args.anchors)
         if not path.is_file():
             raise ValueError(f"anchors file {path} does not exist")
-        config.anchors = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        config.anchors = [
+            line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
+        ]
         if not config.anchors:
-            raise ValueError(f"anchors file {path} has no anchors: write one prompt template per line ({{}} = subject)")
+            raise ValueError(
+                f"anchors file {path} has no anchors: write one prompt template per line ({{}} = subject)"
+            )
     if args.continue_adapter:
         config.train.retrain_from_base = False
     if args.keep_selected:
@@ -207,13 +293,18 @@ def _report_run(studio, run: dict) -> None:
     for r in rounds:
         m = r.get("metrics") or {}
         if "txt_aln" in m:
-            print(f"round {r['round_index']}: TXT-ALN {m['txt_aln']:.4f}  IMG-ALN {m['img_aln']:.4f}  OVF {m['ovf']:.3f}"
-                  f"  Δ {r.get('openness') if r.get('openness') is not None else '–'}")
+            print(
+                f"round {r['round_index']}: TXT-ALN {m['txt_aln']:.4f}  IMG-ALN {m['img_aln']:.4f}  "
+                f"OVF {m['ovf']:.3f}"
+                f"  Δ {r.get('openness') if r.get('openness') is not None else '–'}"
+            )
     status = run["status"]
     if status == "awaiting_review":
-        print(f"run {run['run_id']}: round {run['current_round']} awaits review.\n"
-              f"  gal images {run['run_id']} > verdicts.csv   # fill the verdict column\n"
-              f"  gal decide {run['run_id']} verdicts.csv --commit")
+        print(
+            f"run {run['run_id']}: round {run['current_round']} awaits review.\n"
+            f"  gal images {run['run_id']} > verdicts.csv   # fill the verdict column\n"
+            f"  gal decide {run['run_id']} verdicts.csv --commit"
+        )
     elif status == "finished":
         print(f"run {run['run_id']} finished. Export: gal export {run['run_id']} out/")
 
@@ -223,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["app"]:
         # The web app sits above the engine (app.py -> ui -> gal): the `gal` console script routes
         # `gal app` to app.py before it gets here; from `python -m gal` say where the app is.
-        print("gal: error: start the web app with `gal app` (the console script) or `python -m app`", file=sys.stderr)
+        print(
+            "gal: error: start the web app with `gal app` (the console script) or `python -m app`",
+            file=sys.stderr,
+        )
         return 2
     args = build_parser().parse_args(argv)
     try:
@@ -251,8 +345,9 @@ def _dispatch(args) -> int:
             print(f"{run['run_id']}\t{run['status']}\tround {run['current_round']}\t{run['created_at']}")
         return 0
     if args.command == "run":
-        studio = Studio(args.runs_dir, model=args.model, oracle=args.oracle, device=args.device,
-                        precision=args.precision)
+        studio = Studio(
+            args.runs_dir, model=args.model, oracle=args.oracle, device=args.device, precision=args.precision
+        )
         main_process = studio.processes.is_main  # under `accelerate launch`, one process creates and reports
         run_id = args.resume
         if run_id is not None:
@@ -272,19 +367,46 @@ def _dispatch(args) -> int:
         state = studio.review_state(args.run_id)
         writer = csv.writer(sys.stdout)
         # round + revision let `gal decide` refuse this file once it is stale (newer verdicts, a later round)
-        writer.writerow(["image_id", "round", "revision", "anchor_index", "slot", "prompt", "file", "seed",
-                         "sim_anchor", "sim_non_soi", "oracle_verdict", "verdict"])
+        writer.writerow(
+            [
+                "image_id",
+                "round",
+                "revision",
+                "anchor_index",
+                "slot",
+                "prompt",
+                "file",
+                "seed",
+                "sim_anchor",
+                "sim_non_soi",
+                "oracle_verdict",
+                "verdict",
+            ]
+        )
         r, revision = state["round"]["round_index"], state["revision"]
         for a in state["anchors"]:
             for im in a["images"]:
-                writer.writerow([im["id"], r, revision, a["anchor_index"], im["slot"], a["prompt"], im["path"], im["seed"],
-                                 f"{im['sim_anchor']:.5f}" if im["sim_anchor"] is not None else "",
-                                 f"{im['sim_non_soi']:.5f}" if im["sim_non_soi"] is not None else "",
-                                 im["oracle_verdict"], "" if im["person_verdict"] is None else im["person_verdict"]])
+                writer.writerow(
+                    [
+                        im["id"],
+                        r,
+                        revision,
+                        a["anchor_index"],
+                        im["slot"],
+                        a["prompt"],
+                        im["path"],
+                        im["seed"],
+                        f"{im['sim_anchor']:.5f}" if im["sim_anchor"] is not None else "",
+                        f"{im['sim_non_soi']:.5f}" if im["sim_non_soi"] is not None else "",
+                        im["oracle_verdict"],
+                        "" if im["person_verdict"] is None else im["person_verdict"],
+                    ]
+                )
         return 0
     if args.command == "decide":
-        done = studio.apply_decisions(args.run_id, read_decisions(args.file, clear_blank=args.clear_blank),
-                                      force=args.force)
+        done = studio.apply_decisions(
+            args.run_id, read_decisions(args.file, clear_blank=args.clear_blank), force=args.force
+        )
         print(f"recorded {done['recorded']} verdicts ({done['unchanged']} unchanged)", file=sys.stderr)
         if args.commit:
             studio.commit_round(args.run_id, args.mode)

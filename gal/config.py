@@ -15,7 +15,15 @@ from pathlib import Path
 from gal.algorithm import Strategy
 
 TASKS = ("object", "style")
-SCHEDULERS = ("dpmsolver++", "ddim", "euler", "euler_a", "pndm", "ddpm", "flow-euler")  # flow-euler: FLUX.1 only
+SCHEDULERS = (
+    "dpmsolver++",
+    "ddim",
+    "euler",
+    "euler_a",
+    "pndm",
+    "ddpm",
+    "flow-euler",
+)  # flow-euler: FLUX.1 only
 OPTIMIZERS = ("adamw", "adamw8bit")
 QUANTIZE_BASE = (None, "int8", "nf4", "fp8")
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
@@ -63,17 +71,29 @@ class TrainConfig:
     # on a GPU, off on the CPU (there a preview costs more than 10 % of a round); 0: off.
     preview_every: int | None = None
     # -- memory (None: on where the model family needs it on CUDA, see gal.families.defaults; off on CPU) --
-    gradient_checkpointing: bool | None = None  # recompute activations in backward: ~same speed x1.3, far less memory
-    offload_text_encoders: bool | None = None  # after caching the round's embeddings, move text encoders to the CPU
+    gradient_checkpointing: bool | None = (
+        None  # recompute activations in backward: ~same speed x1.3, far less memory
+    )
+    offload_text_encoders: bool | None = (
+        None  # after caching the round's embeddings, move text encoders to the CPU
+    )
     optimizer: str = "adamw"  # "adamw8bit": bitsandbytes' 8-bit AdamW (CUDA only), 1/4 of the optimiser state
-    quantize_base: str | None = None  # frozen denoiser weights in "int8" (torchao, CPU+CUDA) / "fp8" (CUDA); "nf4": not yet
-    train_text_encoder: bool = False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
+    quantize_base: str | None = (
+        None  # frozen denoiser weights in "int8" (torchao, CPU+CUDA) / "fp8" (CUDA); "nf4": not yet
+    )
+    train_text_encoder: bool = (
+        False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
+    )
     # -- flow matching (FLUX.1), as diffusers' train_dreambooth_lora_flux.py --
-    weighting_scheme: str = "none"  # timestep density / loss weighting: "none" (uniform) or "logit_normal", ...
+    weighting_scheme: str = (
+        "none"  # timestep density / loss weighting: "none" (uniform) or "logit_normal", ...
+    )
     logit_mean: float = 0.0  # logit_normal's mean
     logit_std: float = 1.0  # logit_normal's std
     mode_scale: float = 1.29  # the "mode" scheme's scale
-    guidance_scale: float = 3.5  # FLUX.1-dev's distilled guidance embedded while training (diffusers' default)
+    guidance_scale: float = (
+        3.5  # FLUX.1-dev's distilled guidance embedded while training (diffusers' default)
+    )
 
     def __setattr__(self, name, value) -> None:
         # ``_alpha_follows_rank`` is a plain attribute, not a field: not saved, not hashed.
@@ -107,11 +127,15 @@ class TrainConfig:
             if self.resolution % 8:
                 raise ValueError(f"train.resolution must be a multiple of 8, got {self.resolution}")
         if not self.target_modules:
-            raise ValueError("train.target_modules is empty: name the attention layers to adapt, e.g. to_q,to_v")
+            raise ValueError(
+                "train.target_modules is empty: name the attention layers to adapt, e.g. to_q,to_v"
+            )
         if self.prior_preservation and not self.class_prompt.strip():
             raise ValueError("prior preservation needs a class prompt, e.g. 'a cat'")
         if self.mixed_precision not in ("auto", "fp16", "bf16", "no"):
-            raise ValueError(f"train.mixed_precision must be auto, fp16, bf16 or no, got {self.mixed_precision!r}")
+            raise ValueError(
+                f"train.mixed_precision must be auto, fp16, bf16 or no, got {self.mixed_precision!r}"
+            )
         if self.preview_every is not None and (
             isinstance(self.preview_every, bool)
             or not isinstance(self.preview_every, int)
@@ -125,13 +149,21 @@ class TrainConfig:
         if self.captions not in CAPTIONS:
             raise ValueError(f"train.captions must be {' or '.join(CAPTIONS)}, got {self.captions!r}")
         if self.reference_sampling not in REFERENCE_SAMPLING:
-            raise ValueError(f"train.reference_sampling must be {' or '.join(REFERENCE_SAMPLING)}, got {self.reference_sampling!r}")
+            raise ValueError(
+                f"train.reference_sampling must be {' or '.join(REFERENCE_SAMPLING)}, "
+                f"got {self.reference_sampling!r}"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
         if self.quantize_base not in QUANTIZE_BASE:
-            raise ValueError(f"train.quantize_base must be null, int8, nf4 or fp8, got {self.quantize_base!r}")
+            raise ValueError(
+                f"train.quantize_base must be null, int8, nf4 or fp8, got {self.quantize_base!r}"
+            )
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
-            raise ValueError(f"train.weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, got {self.weighting_scheme!r}")
+            raise ValueError(
+                f"train.weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, "
+                f"got {self.weighting_scheme!r}"
+            )
 
 
 @dataclass
@@ -146,8 +178,12 @@ class GenerateConfig:
     # -- memory (None: on where the model family needs it on CUDA; off on CPU) --
     vae_tiling: bool | None = None  # decode large images tile by tile
     vae_slicing: bool | None = None  # decode a batch one image at a time
-    cpu_offload: bool | None = None  # diffusers' model CPU offload: one model on the GPU at a time (CUDA only)
-    compile: bool = False  # torch.compile the denoiser on CUDA (costs a minute once; an adapter swap recompiles)
+    cpu_offload: bool | None = (
+        None  # diffusers' model CPU offload: one model on the GPU at a time (CUDA only)
+    )
+    compile: bool = (
+        False  # torch.compile the denoiser on CUDA (costs a minute once; an adapter swap recompiles)
+    )
 
     def validate(self) -> None:
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
@@ -213,7 +249,9 @@ class RunConfig:
     subject_phrase: str = "a <sks> cat"  # replaces "{}" in anchor and eval templates
     anchors: list[str] = field(default_factory=list)  # templates with "{}" or full prompts
     oracle_subject: str | None = None  # fills "{}" in what the oracle reads; None: subject phrase minus token
-    model: str = "tiny"  # "tiny"/"tiny-sdxl"/"tiny-flux", "toy", a hub id, a local diffusers folder or a .safetensors
+    model: str = (
+        "tiny"  # "tiny"/"tiny-sdxl"/"tiny-flux", "toy", a hub id, a local diffusers folder or a .safetensors
+    )
     oracle: str = "tiny"  # "tiny", "toy", "ViT-B-32/openai"-style name/pretrained, or a local folder
     seed: int = 0
     name: str = ""
@@ -227,11 +265,16 @@ class RunConfig:
         return [fill(t, self.subject_phrase) for t in self.anchors]
 
     def oracle_text(self, prompt: str) -> str:
-        """What the CLIP oracle reads of a full prompt: the prompt without the SoI token (CLIP does not know it)."""
+        """What the CLIP oracle reads of a full prompt: the prompt without the SoI token (CLIP does not
+        know it)."""
         return strip_token(prompt, self.soi_token)
 
     def _oracle_texts(self, templates: list[str]) -> list[str]:
-        subject = self.oracle_subject if self.oracle_subject is not None else strip_token(self.subject_phrase, self.soi_token)
+        subject = (
+            self.oracle_subject
+            if self.oracle_subject is not None
+            else strip_token(self.subject_phrase, self.soi_token)
+        )
         return [strip_token(fill(t, subject), self.soi_token) for t in templates]
 
     def anchor_oracle_texts(self) -> list[str]:
@@ -273,13 +316,17 @@ class RunConfig:
             seen[a.lower()] = i
         for i, a in enumerate(cleaned):
             if "{}" not in a and self.soi_token and self.soi_token not in a:
-                raise ValueError(f"anchor {i + 1} {a!r} has neither '{{}}' nor the SoI token {self.soi_token!r}")
+                raise ValueError(
+                    f"anchor {i + 1} {a!r} has neither '{{}}' nor the SoI token {self.soi_token!r}"
+                )
         self.train.validate()
         self.generate.validate()
         self.gal.validate()
         self.eval.validate()
         if self.gal.k > len(self.anchors):
-            raise ValueError(f"k={self.gal.k} is larger than the {len(self.anchors)} anchors: lower k or add anchors")
+            raise ValueError(
+                f"k={self.gal.k} is larger than the {len(self.anchors)} anchors: lower k or add anchors"
+            )
 
     # -- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -301,7 +348,9 @@ class RunConfig:
         kwargs = {}
         for key, value in data.items():
             if key in nested and not isinstance(value, dict):
-                raise ValueError(f"config key {key!r} must be an object of {key} settings, got {type(value).__name__}")
+                raise ValueError(
+                    f"config key {key!r} must be an object of {key} settings, got {type(value).__name__}"
+                )
             if key in nested:
                 sub_known = {f.name for f in fields(nested[key])}
                 bad = set(value) - sub_known
@@ -335,7 +384,12 @@ def _positive_int(name: str, value, most: int | None = None) -> None:
 
 
 def _positive_float(name: str, value, most: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
     if most is not None and value > most:
         raise ValueError(f"{name} must be at most {most:g}, got {value!r}")

@@ -61,7 +61,8 @@ class ClipOracle:
         if spec.startswith((".", "/", "~")) or path.exists():
             if not (path / "open_clip_config.json").exists():
                 raise ValueError(
-                    f"oracle folder {spec!r} not found or has no open_clip_config.json: save an open_clip model there "
+                    f"oracle folder {spec!r} not found or has no open_clip_config.json: "
+                    "save an open_clip model there "
                     "(config + weights), pass a name like ViT-B-32/openai, or use --oracle tiny"
                 )
             model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}")
@@ -69,12 +70,15 @@ class ClipOracle:
             return cls(model, preprocess, tokenizer, device)
         name, _, pretrained = spec.partition("/")
         if name not in open_clip.list_models():
-            raise ValueError(f"unknown open_clip model {name!r}: e.g. ViT-B-32/openai, or a local folder, or 'tiny'")
+            raise ValueError(
+                f"unknown open_clip model {name!r}: e.g. ViT-B-32/openai, or a local folder, or 'tiny'"
+            )
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained or None)
         except Exception as err:  # open_clip raises RuntimeError/OSError/HF errors for missing weights
             raise ValueError(
-                f"could not load oracle {spec!r} ({type(err).__name__}: {err}); without network access pass a "
+                f"could not load oracle {spec!r} ({type(err).__name__}: {err}); "
+                "without network access pass a "
                 "local open_clip folder or use --oracle tiny"
             ) from err
         return cls(model, preprocess, open_clip.get_tokenizer(name), device)
@@ -83,7 +87,9 @@ class ClipOracle:
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         feats = []
         for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[start : start + self.batch_size]])
+            batch = torch.stack(
+                [self.preprocess(im.convert("RGB")) for im in images[start : start + self.batch_size]]
+            )
             f = self.model.encode_image(batch.to(self.device)).float()
             feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
         return np.concatenate(feats) if feats else np.zeros((0, 1))

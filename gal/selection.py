@@ -67,7 +67,9 @@ def stops(selection: algorithm.Selection, config: RunConfig, strategy: Strategy)
     return bool(selection.stop and config.gal.adaptive_stop and not strategy.human)
 
 
-def select(db, run_id: str, config: RunConfig, r: int, mode: str) -> tuple[algorithm.Selection, np.ndarray, Strategy]:
+def select(
+    db, run_id: str, config: RunConfig, r: int, mode: str
+) -> tuple[algorithm.Selection, np.ndarray, Strategy]:
     """The strategy's picks from round ``r``'s final verdicts, with the image ids ``[A, m]`` they index."""
     anchors = storage.list_anchors(db, run_id, r)
     oracle, person, sim, ids = verdict_arrays(db, run_id, r, len(anchors))
@@ -94,7 +96,8 @@ def select(db, run_id: str, config: RunConfig, r: int, mode: str) -> tuple[algor
 
 
 def _embeddings(db, run_id: str, r: int, ids: np.ndarray) -> np.ndarray:
-    """``[A, m, d]`` oracle image embeddings of round ``r`` (saved by the judge step), zeros where no image."""
+    """``[A, m, d]`` oracle image embeddings of round ``r`` (saved by the judge step), zeros where no
+    image."""
     from gal.steps import embeddings_file
 
     path = RunFolder(Path(storage.get_run(db, run_id)["run_dir"]).parent, run_id).path(embeddings_file(r))
@@ -106,7 +109,9 @@ def _embeddings(db, run_id: str, r: int, ids: np.ndarray) -> np.ndarray:
     out = np.zeros((*ids.shape, dim), dtype=np.float64)
     for a, j in zip(*np.nonzero(ids >= 0)):
         if int(ids[a, j]) not in rows:
-            raise ValueError(f"round {r}'s embeddings lack image {int(ids[a, j])}: resume the run to judge it again")
+            raise ValueError(
+                f"round {r}'s embeddings lack image {int(ids[a, j])}: resume the run to judge it again"
+            )
         out[a, j] = rows[int(ids[a, j])]
     return out
 
@@ -163,7 +168,9 @@ def commit(db, folder: RunFolder, mode: str | None = None) -> dict:
         stop = stops(selection, config, strategy)
         finish = last or stop
         if not finish and strategy.human and selection.anchors.size == 0:
-            raise ValueError("no image is accepted: accept at least one image (key a) or switch the round to auto")
+            raise ValueError(
+                "no image is accepted: accept at least one image (key a) or switch the round to auto"
+            )
         images = {im["id"]: im for im in storage.list_images(db, run_id, r)}
         picked: set[int] = set()
         if not finish:
@@ -172,8 +179,15 @@ def commit(db, folder: RunFolder, mode: str | None = None) -> dict:
                 src = folder.path(image["file"])
                 rel = RunFolder.added_reference_file(r, int(a), int(s))
                 shutil.copyfile(src, folder.path(rel))
-                storage.record_selection(db, run_id=run_id, round_index=r, anchor_index=int(a),
-                                         image_id=image["id"], weight=selection.weight, strategy=strategy.name)  # fmt: skip
+                storage.record_selection(
+                    db,
+                    run_id=run_id,
+                    round_index=r,
+                    anchor_index=int(a),
+                    image_id=image["id"],
+                    weight=selection.weight,
+                    strategy=strategy.name,
+                )
                 storage.add_reference(
                     db, run_id=run_id, file=rel, sha256=hashlib.sha256(src.read_bytes()).hexdigest(),
                     prompt=image["prompt"], non_soi_text=config.oracle_text(image["prompt"]),
@@ -183,7 +197,9 @@ def commit(db, folder: RunFolder, mode: str | None = None) -> dict:
         store_anchor_scores(db, run_id, r, selected=picked)
         metrics = {**_metrics(db, run_id, r), "strategy": strategy.name, "weight": selection.weight,
                    "stopped_by_eq10": bool(stop and not last)}  # fmt: skip
-        storage.update_round(db, run_id, r, state="done", openness=selection.openness, mode=mode, metrics=metrics)
+        storage.update_round(
+            db, run_id, r, state="done", openness=selection.openness, mode=mode, metrics=metrics
+        )
         checkpoint("committing", r)  # inside the transaction: picks copied and recorded, not committed
         if finish:
             storage.update_run(db, run_id, status="finished")

@@ -165,7 +165,9 @@ def draw_previews(rnd: Round, pipe, anchors: list[dict], step: int) -> list[str]
     was_training = denoiser.training
     denoiser.eval()
     try:
-        with torch.autocast(denoiser.device.type, dtype=denoiser.dtype, enabled=denoiser.device.type == "cuda"):
+        with torch.autocast(
+            denoiser.device.type, dtype=denoiser.dtype, enabled=denoiser.device.type == "cuda"
+        ):
             images = draw(pipe, [a["prompt"] for a in anchors],
                           [image_seed(config.seed, a["anchor_index"], 0) for a in anchors], cfg,
                           resolution=rnd.resolution(pipe))  # fmt: skip
@@ -207,7 +209,9 @@ def training_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -
     if config.train.captions != "informative":
         return [x["prompt"] for x in refs]
     real = [x for x in refs if x["source"] == "real"]
-    captions = [informative_caption(x["prompt"], x["non_soi_text"]) if x["source"] == "real" else None for x in refs]
+    captions = [
+        informative_caption(x["prompt"], x["non_soi_text"]) if x["source"] == "real" else None for x in refs
+    ]
     added = [i for i, x in enumerate(refs) if x["source"] != "real"]
     if added:
         # what the oracle can read, each with the prompt that would draw it
@@ -276,9 +280,18 @@ def generate(rnd: Round) -> StepResult:
             for (a, j), image in zip(mine[start : start + len(images)], images, strict=True):
                 rel = RunFolder.image_file(r, a["anchor_index"], j)
                 folder.save(image, rel)
-                rows.append({"run_id": rnd.run_id, "round_index": r, "anchor_index": a["anchor_index"], "slot": j,
-                             "file": rel, "seed": image_seed(config.seed, a["anchor_index"], j),
-                             "prompt": a["prompt"], "kind": "anchor"})  # fmt: skip
+                rows.append(
+                    {
+                        "run_id": rnd.run_id,
+                        "round_index": r,
+                        "anchor_index": a["anchor_index"],
+                        "slot": j,
+                        "file": rel,
+                        "seed": image_seed(config.seed, a["anchor_index"], j),
+                        "prompt": a["prompt"],
+                        "kind": "anchor",
+                    }
+                )
             if processes.many:
                 drawn.extend(rows)
             else:  # one process saves each batch at once: a killed run keeps what it drew
@@ -390,9 +403,15 @@ def evaluate(rnd: Round) -> StepResult:
     scored = []  # per image: its row, sim to its prompt, sims to the non-SoI captions, sims to the references
     if mine:
         pipe = rnd.pipeline()
-        images = draw(pipe, [prompts[i] for i in mine], [seeds[i] for i in mine], config.generate,
-                      resolution=rnd.resolution(pipe),
-                      progress=lambda d, t: rnd.report("evaluate", d, t, round=r), cancel=rnd.cancel)  # fmt: skip
+        images = draw(
+            pipe,
+            [prompts[i] for i in mine],
+            [seeds[i] for i in mine],
+            config.generate,
+            resolution=rnd.resolution(pipe),
+            progress=lambda d, t: rnd.report("evaluate", d, t, round=r),
+            cancel=rnd.cancel,
+        )
         oracle = rnd.models.oracle(config.oracle)
         sims = oracle.text_similarities(images, texts + non_soi)
         to_real = oracle.image_similarities(images, [folder.open_rgb(f) for f in real_files])
@@ -401,11 +420,15 @@ def evaluate(rnd: Round) -> StepResult:
             folder.save(image, rel)
             row = {"run_id": rnd.run_id, "round_index": r, "anchor_index": -1, "slot": i, "file": rel,
                    "seed": seeds[i], "prompt": prompts[i], "kind": "eval"}  # fmt: skip
-            scored.append((row, float(sims[k, texts.index(prompt_texts[i])]), sims[k, len(texts) :], to_real[k]))
+            scored.append(
+                (row, float(sims[k, texts.index(prompt_texts[i])]), sims[k, len(texts) :], to_real[k])
+            )
     scored = rnd.processes.gather(scored)
     rows = [row for row, *_ in scored]
     metrics = round_metrics(
-        np.array([s for _, s, _, _ in scored]), np.stack([n for *_, n, _ in scored]), np.stack([t for *_, t in scored])
+        np.array([s for _, s, _, _ in scored]),
+        np.stack([n for *_, n, _ in scored]),
+        np.stack([t for *_, t in scored]),
     )
 
     def write(db) -> None:

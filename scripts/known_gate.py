@@ -1,7 +1,7 @@
 """The known-subject gate (model card): after round 1, do the aligned drawings look like the references?
 
-    .venv/bin/python scripts/known_gate.py --tasks known object --seeds 0            # train round 1 and measure
-    .venv/bin/python scripts/known_gate.py --from artifacts/table1_v5/results.json   # the bench's measurements
+    .venv/bin/python scripts/known_gate.py --tasks known object --seeds 0          # train round 1 and measure
+    .venv/bin/python scripts/known_gate.py --from artifacts/table1_v5/results.json # the bench's measurements
 
 IMG-ALN (mean toy-CLIP image cosine to the 4 real references) of round 1's anchor images the oracle judged
 aligned, against that of real renders of the references' subject in the 9 anchor scenes (8 each). The gate
@@ -42,7 +42,8 @@ def summarise(gates: dict[str, list[dict]]) -> None:
         gen, real = [g["generated"] for g in rows], [g["real"] for g in rows]
         passed = sum(g["passes"] for g in rows)
         print(
-            f"{task:<7} seeds {len(rows)}: generated (aligned) {np.mean(gen):.3f} ± {np.std(gen):.3f}, real renders "
+            f"{task:<7} seeds {len(rows)}: generated (aligned) {np.mean(gen):.3f} ± {np.std(gen):.3f}, "
+            "real renders "
             f"{np.mean(real):.3f}, ratio {np.mean([g['ratio'] for g in rows]):.3f}, aligned images "
             f"{np.mean([g['aligned'] for g in rows]):.0f}/{rows[0]['images']}; passes in {passed}/{len(rows)}"
         )

@@ -12,14 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location("table1", Path(__file__).resolve().parents[1] / "bench" / "table1.py")
+_spec = importlib.util.spec_from_file_location(
+    "table1", Path(__file__).resolve().parents[1] / "bench" / "table1.py"
+)
 table1 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(table1)
 
 
 def _run(strategy: str, seed: int, rounds: list[tuple[float, float, float]], added: int = 9) -> dict:
     return {
-        "task": "object", "strategy": strategy, "seed": seed, "seconds": 60.0 * (seed + 1), "variant": {},
+        "task": "object",
+        "strategy": strategy,
+        "seed": seed,
+        "seconds": 60.0 * (seed + 1),
+        "variant": {},
         "rounds": [{"txt_aln": t, "img_aln": i, "ovf": o, "openness": None} for t, i, o in rounds],
         "added": added,
     }
@@ -45,7 +51,7 @@ def _rows(text: str, strategy: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(strategy + " "))
     block = [lines[start]]
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith(" "):
             break
         block.append(line)
@@ -60,7 +66,8 @@ def test_means_runs_and_last_round(results):
     assert ub[1][-3:] == ["0.2500", "±", "0.0707"]
     human = _rows(text, "human")
     assert human[1][:5] == ["2", "1", "0.9000", "±", "–"]  # only one run reached round 2: no sd
-    # "last": each run's own last round -> OVF (0.4, 0.0) -> 0.2 ± 0.2828; added (130, 120) -> 125; min/run (1, 2) -> 1.5
+    # "last": each run's own last round -> OVF (0.4, 0.0) -> 0.2 ± 0.2828; added (130, 120) -> 125;
+    # min/run (1, 2) -> 1.5
     assert human[2][:2] == ["last", "2"]
     assert human[2][-5:] == ["0.2000", "±", "0.2828", "125.0", "1.5"]
 
@@ -68,7 +75,8 @@ def test_means_runs_and_last_round(results):
 def test_paired_counts_seeds_against_their_own_round_1_and_random(results):
     lines = table1.paired(results)
     ub = next(line for line in lines if "uncertainty+balance" in line)
-    # OVF 0.4 -> (0.2, 0.3): -0.15, lower in both; IMG-ALN (0.6, 0.58) >= 0.54 in both; vs Random per seed +0.1, 0.0
+    # OVF 0.4 -> (0.2, 0.3): -0.15, lower in both; IMG-ALN (0.6, 0.58) >= 0.54 in both;
+    # vs Random per seed +0.1, 0.0
     assert "ΔOVF -0.150, lower in 2/2 seeds" in ub and "kept (>= 90 % of R1) in 2/2" in ub
     assert "OVF vs Random +0.050, lower in 0/2" in ub
     rnd = next(line for line in lines if "random" in line)
@@ -97,7 +105,8 @@ def _images(margins: list[list[float]]) -> list[dict]:
     """One image per margin, anchors by row: sim_anchor - sim_non_soi = margin."""
     return [
         {"id": 10 * a + j, "anchor_index": a, "sim_anchor": 0.5 + d, "sim_non_soi": 0.5}
-        for a, row in enumerate(margins) for j, d in enumerate(row)
+        for a, row in enumerate(margins)
+        for j, d in enumerate(row)
     ]
 
 
@@ -134,7 +143,11 @@ def test_job_variant_keys_the_person_only_on_human_rows():
     base = {"eval_images": 8}
     assert table1.job_variant(base, "uncertainty+balance", 3, 0.2) == base
     assert table1.job_variant(base, "human+balance", 3, 0.2) == {"eval_images": 8, "person_budget": 3}
-    assert table1.job_variant(base, "human-noisy", 0, 0.2) == {"eval_images": 8, "person_budget": 0, "noise": 0.2}
+    assert table1.job_variant(base, "human-noisy", 0, 0.2) == {
+        "eval_images": 8,
+        "person_budget": 0,
+        "noise": 0.2,
+    }
 
 
 def test_grid_names_keep_variants_apart():
@@ -142,12 +155,17 @@ def test_grid_names_keep_variants_apart():
     names = {
         table1.grid_name("object", "human+balance", 1, default),
         table1.grid_name("object", "human+balance", 1, default | {"person_budget": 0}),
-        table1.grid_name("object", "human+balance", 1, default | {"person_budget": 0, "sampling": "real-rate"}),
+        table1.grid_name(
+            "object", "human+balance", 1, default | {"person_budget": 0, "sampling": "real-rate"}
+        ),
         table1.grid_name("object", "uncertainty+balance", 1, {"eval_images": 8, "lam": 0.0}),
     }
-    assert names == {"object-human+balance-seed1.png", "object-human+balance-person_budget0-seed1.png",
-                     "object-human+balance-person_budget0-samplingreal-rate-seed1.png",
-                     "object-uncertainty+balance-lam0.0-seed1.png"}
+    assert names == {
+        "object-human+balance-seed1.png",
+        "object-human+balance-person_budget0-seed1.png",
+        "object-human+balance-person_budget0-samplingreal-rate-seed1.png",
+        "object-uncertainty+balance-lam0.0-seed1.png",
+    }
 
 
 def test_variants_lists_every_setting_side_by_side(results):
@@ -157,8 +175,39 @@ def test_variants_lists_every_setting_side_by_side(results):
     ub = [line.split() for line in lines if "uncertainty+balance" in line]
     default, lam0 = ub  # one row each, sorted by the variant's label ("" before "lam=0.0")
     # default: 2 runs, R1 OVF 0.4, last TXT (1.2, 1.4) -> 1.3, IMG (0.6, 0.58) -> 0.59, OVF (0.2, 0.3) -> 0.25
-    assert default[2:] == ["2", "0.400", "±", "0.000", "1.300", "±", "0.141", "0.590", "±", "0.014", "0.250", "±", "0.071", "9.0"]
-    assert lam0[2:] == ["lam=0.0", "1", "0.400", "±", "–", "1.000", "±", "–", "0.500", "±", "–", "0.100", "±", "–", "9.0"]
+    assert default[2:] == [
+        "2",
+        "0.400",
+        "±",
+        "0.000",
+        "1.300",
+        "±",
+        "0.141",
+        "0.590",
+        "±",
+        "0.014",
+        "0.250",
+        "±",
+        "0.071",
+        "9.0",
+    ]
+    assert lam0[2:] == [
+        "lam=0.0",
+        "1",
+        "0.400",
+        "±",
+        "–",
+        "1.000",
+        "±",
+        "–",
+        "0.500",
+        "±",
+        "–",
+        "0.100",
+        "±",
+        "–",
+        "9.0",
+    ]
 
 
 # -- issue 17: the control rows ---------------------------------------------------------------------
@@ -166,15 +215,19 @@ def test_variants_lists_every_setting_side_by_side(results):
 
 def test_report_reads_new_rows_against_dreambooth_matched():
     base = [(1.0, 0.60, 0.20)]
-    results = [
-        _run("dreambooth-matched", s, base, added=0) | {"matched": {"steps": 277}} for s in range(5)
-    ] + [
-        # lower OVF in 4 seeds with IMG-ALN >= 95 % of the control: the target
-        _run("uncertainty+diversity", s, [R1, (1.2, 0.58, 0.10 if s < 4 else 0.30)]) for s in range(5)
-    ] + [
-        # lower OVF in every seed, but by losing the subject (IMG-ALN 80 %): not met
-        _run("lambda-0", s, [R1, (1.2, 0.48, 0.05)]) for s in range(5)
-    ]
+    results = (
+        [_run("dreambooth-matched", s, base, added=0) | {"matched": {"steps": 277}} for s in range(5)]
+        + [
+            # lower OVF in 4 seeds with IMG-ALN >= 95 % of the control: the target
+            _run("uncertainty+diversity", s, [R1, (1.2, 0.58, 0.10 if s < 4 else 0.30)])
+            for s in range(5)
+        ]
+        + [
+            # lower OVF in every seed, but by losing the subject (IMG-ALN 80 %): not met
+            _run("lambda-0", s, [R1, (1.2, 0.48, 0.05)])
+            for s in range(5)
+        ]
+    )
     lines = table1.against_matched(results)
     text = "\n".join(lines)
     assert "277 steps" in text
@@ -190,15 +243,22 @@ def test_report_reads_new_rows_against_dreambooth_matched():
 
 
 def test_matched_steps_come_from_the_compared_runs_counts():
-    results = [_run("uncertainty+balance", 0, [R1] * 4, added=9) | {"added_per_round": [0, 3, 6, 9]},
-               _run("uncertainty+diversity", 0, [R1] * 4, added=15) | {"added_per_round": [0, 5, 10, 15]}]
+    results = [
+        _run("uncertainty+balance", 0, [R1] * 4, added=9) | {"added_per_round": [0, 3, 6, 9]},
+        _run("uncertainty+diversity", 0, [R1] * 4, added=15) | {"added_per_round": [0, 5, 10, 15]},
+    ]
     steps, counts, found = table1.matched_steps_for(results, "object", 0, {}, 4, 900, 4, 3, "pooled")
     assert (steps, counts, found) == (277, [0, 3, 6, 9], True)
-    steps, _, found = table1.matched_steps_for(results, "object", 0, {"match": "uncertainty+diversity"}, 4, 900, 4, 3,
-                                               "pooled")
+    steps, _, found = table1.matched_steps_for(
+        results, "object", 0, {"match": "uncertainty+diversity"}, 4, 900, 4, 3, "pooled"
+    )
     assert (steps, found) == (round(900 * 4 / 19), True)
     # not run yet: the counts it will have (k a round, no early stop)
-    assert table1.matched_steps_for(results, "object", 1, {}, 4, 900, 4, 3, "pooled") == (277, [0, 3, 6, 9], False)
+    assert table1.matched_steps_for(results, "object", 1, {}, 4, 900, 4, 3, "pooled") == (
+        277,
+        [0, 3, 6, 9],
+        False,
+    )
     assert table1.matched_steps_for([], "style", 0, {}, 4, 900, 2, 3, "pooled")[0] == 164
 
 
@@ -211,15 +271,19 @@ def test_adopt_relabels_the_old_controls_as_rows():
         _run("uncertainty+balance", 0, [R1] * 4) | {"variant": {"eval_images": 8, "lam": 1.0}},
     ]
     adopted = table1.adopt_controls(old)
-    assert [(r["strategy"], r["variant"]) for r in adopted] == [("lambda-0", {"eval_images": 8}),
-                                                              ("dreambooth-matched", {"eval_images": 8})]
+    assert [(r["strategy"], r["variant"]) for r in adopted] == [
+        ("lambda-0", {"eval_images": 8}),
+        ("dreambooth-matched", {"eval_images": 8}),
+    ]
     assert adopted[1]["matched"]["steps"] == 277
 
 
 def test_real_rate_rows_are_matched_by_their_own_round_1():
     rr = {"sampling": "real-rate"}
-    results = [_run("uncertainty+diversity", s, [R1, (1.1, 0.59, 0.3 if s < 4 else 0.5)]) | {"variant": rr}
-               for s in range(5)]
+    results = [
+        _run("uncertainty+diversity", s, [R1, (1.1, 0.59, 0.3 if s < 4 else 0.5)]) | {"variant": rr}
+        for s in range(5)
+    ]
     lines = table1.against_matched(results)
     assert "its own round 1" in lines[0]
     assert "lower in 4/5" in lines[1] and ">= 95% in 5/5" in lines[1] and "MET" in lines[1]
