@@ -691,6 +691,7 @@ def test_app_flags_refuse_bad_values(tmp_path, capsys):
     # `gal app` hands every flag over to app.main (with or without a `--` separator)
     assert gal_main(["app", "--runs-dir", str(tmp_path), "--auth", ":"]) == 2
     assert gal_main(["app", "--", "--runs-dir", str(tmp_path), "--auth", ":"]) == 2
+    assert gal_main(["--runs-dir", str(tmp_path), "app", "--auth", ":"]) == 2  # global options may come first
 
 
 def free_port() -> int:
