@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -553,19 +553,12 @@ def scenarios() -> dict[str, Scenario]:
         notes="Style: the rainbow-striped palette. References are rainbow-striped hearts on a blank "
         "background; the heart shape and the blank background are what can leak.",
     )
-    known = Scenario(
+    known = replace(  # the object scenario with a subject the base model already draws
+        obj,
         name="known",
-        kind="object",
-        token="<sks>",
-        subject="a <sks> star",
-        oracle_subject="a star",
-        prompt="a <sks> star on stairs",
-        non_soi_text="a star on stairs",
         reference_specs=[KNOWN_SUBJECT] * 4,
-        reference_prompts=["a <sks> star on stairs"] * 4,
-        anchors=_anchor_templates("stairs"),
+        anchors=list(obj.anchors),
         eval_prompts=list(obj.eval_prompts),
-        seed=0,
         notes=f"Subject: {subject_phrase(KNOWN_SUBJECT)[2:]} — a shape, colour and pattern the base model "
         "draws in every scene, so aligned round-1 drawings of it in new scenes look like the references "
         "(the gate in the model card). Every reference is on stairs, as in `object`.",
