@@ -60,3 +60,41 @@ def references(reference_files):
     from gal.engine import ReferenceInput
 
     return [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files]
+
+
+def kill_demo_run_mid_generation(runs, model: str, total: int = 180):
+    """Start a real ``gal run --demo`` on ``model`` (2 rounds, m = 10) and SIGKILL it in the middle of
+    round 1's generation; returns ``(run_id, the images recorded before the kill)``."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import storage
+
+    cmd = [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--demo", "--model", model,
+           "--oracle", "tiny", "--steps", "4", "--gen-steps", "8", "--m", "10", "--rounds", "2",
+           "--no-adaptive-stop"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    run_id, before = None, []
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.05)
+            if not (runs / "gal.db").exists():
+                continue
+            with storage.open_db(runs / "gal.db") as db:
+                found = storage.list_runs(db)
+                if not found:
+                    continue
+                run_id = found[0]["run_id"]
+                rnd = storage.get_round(db, run_id, 1)
+                before = storage.list_images(db, run_id, 1)
+            if rnd and rnd["state"] == "generating" and 0 < len(before) < total:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return run_id, before
+        pytest.fail("the run never reached the middle of generation")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import kill_demo_run_mid_generation, tiny_config
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -478,56 +478,8 @@ def test_flux_run_resumes_from_a_persisted_generating_state(studios, references,
 
 @pytest.mark.slow
 def test_killed_flux_cli_run_resumes(tmp_path):
-    import os
-    import signal
-    import time
-
     runs = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gal",
-        "--runs-dir",
-        str(runs),
-        "run",
-        "--demo",
-        "--model",
-        "tiny-flux",
-        "--oracle",
-        "tiny",
-        "--steps",
-        "4",
-        "--gen-steps",
-        "8",
-        "--m",
-        "10",
-        "--rounds",
-        "2",
-        "--no-adaptive-stop",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    run_id, deadline = None, time.time() + 240
-    try:
-        while time.time() < deadline:
-            time.sleep(0.05)
-            if not (runs / "gal.db").exists():
-                continue
-            with storage.open_db(runs / "gal.db") as db:
-                found = storage.list_runs(db)
-                if not found:
-                    continue
-                run_id = found[0]["run_id"]
-                rnd = storage.get_round(db, run_id, 1)
-                n = len(storage.list_images(db, run_id, 1))
-            if rnd and rnd["state"] == "generating" and 0 < n < 180:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        else:
-            pytest.fail("the run never reached the middle of generation")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    run_id, _ = kill_demo_run_mid_generation(runs, "tiny-flux")
     done = subprocess.run(
         [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--resume", run_id],
         capture_output=True,

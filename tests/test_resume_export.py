@@ -2,16 +2,13 @@
 the images."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import kill_demo_run_mid_generation, tiny_config
 from PIL import Image
 
 import storage
@@ -29,52 +26,7 @@ def _gal(runs_dir, *args, **kwargs):
 
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     runs = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gal",
-        "--runs-dir",
-        str(runs),
-        "run",
-        "--demo",
-        "--model",
-        "tiny",
-        "--oracle",
-        "tiny",
-        "--steps",
-        "4",
-        "--gen-steps",
-        "8",
-        "--m",
-        "10",
-        "--rounds",
-        "2",
-        "--no-adaptive-stop",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    run_id, before = None, []
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:  # kill it in the middle of round 1's generation
-            time.sleep(0.05)
-            if not (runs / "gal.db").exists():
-                continue
-            with storage.open_db(runs / "gal.db") as db:
-                found = storage.list_runs(db)
-                if not found:
-                    continue
-                run_id = found[0]["run_id"]
-                rnd = storage.get_round(db, run_id, 1)
-                before = storage.list_images(db, run_id, 1)
-            if rnd and rnd["state"] == "generating" and 0 < len(before) < 180:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-        else:
-            pytest.fail("the run never reached the middle of generation")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    run_id, before = kill_demo_run_mid_generation(runs, "tiny")
     adapter = runs / run_id / "rounds" / "r01" / "adapter" / "pytorch_lora_weights.safetensors"
     adapter_mtime = adapter.stat().st_mtime_ns
 
