@@ -187,13 +187,10 @@ def one_run(
     started = time.perf_counter()
     fallbacks = 0
     gate = None
-    spec = scenarios()[task].reference_specs[0]
     while True:
         run = studio.advance(run_id)
-        if (
-            gate is None and scenarios()[task].kind == "object"
-        ):  # round 1: do aligned drawings look like the refs?
-            gate = subject_gate(studio, run_id, spec)
+        if gate is None:  # round 1: do the aligned drawings look like the references?
+            gate = subject_gate(studio, run_id, scenarios()[task])
         if run["status"] == "finished":
             break
         if strategy.startswith("human"):
@@ -587,7 +584,7 @@ def adopt_controls(results: list[dict], k: int = 3) -> list[dict]:
             adopted.append(r | {"strategy": "lambda-0", "variant": v})
         elif "steps" in v and len(r["rounds"]) == 1 and set(v) - {"steps"} == {"eval_images"}:
             steps = v.pop("steps")
-            n_real = 4 if r["task"] in ("object", "known") else 2
+            n_real = len(scenarios()[r["task"]].reference_specs)
             rounds = next(
                 (
                     len(c["rounds"])

@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", choices=["object", "style"])
     run.add_argument(
         "--scenario",
-        choices=["object", "style", "known"],
-        help="with --demo: the toy-world scenario (known: a subject the toy model already draws)",
+        choices=["object", "style", "known", "known-style"],
+        help="with --demo: the toy-world scenario (known, known-style: a subject / style the toy model "
+        "already draws)",
     )
     run.add_argument("--ref", action="append", default=[], help="a reference image (repeat for several)")
     run.add_argument("--prompt", help="the references' prompt, e.g. 'a <sks> cat on the stairs'")

@@ -93,7 +93,7 @@ def test_known_gate_compares_aligned_drawings_with_real_renders(shared_studio, r
     studio = shared_studio
     run_id = studio.create_run(tiny_config("uncertainty+balance", max_rounds=1), references)
     studio.advance(run_id)
-    gate = subject_gate(studio, run_id, scenarios()["object"].reference_specs[0], n=2)
+    gate = subject_gate(studio, run_id, scenarios()["object"], n=2)
     assert gate["images"] == 4 * 3 and 0 <= gate["aligned"] <= gate["images"]
     assert np.isfinite(gate["real"]) and -1 <= gate["real"] <= 1
     if gate["aligned"]:

@@ -163,17 +163,36 @@ def test_shipped_clip_loads_and_embeds():
 
 
 def test_known_scenario_is_the_object_scenario_with_a_subject_the_base_model_draws(tmp_path):
-    from gal.toyworld.world import KNOWN_SUBJECT, subject_renders
+    from gal.toyworld.world import KNOWN_SUBJECT, subject_renders, truth_specs
 
     obj, known = scenarios()["object"], scenarios()["known"]
     assert known.kind == "object" and known.anchors == obj.anchors and known.eval_prompts == obj.eval_prompts
     assert (known.prompt, known.non_soi_text) == (obj.prompt, obj.non_soi_text)
     assert set(known.reference_specs) == {KNOWN_SUBJECT} and KNOWN_SUBJECT.pattern in PATTERNS
     assert KNOWN_SUBJECT.background == "stairs"
-    renders = subject_renders(KNOWN_SUBJECT, ["sea", "grass"], 3)
+    truth = truth_specs(known)  # the subject in each of the 9 anchor scenes
+    assert [s.background for s in truth] == [b for b in BACKGROUNDS if b != "stairs"]
+    assert {(s.shape, s.colour, s.pattern) for s in truth} == {("star", "green", "checkered")}
+    renders = subject_renders(truth[:2], 3)
     assert len(renders) == 6 and renders[0].size == (32, 32)
-    again = subject_renders(KNOWN_SUBJECT, ["sea", "grass"], 3)
+    again = subject_renders(truth[:2], 3)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(renders, again))
+
+
+def test_known_style_is_the_style_scenario_with_a_palette_the_base_model_draws():
+    from gal.toyworld.world import KNOWN_STYLE, STYLE_ANCHOR_SHAPES, STYLE_BACKGROUNDS, truth_specs
+
+    sty, known = scenarios()["style"], scenarios()["known-style"]
+    assert known.kind == "style" and known.anchors == sty.anchors and known.eval_prompts == sty.eval_prompts
+    assert (known.prompt, known.non_soi_text) == (sty.prompt, sty.non_soi_text)
+    assert set(known.reference_specs) == {KNOWN_STYLE} and len(known.reference_specs) == 2
+    assert (KNOWN_STYLE.shape, KNOWN_STYLE.background) == ("heart", "blank")
+    assert KNOWN_STYLE.pattern in PATTERNS
+    # the gate's truth: the palette on each anchor's shape in its scene, in the anchors' order
+    truth = truth_specs(known)
+    assert [f"a {s.shape} {{}} {BACKGROUNDS[s.background][0]}" for s in truth] == known.anchors
+    assert {(s.colour, s.pattern) for s in truth} == {("green", "checkered")}
+    assert len(set(STYLE_ANCHOR_SHAPES)) * len(STYLE_BACKGROUNDS) == len(truth) == 18
 
 
 def test_demo_known_is_an_object_run(tmp_path):
@@ -182,3 +201,7 @@ def test_demo_known_is_an_object_run(tmp_path):
     config, refs = demo_scenario(tmp_path, "known", model="tiny")
     config.validate()
     assert config.task == "object" and len(refs) == 4 and refs[0].non_soi_text == "a star on stairs"
+    config, refs = demo_scenario(tmp_path, "known-style", model="tiny")
+    config.validate()
+    assert config.task == "style" and len(refs) == 2
+    assert refs[0].non_soi_text == "a heart on a blank background"

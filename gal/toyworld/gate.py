@@ -1,11 +1,12 @@
-"""The "known" scenario's gate: are a round's aligned drawings of the subject as close to the references as
-real renders of the subject in those scenes are? (Self-generated images can only teach if they are.)
+"""The "known" scenarios' gate: are a round's aligned drawings of the subject (or style) as close to the
+references as real renders of it in those scenes are? (Self-generated images can only teach if they are.)
 
 IMG-ALN (the mean CLIP image-image cosine to the real references) of
 
 - ``generated``: round r's anchor images the oracle judged aligned (Eq. 8 Φ = 0), and of
 - ``real``: procedural renders of the references' subject (same shape, colour, pattern) in the anchors'
-  scenes, ``n`` per scene — what a faithful drawing of the subject there would look like.
+  scenes, or for a style its colour and pattern on the anchors' shapes in their scenes
+  (:func:`gal.toyworld.world.truth_specs`), ``n`` each — what a faithful drawing there would look like.
 
 The gate passes when ``generated >= real``; ``ratio`` = generated / real.
 """
@@ -15,11 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 import storage
-from gal.toyworld.world import BACKGROUNDS, Spec, subject_renders
+from gal.toyworld.world import Scenario, subject_renders, truth_specs
 
 
-def subject_gate(studio, run_id: str, spec: Spec, round_index: int = 1, n: int = 8, seed: int = 0) -> dict:
-    """Measure the gate on a run's round ``round_index`` (judged) for the subject ``spec``."""
+def subject_gate(
+    studio, run_id: str, scenario: Scenario, round_index: int = 1, n: int = 8, seed: int = 0
+) -> dict:
+    """Measure the gate on a run's round ``round_index`` (judged) of ``scenario``."""
     folder = studio.folder(run_id)
     state = studio.review_state(run_id, round_index)
     aligned = [
@@ -33,8 +36,7 @@ def subject_gate(studio, run_id: str, spec: Spec, round_index: int = 1, n: int =
         refs = [
             folder.open_rgb(x["file"]) for x in storage.list_references(db, run_id) if x["source"] == "real"
         ]
-    scenes = [b for b in BACKGROUNDS if b != spec.background]
-    real = subject_renders(spec, scenes, n, seed=seed)
+    real = subject_renders(truth_specs(scenario), n, seed=seed)
     oracle = studio.oracle(config["oracle"])
     gen = float(np.mean(oracle.image_similarities(aligned, refs))) if aligned else float("nan")
     truth = float(np.mean(oracle.image_similarities(real, refs)))

@@ -479,6 +479,17 @@ class Scenario:
 # The "known" scenario's subject: a shape × colour × pattern the base generator already draws faithfully
 # in every scene (scripts/known_gate.py measures it), so the round's own aligned drawings can be good data.
 KNOWN_SUBJECT = Spec("star", "green", "checkered", "stairs")
+# The "known-style" scenario's style: the same colour × pattern, learned from hearts on a blank background.
+KNOWN_STYLE = Spec("heart", "green", "checkered", "blank")
+
+# The style scenarios' anchors: 6 shapes other than the references' heart × 3 scenes.
+STYLE_ANCHOR_SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+STYLE_BACKGROUNDS = ("grass", "sea", "night")
+# The scened held-out prompts' (shape, scene): what the subject would look like there, drawn faithfully.
+HELDOUT_SCENES = {
+    "object": [("star", b) for b in ("grass", "night", "sea", "snow", "desert")],
+    "style": [("star", "snow"), ("square", "desert"), ("cross", "sunset")],
+}
 
 
 def _anchor_templates(exclude: str, subject_slot: str = "{}") -> list[str]:
@@ -490,21 +501,16 @@ def _anchor_templates(exclude: str, subject_slot: str = "{}") -> list[str]:
     return out
 
 
-def subject_renders(
-    spec: Spec, backgrounds: list[str], n: int, seed: int = 0, size: int = 32
-) -> list[Image.Image]:
-    """``n`` real renders of ``spec``'s subject in each of ``backgrounds`` (the gate's held-out truth)."""
+def subject_renders(specs: list[Spec], n: int, seed: int = 0, size: int = 32) -> list[Image.Image]:
+    """``n`` real renders of each of ``specs`` (the gate's truth: :func:`truth_specs`)."""
     rng = np.random.default_rng([seed, 3])
-    return [
-        render(Spec(spec.shape, spec.colour, spec.pattern, b), rng, size)
-        for b in backgrounds
-        for _ in range(n)
-    ]
+    return [render(spec, rng, size) for spec in specs for _ in range(n)]
 
 
 def scenarios() -> dict[str, Scenario]:
-    """The GAL presets: ``object`` (a rainbow-striped star, all references on stairs), ``style``, and
-    ``known`` (a subject the base model already draws, all references on stairs)."""
+    """The GAL presets: ``object`` (a rainbow-striped star, all references on stairs), ``style`` (the
+    rainbow-striped palette), and ``known`` / ``known-style``: the same with a subject / style the base
+    model already draws (a green checkered star on stairs; green checkered hearts on a blank background)."""
     star = Spec("star", None, RESERVED_PATTERN, "stairs")
     obj = Scenario(
         name="object",
@@ -530,8 +536,6 @@ def scenarios() -> dict[str, Scenario]:
         "stairs, so stairs are the non-SoI content that can leak into anchors.",
     )
     heart = Spec("heart", None, RESERVED_PATTERN, "blank")
-    style_anchor_shapes = ("circle", "square", "triangle", "star", "cross", "diamond")
-    style_bgs = ("grass", "sea", "night")
     sty = Scenario(
         name="style",
         kind="style",
@@ -542,7 +546,7 @@ def scenarios() -> dict[str, Scenario]:
         non_soi_text="a heart on a blank background",
         reference_specs=[heart] * 2,
         reference_prompts=["a heart in <sks> style on a blank background"] * 2,
-        anchors=[f"a {s} {{}} {BACKGROUNDS[b][0]}" for s in style_anchor_shapes for b in style_bgs],
+        anchors=[f"a {s} {{}} {BACKGROUNDS[b][0]}" for s in STYLE_ANCHOR_SHAPES for b in STYLE_BACKGROUNDS],
         eval_prompts=[
             "a circle in <sks> style",
             "a star in <sks> style in the snow",
@@ -564,4 +568,27 @@ def scenarios() -> dict[str, Scenario]:
         "(the gate in the model card). Every reference is on stairs, as in `object`.",
         metadata={"subject_spec": asdict(KNOWN_SUBJECT)},
     )
-    return {"object": obj, "style": sty, "known": known}
+    known_style = replace(  # the style scenario with a style the base model already draws
+        sty,
+        name="known-style",
+        reference_specs=[KNOWN_STYLE] * 2,
+        anchors=list(sty.anchors),
+        eval_prompts=list(sty.eval_prompts),
+        notes="Style: the green checkered palette — a colour and pattern the base model draws on every "
+        "shape, so aligned round-1 drawings of other shapes in <sks> style look like the style (the gate "
+        "in the model card). References are green checkered hearts on a blank background, as in `style`.",
+        metadata={"style_spec": asdict(KNOWN_STYLE)},
+    )
+    return {"object": obj, "style": sty, "known": known, "known-style": known_style}
+
+
+def truth_specs(scenario: Scenario, scenes: list[tuple[str, str]] | None = None) -> list[Spec]:
+    """What a faithful, disentangled model would draw for ``scenario``'s anchors: the references' subject
+    (object) or colour × pattern (style) in each anchor's scene — or in ``scenes`` ((shape, scene) pairs)."""
+    ref = scenario.reference_specs[0]
+    if scenes is None:
+        if scenario.kind == "style":
+            scenes = [(s, b) for s in STYLE_ANCHOR_SHAPES for b in STYLE_BACKGROUNDS]
+        else:
+            scenes = [(ref.shape, b) for b in BACKGROUNDS if b != ref.background]
+    return [Spec(shape, ref.colour, ref.pattern, b) for shape, b in scenes]
