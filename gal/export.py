@@ -40,7 +40,7 @@ import storage
 from gal.config import RunConfig
 from gal.loaded import LoadedModels
 from gal.runfolder import RunFolder, safe_join
-from gal.training import LORA_FILE, add_safetensors_metadata
+from gal.training import LORA_FILE, TRAINING_SET, add_safetensors_metadata
 
 FORMATS = ("diffusers", "kohya", "fused", "checkpoint", "dataset", "card")
 DEFAULT_FORMATS = ("diffusers", "kohya", "dataset", "card")
@@ -402,7 +402,7 @@ def export_run(
             )
         del fused_pipe
         if "dataset" in formats:
-            _write_dataset(staging / names["dataset"], run_dir, references)
+            _write_dataset(staging / names["dataset"], run_dir, references, training_captions(adapter_dir))
         if "card" in formats:
             samples = _copy_samples(staging, run_dir, images, stem)
             if samples:
@@ -487,15 +487,31 @@ def _write_marker(folder: Path, run: dict, entries: list[str], formats, staging:
     (folder / MARKER).write_text(json.dumps(data, indent=2))
 
 
-def _write_dataset(folder: Path, run_dir: Path, references: list[dict]) -> None:
+def training_captions(adapter_dir: Path) -> dict[str, str]:
+    """The caption each reference file trained on in a round ({} for rounds trained before it was kept)."""
+    path = adapter_dir / TRAINING_SET
+    try:
+        return {x["file"]: x["caption"] for x in json.loads(path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _write_dataset(folder: Path, run_dir: Path, references: list[dict], captions: dict[str, str]) -> None:
+    """Every reference with its caption: ``metadata.jsonl`` (Hugging Face imagefolder) and a ``.txt`` beside
+    each image (what kohya's sd-scripts and OneTrainer read). The caption is the one the exported round
+    trained on (``train.captions``); images added in the last round, not yet trained on, keep their prompt."""
     folder.mkdir()
     with open(folder / "metadata.jsonl", "w") as meta:
         for ref in references:
             name = Path(ref["file"]).name
             shutil.copyfile(safe_join(run_dir, ref["file"]), folder / name)
+            caption = captions.get(ref["file"], ref["prompt"])
+            (folder / name).with_suffix(".txt").write_text(caption + "\n")
             row = {
                 "file_name": name,
                 "prompt": ref["prompt"],
+                "caption": caption,
+                "trained": ref["file"] in captions,
                 "weight": ref["weight"],
                 "round": ref["round_added"],
                 "source": ref["source"],
@@ -1160,7 +1176,8 @@ def model_card(
         )
     if "dataset" in files:
         lines.append(
-            "- `dataset/`: the references (real and added) with prompts and weights (`metadata.jsonl`)."
+            "- `dataset/`: the references (real and added) with prompts, training captions and weights "
+            "(`metadata.jsonl`; the caption also in a `.txt` beside each image, as kohya's scripts read it)."
         )
     lines.append("")
     return "\n".join(lines)

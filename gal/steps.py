@@ -11,6 +11,7 @@ keeps what it drew); it skips what is already saved.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from gal.models import native_resolution, set_scheduler
 from gal.review import store_anchor_scores
 from gal.runfolder import RunFolder
 from gal.seeds import class_image_seed, eval_image_seed, image_seed, training_seed
-from gal.training import TrainExample, adapter_state, save_adapter, train_lora
+from gal.training import TRAINING_SET, TrainExample, adapter_state, save_adapter, train_lora
 
 
 @dataclass
@@ -122,6 +123,15 @@ def train(rnd: Round) -> StepResult:
     rel = RunFolder.adapter_dir(r)
     if rnd.processes.is_main:  # every process holds the same adapter; one file is written
         save_adapter(pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)})
+        # what the adapter trained on, caption by caption (the dataset export writes these captions)
+        training_set = [
+            {"file": x["file"], "caption": text, "weight": x["weight"], "source": x["source"]}
+            for x, text in zip(refs, captions, strict=True)
+        ]
+        path = folder.path(rel) / TRAINING_SET
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(training_set, indent=1))
+        tmp.replace(path)
     rnd.models.mark(spec, rnd.adapter_key)
     return StepResult(
         result.seconds,

@@ -21,6 +21,7 @@ from gal.config import TrainConfig
 
 ADAPTER = "gal"
 LORA_FILE = "pytorch_lora_weights.safetensors"
+TRAINING_SET = "training_set.json"  # beside the adapter: each reference's file, caption, weight and source
 
 
 class Cancelled(RuntimeError):

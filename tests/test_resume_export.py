@@ -115,6 +115,10 @@ def test_export_round_trip_in_a_fresh_process(shared_studio, references, tmp_pat
     rows = [json.loads(line) for line in (out / "dataset" / "metadata.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all((out / "dataset" / r["file_name"]).exists() for r in rows)
     assert {"prompt", "weight", "round", "source"} <= set(rows[0])
+    # plain captions: each image trained on its prompt, written beside it as kohya's scripts read captions
+    assert all(r["caption"] == r["prompt"] and r["trained"] for r in rows)
+    for r in rows:
+        assert (out / "dataset" / r["file_name"]).with_suffix(".txt").read_text() == r["caption"] + "\n"
     card = (out / "README.md").read_text()
     assert "tiny" in card and "uncertainty" in card and "| 1 |" in card
 

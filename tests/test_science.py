@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -43,7 +46,9 @@ def _bare_references(reference_files):
     return [ReferenceInput(p, "a <sks> star", "a star on stairs") for p in reference_files]
 
 
-def test_informative_captions_and_diverse_picks_two_rounds(shared_studio, reference_files, captured):
+def test_informative_captions_and_diverse_picks_two_rounds(
+    shared_studio, reference_files, captured, tmp_path
+):
     studio = shared_studio
     config = tiny_config("uncertainty+diversity", images_per_anchor=2)
     config.train.captions = "informative"
@@ -76,6 +81,15 @@ def test_informative_captions_and_diverse_picks_two_rounds(shared_studio, refere
     )
     assert sorted(anchors) == sorted(p["anchor_index"] for p in preview["picks"])
     assert all(w == 1.0 for _, w, added in round2 if added)  # no +balance: weight 1
+    # the round keeps what it trained on, and the dataset export writes those captions (.txt and jsonl)
+    kept = json.loads((studio.run_dir(run_id) / "rounds/r02/adapter/training_set.json").read_text())
+    assert [x["caption"] for x in kept] == [c for c, _, _ in round2]
+    out = studio.export(run_id, tmp_path / "export", ["dataset"])["dataset"]
+    rows = {r["file_name"]: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
+    trained = {Path(x["file"]).name: x["caption"] for x in kept}
+    assert {n: r["caption"] for n, r in rows.items() if r["trained"]} == trained
+    assert all((out / n).with_suffix(".txt").read_text() == r["caption"] + "\n" for n, r in rows.items())
+    assert "a <sks> star on stairs" in trained.values() and len(rows) == len(trained) == 4 + len(anchors)
 
 
 def test_plain_captions_are_the_prompts(shared_studio, reference_files, captured):
