@@ -26,7 +26,14 @@ import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 from gal_studio import app  # noqa: E402
 from ui import render  # noqa: E402
-from ui.handlers import FORM_FIELDS, Handlers, config_from_form, default_form, references_from  # noqa: E402
+from ui.handlers import (  # noqa: E402
+    FORM_FIELDS,
+    Handlers,
+    config_from_form,
+    default_form,
+    form_from_config,
+    references_from,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -148,6 +155,23 @@ def test_a_run_started_from_the_demo_form_trains_as_the_demo_does(handlers, tmp_
     assert started.train == demo.train and started.generate == demo.generate
     assert started.gal.m == demo.gal.m and started.gal.k == demo.gal.k and started.gal.lam == demo.gal.lam
     assert started.train.lr_schedule == "cosine"
+
+
+def test_informative_captions_from_the_form_are_what_round_1_trains_on(handlers, demo_form):
+    """The SID caption option end to end in the app: the form's choice reaches training, and the round
+    keeps the captions it trained on (the references' prompts do not name the stairs; their non-SoI does)."""
+    files, table, form = demo_form
+    bare = [[name, "a <sks> star", non_soi] for name, _, non_soi in table]
+    config = config_from_form({**form, "captions": "informative"})
+    assert config.train.captions == "informative" and form_from_config(config)["captions"] == "informative"
+    view = handlers.start_run(files, bare, *form_values({**form, "captions": "informative", "name": "sid"}))
+    assert handlers.worker.wait_idle(120), "round 1 did not finish in 2 minutes"
+    assert not handlers.worker.errors, handlers.worker.errors
+    with storage.open_db(handlers.studio.db_path) as db:
+        assert storage.get_run(db, view.run_id)["config"]["train"]["captions"] == "informative"
+    kept = handlers.studio.run_dir(view.run_id) / "rounds/r01/adapter/training_set.json"
+    kept = json.loads(kept.read_text())
+    assert [x["caption"] for x in kept] == ["a <sks> star on stairs"] * 4
 
 
 def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tmp_path):

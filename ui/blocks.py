@@ -225,6 +225,14 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                             "real-rate: your references train as in round 1, added ones on top "
                             "(try it when you accept many images: docs/bench/table1.md)",
                         )
+                        f["captions"] = gr.Radio(
+                            [("prompts", "plain"), ("informative (SID)", "informative")],
+                            value=form0["captions"],
+                            label="Training captions",
+                            info="informative: your references' captions also name their non-SoI content, "
+                            "added images are captioned by what the oracle sees in them (the exported "
+                            "dataset keeps the captions trained on)",
+                        )
                         f["adaptive_stop"] = gr.Checkbox(
                             form0["adaptive_stop"],
                             label="Adaptive stop (Eq. 10)",

@@ -73,6 +73,7 @@ FORM_FIELDS = (
     "eval_per_prompt",
     "lr_schedule",
     "reference_sampling",
+    "captions",
     "adaptive_stop",
     "name",
 )
@@ -237,6 +238,7 @@ def config_from_form(form: dict) -> RunConfig:
             rank=rank,  # alpha: the default rule, alpha = rank
             batch_size=_whole(form, "train_batch"),
             reference_sampling=form.get("reference_sampling") or "pooled",
+            captions=form.get("captions") or "plain",
             lr_schedule=form.get("lr_schedule") or "constant",
         ),
         generate=GenerateConfig(
@@ -292,6 +294,7 @@ def form_from_config(config: RunConfig) -> dict:
         "eval_per_prompt": config.eval.images_per_prompt,
         "adaptive_stop": config.gal.adaptive_stop,
         "reference_sampling": config.train.reference_sampling,
+        "captions": config.train.captions,
         "lr_schedule": config.train.lr_schedule,
         "name": config.name,
     }
