@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["plain", "informative"],
         help="training captions: the prompts (plain), or naming the non-SoI content (informative)",
     )
+    run.add_argument(
+        "--images-per-anchor",
+        type=int,
+        help="+diversity strategies: up to this many images of a picked anchor, each only if it raises "
+        "the picks' diversity (1)",
+    )
     run.add_argument("--m", type=int, help="images per anchor (10)")
     run.add_argument("--k", type=int, help="anchors picked per round (3)")
     run.add_argument("--lam", type=float, help="λ of Eq. 9 (0.005)")
@@ -247,6 +253,7 @@ def _new_config(args):
         "m": ("gal", "m"),
         "k": ("gal", "k"),
         "lam": ("gal", "lam"),
+        "images_per_anchor": ("gal", "images_per_anchor"),
         "rounds": ("gal", "max_rounds"),
         "steps": ("train", "steps"),
         "lr": ("train", "learning_rate"),

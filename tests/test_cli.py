@@ -101,3 +101,18 @@ def test_read_decisions_formats(tmp_path):
     headless.write_text("3,1\n")
     with pytest.raises(ValueError, match="header with image_id and verdict"):
         read_decisions(headless)
+
+
+def test_the_science_flags_reach_the_config(tmp_path):
+    """--scenario known-style, --captions, --images-per-anchor (issue 17) land in the run's config."""
+    from gal.cli import _new_config, build_parser
+
+    args = build_parser().parse_args(
+        ["--runs-dir", str(tmp_path), "run", "--demo", "--scenario", "known-style"]
+        + ["--strategy", "uncertainty+diversity", "--captions", "informative", "--images-per-anchor", "2"]
+    )
+    config, references = _new_config(args)
+    assert config.task == "style" and len(references) == 2
+    assert (config.gal.strategy, config.gal.images_per_anchor) == ("uncertainty+diversity", 2)
+    assert config.train.captions == "informative"
+    config.validate()

@@ -118,6 +118,7 @@ def test_default_form_is_valid_and_pauses_for_review():
         ({"subject_phrase": "a cat"}, "lacks the SoI token"),
         ({"anchors": ""}, "no anchors"),
         ({"strategy": "best"}, "choose a strategy"),
+        ({"images_per_anchor": 0}, "images_per_anchor must be a whole number >= 1"),
     ],
 )
 def test_invalid_values_are_refused_with_the_fix(handlers, change, fix):

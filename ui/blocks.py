@@ -182,6 +182,11 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                     f["lam"] = _number(
                         "λ", form0["lam"], "Eq. 9: added images weigh Δ = λ·mean Ω (paper: 0.005)"
                     )
+                    f["images_per_anchor"] = _number(
+                        "images per picked anchor",
+                        form0["images_per_anchor"],
+                        "+diversity only: more images of a picked anchor when they raise diversity (1)",
+                    )
                     f["rounds"] = _number("rounds", form0["rounds"], "at most this many rounds (paper: 4)")
                 with gr.Row():
                     f["train_steps"] = _number(

@@ -60,6 +60,7 @@ FORM_FIELDS = (
     "m",
     "k",
     "lam",
+    "images_per_anchor",
     "rounds",
     "train_steps",
     "resolution",
@@ -82,6 +83,7 @@ FIELD_LABELS = {
     "m": "m (images per anchor)",
     "k": "k (anchors per round)",
     "lam": "λ",
+    "images_per_anchor": "images per picked anchor",
     "rounds": "rounds",
     "train_steps": "training steps",
     "resolution": "resolution",
@@ -251,6 +253,9 @@ def config_from_form(form: dict) -> RunConfig:
             m=_whole(form, "m"),
             k=_whole(form, "k"),
             lam=_number(form, "lam"),
+            images_per_anchor=(
+                1 if form.get("images_per_anchor") in (None, "") else _whole(form, "images_per_anchor")
+            ),
             max_rounds=_whole(form, "rounds"),
             pause_for_review=True,  # the app always stops at review
             adaptive_stop=bool(form.get("adaptive_stop")),
@@ -281,6 +286,7 @@ def form_from_config(config: RunConfig) -> dict:
         "m": config.gal.m,
         "k": config.gal.k,
         "lam": config.gal.lam,
+        "images_per_anchor": config.gal.images_per_anchor,
         "rounds": config.gal.max_rounds,
         "train_steps": config.train.steps,
         "resolution": config.train.resolution or 0,
