@@ -628,7 +628,9 @@ def _key(r: dict) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", nargs="+", default=["object"], choices=TASKS)
+    parser.add_argument(
+        "--tasks", nargs="+", choices=TASKS, help="scenarios to run (object) or report (every one saved)"
+    )
     parser.add_argument("--strategies", nargs="+", default=ROWS, choices=ROWS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=4)
@@ -712,7 +714,12 @@ def main() -> None:
         return v
 
     def selected(results: list[dict]) -> list[dict]:
-        return [r for r in results if (r.get("variant") or {}) == variant_of(r["strategy"])]
+        return [
+            r
+            for r in results
+            if (r.get("variant") or {}) == variant_of(r["strategy"])
+            and (not args.tasks or r["task"] in args.tasks)
+        ]
 
     saved = out / "results.json"
     results = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
@@ -741,7 +748,7 @@ def main() -> None:
     done = {_key(r) for r in results}
     jobs = [
         (task, strategy, seed, args.rounds, variant_of(strategy))
-        for task in args.tasks
+        for task in args.tasks or ["object"]
         for seed in args.seeds
         for strategy in args.strategies
         if _key({"task": task, "strategy": strategy, "seed": seed, "variant": variant_of(strategy)})
