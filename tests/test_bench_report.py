@@ -287,3 +287,27 @@ def test_real_rate_rows_are_matched_by_their_own_round_1():
     lines = table1.against_matched(results)
     assert "its own round 1" in lines[0]
     assert "lower in 4/5" in lines[1] and ">= 95% in 5/5" in lines[1] and "MET" in lines[1]
+
+
+def test_targets_count_each_setting_against_both_controls_of_the_same_seed():
+    def run(strategy, seed, rounds, **variant):
+        return _run(strategy, seed, rounds) | {"task": "known", "variant": {"eval_images": 8, **variant}}
+
+    dm = [(1.3, 0.70, 0.20), (1.3, 0.80, 0.10)]  # seeds 0, 1: one round each
+    results = [run("dreambooth-matched", s, [dm[s]]) for s in (0, 1)] + [
+        # seed 0: lower OVF than dm (0.1 < 0.2) at 0.69 >= 0.95 * 0.70 -> both; seed 1: OVF 0.3 > 0.1
+        run("uncertainty+diversity", 0, [(1.0, 0.8, 0.5), (1.2, 0.69, 0.1)]),
+        run("uncertainty+diversity", 1, [(1.0, 0.8, 0.5), (1.2, 0.70, 0.3)]),
+        # real-rate: vs own round 1 (0.5 -> 0.4 lower, 0.78 >= 0.76 kept) in both seeds
+        run("uncertainty+diversity", 0, [(1.0, 0.8, 0.5), (1.2, 0.78, 0.4)], sampling="real-rate"),
+        run("uncertainty+diversity", 1, [(1.0, 0.8, 0.5), (1.2, 0.78, 0.4)], sampling="real-rate"),
+    ]
+    lines = table1.targets(results).splitlines()
+    plain = next(x for x in lines if "uncertainty+diversity" in x and "real-rate" not in x)
+    rr = next(x for x in lines if "sampling=real-rate" in x)
+    # seed 1 keeps 0.70 < 0.95 * 0.80: kept in 1; vs own R1 shown in brackets (not the matched control)
+    assert "1/1/1 of 2" in plain and "(2/0/0 of 2)" in plain
+    assert "0/2/0 of 2" in rr and "2/2/2 of 2" in rr and "(2/2/2" not in rr
+    assert "MET" not in plain  # the target needs both in >= 4 seeds
+    control = next(x for x in lines if x.split()[1] == "dreambooth-matched")
+    assert control.split()[-2:] == ["0.150", "0.750"]
