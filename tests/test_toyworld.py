@@ -97,14 +97,15 @@ def test_invalid_spec_names_the_value():
 
 def test_scenarios_are_well_formed(tmp_path):
     sc = scenarios()
-    assert set(sc) == {"object", "style", "known"}
+    assert set(sc) == {"object", "style", "known", "known-style"}
     for s in sc.values():
         assert len(s.anchors) == 18 and len(set(s.anchors)) == 18
         assert all(a.count("{}") == 1 for a in s.anchors)
         assert 1 <= len(s.reference_specs) <= 5
         assert len({r.background for r in s.reference_specs}) == 1  # one non-SoI background
-        # object/style: a pattern the base model never saw; known: one it draws (KNOWN_SUBJECT)
-        assert all((r.pattern == RESERVED_PATTERN) == (s.name != "known") for r in s.reference_specs)
+        # object/style: a pattern the base model never saw; known, known-style: one it draws
+        known = s.name in ("known", "known-style")
+        assert all((r.pattern == RESERVED_PATTERN) == (not known) for r in s.reference_specs)
         assert all(s.token in p for p in s.anchor_prompts())
         assert all(s.token not in t and "  " not in t for t in s.anchor_oracle_texts())
         assert s.token in s.prompt and s.token not in s.non_soi_text
