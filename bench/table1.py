@@ -43,7 +43,7 @@ CONTROL_ROWS = ["lambda-0", "dreambooth-matched"]
 SEED_ROWS = ["uncertainty+diversity", "uncertainty+diversity+balance"]
 ROWS = PAPER_ROWS + CONTROL_ROWS + SEED_ROWS
 COMPARED = "uncertainty+balance"  # the run dreambooth-matched is matched to (unless a variant names another)
-TASKS = list(scenarios())  # object, style, known
+TASKS = list(scenarios())  # object, style, known, known-style
 METRICS = ("txt_aln", "img_aln", "ovf")
 
 
@@ -149,7 +149,7 @@ def one_run(
         config.train.steps = variant["steps"]
     if variant.get("captions"):
         config.train.captions = variant["captions"]
-    if variant.get("images_per_anchor"):
+    if variant.get("images_per_anchor") and "+diversity" in strategy:  # the +diversity rows only
         config.gal.images_per_anchor = variant["images_per_anchor"]
     matched = None
     if (
@@ -455,11 +455,21 @@ def targets(results: list[dict], base_variant: dict | None = None) -> str:
         f"{'task':<12}{'strategy':<31}{'variant':<44}{'seeds':>6}{'last OVF':>10}{'IMG-ALN':>9}"
         f"   {'vs dreambooth-matched: lower/kept/both':<40}{'vs own R1: lower/kept/both':<28}"
     ]
-    matched = {
-        (r["task"], r["seed"]): r["rounds"][-1]
-        for r in results
-        if r["strategy"] == "dreambooth-matched" and (r.get("variant") or {}) == base_variant
-    }
+
+    def control_of(variant: dict) -> tuple:
+        """The settings a dreambooth-matched run shares with the rows it controls (its captions; the
+        held-out images); λ, sampling and the person's settings do not apply to it."""
+        v = {**base_variant, **variant}
+        return tuple(sorted((k, v[k]) for k in ("eval_images", "captions") if k in v))
+
+    every_matched: dict[tuple, dict] = {}
+    for r in results:
+        if r["strategy"] == "dreambooth-matched":
+            v = {k: x for k, x in (r.get("variant") or {}).items() if k != "match"}
+            every_matched[r["task"], r["seed"], control_of(v)] = r["rounds"][-1]
+    plain = control_of(base_variant)
+    matched = {(t, seed): x for (t, seed, c), x in every_matched.items() if c == plain}
+    fallback = False
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         if r["strategy"] == "dreambooth-matched" or len(r["rounds"]) < 2:
@@ -480,15 +490,28 @@ def targets(results: list[dict], base_variant: dict | None = None) -> str:
     for (task, row, label), runs in sorted(groups.items()):
         runs = sorted(runs, key=lambda r: r["seed"])
         last = [r["rounds"][-1] for r in runs]
-        vs_dm = [(r["rounds"][-1], matched[task, r["seed"]]) for r in runs if (task, r["seed"]) in matched]
+        own = control_of(runs[0].get("variant") or {})
+        vs_dm = [
+            (r["rounds"][-1], every_matched[task, r["seed"], own])
+            for r in runs
+            if (task, r["seed"], own) in every_matched
+        ]
+        mark = ""
+        if not vs_dm and own != plain:  # no control with this row's captions: the plain one, marked
+            vs_dm = [
+                (r["rounds"][-1], matched[task, r["seed"]]) for r in runs if (task, r["seed"]) in matched
+            ]
+            mark, fallback = "*", True
         vs_r1 = count([(r["rounds"][-1], r["rounds"][0]) for r in runs])
         if "sampling=real-rate" not in label:  # pooled: round 1 trained the references more, not matched
             vs_r1 = f"({vs_r1})"
         lines.append(
             f"{task:<12}{ROWS[row]:<31}{label or '-':<44}{len(runs):>6}"
             f"{np.mean([x['ovf'] for x in last]):>10.3f}{np.mean([x['img_aln'] for x in last]):>9.3f}"
-            f"   {count(vs_dm):<40}{vs_r1:<28}"
+            f"   {count(vs_dm) + mark:<40}{vs_r1:<28}"
         )
+    if fallback:
+        lines.append("*: no dreambooth-matched run with this row's captions: compared with the plain one")
     lines.append(
         "(…): under pooled sampling round 1 trained the real references more than the last round did, so it"
         " is not that row's matched control; the matched rows:"
@@ -795,9 +818,12 @@ def main() -> None:
     if args.variants:
         print(variants(results))
         return
+    if (args.report or args.targets) and args.tasks and not any(r["task"] in args.tasks for r in results):
+        held = sorted({r["task"] for r in results})
+        sys.exit(f"no runs of {', '.join(args.tasks)} in {saved}; it holds {', '.join(held) or 'none'}")
     if args.targets:
         shown = [r for r in results if not args.tasks or r["task"] in args.tasks]
-        print(targets(shown))
+        print(targets(shown, {"eval_images": variant.get("eval_images", 8)}))
         return
     if args.report:
         shown = selected(results)

@@ -63,10 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--images-per-anchor",
         type=int,
-        help="+diversity strategies: up to this many images of a picked anchor, each only if it raises "
-        "the picks' diversity (1)",
+        help="+diversity strategies: at most this many of a picked anchor's images are added, each only "
+        "if it raises the picks' diversity (1)",
     )
-    run.add_argument("--m", type=int, help="images per anchor (10)")
+    run.add_argument("--m", type=int, help="images drawn per anchor each round (10)")
     run.add_argument("--k", type=int, help="anchors picked per round (3)")
     run.add_argument("--lam", type=float, help="λ of Eq. 9 (0.005)")
     run.add_argument("--rounds", type=int, help="max rounds (4)")

@@ -223,6 +223,11 @@ class GALConfig:
         _positive_int("k", self.k, most=1000)
         _positive_int("max_rounds", self.max_rounds, most=1000)
         _positive_int("images_per_anchor", self.images_per_anchor, most=1000)
+        if self.images_per_anchor > 1 and not Strategy.parse(self.strategy).diversity:
+            raise ValueError(
+                f"images_per_anchor {self.images_per_anchor} only applies to the +diversity strategies: "
+                f"set it to 1 or choose uncertainty+diversity (strategy is {self.strategy})"
+            )
         lam = self.lam
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
             raise ValueError(f"λ must be a finite number >= 0, got {self.lam!r}")

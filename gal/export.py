@@ -324,6 +324,7 @@ def export_run(
     run_dir = src.run_dir(run_id)
     adapter_dir = safe_join(run_dir, final["adapter_path"])
     stem = export_stem(run)
+    captions = training_captions(adapter_dir)  # what each reference trained on ({} before it was kept)
     provenance = {
         "gal.run_id": run_id,
         "gal.run_name": run.get("name") or run_id,
@@ -374,7 +375,8 @@ def export_run(
                 family=family,
                 v_parameterization=v_pred,
                 run=run,
-                references=trained_on,
+                # ss_tag_frequency counts the captions trained on
+                references=[r | {"prompt": captions.get(r["file"], r["prompt"])} for r in trained_on],
                 round_index=final["round_index"],
                 stem=stem,
                 resolution=_resolution(pipe, config),
@@ -402,7 +404,9 @@ def export_run(
             )
         del fused_pipe
         if "dataset" in formats:
-            _write_dataset(staging / names["dataset"], run_dir, references, training_captions(adapter_dir))
+            _write_dataset(
+                staging / names["dataset"], run_dir, references, captions, {r["file"] for r in trained_on}
+            )
         if "card" in formats:
             samples = _copy_samples(staging, run_dir, images, stem)
             if samples:
@@ -496,22 +500,27 @@ def training_captions(adapter_dir: Path) -> dict[str, str]:
         return {}
 
 
-def _write_dataset(folder: Path, run_dir: Path, references: list[dict], captions: dict[str, str]) -> None:
+def _write_dataset(
+    folder: Path, run_dir: Path, references: list[dict], captions: dict[str, str], trained: set[str]
+) -> None:
     """Every reference with its caption: ``metadata.jsonl`` (Hugging Face imagefolder) and a ``.txt`` beside
-    each image (what kohya's sd-scripts and OneTrainer read). The caption is the one the exported round
-    trained on (``train.captions``); images added in the last round, not yet trained on, keep their prompt."""
+    each image (OneTrainer and ai-toolkit read it; kohya's sd-scripts with ``--caption_extension .txt``).
+    The caption is the one the exported round trained on (``train.captions``); an image added in the last
+    round (not trained on yet), or a round trained before captions were kept, has its prompt
+    (``caption_kept`` false)."""
     folder.mkdir()
-    with open(folder / "metadata.jsonl", "w") as meta:
+    with open(folder / "metadata.jsonl", "w", encoding="utf-8") as meta:
         for ref in references:
             name = Path(ref["file"]).name
             shutil.copyfile(safe_join(run_dir, ref["file"]), folder / name)
             caption = captions.get(ref["file"], ref["prompt"])
-            (folder / name).with_suffix(".txt").write_text(caption + "\n")
+            (folder / name).with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
             row = {
                 "file_name": name,
                 "prompt": ref["prompt"],
                 "caption": caption,
-                "trained": ref["file"] in captions,
+                "caption_kept": ref["file"] in captions,
+                "trained": ref["file"] in trained,
                 "weight": ref["weight"],
                 "round": ref["round_added"],
                 "source": ref["source"],
@@ -1177,7 +1186,8 @@ def model_card(
     if "dataset" in files:
         lines.append(
             "- `dataset/`: the references (real and added) with prompts, training captions and weights "
-            "(`metadata.jsonl`; the caption also in a `.txt` beside each image, as kohya's scripts read it)."
+            "(`metadata.jsonl`; the caption also in a `.txt` beside each image: OneTrainer and ai-toolkit "
+            "read it, kohya's sd-scripts with `--caption_extension .txt`)."
         )
     lines.append("")
     return "\n".join(lines)

@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 
 def ceiling(tasks: list[str]) -> None:
     """IMG-ALN a faithful, disentangled model would score on the held-out prompts: real renders of the
-    subject in the 5 scened held-out prompts' scenes (8 each) against the references (no model involved)."""
+    subject (a style: on the prompt's shape) in each scened held-out prompt's scene (object 5, style 3; 8
+    each) against the references (no model involved)."""
     from gal.oracle import ClipOracle
     from gal.toyworld.world import HELDOUT_SCENES, scenarios, subject_renders, truth_specs
 

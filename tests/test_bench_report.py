@@ -311,3 +311,22 @@ def test_targets_count_each_setting_against_both_controls_of_the_same_seed():
     assert "MET" not in plain  # the target needs both in >= 4 seeds
     control = next(x for x in lines if x.split()[1] == "dreambooth-matched")
     assert control.split()[-2:] == ["0.150", "0.750"]
+
+
+def test_targets_use_the_control_with_the_rows_captions_and_mark_a_fallback():
+    def run(strategy, seed, rounds, **variant):
+        return _run(strategy, seed, rounds) | {"task": "known", "variant": {"eval_images": 8, **variant}}
+
+    results = [
+        run("dreambooth-matched", 0, [(1.3, 0.70, 0.20)]),
+        run("dreambooth-matched", 0, [(1.3, 0.70, 0.05)], captions="informative", match="x"),
+        run("uncertainty+diversity", 0, [(1.0, 0.8, 0.5), (1.2, 0.70, 0.1)], captions="informative"),
+        run("uncertainty+diversity", 0, [(1.0, 0.8, 0.5), (1.2, 0.70, 0.1)], images_per_anchor=2),
+        run("uncertainty+diversity", 0, [(1.0, 0.8, 0.5), (1.2, 0.70, 0.1)], captions="other"),
+    ]
+    lines = table1.targets(results).splitlines()
+    informative = next(x for x in lines if "captions=informative" in x)
+    assert "0/1/0 of 1" in informative  # against its own control (OVF 0.05), not the plain one (0.20)
+    assert "1/1/1 of 1" in next(x for x in lines if "images_per_anchor=2" in x)  # the plain control
+    other = next(x for x in lines if "captions=other" in x)
+    assert "1/1/1 of 1*" in other and any(x.startswith("*: no dreambooth-matched") for x in lines)

@@ -116,11 +116,16 @@ def test_export_round_trip_in_a_fresh_process(shared_studio, references, tmp_pat
     assert len(rows) == 4 and all((out / "dataset" / r["file_name"]).exists() for r in rows)
     assert {"prompt", "weight", "round", "source"} <= set(rows[0])
     # plain captions: each image trained on its prompt, written beside it as kohya's scripts read captions
-    assert all(r["caption"] == r["prompt"] and r["trained"] for r in rows)
+    assert all(r["caption"] == r["prompt"] and r["trained"] and r["caption_kept"] for r in rows)
     for r in rows:
         assert (out / "dataset" / r["file_name"]).with_suffix(".txt").read_text() == r["caption"] + "\n"
     card = (out / "README.md").read_text()
     assert "tiny" in card and "uncertainty" in card and "| 1 |" in card
+    # a round trained before captions were kept: still trained on, the caption is the prompt, not "kept"
+    (studio.run_dir(run_id) / "rounds/r01/adapter/training_set.json").unlink()
+    older = studio.export(run_id, tmp_path / "older", ("dataset",))["dataset"]
+    rows = [json.loads(line) for line in (older / "metadata.jsonl").read_text().splitlines()]
+    assert all(r["trained"] and not r["caption_kept"] and r["caption"] == r["prompt"] for r in rows)
 
 
 def test_export_refuses_existing_folder_unless_forced(shared_studio, references, tmp_path):

@@ -84,10 +84,18 @@ def test_informative_captions_and_diverse_picks_two_rounds(
     # the round keeps what it trained on, and the dataset export writes those captions (.txt and jsonl)
     kept = json.loads((studio.run_dir(run_id) / "rounds/r02/adapter/training_set.json").read_text())
     assert [x["caption"] for x in kept] == [c for c, _, _ in round2]
-    out = studio.export(run_id, tmp_path / "export", ["dataset"])["dataset"]
+    written = studio.export(run_id, tmp_path / "export", ["dataset", "kohya"])
+    out = written["dataset"]
     rows = {r["file_name"]: r for r in map(json.loads, (out / "metadata.jsonl").read_text().splitlines())}
     trained = {Path(x["file"]).name: x["caption"] for x in kept}
     assert {n: r["caption"] for n, r in rows.items() if r["trained"]} == trained
+    assert all(r["caption_kept"] for r in rows.values())
+    # kohya's tag frequency counts the captions trained on, not the bare prompts
+    from safetensors import safe_open
+
+    with safe_open(str(written["kohya"]), "pt") as f:
+        tags = json.loads(f.metadata()["ss_tag_frequency"])["gal_references"]
+    assert tags.get("a <sks> star on stairs") == 4 and "a <sks> star" not in tags
     assert all((out / n).with_suffix(".txt").read_text() == r["caption"] + "\n" for n, r in rows.items())
     assert "a <sks> star on stairs" in trained.values() and len(rows) == len(trained) == 4 + len(anchors)
 

@@ -111,14 +111,15 @@ def test_default_form_is_valid_and_pauses_for_review():
     ("change", "fix"),
     [
         ({"k": 30}, "lower k or add anchors"),
-        ({"m": 2.5}, "m (images per anchor) must be a whole number"),
-        ({"m": None}, "m (images per anchor) is empty"),
+        ({"m": 2.5}, "m (images drawn per anchor) must be a whole number"),
+        ({"m": None}, "m (images drawn per anchor) is empty"),
         ({"lam": -1}, "λ must be a finite number >= 0"),
         ({"resolution": 100}, "multiple of 8"),
         ({"subject_phrase": "a cat"}, "lacks the SoI token"),
         ({"anchors": ""}, "no anchors"),
         ({"strategy": "best"}, "choose a strategy"),
-        ({"images_per_anchor": 0}, "images_per_anchor must be a whole number >= 1"),
+        ({"images_per_anchor": 0}, "images per picked anchor must be at least 1"),
+        ({"images_per_anchor": 2}, "only applies to the +diversity strategies"),
     ],
 )
 def test_invalid_values_are_refused_with_the_fix(handlers, change, fix):

@@ -185,7 +185,8 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                     f["images_per_anchor"] = _number(
                         "images per picked anchor",
                         form0["images_per_anchor"],
-                        "+diversity only: more images of a picked anchor when they raise diversity (1)",
+                        "+diversity only: at most this many of a picked anchor's images are added, "
+                        "each only if it raises diversity (1)",
                     )
                     f["rounds"] = _number("rounds", form0["rounds"], "at most this many rounds (paper: 4)")
                 with gr.Row():

@@ -80,7 +80,7 @@ FORM_FIELDS = (
 )
 # Labels used in messages, so an error names the field as the page shows it.
 FIELD_LABELS = {
-    "m": "m (images per anchor)",
+    "m": "m (images drawn per anchor)",
     "k": "k (anchors per round)",
     "lam": "λ",
     "images_per_anchor": "images per picked anchor",
@@ -211,6 +211,16 @@ def _whole(form: dict, name: str) -> int:
     return int(value)
 
 
+def _at_least_one(form: dict, name: str) -> int:
+    """A whole number >= 1 (empty: 1)."""
+    if form.get(name) in (None, ""):
+        return 1
+    value = _whole(form, name)
+    if value < 1:
+        raise ValueError(f"{FIELD_LABELS.get(name, name)} must be at least 1, got {value}")
+    return value
+
+
 def _lines(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
@@ -253,9 +263,7 @@ def config_from_form(form: dict) -> RunConfig:
             m=_whole(form, "m"),
             k=_whole(form, "k"),
             lam=_number(form, "lam"),
-            images_per_anchor=(
-                1 if form.get("images_per_anchor") in (None, "") else _whole(form, "images_per_anchor")
-            ),
+            images_per_anchor=_at_least_one(form, "images_per_anchor"),
             max_rounds=_whole(form, "rounds"),
             pause_for_review=True,  # the app always stops at review
             adaptive_stop=bool(form.get("adaptive_stop")),
