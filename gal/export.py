@@ -324,7 +324,7 @@ def export_run(
     run_dir = src.run_dir(run_id)
     adapter_dir = safe_join(run_dir, final["adapter_path"])
     stem = export_stem(run)
-    captions = training_captions(adapter_dir)  # what each reference trained on ({} before it was kept)
+    captions = kept_captions(adapter_dir)  # what each reference trained on ({} before it was kept)
     provenance = {
         "gal.run_id": run_id,
         "gal.run_name": run.get("name") or run_id,
@@ -491,7 +491,7 @@ def _write_marker(folder: Path, run: dict, entries: list[str], formats, staging:
     (folder / MARKER).write_text(json.dumps(data, indent=2))
 
 
-def training_captions(adapter_dir: Path) -> dict[str, str]:
+def kept_captions(adapter_dir: Path) -> dict[str, str]:
     """The caption each reference file trained on in a round ({} for rounds trained before it was kept)."""
     path = adapter_dir / TRAINING_SET
     try:

@@ -117,6 +117,16 @@ class RunFolder:
     def class_images(self) -> Path:
         return self.root / "class_images"
 
+    def write_atomic(self, relative: str, write) -> Path:
+        """Write ``relative`` through ``write(tmp_path)``, then move it into place: a kill leaves the old file
+        or the new one, never half of one."""
+        target = self.path(relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.stem}.tmp{target.suffix}")
+        write(tmp)
+        tmp.replace(target)
+        return target
+
     def save(self, image: Image.Image, relative: str) -> None:
         target = self.path(relative)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -123,15 +123,7 @@ def train(rnd: Round) -> StepResult:
     rel = RunFolder.adapter_dir(r)
     if rnd.processes.is_main:  # every process holds the same adapter; one file is written
         save_adapter(pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)})
-        # what the adapter trained on, caption by caption (the dataset export writes these captions)
-        training_set = [
-            {"file": x["file"], "caption": text, "weight": x["weight"], "source": x["source"]}
-            for x, text in zip(refs, captions, strict=True)
-        ]
-        path = folder.path(rel) / TRAINING_SET
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(training_set, indent=1))
-        tmp.replace(path)
+        save_training_set(folder, f"{rel}/{TRAINING_SET}", refs, captions)
     rnd.models.mark(spec, rnd.adapter_key)
     return StepResult(
         result.seconds,
@@ -342,11 +334,17 @@ def embeddings_file(round_index: int) -> str:
 
 def save_embeddings(folder: RunFolder, r: int, ids: list[int], embeddings: np.ndarray) -> None:
     """The oracle's image embeddings of round ``r``'s images, by image id (re-judging overwrites them)."""
-    path = folder.path(embeddings_file(r))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, ids=np.asarray(ids, dtype=np.int64), embeddings=np.asarray(embeddings, dtype=np.float32))
-    tmp.replace(path)
+    ids, embeddings = np.asarray(ids, dtype=np.int64), np.asarray(embeddings, dtype=np.float32)
+    folder.write_atomic(embeddings_file(r), lambda tmp: np.savez(tmp, ids=ids, embeddings=embeddings))
+
+
+def save_training_set(folder: RunFolder, relative: str, refs: list[dict], captions: list[str]) -> None:
+    """What a round's adapter trained on, caption by caption (the dataset export writes these captions)."""
+    rows = [
+        {"file": x["file"], "caption": text, "weight": x["weight"], "source": x["source"]}
+        for x, text in zip(refs, captions, strict=True)
+    ]
+    folder.write_atomic(relative, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
 
 
 def judge(rnd: Round) -> StepResult:
