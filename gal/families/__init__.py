@@ -15,6 +15,7 @@ from pathlib import Path
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flux import FluxFamily
 from gal.families.sd import SDFamily
+from gal.families.sd3 import SD3Family
 from gal.families.sdxl import SDXLFamily
 
 # The registry: one line per family.
@@ -24,6 +25,7 @@ FAMILIES: dict[str, Family] = {
         SDFamily(),
         SDXLFamily(),
         FluxFamily(),
+        SD3Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family
