@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gal import blockswap
 from gal.config import TrainConfig
 
 ADAPTER = "gal"
@@ -401,7 +402,8 @@ def train_lora(
     noise_scheduler = family.noise_scheduler(pipe)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    checkpointing = flag(
+    swap = blockswap.start(denoiser, getattr(cfg, "blocks_to_swap", 0), device)  # streams the last N blocks
+    checkpointing = swap is not None or flag(
         getattr(cfg, "gradient_checkpointing", None), family.defaults.gradient_checkpointing, device
     )
     if checkpointing:
@@ -454,6 +456,8 @@ def train_lora(
             if progress is not None:
                 progress(step + 1, cfg.steps, result.losses[-1])
     finally:
+        if swap is not None:
+            swap.close()
         denoiser.eval()
         if checkpointing:
             denoiser.disable_gradient_checkpointing()
