@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
+from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
 from gal.families.sd import SDFamily
 from gal.families.sdxl import SDXLFamily
@@ -24,6 +25,7 @@ FAMILIES: dict[str, Family] = {
         SDFamily(),
         SDXLFamily(),
         FluxFamily(),
+        ChromaFamily(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family
