@@ -118,3 +118,38 @@ def test_bad_block_counts_are_refused_with_the_limit(flux):
         TrainConfig(blocks_to_swap=-1).validate()
     with pytest.raises(ValueError, match="no transformer blocks"):
         blockswap.BlockSwap(torch.nn.Linear(2, 2), 1, device="cpu")
+
+
+def test_memory_advice_sizes_the_block_swap_that_fits():
+    """A 20B transformer of 60 blocks (Qwen-Image's shape) in fp8 on a 24 GB card: the refusal names
+    train.blocks_to_swap=N, and with N the estimate fits."""
+    from gal.families.memory import advice, training_bytes
+
+    flux = families.get("flux")
+    shape = dict(
+        denoiser_params=20_400_000_000,
+        text_encoder_params=8_300_000_000,
+        vae_params=127_000_000,
+        lora_params=40_000_000,
+        activations_16bit=60e9,
+        activations_ckpt_16bit=3e9,
+        quantize_base="fp8",
+        offload_text_encoders=True,
+        gradient_checkpointing=True,
+        blocks=60,
+        block_params=20_400_000_000 / 60,
+    )
+    cfg = TrainConfig(quantize_base="fp8", offload_text_encoders=True, gradient_checkpointing=True)
+    free = 22 * 2**30
+    need = training_bytes(**shape)
+    message = advice(need, free, cfg, flux)
+    n = int(message.split("train.blocks_to_swap=")[1].split(",")[0].split(" ")[0])
+    assert 2 < n < 60
+    swapped = training_bytes(**shape, blocks_to_swap=n)
+    assert swapped["total"] <= free < training_bytes(**shape, blocks_to_swap=n - 3)["total"]
+    cfg.blocks_to_swap = n
+    assert advice(swapped, free, cfg, flux) is None
+    print(
+        f"20B/60 blocks fp8, 22 GiB free: {need['total'] / 2**30:.1f} GiB -> blocks_to_swap={n}: "
+        f"{swapped['total'] / 2**30:.1f} GiB"
+    )
