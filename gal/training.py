@@ -229,9 +229,9 @@ def _latent_moments(pipe, images: list[Image.Image], resolution: int) -> tuple[t
     pixels = torch.stack([image_to_tensor(im, resolution) for im in images]).to(vae.device, vae.dtype)
     means, stds = [], []
     for start in range(0, len(pixels), 8):
-        dist = vae.encode(pixels[start : start + 8]).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        mean, std = of(pipe).latent_dist(pipe, pixels[start : start + 8])
+        means.append(mean)
+        stds.append(std)
     return torch.cat(means), torch.cat(stds)
 
 
@@ -364,7 +364,8 @@ def train_lora(
         device=device,
     )
     vae_cfg = pipe.vae.config
-    scaling = float(vae_cfg.scaling_factor)
+    # FLUX.2's VAE has no scaling factor: its family normalises the patchified latents itself (BatchNorm).
+    scaling = float(getattr(vae_cfg, "scaling_factor", None) or 1.0)
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
 
     # 3. adapter and optimiser

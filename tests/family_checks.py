@@ -27,15 +27,15 @@ from gal.training import LORA_FILE, adapter_state
 COMFYUI = Path(os.environ.get("GAL_COMFYUI", Path.home() / ".cache" / "gal-studio" / "comfyui"))
 
 
-def family_config(model: str, **gal) -> RunConfig:
+def family_config(model: str, lr: float = 1e-2, **gal) -> RunConfig:
     config = tiny_config(**gal)
     config.model = model
-    config.train.learning_rate = 1e-2  # 6 steps at 1e-3 barely move the tiny models' images
+    config.train.learning_rate = lr  # 6 steps at 1e-3 barely move the tiny models' images
     return config
 
 
-def two_rounds(studio, references, model: str, family) -> tuple[str, RunConfig]:
-    config = family_config(model)
+def two_rounds(studio, references, model: str, family, lr: float = 1e-2) -> tuple[str, RunConfig]:
+    config = family_config(model, lr)
     run_id = studio.create_run(config, references)
     run = studio.advance(run_id)
     assert run["status"] == "finished"

@@ -15,6 +15,7 @@ from pathlib import Path
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
+from gal.families.qwenimage import QwenImageFamily
 from gal.families.sd import SDFamily
 from gal.families.sdxl import SDXLFamily
 
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Family] = {
         SDXLFamily(),
         FluxFamily(),
         ChromaFamily(),
+        QwenImageFamily(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family
