@@ -17,6 +17,7 @@ from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
 from gal.families.qwenimage import QwenImageFamily
 from gal.families.sd import SDFamily
+from gal.families.sd3 import SD3Family
 from gal.families.sdxl import SDXLFamily
 
 # The registry: one line per family.
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Family] = {
         SDFamily(),
         SDXLFamily(),
         FluxFamily(),
+        SD3Family(),
         ChromaFamily(),
         QwenImageFamily(),
     )
