@@ -120,10 +120,13 @@ REPLAY = textwrap.dedent("""
 """)
 
 
-def replay_in_fresh_process(studio, run_id, config, out: Path, weights: dict[str, str]) -> dict:
-    """Redraw two of the run's round-1 images in a fresh process from each exported file; assert each file
-    redraws them (atol 3/255) and that the base model does not."""
-    images = studio.review_state(run_id, 1)["anchors"][0]["images"][:2]
+def replay_in_fresh_process(
+    studio, run_id, config, out: Path, weights: dict[str, str], round_index=2
+) -> dict:
+    """Redraw two images of round ``round_index`` (the one exported: the last) in a fresh process from each
+    exported file; assert each file redraws them (atol 3/255) and that the base model does not."""
+    images = [im for a in studio.review_state(run_id, round_index)["anchors"] for im in a["images"]][:2]
+    assert len(images) == 2
     cases = [{"seed": im["seed"], "prompt": im["prompt"]} for im in images]
     gen = {
         "steps": config.generate.steps,

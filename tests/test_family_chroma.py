@@ -2,7 +2,6 @@
 fresh process, ComfyUI's own key map and strength, block swap."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -16,12 +15,11 @@ from family_checks import (
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import storage
 from gal import blockswap, families
 from gal.config import TrainConfig
 from gal.families.chroma import ChromaFamily
 from gal.models import load_pipeline, model_family
-from gal.training import LORA_FILE, attach_adapter
+from gal.training import attach_adapter
 
 MODEL = "tiny-chroma"
 FAMILY = families.get("chroma")
@@ -74,29 +72,23 @@ def test_defaults_negative_prompts_and_memory_preset():
 
 
 def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(studios, references, tmp_path):
-    """The round's diffusers LoRA (``ChromaPipeline.save_lora_weights`` with adapter metadata) and the
-    family's ComfyUI file (kohya/BFL keys) written from it; a fresh process reloads the diffusers file to
-    the run's own images. (``gal export`` routes through the family once gal/export.py reads
-    ``export_facts``; diffusers' kohya importer hard-codes FLUX.1's widths for fused single blocks, so the
-    kohya file is checked by ComfyUI's own code in the next test, not reloaded by diffusers here.)"""
+    """``gal export`` of the run: the diffusers LoRA (``ChromaPipeline.save_lora_weights``, alpha/r folded)
+    reloads in a fresh process to the run's own images; the kohya/BFL file (the ComfyUI file) carries
+    Chroma's kohya/modelspec facts. diffusers' kohya importer hard-codes FLUX.1's widths for fused single
+    blocks, so the BFL file is checked by ComfyUI's own code (next test), not reloaded by diffusers here."""
     studio = studios(MODEL)
     run_id, config = two_rounds(studio, references, MODEL, FAMILY)
-    with storage.open_db(studio.db_path) as db:
-        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 1)["adapter_path"]
     out = tmp_path / "export"
-    out.mkdir()
-    shutil.copy(adapter / LORA_FILE, out / LORA_FILE)
-    with safe_open(str(out / LORA_FILE), "pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(f.metadata()["lora_adapter_metadata"])
-    assert (meta["transformer.lora_alpha"], meta["transformer.r"]) == (config.train.alpha, config.train.rank)
-    kohya = FAMILY.kohya_state_dict(state, {"transformer": (config.train.alpha, config.train.rank)})
+    written = studio.export(run_id, out, ("diffusers", "kohya"))
+    with safe_open(str(written["kohya"]), "pt") as f:
+        kohya = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
     assert kohya and all(
         k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in kohya
     )
-    facts = FAMILY.export_facts(None)
-    assert (facts.base_model_version, facts.architecture) == ("chroma", "chroma")
-    gaps = replay_in_fresh_process(studio, run_id, config, out, {"diffusers": LORA_FILE})
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("chroma", "chroma/lora")
+    assert meta["ss_network_module"] == "networks.lora_flux"
+    gaps = replay_in_fresh_process(studio, run_id, config, out, {"diffusers": written["diffusers"].name})
     assert gaps["diffusers"] <= 3.0
 
 

@@ -2,7 +2,6 @@
 GAL run, resume, exports reloaded in a fresh process, ComfyUI's own key map and strength, block swap."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -10,12 +9,11 @@ from family_checks import comfy, comfy_check, replay_in_fresh_process, resume_af
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import storage
 from gal import blockswap, families
 from gal.config import GenerateConfig, TrainConfig
 from gal.families.qwenimage import QWEN_IMAGE_TARGETS, template_tokens
 from gal.models import load_pipeline, model_family
-from gal.training import LORA_FILE, attach_adapter
+from gal.training import attach_adapter
 
 MODEL = "tiny-qwenimage"
 FAMILY = families.get("qwenimage")
@@ -81,25 +79,27 @@ def test_defaults_cfg_and_memory_preset():
 
 
 def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(studios, references, tmp_path):
-    """The round's diffusers LoRA and the family's ComfyUI file (``diffusion_model.*``, alpha/r folded) both
-    reload with diffusers' ``load_lora_weights`` in a fresh process to the run's own images."""
+    """``gal export`` of the run: the diffusers LoRA and the ComfyUI file (``diffusion_model.*``, alpha/r
+    folded) both reload with diffusers' ``load_lora_weights`` in a fresh process to the run's own images."""
     studio = studios(MODEL)
     # the tiny Qwen-Image VAE's decoder is flat: a larger step makes the LoRA's change visible in 6 steps
     run_id, config = two_rounds(studio, references, MODEL, FAMILY, lr=5e-2)
-    with storage.open_db(studio.db_path) as db:
-        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 1)["adapter_path"]
     out = tmp_path / "export"
-    out.mkdir()
-    shutil.copy(adapter / LORA_FILE, out / LORA_FILE)
-    with safe_open(str(out / LORA_FILE), "pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-        meta = json.loads(f.metadata()["lora_adapter_metadata"])
-    assert (meta["transformer.lora_alpha"], meta["transformer.r"]) == (config.train.alpha, config.train.rank)
-    comfy_file = FAMILY.kohya_state_dict(state, {"transformer": (config.train.alpha, config.train.rank)})
-    assert all(k.startswith("diffusion_model.transformer_blocks.") for k in comfy_file)
-    save_file(comfy_file, str(out / "comfyui.safetensors"))
+    written = studio.export(run_id, out, ("diffusers", "kohya"))
+    with safe_open(str(written["kohya"]), "pt") as f:
+        keys = list(f.keys())
+        meta = f.metadata()
+    assert keys and all(k.startswith("diffusion_model.transformer_blocks.") for k in keys)
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == (
+        "qwen_image",
+        "qwen-image/lora",
+    )
     replay_in_fresh_process(
-        studio, run_id, config, out, {"diffusers": LORA_FILE, "comfyui": "comfyui.safetensors"}
+        studio,
+        run_id,
+        config,
+        out,
+        {"diffusers": written["diffusers"].name, "comfyui": written["kohya"].name},
     )
 
 
