@@ -81,6 +81,9 @@ class TrainConfig:
     quantize_base: str | None = (
         None  # frozen denoiser weights in "int8" (torchao, CPU+CUDA) / "fp8" (CUDA); "nf4": not yet
     )
+    # Keep the last N transformer blocks' frozen weights on the CPU and stream each one in while it runs
+    # (forward and the checkpointed recompute; turns gradient checkpointing on). 0: off. See gal.blockswap.
+    blocks_to_swap: int = 0
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
@@ -159,6 +162,10 @@ class TrainConfig:
             raise ValueError(
                 f"train.quantize_base must be null, int8, nf4 or fp8, got {self.quantize_base!r}"
             )
+        if isinstance(self.blocks_to_swap, bool) or not isinstance(self.blocks_to_swap, int):
+            raise ValueError(f"train.blocks_to_swap must be an integer >= 0, got {self.blocks_to_swap!r}")
+        if not 0 <= self.blocks_to_swap <= 1000:
+            raise ValueError(f"train.blocks_to_swap must be between 0 and 1000, got {self.blocks_to_swap!r}")
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(
                 f"train.weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, "

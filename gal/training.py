@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gal import blockswap
 from gal.config import TrainConfig
 from gal.families.base import flag, of, target_modules  # noqa: F401  (flag, target_modules: re-exported)
 
@@ -228,9 +229,9 @@ def _latent_moments(pipe, images: list[Image.Image], resolution: int) -> tuple[t
     pixels = torch.stack([image_to_tensor(im, resolution) for im in images]).to(vae.device, vae.dtype)
     means, stds = [], []
     for start in range(0, len(pixels), 8):
-        dist = vae.encode(pixels[start : start + 8]).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        mean, std = of(pipe).latent_dist(pipe, pixels[start : start + 8])
+        means.append(mean)
+        stds.append(std)
     return torch.cat(means), torch.cat(stds)
 
 
@@ -363,7 +364,8 @@ def train_lora(
         device=device,
     )
     vae_cfg = pipe.vae.config
-    scaling = float(vae_cfg.scaling_factor)
+    # FLUX.2's VAE has no scaling factor: its family normalises the patchified latents itself (BatchNorm).
+    scaling = float(getattr(vae_cfg, "scaling_factor", None) or 1.0)
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
 
     # 3. adapter and optimiser
@@ -378,7 +380,8 @@ def train_lora(
     noise_scheduler = family.noise_scheduler(pipe)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    checkpointing = flag(
+    swap = blockswap.start(denoiser, getattr(cfg, "blocks_to_swap", 0), device)  # streams the last N blocks
+    checkpointing = swap is not None or flag(
         getattr(cfg, "gradient_checkpointing", None), family.defaults.gradient_checkpointing, device
     )
     if checkpointing:
@@ -431,6 +434,8 @@ def train_lora(
             if progress is not None:
                 progress(step + 1, cfg.steps, result.losses[-1])
     finally:
+        if swap is not None:
+            swap.close()
         denoiser.eval()
         if checkpointing:
             denoiser.disable_gradient_checkpointing()

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
+from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
+from gal.families.qwenimage import QwenImageFamily
 from gal.families.sd import SDFamily
 from gal.families.sd3 import SD3Family
 from gal.families.sdxl import SDXLFamily
@@ -26,6 +28,8 @@ FAMILIES: dict[str, Family] = {
         SDXLFamily(),
         FluxFamily(),
         SD3Family(),
+        ChromaFamily(),
+        QwenImageFamily(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family

@@ -193,6 +193,12 @@ class Family(abc.ABC):
         """The same without gradients (cached once per round)."""
         return self.encode_with_grad(pipe, prompts, resolution)
 
+    def latent_dist(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posterior's ``(mean, std)`` of ``pixels [b, 3, h, w]``, each ``[b, c, h, w]`` (a family
+        whose VAE takes frames ``[b, 3, t, h, w]`` overrides this)."""
+        dist = pipe.vae.encode(pixels).latent_dist
+        return dist.mean, dist.std
+
     @abc.abstractmethod
     def noise_scheduler(self, pipe):
         """A fresh training scheduler (the pipeline's keeps only the last generation's timesteps)."""

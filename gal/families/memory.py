@@ -10,6 +10,8 @@ to the megabyte.
 
 from __future__ import annotations
 
+import math
+
 BYTES = {"fp32": 4.0, "no": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "nf4": 0.5}
 CUDA_OVERHEAD = 1.0 * 2**30  # CUDA context + allocator slack
 
@@ -27,12 +29,22 @@ def training_bytes(
     offload_text_encoders: bool = False,
     optimizer: str = "adamw",
     gradient_checkpointing: bool = False,
+    blocks: int = 0,
+    block_params: float = 0.0,
+    blocks_to_swap: int = 0,
 ) -> dict[str, float]:
-    """Bytes per part of one LoRA training step; ``total`` sums them."""
+    """Bytes per part of one LoRA training step; ``total`` sums them. ``blocks``/``block_params``: the
+    denoiser's transformer blocks and their mean size; ``blocks_to_swap`` of them stay on the CPU
+    (``gal.blockswap``: about two are on the device at a time). ``block_bytes`` and ``blocks`` are returned
+    beside the parts (not in ``total``) so ``advice`` can size the swap."""
     base_bytes = BYTES[base]
+    weight_bytes = BYTES[quantize_base] if quantize_base else base_bytes
     act = activations_ckpt_16bit if gradient_checkpointing else activations_16bit
+    resident = denoiser_params
+    if blocks_to_swap:
+        resident -= block_params * (min(blocks_to_swap, blocks) - min(2, blocks_to_swap))
     parts = {
-        "denoiser": denoiser_params * (BYTES[quantize_base] if quantize_base else base_bytes),
+        "denoiser": resident * weight_bytes,
         "text_encoders": 0.0 if offload_text_encoders else text_encoder_params * base_bytes,
         "vae": vae_params * base_bytes,
         "lora_and_grads": lora_params * 8.0,
@@ -41,6 +53,8 @@ def training_bytes(
         "overhead": CUDA_OVERHEAD,
     }
     parts["total"] = sum(parts.values())
+    parts["block_bytes"] = block_params * weight_bytes
+    parts["blocks"] = float(blocks)
     return parts
 
 
@@ -97,7 +111,13 @@ def estimate_from_pipe(pipe, family, cfg, resolution: int) -> dict[str, float]:
     dtype = str(denoiser.dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
     dtype = dtype.replace("float16", "fp16")
     full, ckpt = activations_of(family, denoiser, resolution, cfg.batch_size, int(pipe.vae_scale_factor))
+    from gal.blockswap import swappable_blocks
+
+    blocks = swappable_blocks(denoiser)
     return training_bytes(
+        blocks=len(blocks),
+        block_params=sum(count(b) for b in blocks) / max(1, len(blocks)),
+        blocks_to_swap=int(getattr(cfg, "blocks_to_swap", 0) or 0),
         denoiser_params=count(denoiser),
         text_encoder_params=sum(count(m) for m in family.text_encoders(pipe)),
         vae_params=count(pipe.vae),
@@ -132,6 +152,12 @@ def advice(need: dict[str, float], free_bytes: float, cfg, family) -> str | None
         options.append("train.quantize_base='int8'")
     if cfg.optimizer != "adamw8bit":
         options.append("train.optimizer='adamw8bit'")
+    swapped = int(getattr(cfg, "blocks_to_swap", 0) or 0)
+    if need.get("block_bytes") and swapped < need.get("blocks", 0) - 1:
+        # enough blocks to cover the shortfall, plus the two that are streamed in at a time
+        n = swapped + math.ceil((need["total"] - free_bytes) / need["block_bytes"]) + (0 if swapped else 2)
+        if n <= need["blocks"] - 1:
+            options.append(f"train.blocks_to_swap={n}")
     gib = 2**30
     fix = (
         f"turn on {', '.join(options)}"

@@ -1,0 +1,170 @@
+"""Chroma (gal/families/chroma.py) on tiny-chroma: detection, a 2-round GAL run, resume, exports reloaded in a
+fresh process, ComfyUI's own key map and strength, block swap."""
+
+import json
+
+import pytest
+import torch
+from family_checks import (
+    comfy,
+    comfy_check,
+    replay_in_fresh_process,
+    resume_after_cancel,
+    two_rounds,
+)
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gal import blockswap, families
+from gal.config import TrainConfig
+from gal.families.chroma import ChromaFamily
+from gal.models import load_pipeline, model_family
+from gal.training import attach_adapter
+
+MODEL = "tiny-chroma"
+FAMILY = families.get("chroma")
+
+
+@pytest.fixture(scope="module")
+def studios(tmp_path_factory):
+    from gal.engine import Studio
+
+    made = {}
+
+    def get(model):
+        if model not in made:
+            made[model] = Studio(tmp_path_factory.mktemp(model), model=model, oracle="tiny")
+        return made[model]
+
+    return get
+
+
+def test_detected_from_model_index_and_single_file_keys(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps({"_class_name": "ChromaPipeline"}))
+    assert families.detect(tmp_path / "m") is FAMILY
+    assert model_family(MODEL) is FAMILY and isinstance(FAMILY, ChromaFamily)
+    bfl = {"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": (3, 1),
+           "model.diffusion_model.distilled_guidance_layer.in_proj.weight": (2, 2)}  # fmt: skip
+    diffusers_layout = {
+        "transformer_blocks.0.attn.to_q.weight": (2, 2),
+        "distilled_guidance_layer.in_proj.weight": (2, 2),
+    }
+    flux = {"double_blocks.0.img_attn.qkv.weight": (3, 1), "img_in.weight": (8, 64)}
+    for name, keys, family in (
+        ("bfl", bfl, "chroma"),
+        ("diff", diffusers_layout, "chroma"),
+        ("flux", flux, "flux"),
+    ):
+        save_file({k: torch.zeros(s) for k, s in keys.items()}, str(tmp_path / f"{name}.safetensors"))
+        assert families.detect(tmp_path / f"{name}.safetensors").name == family, name
+
+
+def test_defaults_negative_prompts_and_memory_preset():
+    d = FAMILY.defaults
+    assert (d.resolution, d.steps, d.scheduler) == (1024, 35, "flow-euler") and d.gradient_checkpointing
+    assert len(d.target_modules) == 12
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    assert FAMILY.pipe_kwargs(
+        type("G", (), {"negative_prompt": "blurry", "steps": 2, "guidance_scale": 4.0})(), 2
+    )["negative_prompt"] == ["blurry", "blurry"]
+    assert len(blockswap.swappable_blocks(pipe.transformer)) == 4  # 2 double + 2 single blocks
+
+
+def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(studios, references, tmp_path):
+    """``gal export`` of the run: the diffusers LoRA (``ChromaPipeline.save_lora_weights``, alpha/r folded)
+    reloads in a fresh process to the run's own images; the kohya/BFL file (the ComfyUI file) carries
+    Chroma's kohya/modelspec facts. diffusers' kohya importer hard-codes FLUX.1's widths for fused single
+    blocks, so the BFL file is checked by ComfyUI's own code (next test), not reloaded by diffusers here."""
+    studio = studios(MODEL)
+    run_id, config = two_rounds(studio, references, MODEL, FAMILY)
+    out = tmp_path / "export"
+    written = studio.export(run_id, out, ("diffusers", "kohya"))
+    with safe_open(str(written["kohya"]), "pt") as f:
+        kohya = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    assert kohya and all(
+        k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_")) for k in kohya
+    )
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == ("chroma", "chroma/lora")
+    assert meta["ss_network_module"] == "networks.lora_flux"
+    gaps = replay_in_fresh_process(studio, run_id, config, out, {"diffusers": written["diffusers"].name})
+    assert gaps["diffusers"] <= 3.0
+
+
+def _comfy_chroma(comfy):
+    uc = dict(image_model="chroma", in_channels=16, out_channels=16, context_in_dim=32, hidden_size=32,
+              mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[4, 4, 8], theta=10000,
+              patch_size=2, qkv_bias=True, in_dim=16, out_dim=32, hidden_dim=32, n_layers=1)  # fmt: skip
+    import comfy.supported_models
+
+    return comfy.supported_models.Chroma(uc).get_model({})
+
+
+def _expected(comfy, model, state, alpha, rank):
+    """ΔW = B·A·alpha/r per diffusers module, placed where ComfyUI's flux_to_diffusers says it lives."""
+    mapping = comfy.utils.flux_to_diffusers(model.model_config.unet_config, output_prefix="diffusion_model.")
+    sd = model.state_dict()
+    out = {}
+    for key, a in state.items():
+        if not key.endswith("lora_A.weight"):
+            continue
+        module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+        delta = state[key.replace("lora_A", "lora_B")] @ a * (alpha / rank)
+        target = mapping[f"{module}.weight"]
+        name, offset = (target, None) if isinstance(target, str) else target
+        out.setdefault(name, torch.zeros_like(sd[name], dtype=torch.float32))
+        view = out[name] if offset is None else out[name].narrow(*offset)
+        view += delta
+    return out
+
+
+@pytest.mark.parametrize("alpha", [4.0, 12.0])
+def test_comfyui_key_map_takes_every_key_at_the_adapters_strength(alpha):
+    """The kohya/BFL file (the ComfyUI file) at alpha = r and alpha ≠ r; the diffusers file at alpha = r
+    (ComfyUI reads no safetensors metadata, so a diffusers file with alpha ≠ r loads at scale 1 there)."""
+    c = comfy()
+    model = _comfy_chroma(c)
+    pipe = FAMILY.build_tiny()
+    rank = 4
+    attach_adapter(pipe.transformer, TrainConfig(rank=rank, alpha=alpha), seed=0, family=FAMILY)
+    from peft.utils import get_peft_model_state_dict
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)  # a fresh adapter is a no-op (B = 0)
+    state = {
+        f"transformer.{k}": v
+        for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="gal").items()
+    }
+    expected = _expected(c, model, state, alpha, rank)
+    kohya = FAMILY.kohya_state_dict(state, {"transformer": (alpha, rank)})
+    assert (
+        comfy_check(c, model, kohya, expected) == len(expected) == 2 * 8 + 2 * 1
+    )  # 8 per double block, linear1 per single
+    if alpha == rank:
+        assert comfy_check(c, model, state, expected) == len(expected)
+
+
+def test_block_swap_on_chroma_trains_the_same_adapter(reference_files):
+    from PIL import Image
+
+    from gal.training import TrainExample, adapter_state, train_lora
+
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
+    states = []
+    for n in (0, 4):
+        cfg = TrainConfig(
+            steps=2, learning_rate=1e-2, batch_size=2, blocks_to_swap=n, gradient_checkpointing=True
+        )
+        train_lora(pipe, examples, cfg, resolution=32, seed=1)
+        states.append(adapter_state(pipe))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_resume_after_a_cancel_mid_generation(studios, references):
+    resume_after_cancel(studios, references, MODEL)

@@ -1,0 +1,169 @@
+"""Qwen-Image (gal/families/qwenimage.py) on tiny-qwenimage: detection, the template's token count, a 2-round
+GAL run, resume, exports reloaded in a fresh process, ComfyUI's own key map and strength, block swap."""
+
+import json
+
+import pytest
+import torch
+from family_checks import comfy, comfy_check, replay_in_fresh_process, resume_after_cancel, two_rounds
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gal import blockswap, families
+from gal.config import GenerateConfig, TrainConfig
+from gal.families.qwenimage import QWEN_IMAGE_TARGETS, template_tokens
+from gal.models import load_pipeline, model_family
+from gal.training import attach_adapter
+
+MODEL = "tiny-qwenimage"
+FAMILY = families.get("qwenimage")
+
+
+@pytest.fixture(scope="module")
+def studios(tmp_path_factory):
+    from gal.engine import Studio
+
+    made = {}
+
+    def get(model):
+        if model not in made:
+            made[model] = Studio(tmp_path_factory.mktemp(model), model=model, oracle="tiny")
+        return made[model]
+
+    return get
+
+
+def test_detected_from_model_index_and_single_file_keys(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}))
+    assert families.detect(tmp_path / "m") is FAMILY and model_family(MODEL) is FAMILY
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPipeline"}))
+    with pytest.raises(ValueError, match="Qwen-Image-Edit"):
+        families.detect(tmp_path / "e")
+    keys = {"model.diffusion_model.txt_norm.weight": (2,), "model.diffusion_model.img_in.weight": (2, 64),
+            "model.diffusion_model.transformer_blocks.0.img_mod.1.weight": (2, 2)}  # fmt: skip
+    save_file({k: torch.zeros(s) for k, s in keys.items()}, str(tmp_path / "q.safetensors"))
+    assert families.detect(tmp_path / "q.safetensors") is FAMILY
+
+
+def test_template_prefix_is_the_34_tokens_the_pipeline_drops_and_prompts_stay_whole():
+    pipe = FAMILY.build_tiny()
+    assert (
+        template_tokens(pipe.tokenizer, pipe.prompt_template_encode)
+        == 34
+        == pipe.prompt_template_encode_start_idx
+    )
+    cond = FAMILY.encode(pipe, ["a <sks> star", "a star on grass under the night sky"], 32)
+    prompt_tokens = [
+        len(pipe.tokenizer(p).input_ids) for p in ("a <sks> star", "a star on grass under the night sky")
+    ]
+    # kept: the prompt + "<|im_end|>\n<|im_start|>assistant\n" (5 tokens), nothing of the system text
+    assert cond["mask"].sum(1).tolist() == [n + 5 for n in prompt_tokens]
+    assert cond["embeds"].shape[:2] == cond["mask"].shape
+
+
+def test_defaults_cfg_and_memory_preset():
+    d = FAMILY.defaults
+    assert (d.learning_rate, d.steps, d.guidance_scale, list(d.target_modules)) == (
+        1e-4,
+        50,
+        4.0,
+        QWEN_IMAGE_TARGETS,
+    )
+    kwargs = FAMILY.pipe_kwargs(GenerateConfig(steps=2, guidance_scale=4.0), 2)
+    assert kwargs["true_cfg_scale"] == 4.0 and kwargs["negative_prompt"] == [" ", " "]
+    assert FAMILY.preset_24gb["blocks_to_swap"] == 16 and FAMILY.preset_24gb["quantize_base"] == "fp8"
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    assert len(blockswap.swappable_blocks(pipe.transformer)) == 2
+
+
+def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(studios, references, tmp_path):
+    """``gal export`` of the run: the diffusers LoRA and the ComfyUI file (``diffusion_model.*``, alpha/r
+    folded) both reload with diffusers' ``load_lora_weights`` in a fresh process to the run's own images."""
+    studio = studios(MODEL)
+    # the tiny Qwen-Image VAE's decoder is flat: a larger step makes the LoRA's change visible in 6 steps
+    run_id, config = two_rounds(studio, references, MODEL, FAMILY, lr=5e-2)
+    out = tmp_path / "export"
+    written = studio.export(run_id, out, ("diffusers", "kohya"))
+    with safe_open(str(written["kohya"]), "pt") as f:
+        keys = list(f.keys())
+        meta = f.metadata()
+    assert keys and all(k.startswith("diffusion_model.transformer_blocks.") for k in keys)
+    assert (meta["ss_base_model_version"], meta["modelspec.architecture"]) == (
+        "qwen_image",
+        "qwen-image/lora",
+    )
+    replay_in_fresh_process(
+        studio,
+        run_id,
+        config,
+        out,
+        {"diffusers": written["diffusers"].name, "comfyui": written["kohya"].name},
+    )
+
+
+def _comfy_qwen(comfy):
+    import comfy.supported_models
+
+    uc = dict(image_model="qwen_image", patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+              attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
+              axes_dims_rope=(8, 4, 4))  # fmt: skip
+    return comfy.supported_models.QwenImage(uc).get_model({})
+
+
+@pytest.mark.parametrize("alpha", [4.0, 12.0])
+def test_comfyui_key_map_takes_every_key_at_the_adapters_strength(alpha):
+    """ComfyUI's QwenImage key map names the model's modules as diffusers does: the folded file loads with
+    0 keys dropped and ΔW = B·A·alpha/r per module, at alpha = r and alpha ≠ r."""
+    c = comfy()
+    model = _comfy_qwen(c)
+    pipe = FAMILY.build_tiny()
+    rank = 4
+    attach_adapter(pipe.transformer, TrainConfig(rank=rank, alpha=alpha), seed=0, family=FAMILY)
+    from peft.utils import get_peft_model_state_dict
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)  # a fresh adapter is a no-op (B = 0)
+    state = {
+        f"transformer.{k}": v
+        for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="gal").items()
+    }
+    expected = {}
+    for key, a in state.items():
+        if key.endswith("lora_A.weight"):
+            module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+            expected[f"diffusion_model.{module}.weight"] = (
+                state[key.replace("lora_A", "lora_B")] @ a * (alpha / rank)
+            )
+    folded = FAMILY.kohya_state_dict(state, {"transformer": (alpha, rank)})
+    assert (
+        comfy_check(c, model, folded, expected) == len(expected) == 2 * 4
+    )  # to_q, to_k, to_v, to_out.0 per block
+    if alpha == rank:  # the diffusers file itself also maps (ComfyUI reads no alpha metadata)
+        assert comfy_check(c, model, state, expected) == len(expected)
+
+
+def test_block_swap_on_qwenimage_trains_the_same_adapter(reference_files):
+    from PIL import Image
+
+    from gal.training import TrainExample, adapter_state, train_lora
+
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
+    states = []
+    for n in (0, 2):
+        cfg = TrainConfig(
+            steps=2, learning_rate=1e-2, batch_size=2, blocks_to_swap=n, gradient_checkpointing=True
+        )
+        train_lora(pipe, examples, cfg, resolution=32, seed=1)
+        states.append(adapter_state(pipe))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_resume_after_a_cancel_mid_generation(studios, references):
+    resume_after_cancel(studios, references, MODEL)
