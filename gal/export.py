@@ -561,16 +561,9 @@ FAMILIES = ("sd1", "sd2", "sdxl", "flux")
 def detect_family(pipe) -> str:
     """sd1 / sd2 / sdxl / flux: the model family (``gal.families``), SD split by its text encoder's width
     (SD2's is 1024) since kohya and A1111 tell the two apart."""
-    from gal.families import family_of
+    from gal.families.base import of
 
-    name = family_of(pipe).name
-    if name != "sd":
-        return name
-    te = getattr(pipe, "text_encoder", None)
-    width = getattr(getattr(te, "config", None), "hidden_size", None)
-    unet = getattr(pipe, "unet", None)
-    cross = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
-    return "sd2" if 1024 in (width, cross) else "sd1"
+    return of(pipe).export_facts(pipe).variant
 
 
 def base_model_metadata(family: str, *, v_parameterization: bool = False) -> dict[str, str]:
@@ -772,7 +765,8 @@ def write_kohya(
     if family == "flux":  # BFL block names, what ComfyUI's and kohya's FLUX.1 loaders read
         from gal.families import get
 
-        tensors = get("flux").kohya_state_dict(state, _lora_scales(source_meta, "transformer", config)[0])
+        scales = {"transformer": _lora_scales(source_meta, "transformer", config)}
+        tensors = get("flux").kohya_state_dict(state, scales)
     else:
         tensors = kohya_state_dict(state, source_meta, config, family)
     run = run or {"run_id": provenance.get("gal.run_id", "run")}

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from gal.config import GenerateConfig
+from gal.families.base import flag, of
 from gal.seeds import image_seed  # noqa: F401  (re-exported: generation's seed rule)
-from gal.training import Cancelled, flag
+from gal.training import Cancelled
 
 
 def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
@@ -40,11 +41,9 @@ def generate(
     ``on_batch(start, images)`` is called after each batch (the engine saves as it goes, so a killed
     run keeps what it drew).
     """
-    from gal.families import family_of
-
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-    family = family_of(pipe)
+    family = of(pipe)
     apply_memory_options(pipe, family, cfg)
     prepare_for_cuda(pipe, family, cfg)
     images: list[Image.Image] = []
@@ -60,7 +59,7 @@ def generate(
             out = pipe(
                 batch_prompts,
                 **family.pipe_kwargs(cfg, len(batch_prompts)),
-                **(family.call_kwargs(pipe) if hasattr(family, "call_kwargs") else {}),
+                **family.call_kwargs(pipe),
                 height=resolution,
                 width=resolution,
                 generator=_generators(batch_seeds, pipe.device),
@@ -89,7 +88,7 @@ def prepare_for_cuda(pipe, family, cfg: GenerateConfig) -> None:
     denoiser = family.denoiser(pipe)
     if denoiser.device.type != "cuda" or getattr(pipe, "_gal_cuda_ready", False):
         return
-    if family.denoiser_name == "unet":  # 4-D convolutions gain from channels-last; transformers do not
+    if family.channels_last:  # 4-D convolutions gain from channels-last; transformers do not
         denoiser.to(memory_format=torch.channels_last)
     if getattr(cfg, "compile", False):
         denoiser.compile()

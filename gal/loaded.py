@@ -35,6 +35,9 @@ class LoadedModels:
 
     def register(self, spec: str, pipe) -> None:
         """Use an already built pipeline for ``spec`` (benchmarks build full-size random-weight models)."""
+        from gal.families import family_of
+
+        family_of(pipe).attach(pipe)  # a load site: the pipeline carries its family from here on
         self._pipes[spec] = pipe
         self._active[spec] = None
 

@@ -10,10 +10,15 @@ diffusers folder.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import torch
+
+from gal import families
+from gal.families.base import of
+
+# The tiny models' shared parts live with the families (re-exported for callers of gal.models).
+from gal.families.tiny import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer  # noqa: F401
 
 ASSETS = Path(__file__).parent / "assets"
 TOY_PIPELINE = ASSETS / "toyworld" / "pipeline"
@@ -46,99 +51,9 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-# -- tokenizer -----------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _tokenizer_dir() -> Path:
-    cache = Path(os.environ.get("GAL_CACHE", Path.home() / ".cache" / "gal-studio")) / "clip-tokenizer"
-    if not (cache / "tokenizer_config.json").exists():
-        from gal.toyworld.tokenizer import build_clip_tokenizer  # offline, from open_clip's bundled BPE
-
-        build_clip_tokenizer(cache)
-    return cache
-
-
-def clip_tokenizer():
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(str(_tokenizer_dir()))
-
-
-# -- tiny pipeline -------------------------------------------------------------------------------
-
-# The tiny models' shared parts (every family's tiny pipeline uses them, with its own overrides).
-TINY_VAE = dict(
-    block_out_channels=(32, 64),
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    latent_channels=4,
-    sample_size=32,
-    norm_num_groups=16,
-)
-TINY_CLIP_TEXT = dict(
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-    hidden_size=32,
-    intermediate_size=64,
-    num_attention_heads=4,
-    num_hidden_layers=2,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    projection_dim=32,
-)
-
-
 def build_tiny_pipeline(seed: int = 0):
-    """A small random-init SD pipeline (32 px, ~2 M UNet params) built from configs:
-    same seed, same weights."""
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**TINY_VAE)
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT))
-    scheduler = DPMSolverMultistepScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """The tiny SD pipeline (``tiny``): the SD family's ``build_tiny``."""
+    return families.get(families.TINY["tiny"]).build_tiny(seed)
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -148,10 +63,8 @@ def resolve_model_path(spec: str) -> str:
     """Map a model spec to what ``from_pretrained`` takes, failing fast with the fix when it can't exist.
 
     The tiny names pass through (they are built, not loaded)."""
-    from gal.families import TINY
-
     spec = split_single_file(spec)[0]
-    if spec in TINY:
+    if spec in families.TINY:
         return spec
     if spec == "toy":
         if not (TOY_PIPELINE / "model_index.json").exists():
@@ -183,8 +96,6 @@ def resolve_model_path(spec: str) -> str:
 
 def model_family(spec: str, config: str | None = None):
     """The family a model spec names, without loading weights (tiny names, folders, files, cached hub ids)."""
-    from gal import families
-
     base, config = split_single_file(spec, config)
     if base in families.TINY:
         return families.get(families.TINY[base])
@@ -220,8 +131,6 @@ def load_pipeline(
     ``spec?config=folder``): the local diffusers folder of the same family that supplies its configs.
     ``scheduler`` None: the family's default sampler.
     """
-    from gal import families
-
     spec, config = split_single_file(spec, config)
     if spec in families.TINY:
         family = families.get(families.TINY[spec])
@@ -252,6 +161,7 @@ def load_pipeline(
             raise ValueError(
                 f"could not load model {spec!r}: {err}. Pass a local folder or check the hub id"
             ) from err
+    family.attach(pipe)  # the pipeline carries its family from here on: nothing downstream re-derives it
     if family.denoiser(pipe).dtype != dtype:  # from_pretrained already loaded in dtype; tiny is built in fp32
         pipe.to(dtype=dtype)
     for encoder in family.text_encoders(pipe):
@@ -263,12 +173,8 @@ def load_pipeline(
 
 
 def set_scheduler(pipe, name: str | None) -> None:
-    from gal.families import family_of
-
-    family_of(pipe).set_scheduler(pipe, name)
+    of(pipe).set_scheduler(pipe, name)
 
 
 def native_resolution(pipe) -> int:
-    from gal.families import family_of
-
-    return family_of(pipe).native_resolution(pipe)
+    return of(pipe).native_resolution(pipe)

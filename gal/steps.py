@@ -25,6 +25,7 @@ from gal import algorithm
 from gal.config import GenerateConfig, RunConfig
 from gal.distributed import Processes
 from gal.evaluation import round_metrics
+from gal.families.base import of
 from gal.generation import generate as draw
 from gal.loaded import LoadedModels
 from gal.models import native_resolution, set_scheduler
@@ -149,9 +150,7 @@ def draw_previews(rnd: Round, pipe, anchors: list[dict], step: int) -> list[str]
     """Slot 0 of each anchor with the adapter as it is at ``step`` (the image generation will draw later),
     saved under the round's ``previews/``. The training draws are untouched: the previews use their own
     generators and no gradients, so a run with previews trains exactly as one without."""
-    from gal.families import family_of
-
-    family = family_of(pipe)
+    family = of(pipe)
     denoiser = family.denoiser(pipe)
     if any(te.device != denoiser.device for te in family.text_encoders(pipe)):
         return []  # text encoders offloaded to save memory while training: no previews

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from gal.config import TrainConfig
+from gal.families.base import flag, of, target_modules  # noqa: F401  (flag, target_modules: re-exported)
 
 ADAPTER = "gal"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -56,28 +57,12 @@ def lora_config(cfg: TrainConfig, family=None, *, text_encoder: bool = False):
     )
 
 
-def target_modules(cfg: TrainConfig, family=None) -> list[str]:
-    from gal.families.sd import SD_TARGETS
-
-    if family is not None and list(cfg.target_modules) == SD_TARGETS:
-        return list(family.defaults.target_modules)
-    return list(cfg.target_modules)
-
-
 def _denoiser(pipe_or_module) -> torch.nn.Module:
     """The LoRA'd model of a pipeline (its family's UNet or transformer), or the module itself."""
     if isinstance(pipe_or_module, torch.nn.Module):
         return pipe_or_module
-    from gal.families import family_of
-
-    return family_of(pipe_or_module).denoiser(pipe_or_module)
-
-
-def flag(value: bool | None, family_default: bool, device: torch.device) -> bool:
-    """A memory option: None means the family's need on CUDA and off on CPU (CPU runs keep today's path)."""
-    if value is None:
-        return bool(family_default) and device.type == "cuda"
-    return bool(value)
+    family = of(pipe_or_module)
+    return family.denoiser(pipe_or_module)
 
 
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -237,13 +222,6 @@ def check_memory(pipe, family, cfg: TrainConfig, resolution: int) -> None:
         raise ValueError(message)
 
 
-def _encode_prompts(pipe, prompts: list[str], resolution: int | None = None) -> torch.Tensor:
-    """SD's prompt embeddings ``[n, 77, d]`` (kept for callers of the SD-only helper)."""
-    from gal.families import family_of
-
-    return family_of(pipe).encode(pipe, prompts, resolution or 0)["embeds"]
-
-
 @torch.no_grad()
 def _latent_moments(pipe, images: list[Image.Image], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     vae = pipe.vae
@@ -343,7 +321,6 @@ def train_lora(
     they train the adapter one process would.
     """
     from gal.distributed import Processes
-    from gal.families import family_of
 
     processes = processes or Processes()
 
@@ -353,7 +330,7 @@ def train_lora(
     weights = torch.tensor([float(e.weight) for e in examples], dtype=torch.float32)
     if not torch.isfinite(weights).all() or (weights < 0).any():
         raise ValueError("reference weights must be finite and >= 0")
-    family = family_of(pipe)
+    family = of(pipe)
     undo_cpu_offload(pipe)
     denoiser = family.denoiser(pipe)
     device, dtype = denoiser.device, denoiser.dtype
@@ -473,9 +450,7 @@ def save_adapter(pipe, folder: str | Path, cfg: TrainConfig, metadata: dict[str,
     layers under the family's prefix (``unet.`` / ``transformer.``) and, when trained, ``text_encoder.``."""
     from peft.utils import get_peft_model_state_dict
 
-    from gal.families import family_of
-
-    family = family_of(pipe)
+    family = of(pipe)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = lambda state: {k: v.to(torch.float32).contiguous() for k, v in state.items()}  # noqa: E731

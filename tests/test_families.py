@@ -105,7 +105,7 @@ def test_refiner_config_and_bad_folders_are_refused(tmp_path):
     with pytest.raises(ValueError, match="save_pretrained"):
         families.detect(tmp_path / "bad")
     with pytest.raises(ValueError, match="unknown model family"):
-        families.get("sd3")
+        families.get("sd9")
 
 
 def _checkpoint(path, shapes: dict):

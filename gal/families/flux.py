@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from gal.families.sd import Family, FamilyDefaults
+from gal.families.base import ExportFacts, Family, FamilyDefaults
+from gal.families.flow import FlowMatching
+from gal.families.memory import transformer_activations
+from gal.families.tiny import t5_tokenizer  # noqa: F401  (re-exported: benches build FLUX's tokenizer)
 
 # The modules diffusers' Flux DreamBooth-LoRA script adapts by default.
 FLUX_TARGETS = [
@@ -16,28 +19,20 @@ FLUX_TARGETS = [
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
 ]  # fmt: skip
 
-
-def t5_tokenizer(model_max_length: int = 32):
-    """An offline T5 (Unigram) tokenizer: ``<pad>``=0, ``</s>``=1, ``<unk>``=2, then single characters and
-    the CLIP vocabulary's whole words as ``▁word`` pieces (scored so whole words win)."""
-    from transformers import T5TokenizerFast
-
-    from gal.toyworld.tokenizer import clip_vocab_and_merges
-
-    vocab, _ = clip_vocab_and_merges()
-    words = [t[: -len("</w>")] for t in list(vocab)[512:] if t.endswith("</w>") and t[:-4].isalnum()][:2000]
-    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-<>()") | set("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(c, -8.0) for c in chars] + [("▁" + c, -8.0) for c in chars]
-    seen = {p for p, _ in pieces}
-    for i, w in enumerate(words):
-        if "▁" + w not in seen:
-            seen.add("▁" + w)
-            pieces.append(("▁" + w, -3.0 - i * 1e-3))
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+FLUX_FACTS = ExportFacts(
+    variant="flux",
+    base_model_version="flux1",  # sd-scripts library/flux_utils MODEL_VERSION_FLUX_V1
+    architecture="flux-1-dev",
+    implementation="https://github.com/black-forest-labs/flux",
+    implementation_full="https://github.com/black-forest-labs/flux",
+    license="other",
+    tags=("flux",),
+    writes_prediction_type=False,
+    network_module="networks.lora_flux",  # what sd-scripts' flux_train_network writes
+)
 
 
-class FluxFamily(Family):
+class FluxFamily(FlowMatching, Family):
     name = "flux"
     label = "FLUX.1"
     pipeline_classes = ("FluxPipeline",)
@@ -57,14 +52,35 @@ class FluxFamily(Family):
         vae_tiling=True,
     )
     text_encoder_targets = []  # the T5 is never adapted here
+    unsupported = {
+        "FluxFillPipeline": "FLUX.1 Fill (inpainting)",
+        "FluxImg2ImgPipeline": "FLUX.1 img2img",
+        "FluxKontextPipeline": "FLUX.1 Kontext (editing)",
+    }
+    detect_priority = 10
+    shape_keys = ("x_embedder.weight", "img_in.weight")
+
+    def claims_keys(self, keys, shapes, where) -> bool:
+        if not (
+            any(k.startswith(("double_blocks.", "single_blocks.")) for k in keys)
+            or any(k.startswith("single_transformer_blocks.") for k in keys)
+        ):
+            return False
+        if any("img_in" in k or "x_embedder" in k for k in keys):
+            width = next(
+                (s[1] for k, s in shapes.items() if k.endswith(("img_in.weight", "x_embedder.weight"))), 64
+            )
+            if width != 64 and width > 16:  # FLUX.1 takes 16 ch × 2×2 patches; Fill/Depth/Kontext take more
+                raise ValueError(
+                    f"{where} is a FLUX.1 variant with {width} input channels (Fill/Depth/Redux?), "
+                    "which GAL Studio cannot train"
+                )
+        return True
 
     def pipeline_class(self):
         from diffusers import FluxPipeline
 
         return FluxPipeline
-
-    def load_kwargs(self) -> dict:
-        return {}
 
     def load_single_file(self, path: str, config: str, dtype):
         """FLUX.1 single files hold the transformer only (BFL or diffusers layout): the text encoders, VAE
@@ -84,9 +100,9 @@ class FluxFamily(Family):
             FluxPipeline,
             FluxTransformer2DModel,
         )
-        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+        from transformers import CLIPTextConfig, CLIPTextModel
 
-        from gal.models import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer
+        from gal.families.tiny import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer, tiny_t5
 
         torch.manual_seed(seed)
         transformer = FluxTransformer2DModel(
@@ -112,20 +128,7 @@ class FluxFamily(Family):
         torch.manual_seed(seed + 2)
         text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT)).eval()
         tokenizer_2 = t5_tokenizer(32)
-        torch.manual_seed(seed + 3)
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                feed_forward_proj="gated-gelu",
-                vocab_size=len(tokenizer_2),
-                decoder_start_token_id=0,
-            )
-        ).eval()  # built in training mode: T5's dropout would make the embeddings random
+        text_encoder_2 = tiny_t5(tokenizer_2, d_model=32, seed=seed + 3)
         scheduler = FlowMatchEulerDiscreteScheduler(
             shift=3.0,
             use_dynamic_shifting=True,
@@ -150,18 +153,6 @@ class FluxFamily(Family):
     def native_resolution(self, pipe) -> int:
         return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
 
-    def schedulers(self) -> tuple[str, ...]:
-        return ("flow-euler",)
-
-    def set_scheduler(self, pipe, name: str | None) -> None:
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        if name not in (None, "flow-euler"):
-            raise ValueError(
-                f"FLUX.1 samples by flow matching: scheduler {name!r} does not apply, use flow-euler"
-            )
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-
     @staticmethod
     def max_sequence_length(pipe) -> int:
         return int(min(512, pipe.tokenizer_2.model_max_length))
@@ -180,66 +171,37 @@ class FluxFamily(Family):
     def encode(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
         return self.encode_with_grad(pipe, prompts, resolution)
 
-    def noise_scheduler(self, pipe):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        # A fresh copy: the pipeline's scheduler keeps only the last generation's timesteps.
-        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-
     def per_sample_loss(
         self, pipe, scheduler, latents, cond, generator, cfg, autocast, rows=None
     ) -> torch.Tensor:
         from diffusers import FluxPipeline
-        from diffusers.training_utils import (
-            compute_density_for_timestep_sampling,
-            compute_loss_weighting_for_sd3,
-        )
 
         transformer = pipe.transformer
         device, dtype = latents.device, transformer.dtype
-        b, c, h, w = latents.shape
-        noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
-        scheme = getattr(cfg, "weighting_scheme", "none")
-        u = compute_density_for_timestep_sampling(
-            scheme,
-            b,
-            logit_mean=getattr(cfg, "logit_mean", 0.0),
-            logit_std=getattr(cfg, "logit_std", 1.0),
-            mode_scale=getattr(cfg, "mode_scale", 1.29),
-            generator=generator,
-        )
-        indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)
-        if rows is not None:  # one process's slice of the batch: the draws above were made for all of it
-            latents, noise, indices = latents[rows], noise[rows], indices[rows]
-            cond = {k: v[rows] for k, v in cond.items()}
-            b = len(latents)
-            if not b:
-                return latents.new_zeros(0)
-        timesteps = scheduler.timesteps[indices].to(device)
-        sigmas = scheduler.sigmas[indices].to(device, torch.float32).view(b, 1, 1, 1)
-        noisy = (1.0 - sigmas) * latents + sigmas * noise
-        packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
+        d = self.flow_draw(scheduler, latents, cond, generator, cfg, rows)
+        if d.empty:
+            return latents.new_zeros(0)
+        b, c, h, w = d.latents.shape
+        packed = FluxPipeline._pack_latents(d.noisy, b, c, h, w)
         image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
-        text_ids = torch.zeros(cond["embeds"].shape[1], 3, device=device, dtype=dtype)
+        text_ids = torch.zeros(d.cond["embeds"].shape[1], 3, device=device, dtype=dtype)
         guidance = None
         if transformer.config.guidance_embeds:
             guidance = torch.full((b,), float(getattr(cfg, "guidance_scale", 3.5)), device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             pred = transformer(
                 hidden_states=packed.to(dtype),
-                timestep=timesteps / 1000,
+                timestep=d.timesteps / 1000,
                 guidance=guidance,
-                pooled_projections=cond["pooled"],
-                encoder_hidden_states=cond["embeds"],
+                pooled_projections=d.cond["pooled"],
+                encoder_hidden_states=d.cond["embeds"],
                 txt_ids=text_ids,
                 img_ids=image_ids,
                 return_dict=False,
             )[0]
         scale = int(pipe.vae_scale_factor)
         pred = FluxPipeline._unpack_latents(pred, height=h * scale, width=w * scale, vae_scale_factor=scale)
-        target = noise - latents
-        weighting = compute_loss_weighting_for_sd3(scheme, sigmas).float()
-        return (weighting * (pred.float() - target.float()).pow(2)).reshape(b, -1).mean(dim=1)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
 
     def pipe_kwargs(self, cfg, n: int) -> dict:
         if cfg.negative_prompt:
@@ -256,15 +218,23 @@ class FluxFamily(Family):
             )
         super().save_lora(pipe, folder, layers, metadata)
 
-    def kohya_state_dict(
-        self, diffusers_state: dict[str, torch.Tensor], alpha: float
-    ) -> dict[str, torch.Tensor]:
-        """The BFL/kohya layout ComfyUI's and kohya's FLUX.1 loaders read (diffusers has no exporter);
-        SD and SDXL are named by ``gal.export.kohya_state_dict``."""
+    def kohya_state_dict(self, diffusers_state, scales, pipe=None) -> dict[str, torch.Tensor]:
+        """The BFL/kohya layout ComfyUI's and kohya's FLUX.1 loaders read (diffusers has no exporter)."""
+        alpha, _ = scales.get("transformer", (None, None))
+        if alpha is None:
+            raise ValueError("the FLUX.1 kohya export needs the transformer adapter's alpha")
         return bfl_state_dict(diffusers_state, alpha)
 
-    def needs_memory_saving(self) -> bool:
-        return True
+    def export_facts(self, pipe) -> ExportFacts:
+        return FLUX_FACTS
+
+    def activations(self, denoiser, resolution: int, batch: int, vae_scale: int) -> tuple[float, float]:
+        config = denoiser.config
+        latent = resolution // vae_scale
+        width = int(config.num_attention_heads * config.attention_head_dim)
+        tokens = (latent // 2) ** 2 + 512
+        blocks = int(config.num_layers) * 2 + int(config.num_single_layers)  # double blocks carry two streams
+        return transformer_activations(tokens, width, blocks, batch)
 
 
 # BFL (original checkpoint) names of the diffusers double-block modules that are not fused.

@@ -83,20 +83,14 @@ def count(module) -> int:
 
 
 def activations_of(family, denoiser, resolution: int, batch: int, vae_scale: int) -> tuple[float, float]:
-    config = denoiser.config
-    latent = resolution // vae_scale
-    if family.denoiser_name == "transformer":
-        width = int(config.num_attention_heads * config.attention_head_dim)
-        tokens = (latent // 2) ** 2 + 512
-        blocks = int(config.num_layers) * 2 + int(config.num_single_layers)  # double blocks carry two streams
-        return transformer_activations(tokens, width, blocks, batch)
-    return unet_activations(latent, list(config.block_out_channels), int(config.layers_per_block), batch)
+    """The family's activation estimate (each family knows its denoiser's blocks)."""
+    return family.activations(denoiser, resolution, batch, vae_scale)
 
 
 def estimate_from_pipe(pipe, family, cfg, resolution: int) -> dict[str, float]:
     """``training_bytes`` for a loaded pipeline and a TrainConfig
     (options resolved as training resolves them)."""
-    from gal.training import flag, target_modules
+    from gal.families.base import flag, target_modules
 
     denoiser = family.denoiser(pipe)
     device = denoiser.device

@@ -2,44 +2,45 @@
 
 The family object holds exactly what differs between model families (as diffusers keeps it in the
 pipeline and the training script): how to build/load the pipeline, encode prompts, noise a latent and
-name the target, which modules LoRA adapts, how to draw and how exported keys are named. The loop in
-``gal.training`` / ``gal.generation`` calls it blind. SDXL and FLUX.1 subclass it.
+name the target, which modules LoRA adapts, how to draw and how exported keys are named (the seam:
+``gal.families.base.Family``). SDXL subclasses this one (the same UNet loss and samplers).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 
+from gal.families.base import DEFAULT_CONFIG_TARGETS, ExportFacts, Family, FamilyDefaults
+from gal.families.kohya import module_kohya_state_dict
+from gal.families.memory import unet_activations
 
-@dataclass(frozen=True)
-class FamilyDefaults:
-    """What the app/CLI fills in for a family (each a published or diffusers-script default)."""
-
-    resolution: int  # native training/generation size of the full-size model
-    learning_rate: float  # LoRA learning rate
-    rank: int  # LoRA rank
-    steps: int  # generation steps
-    guidance_scale: float  # classifier-free guidance (SD/SDXL) or distilled guidance (FLUX.1-dev)
-    scheduler: str  # sampler name understood by the family's set_scheduler
-    target_modules: list[str] = field(default_factory=list)
-    # Memory options the family needs on a 24 GB GPU (applied on CUDA only; CPU keeps fp32 and no offload)
-    gradient_checkpointing: bool = False
-    offload_text_encoders: bool = False
-    cpu_offload: bool = False
-    vae_tiling: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-SD_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+SD_TARGETS = list(DEFAULT_CONFIG_TARGETS)
 SD_SCHEDULERS = ("dpmsolver++", "ddim", "euler", "euler_a", "pndm", "ddpm")
+UNET_SHAPE_KEYS = ("input_blocks.0.0.weight", "conv_in.weight")
 
 
-class Family:
-    """Stable Diffusion 1.x/2.x; the base the other families override."""
+def unet_like(keys: list[str]) -> bool:
+    return any(k.startswith(("input_blocks.", "down_blocks.")) for k in keys)
+
+
+def check_unet_input(shapes: dict[str, list[int]], where: str) -> None:
+    """Refuse a UNet whose input is not 4 latent channels (inpainting, depth)."""
+    in_channels = next(
+        (
+            s[1]
+            for k, s in shapes.items()
+            if k.endswith(UNET_SHAPE_KEYS) and "vae" not in k and "first_stage" not in k
+        ),
+        4,
+    )
+    if in_channels != 4:
+        raise ValueError(
+            f"{where} has a {in_channels}-channel UNet input (inpainting?), which GAL Studio cannot train"
+        )
+
+
+class SDFamily(Family):
+    """Stable Diffusion 1.x/2.x (SDXL subclasses it: the same UNet loss and samplers)."""
 
     name = "sd"
     label = "Stable Diffusion 1.x/2.x"
@@ -56,6 +57,25 @@ class Family:
         target_modules=SD_TARGETS,
     )
     text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' scripts
+    unsupported = {
+        "StableDiffusionInpaintPipeline": "SD inpainting",
+        "StableDiffusionImg2ImgPipeline": "SD img2img",
+    }
+    detect_priority = 90  # the generic UNet: after every more specific layout
+    shape_keys = UNET_SHAPE_KEYS
+    channels_last = True
+
+    # -- detection ----------------------------------------------------------------------------------
+    def claims_keys(self, keys: list[str], shapes: dict[str, list[int]], where: str) -> bool:
+        if not unet_like(keys):
+            return False
+        check_unet_input(shapes, where)
+        if any(k.startswith("conditioner.embedders.") for k in keys):
+            raise ValueError(
+                f"{where} looks like the SDXL refiner (one OpenCLIP embedder, img2img only), "
+                "which GAL Studio cannot train: use the SDXL base"
+            )
+        return True
 
     # -- pipeline -----------------------------------------------------------------------------------
     def pipeline_class(self):
@@ -72,20 +92,59 @@ class Family:
             path, config=config, torch_dtype=dtype, **self.load_kwargs()
         )
 
+    @property
+    def tiny_name(self) -> str:
+        return "tiny"
+
     def build_tiny(self, seed: int = 0):
-        from gal.models import build_tiny_pipeline
+        """A small random-init SD pipeline (32 px, ~2 M UNet params) built from configs:
+        same seed, same weights."""
+        from diffusers import (
+            AutoencoderKL,
+            DPMSolverMultistepScheduler,
+            StableDiffusionPipeline,
+            UNet2DConditionModel,
+        )
+        from transformers import CLIPTextConfig, CLIPTextModel
 
-        return build_tiny_pipeline(seed)
+        from gal.families.tiny import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer
 
-    def denoiser(self, pipe) -> torch.nn.Module:
-        return getattr(pipe, self.denoiser_name)
-
-    def text_encoders(self, pipe) -> list[torch.nn.Module]:
-        return [
-            m
-            for m in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
-            if m is not None
-        ]
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=16,
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**TINY_VAE)
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_CLIP_TEXT))
+        scheduler = DPMSolverMultistepScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            steps_offset=1,
+        )
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=clip_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def native_resolution(self, pipe) -> int:
         return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
@@ -194,15 +253,57 @@ class Family:
             "guidance_scale": cfg.guidance_scale,
         }
 
-    # -- saving -------------------------------------------------------------------------------------
-    def save_lora(self, pipe, folder, layers: dict[str, dict], metadata: dict[str, dict]) -> None:
-        """``layers``/``metadata``: ``{"unet": state, "text_encoder": state}`` in diffusers naming."""
-        kwargs = {}
-        for part, state in layers.items():
-            kwargs[f"{part}_lora_layers"] = state
-            kwargs[f"{part}_lora_adapter_metadata"] = metadata[part]
-        type(pipe).save_lora_weights(folder, **kwargs)
-
     # -- memory -------------------------------------------------------------------------------------
-    def needs_memory_saving(self) -> bool:
-        return False
+    def activations(self, denoiser, resolution: int, batch: int, vae_scale: int) -> tuple[float, float]:
+        config = denoiser.config
+        latent = resolution // vae_scale
+        return unet_activations(latent, list(config.block_out_channels), int(config.layers_per_block), batch)
+
+    # -- export -------------------------------------------------------------------------------------
+    def export_facts(self, pipe) -> ExportFacts:
+        """SD 1.x and 2.x told apart by the text encoder's width (SD2's is 1024), as kohya and A1111 do."""
+        te = getattr(pipe, "text_encoder", None)
+        width = getattr(getattr(te, "config", None), "hidden_size", None)
+        unet = getattr(pipe, "unet", None)
+        cross = getattr(getattr(unet, "config", None), "cross_attention_dim", None)
+        v_pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction"
+        if 1024 in (width, cross):
+            return SD2_V_FACTS if v_pred else SD2_FACTS
+        return SD1_FACTS
+
+    def kohya_state_dict(self, diffusers_state, scales, pipe=None) -> dict[str, torch.Tensor]:
+        prefixes = {"unet": "lora_unet", **self.kohya_text_encoder_prefixes}
+        return module_kohya_state_dict(diffusers_state, scales, prefixes, self.label)
+
+    kohya_text_encoder_prefixes = {"text_encoder": "lora_te"}
+
+    def single_file_layout(self, pipe):
+        facts = self.export_facts(pipe)
+        from gal.families.ldm import sd_single_file
+
+        return lambda fused: sd_single_file(fused, facts.variant)
+
+
+_GENERATIVE_MODELS = "https://github.com/Stability-AI/generative-models"
+SD1_FACTS = ExportFacts(
+    variant="sd1",
+    base_model_version="sd_v1",
+    architecture="stable-diffusion-v1",
+    implementation="diffusers",
+    implementation_full=_GENERATIVE_MODELS,
+    license="creativeml-openrail-m",
+    tags=("stable-diffusion",),
+    kohya_text_encoder_prefixes={"text_encoder": "lora_te"},
+)
+SD2_FACTS = ExportFacts(
+    variant="sd2",
+    base_model_version="sd_v2",
+    architecture="stable-diffusion-v2-512",
+    implementation="diffusers",
+    implementation_full=_GENERATIVE_MODELS,
+    license="openrail++",
+    tags=("stable-diffusion",),
+    v2=True,
+    kohya_text_encoder_prefixes={"text_encoder": "lora_te"},
+)
+SD2_V_FACTS = ExportFacts(**{**SD2_FACTS.__dict__, "architecture": "stable-diffusion-v2-768-v"})

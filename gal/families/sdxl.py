@@ -6,10 +6,24 @@ from __future__ import annotations
 
 import torch
 
-from gal.families.sd import SD_SCHEDULERS, SD_TARGETS, Family, FamilyDefaults
+from gal.families.base import ExportFacts, FamilyDefaults
+from gal.families.sd import SD_SCHEDULERS, SD_TARGETS, SDFamily, check_unet_input, unet_like
+
+SDXL_FACTS = ExportFacts(
+    variant="sdxl",
+    base_model_version="sdxl_base_v1-0",  # sd-scripts library/sdxl_model_util MODEL_VERSION_SDXL_BASE_V1_0
+    architecture="stable-diffusion-xl-v1-base",
+    implementation="https://github.com/Stability-AI/generative-models",
+    implementation_full="https://github.com/Stability-AI/generative-models",
+    license="openrail++",
+    tags=("stable-diffusion-xl",),
+    kohya_text_encoder_prefixes={"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"},
+)
 
 
-class SDXLFamily(Family):
+class SDXLFamily(SDFamily):
+    """The SDXL base: SD's UNet loss and samplers (an explicit subclass), two text encoders."""
+
     name = "sdxl"
     label = "Stable Diffusion XL"
     pipeline_classes = ("StableDiffusionXLPipeline",)
@@ -27,6 +41,40 @@ class SDXLFamily(Family):
     )
     # text-encoder LoRA is wired for SD 1.x/2.x only (SDXL has two encoders to adapt)
     text_encoder_targets = []
+    unsupported = {
+        "StableDiffusionXLImg2ImgPipeline": "the SDXL refiner (img2img only, no text-to-image base)",
+        "StableDiffusionXLInpaintPipeline": "SDXL inpainting",
+    }
+    detect_priority = 80
+    kohya_text_encoder_prefixes = {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+
+    @property
+    def tiny_name(self) -> str:
+        return "tiny-sdxl"
+
+    def claims_keys(self, keys, shapes, where) -> bool:
+        if not unet_like(keys):
+            return False
+        if not (
+            any(k.startswith("conditioner.embedders.1.") for k in keys)
+            or any(k.startswith("add_embedding.") for k in keys)
+        ):
+            return False
+        check_unet_input(shapes, where)
+        return True
+
+    def check_folder(self, folder, index: dict) -> None:
+        if index.get("text_encoder") in (None, [None, None]) or index.get("requires_aesthetics_score"):
+            raise ValueError(
+                f"{folder} is an SDXL refiner config (no first text encoder / aesthetics score): "
+                "use the SDXL base"
+            )
+
+    def export_facts(self, pipe) -> ExportFacts:
+        return SDXL_FACTS
+
+    def single_file_layout(self, pipe):
+        return None
 
     def pipeline_class(self):
         from diffusers import StableDiffusionXLPipeline
@@ -49,7 +97,7 @@ class SDXLFamily(Family):
         )
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-        from gal.models import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer
+        from gal.families.tiny import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer
 
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
@@ -129,6 +177,3 @@ class SDXLFamily(Family):
     def predict(self, pipe, noisy, t, cond) -> torch.Tensor:
         added = {"text_embeds": cond["pooled"], "time_ids": cond["time_ids"]}
         return pipe.unet(noisy, t, encoder_hidden_states=cond["embeds"], added_cond_kwargs=added).sample
-
-    def needs_memory_saving(self) -> bool:
-        return True

@@ -1,0 +1,86 @@
+"""Shared flow-matching pieces (FLUX.1, SD3.5 and the newer transformer families), as diffusers'
+``train_dreambooth_lora_{flux,sd3}.py`` do them: timestep density sampling
+(``compute_density_for_timestep_sampling``: weighting_scheme "none" = uniform, "logit_normal", "mode"),
+``noisy = (1 - σ) x + σ ε`` and the loss weighting ``compute_loss_weighting_for_sd3``.
+
+A family mixes :class:`FlowMatching` in explicitly; nothing inherits a loss by accident."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class FlowDraw:
+    """One batch's draws, already sliced to ``rows``: latents, noise, timesteps, sigmas ``[b, 1, 1, 1]``,
+    the noisy latents and the conditioning."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    sigmas: torch.Tensor
+    noisy: torch.Tensor
+    cond: dict[str, torch.Tensor]
+
+    @property
+    def empty(self) -> bool:
+        return not len(self.latents)
+
+
+class FlowMatching:
+    """Mixin: the training scheduler, the draws and the weighting of rectified-flow families."""
+
+    def noise_scheduler(self, pipe):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        # A fresh copy: the pipeline's scheduler keeps only the last generation's timesteps.
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+    @staticmethod
+    def flow_draw(scheduler, latents, cond, generator, cfg, rows: slice | None) -> FlowDraw:
+        """Noise and timesteps for the whole batch from ``generator``, then ``rows`` of them."""
+        from diffusers.training_utils import compute_density_for_timestep_sampling
+
+        device = latents.device
+        b = len(latents)
+        noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+        u = compute_density_for_timestep_sampling(
+            getattr(cfg, "weighting_scheme", "none"),
+            b,
+            logit_mean=getattr(cfg, "logit_mean", 0.0),
+            logit_std=getattr(cfg, "logit_std", 1.0),
+            mode_scale=getattr(cfg, "mode_scale", 1.29),
+            generator=generator,
+        )
+        indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)
+        if rows is not None:  # one process's slice of the batch: the draws above were made for all of it
+            latents, noise, indices = latents[rows], noise[rows], indices[rows]
+            cond = {k: v[rows] for k, v in cond.items()}
+        b = len(latents)
+        timesteps = scheduler.timesteps[indices].to(device)
+        sigmas = scheduler.sigmas[indices].to(device, torch.float32).view(b, *([1] * (latents.ndim - 1)))
+        noisy = (1.0 - sigmas) * latents + sigmas * noise
+        return FlowDraw(latents, noise, timesteps, sigmas, noisy, cond)
+
+    @staticmethod
+    def flow_loss(cfg, sigmas, pred, target) -> torch.Tensor:
+        """The weighted MSE per sample ``[b]`` (float32)."""
+        from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+        weighting = compute_loss_weighting_for_sd3(getattr(cfg, "weighting_scheme", "none"), sigmas).float()
+        b = len(pred)
+        return (weighting * (pred.float() - target.float()).pow(2)).reshape(b, -1).mean(dim=1)
+
+    def schedulers(self) -> tuple[str, ...]:
+        return ("flow-euler",)
+
+    def set_scheduler(self, pipe, name: str | None) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if name not in (None, "flow-euler"):
+            raise ValueError(
+                f"{self.label} samples by flow matching: scheduler {name!r} does not apply, use flow-euler"
+            )
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)

@@ -1,0 +1,90 @@
+"""The tiny models' shared parts: an offline CLIP tokenizer, a T5 tokenizer, VAE and CLIP text configs.
+
+Every family's ``build_tiny`` uses them with its own overrides; nothing here is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+TINY_VAE = dict(
+    block_out_channels=(32, 64),
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+    latent_channels=4,
+    sample_size=32,
+    norm_num_groups=16,
+)
+TINY_CLIP_TEXT = dict(
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    vocab_size=49408,
+    max_position_embeddings=77,
+    projection_dim=32,
+)
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_dir() -> Path:
+    cache = Path(os.environ.get("GAL_CACHE", Path.home() / ".cache" / "gal-studio")) / "clip-tokenizer"
+    if not (cache / "tokenizer_config.json").exists():
+        from gal.toyworld.tokenizer import build_clip_tokenizer  # offline, from open_clip's bundled BPE
+
+        build_clip_tokenizer(cache)
+    return cache
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(_tokenizer_dir()))
+
+
+def t5_tokenizer(model_max_length: int = 32):
+    """An offline T5 (Unigram) tokenizer: ``<pad>``=0, ``</s>``=1, ``<unk>``=2, then single characters and
+    the CLIP vocabulary's whole words as ``▁word`` pieces (scored so whole words win)."""
+    from transformers import T5TokenizerFast
+
+    from gal.toyworld.tokenizer import clip_vocab_and_merges
+
+    vocab, _ = clip_vocab_and_merges()
+    words = [t[: -len("</w>")] for t in list(vocab)[512:] if t.endswith("</w>") and t[:-4].isalnum()][:2000]
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-<>()") | set("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(c, -8.0) for c in chars] + [("▁" + c, -8.0) for c in chars]
+    seen = {p for p, _ in pieces}
+    for i, w in enumerate(words):
+        if "▁" + w not in seen:
+            seen.add("▁" + w)
+            pieces.append(("▁" + w, -3.0 - i * 1e-3))
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_t5(tokenizer, d_model: int, seed: int):
+    """A tiny T5 encoder (eval mode: built in training mode, T5's dropout would make embeddings random)."""
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(
+        T5Config(
+            d_model=d_model,
+            d_kv=8,
+            d_ff=2 * d_model,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            feed_forward_proj="gated-gelu",
+            vocab_size=len(tokenizer),
+            decoder_start_token_id=0,
+        )
+    ).eval()
