@@ -16,6 +16,7 @@ from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flux import FluxFamily
 from gal.families.sd import SDFamily
 from gal.families.sdxl import SDXLFamily
+from gal.families.zimage import ZImageFamily
 
 # The registry: one line per family.
 FAMILIES: dict[str, Family] = {
@@ -24,6 +25,7 @@ FAMILIES: dict[str, Family] = {
         SDFamily(),
         SDXLFamily(),
         FluxFamily(),
+        ZImageFamily(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family
