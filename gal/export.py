@@ -566,6 +566,16 @@ def detect_family(pipe) -> str:
     return of(pipe).export_facts(pipe).variant
 
 
+def _registered(family: str):
+    """A family beyond the four legacy variant names: its registry entry (its variant is its name), whose
+    ``export_facts`` say what the legacy tables below say for those four; None for the four."""
+    if family in FAMILIES:
+        return None
+    from gal.families import get
+
+    return get(family)
+
+
 def base_model_metadata(family: str, *, v_parameterization: bool = False) -> dict[str, str]:
     """kohya's ``ss_base_model_version`` / ``ss_v2`` / ``ss_v_parameterization`` for a family name.
 
@@ -574,6 +584,8 @@ def base_model_metadata(family: str, *, v_parameterization: bool = False) -> dic
     (library/flux_utils MODEL_VERSION_FLUX_V1).
     """
     versions = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
+    if _registered(family):
+        return {"ss_base_model_version": _registered(family).export_facts(None).base_model_version}
     if family not in versions:
         raise ValueError(f"unknown model family {family!r}: one of {', '.join(FAMILIES)}")
     meta = {"ss_base_model_version": versions[family], "ss_v2": str(family == "sd2")}
@@ -586,13 +598,20 @@ def _modelspec(
     family: str, v_pred: bool, run: dict, config: RunConfig, resolution: int, *, lora: bool
 ) -> dict:
     """modelspec.* (Stability AI's model spec) as sd-scripts' library/sai_model_spec.py builds them."""
-    arch = {
-        "sd1": "stable-diffusion-v1",
-        "sd2": "stable-diffusion-v2-768-v" if v_pred else "stable-diffusion-v2-512",
-        "sdxl": "stable-diffusion-xl-v1-base",
-        "flux": "flux-1-dev",
-    }[family]
-    if family == "flux":
+    facts = _registered(family) and _registered(family).export_facts(None)
+    arch = (
+        facts.architecture
+        if facts
+        else {
+            "sd1": "stable-diffusion-v1",
+            "sd2": "stable-diffusion-v2-768-v" if v_pred else "stable-diffusion-v2-512",
+            "sdxl": "stable-diffusion-xl-v1-base",
+            "flux": "flux-1-dev",
+        }[family]
+    )
+    if facts:
+        impl = facts.implementation if lora else facts.implementation_full
+    elif family == "flux":
         impl = "https://github.com/black-forest-labs/flux"
     elif (lora and family == "sdxl") or not lora:
         impl = "https://github.com/Stability-AI/generative-models"
@@ -609,7 +628,7 @@ def _modelspec(
     }
     if config.task == "object" and config.soi_token:
         meta["modelspec.trigger_phrase"] = config.soi_token
-    if family != "flux":
+    if family != "flux" and not (facts and not facts.writes_prediction_type):
         meta["modelspec.prediction_type"] = "v" if v_pred else "epsilon"
     return meta
 
@@ -767,6 +786,9 @@ def write_kohya(
 
         scales = {"transformer": _lora_scales(source_meta, "transformer", config)}
         tensors = get("flux").kohya_state_dict(state, scales)
+    elif _registered(family):  # the family's own ComfyUI/kohya layout
+        scales = {"transformer": _lora_scales(source_meta, "transformer", config)}
+        tensors = _registered(family).kohya_state_dict(state, scales)
     else:
         tensors = kohya_state_dict(state, source_meta, config, family)
     run = run or {"run_id": provenance.get("gal.run_id", "run")}
@@ -788,7 +810,9 @@ def write_kohya(
         "ss_max_train_steps": str(config.train.steps),
         "ss_lr_scheduler": config.train.lr_schedule,
         "ss_batch_size_per_device": str(config.train.batch_size),
-        "ss_network_module": "networks.lora",
+        "ss_network_module": _registered(family).export_facts(None).network_module
+        if _registered(family)
+        else "networks.lora",
         "ss_network_dim": str(config.train.rank),
         "ss_network_alpha": str(unet_alpha),
         "ss_mixed_precision": precision,  # what the run trained in, as kohya names it (no / fp16 / bf16)
@@ -1100,7 +1124,7 @@ def model_card(
             "sd2": "- stable-diffusion",
             "sdxl": "- stable-diffusion-xl",
             "flux": "- flux",
-        }.get(family, "- stable-diffusion"),
+        }.get(family, f"- {family}" if _registered(family) else "- stable-diffusion"),
         "- gal-studio",
     ]
     if samples:

@@ -42,14 +42,15 @@ def comfy_lora():
     pkg.__path__ = [str(COMFY / "comfy")]
     mm = types.ModuleType("comfy.model_management")
     mm.cast_to_device = lambda t, device, dtype, copy=False: t.to(device=device, dtype=dtype, copy=copy)
-    sys.modules.update(
-        {
-            "comfy": pkg,
-            "comfy.model_management": mm,
-            "comfy.utils": types.ModuleType("comfy.utils"),
-            "comfy.model_base": types.ModuleType("comfy.model_base"),
-        }
-    )
+    stubs = {
+        "model_management": mm,
+        "utils": types.ModuleType("comfy.utils"),
+        "model_base": types.ModuleType("comfy.model_base"),
+    }
+    for name, module in stubs.items():
+        setattr(pkg, name, module)
+        sys.modules[f"comfy.{name}"] = module
+    sys.modules["comfy"] = pkg
     return importlib.import_module("comfy.lora")
 
 

@@ -199,7 +199,8 @@ def test_exports_redraw_the_runs_images_in_a_fresh_process(studio, finished, tmp
     run_id, config = finished
     out = tmp_path / "export"
     written = _export(studio, run_id, out)
-    images = studio.review_state(run_id, 2)["anchors"][0]["images"][:2]
+    images = [im for a in studio.review_state(run_id, 2)["anchors"] for im in a["images"]][:2]
+    assert len(images) == 2
     cases = [{"seed": im["seed"], "prompt": im["prompt"]} for im in images]
     gen = {"steps": config.generate.steps, "guidance_scale": config.generate.guidance_scale, "batch_size": 2}
     proc = subprocess.run(
