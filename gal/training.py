@@ -363,7 +363,8 @@ def train_lora(
         device=device,
     )
     vae_cfg = pipe.vae.config
-    scaling = float(vae_cfg.scaling_factor)
+    # FLUX.2's VAE has no scaling factor: its family normalises the patchified latents itself (BatchNorm).
+    scaling = float(getattr(vae_cfg, "scaling_factor", None) or 1.0)
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
 
     # 3. adapter and optimiser

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flux import FluxFamily
+from gal.families.flux2 import Flux2Family
 from gal.families.sd import SDFamily
 from gal.families.sdxl import SDXLFamily
 from gal.families.zimage import ZImageFamily
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Family] = {
         SDXLFamily(),
         FluxFamily(),
         ZImageFamily(),
+        Flux2Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family
