@@ -90,3 +90,42 @@ def apply(lora: dict[str, torch.Tensor], key_map: dict, weights: dict[str, torch
     for key, plist in grouped.items():
         out[key] = lora_mod.calculate_weight(plist, weights[key].clone().float(), key)
     return out, handler.keys
+
+
+def native_weights(state: dict[str, torch.Tensor], to_native: dict) -> dict[str, torch.Tensor]:
+    """ComfyUI-native weights from a diffusers state dict through ComfyUI's own diffusers->native table
+    (``(name, (dim, start, size))`` entries are slices of a fused weight, e.g. q/k/v of ``qkv``)."""
+    sizes: dict[str, int] = {}
+    for key, target in to_native.items():
+        if key in state and isinstance(target, tuple) and isinstance(target[1], tuple):
+            name, (dim, start, size) = target
+            sizes[name] = max(sizes.get(name, 0), start + size)
+    native: dict[str, torch.Tensor] = {}
+    for key, target in to_native.items():
+        if key not in state:
+            continue
+        if isinstance(target, tuple) and isinstance(target[1], tuple):
+            name, (dim, start, size) = target
+            if name not in native:
+                native[name] = torch.zeros(sizes[name], *state[key].shape[1:])
+            native[name].narrow(dim, start, size).copy_(state[key])
+        elif isinstance(target, str):
+            native[target] = state[key].clone()
+    return native
+
+
+def check_strength(trained, patched, native, to_native, scale, prefix="transformer"):
+    """Each trained module's ΔW in ComfyUI's patched weights (its slice of a fused weight) equals
+    B·A·scale; returns the modules checked."""
+    modules = {
+        k.removeprefix(f"{prefix}.").removesuffix(".lora_A.weight") for k in trained if ".lora_A." in k
+    }
+    for module in modules:
+        delta = trained[f"{prefix}.{module}.lora_B.weight"] @ trained[f"{prefix}.{module}.lora_A.weight"]
+        target = to_native[f"{module}.weight"]
+        name, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
+        got = patched[name] - native[name]
+        if offset is not None:
+            got = got.narrow(*offset)
+        torch.testing.assert_close(got, delta.float() * scale, atol=1e-5, rtol=1e-4)
+    return modules

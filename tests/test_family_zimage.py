@@ -241,17 +241,7 @@ def test_comfyui_maps_every_key_at_the_trained_strength(studio, finished, tmp_pa
     }
     # The ComfyUI-native weights, built from the diffusers ones through ComfyUI's own table (qkv fused).
     to_native = keymap.z_image_to_diffusers(unet_config, output_prefix="diffusion_model.")
-    state = tr.state_dict()
-    native: dict[str, torch.Tensor] = {}
-    for key, target in to_native.items():
-        if key not in state:
-            continue
-        if isinstance(target, tuple):
-            name, (dim, start, size) = target
-            native.setdefault(name, torch.zeros(3 * size, *state[key].shape[1:]))
-            native[name].narrow(dim, start, size).copy_(state[key])
-        else:
-            native[target] = state[key].clone()
+    native = comfy_shim.native_weights(tr.state_dict(), to_native)
     key_map = keymap.lumina2_lora_keys(unet_config, {})
     patched, dropped = comfy_shim.apply(lora, key_map, native)
     assert dropped == [], f"ComfyUI drops {dropped}"
@@ -259,18 +249,7 @@ def test_comfyui_maps_every_key_at_the_trained_strength(studio, finished, tmp_pa
     with storage.open_db(studio.db_path) as db:
         adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 2)["adapter_path"]
     trained = load_file(str(adapter / "pytorch_lora_weights.safetensors"))
-    scale = config.train.alpha / config.train.rank
-    modules = {
-        k.removeprefix("transformer.").removesuffix(".lora_A.weight") for k in trained if ".lora_A." in k
-    }
-    assert modules
-    for module in modules:
-        delta = (
-            trained[f"transformer.{module}.lora_B.weight"] @ trained[f"transformer.{module}.lora_A.weight"]
-        )
-        target = to_native[f"{module}.weight"]
-        name, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
-        got = patched[name] - native[name]
-        if offset is not None:
-            got = got.narrow(*offset)
-        torch.testing.assert_close(got, delta.float() * scale, atol=1e-5, rtol=1e-4)
+    modules = comfy_shim.check_strength(
+        trained, patched, native, to_native, config.train.alpha / config.train.rank
+    )
+    assert len(modules) == 4 * (tr.config.n_layers + 2 * tr.config.n_refiner_layers)  # every attention
