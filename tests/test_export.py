@@ -19,10 +19,14 @@ from conftest import tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import gal.export.dataset as gx_dataset
+import gal.export.target as gx_target
 import storage
 from gal import export as gx
+from gal import families
 from gal.cli import main
 from gal.config import RunConfig, TrainConfig
+from gal.families.sd import SD1_FACTS
 from gal.training import LORA_FILE
 
 ALL = ("diffusers", "kohya", "fused", "checkpoint", "dataset", "card")
@@ -145,6 +149,31 @@ def test_every_format_redraws_the_lora_at_its_trained_strength(redrawn, rank, al
 
 
 @pytest.mark.parametrize("rank,alpha", CASES)
+def test_the_diffusers_file_holds_the_trained_strength_for_loaders_that_skip_its_header(
+    exports, shared_studio, rank, alpha
+):
+    """ComfyUI, Forge and A1111 read no safetensors header: a LoRA without ``.alpha`` tensors loads at scale
+    1. The exported diffusers file folds alpha/r into lora_B and says alpha = r, so B·A alone is the trained
+    ΔW = B·A·alpha/r in every loader (issue 22: it loaded at the wrong strength when alpha != rank)."""
+    e = exports[rank]
+    with shared_studio.db() as db:
+        adapter_path = storage.list_rounds(db, e["run_id"])[-1]["adapter_path"]
+    trained = load_file(str(shared_studio.run_dir(e["run_id"]) / adapter_path / LORA_FILE))
+    exported = load_file(str(e["full"]["diffusers"]))
+    assert set(exported) == set(trained)
+    pairs = [k.removesuffix(".lora_A.weight") for k in trained if k.endswith(".lora_A.weight")]
+    assert pairs
+    for name in pairs:
+        a, b = trained[f"{name}.lora_A.weight"], trained[f"{name}.lora_B.weight"]
+        delta = b @ a * (alpha / rank)
+        plain = exported[f"{name}.lora_B.weight"] @ exported[f"{name}.lora_A.weight"]  # what ComfyUI applies
+        assert torch.allclose(plain, delta, atol=1e-6, rtol=1e-5), name
+    with safe_open(str(e["full"]["diffusers"]), "pt") as f:
+        adapter = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert adapter["unet.lora_alpha"] == adapter["unet.r"] == rank  # diffusers: scale 1 on the folded B
+
+
+@pytest.mark.parametrize("rank,alpha", CASES)
 def test_kohya_metadata_matches_the_run(exports, shared_studio, rank, alpha):
     e = exports[rank]
     config: RunConfig = e["config"]
@@ -173,7 +202,7 @@ def test_kohya_metadata_matches_the_run(exports, shared_studio, rank, alpha):
         "ss_num_reg_images": "0",
         "ss_learning_rate": str(config.train.learning_rate),
         "ss_max_train_steps": str(config.train.steps),
-        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": "stable-diffusion-v1/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": run["name"],
@@ -189,7 +218,9 @@ def test_kohya_metadata_matches_the_run(exports, shared_studio, rank, alpha):
     assert "ss_v_parameterization" not in meta
     started = float(meta["ss_training_started_at"])
     assert abs(started - gx._created(run).timestamp()) < 1
-    assert meta["modelspec.date"] == gx._created(run).date().isoformat()
+    # a full ISO 8601 date and time, as sd-scripts writes it (issue 22: it was the date only)
+    assert meta["modelspec.date"] == gx._created(run).replace(microsecond=0).isoformat()
+    assert "T" in meta["modelspec.date"]
     tags = json.loads(meta["ss_tag_frequency"])
     counts = next(iter(tags.values()))
     assert counts["<sks>"] == len(refs) and counts["a <sks> star on stairs"] == len(refs)
@@ -251,7 +282,7 @@ def test_model_card_names_a_hub_base_model_and_its_licence():
     run = {"run_id": "cat-20260101-000000-abcd", "name": "cat"}
     prov = {"gal.run_id": run["run_id"], "gal.round": "1", "gal.config_hash": config.config_hash()}
     card = gx.model_card(
-        run, config, [], [], prov, family="sd1", samples=[{"file": "samples/a.png", "prompt": 'say "hi"'}]
+        run, config, [], [], prov, facts=SD1_FACTS, samples=[{"file": "samples/a.png", "prompt": 'say "hi"'}]
     )
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["base_model"] == config.model and front["license"] == "creativeml-openrail-m"
@@ -259,28 +290,38 @@ def test_model_card_names_a_hub_base_model_and_its_licence():
 
 
 def test_base_model_versions_per_family():
-    assert gx.base_model_metadata("sd1") == {"ss_base_model_version": "sd_v1", "ss_v2": "False"}
-    assert gx.base_model_metadata("sd2", v_parameterization=True) == {
+    """kohya's base-model fields come from the family's export facts (no second vocabulary in export)."""
+    from gal.families.flux import FLUX_FACTS
+    from gal.families.sd import SD2_FACTS
+    from gal.families.sd3 import SD3_FACTS
+    from gal.families.sdxl import SDXL_FACTS
+
+    assert gx.base_model_metadata(SD1_FACTS) == {"ss_base_model_version": "sd_v1", "ss_v2": "False"}
+    assert gx.base_model_metadata(SD2_FACTS, v_parameterization=True) == {
         "ss_base_model_version": "sd_v2",
         "ss_v2": "True",
         "ss_v_parameterization": "True",
     }
-    assert gx.base_model_metadata("sdxl")["ss_base_model_version"] == "sdxl_base_v1-0"
-    assert gx.base_model_metadata("flux")["ss_base_model_version"] == "flux1"
-    with pytest.raises(ValueError, match="one of sd1, sd2, sdxl, flux"):
-        gx.base_model_metadata("sd3")
+    assert gx.base_model_metadata(SDXL_FACTS)["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert gx.base_model_metadata(FLUX_FACTS)["ss_base_model_version"] == "flux1"
+    assert FLUX_FACTS.network_module == "networks.lora_flux"  # what sd-scripts' FLUX.1 trainer writes
+    assert gx.base_model_metadata(SD3_FACTS)["ss_base_model_version"] == "sd3"
 
 
 def test_family_detection_from_the_pipeline():
-    """sd1 / sd2 / sdxl / flux from real (tiny) pipelines: SD 2 is told apart by its 1024-wide text
-    encoder."""
+    """sd1 / sd2 / sdxl / flux export facts from real (tiny) pipelines: SD 2 is told apart by its 1024-wide
+    text encoder."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from gal.models import build_tiny_pipeline, load_pipeline
 
+    def variant(pipe):  # a loaded pipeline carries its family; sd2, built here, is asked of SD's
+        family = getattr(pipe, "gal_family", None) or families.get("sd")
+        return family.export_facts(pipe).variant
+
     sd1 = build_tiny_pipeline()
-    assert gx.detect_family(sd1) == "sd1"
+    assert variant(sd1) == "sd1"
     text = dict(vocab_size=49408, max_position_embeddings=77, num_hidden_layers=1, num_attention_heads=4)
     sd2 = StableDiffusionPipeline(
         **{**sd1.components, "safety_checker": None, "feature_extractor": None},
@@ -297,10 +338,10 @@ def test_family_detection_from_the_pipeline():
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    assert gx.detect_family(sd2) == "sd2"
+    assert variant(sd2) == "sd2"
     cpu = torch.device("cpu")
-    assert gx.detect_family(load_pipeline("tiny-sdxl", cpu, torch.float32)) == "sdxl"
-    assert gx.detect_family(load_pipeline("tiny-flux", cpu, torch.float32)) == "flux"
+    assert variant(load_pipeline("tiny-sdxl", cpu, torch.float32)) == "sdxl"
+    assert variant(load_pipeline("tiny-flux", cpu, torch.float32)) == "flux"
 
 
 # Key patterns the community loaders read for SD1 (read, not copied, from ComfyUI comfy/lora.py
@@ -342,7 +383,7 @@ def test_text_encoder_lora_gets_the_sd1_kohya_names_and_loads_back(tmp_path):
     with safe_open(str(tmp_path / LORA_FILE), "pt") as f:
         meta = f.metadata()
     config = RunConfig(train=TrainConfig(rank=4, alpha=8.0))
-    kohya = gx.kohya_state_dict(load_file(str(tmp_path / LORA_FILE)), meta, config)
+    kohya = gx.kohya_state_dict(load_file(str(tmp_path / LORA_FILE)), meta, config, families.get("sd"))
     te_keys = [k for k in kohya if k.startswith("lora_te")]
     assert te_keys and all(TE_KEY.match(k) for k in te_keys), [k for k in te_keys if not TE_KEY.match(k)][:3]
     assert len(te_keys) == 2 * 3 * 4  # 2 layers x (down, up, alpha) x 4 targets
@@ -509,13 +550,13 @@ def test_a_full_disk_leaves_nothing_behind(shared_studio, one_run, tmp_path, mon
     out = tmp_path / "ex"
     shared_studio.export(one_run, out, ("card",))
     before = _tree(out)
-    real = gx._write_dataset
+    real = gx_dataset._write_dataset
 
     def full_disk(*args, **kwargs):
         real(*args, **kwargs)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gx, "_write_dataset", full_disk)
+    monkeypatch.setattr(gx_dataset, "_write_dataset", full_disk)
     with pytest.raises(ValueError, match="free some space or export to another folder"):
         shared_studio.export(one_run, out, ("dataset", "card"), force=True)
     assert _tree(out) == before  # the earlier export is unchanged
@@ -555,7 +596,7 @@ def test_the_swap_keeps_the_target_complete_when_exchange_is_missing(
 ):
     out = tmp_path / "ex"
     shared_studio.export(one_run, out, ("card",))
-    monkeypatch.setattr(gx, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(gx_target, "_exchange", lambda a, b: False)
     shared_studio.export(one_run, out, ("dataset",), force=True)
     assert (out / "dataset").is_dir() and not (out / "README.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ex"]

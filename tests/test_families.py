@@ -357,7 +357,14 @@ def test_export_round_trip_per_family_in_a_fresh_process(studios, references, tm
             kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape[0] == 3 * config.train.rank
         )
         assert alphas["lora_unet_double_blocks_0_img_attn_qkv.alpha"] == 3 * config.train.alpha
-        assert alphas["lora_unet_double_blocks_0_img_mlp_0.alpha"] == config.train.alpha
+        # the unfused modules are padded to the fused rank 3r (alpha 3·alpha, the same scale), so kohya's
+        # one ss_network_dim / ss_network_alpha are true of every module (issue 22)
+        assert alphas["lora_unet_double_blocks_0_img_mlp_0.alpha"] == 3 * config.train.alpha
+        downs = {v.shape[0] for k, v in kohya.items() if k.endswith(".lora_down.weight")}
+        assert downs == {3 * config.train.rank}
+        assert meta["ss_network_dim"] == str(3 * config.train.rank)
+        assert float(meta["ss_network_alpha"]) == 3 * config.train.alpha
+        assert meta["ss_network_module"] == "networks.lora_flux"
         assert meta["ss_base_model_version"] == "flux1"
     else:
         assert set(alphas.values()) == {config.train.alpha} and meta["ss_base_model_version"].startswith(
@@ -435,6 +442,12 @@ def test_bfl_fused_lora_equals_the_per_module_loras():
     q = ("attn.to_q", "attn.to_k", "attn.to_v")
     torch.testing.assert_close(
         delta("lora_unet_double_blocks_0_img_attn_qkv"), per_module("transformer_blocks.0", q)
+    )
+    # an unfused module, padded to the file's rank 3r with zeros (alpha scaled): the same ΔW
+    assert bfl["lora_unet_double_blocks_0_img_attn_proj.lora_down.weight"].shape[0] == 3 * r
+    torch.testing.assert_close(
+        delta("lora_unet_double_blocks_0_img_attn_proj"),
+        per_module("transformer_blocks.0", ["attn.to_out.0"]),
     )
     single = delta("lora_unet_single_blocks_0_linear1")
     assert single.shape[0] == 3 * width + 4 * width and not single[3 * width :].any()  # MLP rows untouched
@@ -690,7 +703,7 @@ def test_text_encoder_lora_saves_and_reloads_in_a_fresh_pipeline(reference_files
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-    kohya = kohya_state_dict(_load(path), meta, RunConfig(train=cfg))
+    kohya = kohya_state_dict(_load(path), meta, RunConfig(train=cfg), families.get("sd"))
     assert any(k.startswith("lora_te_text_model_encoder_layers_") for k in kohya)
     remove_adapter(pipe)  # drops the text encoder's adapter too
     assert not getattr(pipe.text_encoder, "peft_config", {})

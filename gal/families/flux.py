@@ -328,4 +328,24 @@ def bfl_state_dict(diffusers_state: dict[str, torch.Tensor], alpha: float) -> di
                 put(f"{prefix}_linear2", a, b, alpha)
         if mods:
             raise ValueError(f"no BFL name for {block} modules {', '.join(sorted(mods))}")
+    return uniform_rank(out)
+
+
+def uniform_rank(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every module at the file's largest rank R: ``down`` padded with zero rows, ``up`` with zero columns and
+    ``alpha`` scaled by R / r, so ΔW = up·down·alpha/rank is unchanged and kohya's one ``ss_network_dim`` /
+    ``ss_network_alpha`` are true of every module (tools that read the header, not each tensor, agree)."""
+    names = [k.removesuffix(".lora_down.weight") for k in state if k.endswith(".lora_down.weight")]
+    if not names:
+        return state
+    top = max(state[f"{n}.lora_down.weight"].shape[0] for n in names)
+    out = dict(state)
+    for n in names:
+        down, up = state[f"{n}.lora_down.weight"], state[f"{n}.lora_up.weight"]
+        r = down.shape[0]
+        if r == top:
+            continue
+        out[f"{n}.lora_down.weight"] = torch.cat([down, down.new_zeros(top - r, down.shape[1])]).contiguous()
+        out[f"{n}.lora_up.weight"] = torch.cat([up, up.new_zeros(up.shape[0], top - r)], dim=1).contiguous()
+        out[f"{n}.alpha"] = torch.tensor(float(state[f"{n}.alpha"]) * top / r)
     return out
