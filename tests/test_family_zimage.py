@@ -230,7 +230,8 @@ def test_comfyui_maps_every_key_at_the_trained_strength(studio, finished, tmp_pa
     run_id, config = finished
     written = _export(studio, run_id, tmp_path / "export")
     lora = load_file(str(written["kohya"]))
-    assert not any(k.endswith(".alpha") for k in lora)  # alpha folded into lora_B: scale 1 everywhere
+    alphas = {k: float(v) for k, v in lora.items() if k.endswith(".alpha")}
+    assert alphas and set(alphas.values()) == {config.train.rank}  # alpha/r folded into lora_B: scale 1
 
     keymap = comfy_shim.keymap_module("zimage_keymap")
     tr = families.get("zimage").build_tiny().transformer

@@ -265,4 +265,6 @@ class Flux2Family(FlowMatching, Family):
     def kohya_state_dict(self, diffusers_state, scales, pipe=None) -> dict[str, torch.Tensor]:
         """The file ComfyUI loads: diffusers names under ``transformer.`` (its Flux branch's own key map),
         ``alpha/r`` folded into ``lora_B``."""
-        return folded_state_dict(diffusers_state, scales, "transformer", "transformer", self.label)
+        return folded_state_dict(
+            diffusers_state, scales, "transformer", "transformer", self.label, alpha_tensors=False
+        )
