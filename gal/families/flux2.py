@@ -181,13 +181,89 @@ class Flux2Family(FlowMatching, Family):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def build_tiny_dev(self, seed: int = 0):
+        """A random-init FLUX.2-dev-shaped pipeline (``Flux2Pipeline``: a Mistral-3 encoder tapped at layers
+        10/20/30, a Pixtral processor as its tokenizer, guidance embedding) at 32 px; offline, seeded."""
+        from diffusers import Flux2Pipeline, Flux2Transformer2DModel
+        from transformers import (
+            Mistral3Config,
+            Mistral3ForConditionalGeneration,
+            MistralConfig,
+            PixtralProcessor,
+            PixtralVisionConfig,
+        )
+        from transformers.models.pixtral.image_processing_pixtral import PixtralImageProcessor
+
+        klein = self.build_tiny(seed)  # the same VAE and scheduler
+        torch.manual_seed(seed)
+        transformer = Flux2Transformer2DModel(
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            num_single_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=48,
+            timestep_guidance_channels=256,
+            axes_dims_rope=[4, 4, 4, 4],
+            guidance_embeds=True,
+        )
+        tokenizer = mistral_tokenizer(128)
+        torch.manual_seed(seed + 2)
+        text_encoder = Mistral3ForConditionalGeneration(
+            Mistral3Config(
+                text_config=MistralConfig(
+                    vocab_size=len(tokenizer),
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=30,  # the pipeline taps layers 10, 20, 30
+                    num_attention_heads=2,
+                    num_key_value_heads=2,
+                    head_dim=8,
+                    max_position_embeddings=256,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                    pad_token_id=11,
+                ),
+                vision_config=PixtralVisionConfig(
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    head_dim=8,
+                    patch_size=16,
+                    image_size=64,
+                ),
+                image_token_index=10,
+                spatial_merge_size=2,
+            )
+        ).eval()
+        processor = PixtralProcessor(
+            image_processor=PixtralImageProcessor(patch_size=16),
+            tokenizer=tokenizer,
+            patch_size=16,
+            spatial_merge_size=2,
+            chat_template=MISTRAL_CHAT_TEMPLATE,
+        )
+        pipe = Flux2Pipeline(
+            scheduler=klein.scheduler,
+            vae=klein.vae,
+            text_encoder=text_encoder,
+            tokenizer=processor,
+            transformer=transformer,
+        )
+        pipe.default_sample_size = 16
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     def native_resolution(self, pipe) -> int:
         return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
 
     # -- training -----------------------------------------------------------------------------------
     @staticmethod
     def max_sequence_length(pipe) -> int:
-        return int(min(512, pipe.tokenizer.model_max_length))
+        tokenizer = getattr(pipe.tokenizer, "tokenizer", pipe.tokenizer)  # dev: a processor around it
+        return int(min(512, tokenizer.model_max_length))
 
     def encode_with_grad(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
         embeds, _ = pipe.encode_prompt(
@@ -268,3 +344,53 @@ class Flux2Family(FlowMatching, Family):
         return folded_state_dict(
             diffusers_state, scales, "transformer", "transformer", self.label, alpha_tensors=False
         )
+
+
+# Mistral/Tekken special tokens at the ids the real vocabulary has them (FLUX.2 dev's processor and the
+# Mistral-3 config refer to [IMG] = 10 and <pad> = 11); unused ids are placeholders.
+_MISTRAL_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]",
+                     "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]",
+                     "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]",
+                     "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]  # fmt: skip
+# A minimal Mistral-3 chat template that takes list content (FLUX.2's format_input sends text parts).
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['content'] is string %}{% set text = message['content'] %}"
+    "{% else %}{% set text = message['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join('') %}{% endif %}"
+    "{% if message['role'] == 'system' %}{{ '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST]' + text + '[/INST]' }}"
+    "{% else %}{{ text + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def mistral_tokenizer(model_max_length: int = 128):
+    """An offline byte-level BPE ``PreTrainedTokenizerFast`` with Mistral's special-token ids, trained on
+    FLUX.2's system message and a small prompt vocabulary (so the system prompt takes few tokens)."""
+    from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from gal.families.zimage import _CORPUS_WORDS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=_MISTRAL_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    words = _CORPUS_WORDS.split()
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] + [SYSTEM_MESSAGE] * 8
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=model_max_length,
+        chat_template=MISTRAL_CHAT_TEMPLATE,
+    )
