@@ -254,7 +254,7 @@ class Flux2Family(FlowMatching, Family):
         )
         pipe.default_sample_size = 16
         pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return self.attach(pipe)
 
     def native_resolution(self, pipe) -> int:
         return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
