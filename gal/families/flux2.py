@@ -37,8 +37,9 @@ FLUX2_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "to_qkv_mlp_proj"] + [
 
 FLUX2_FACTS = ExportFacts(
     variant="flux2",
-    # sd-scripts does not train FLUX.2; musubi-tuner (which does) writes architecture "flux_2".
-    base_model_version="flux2",
+    # sd-scripts does not train FLUX.2; musubi-tuner, which does, names it ARCHITECTURE_FLUX_2_FULL = "flux_2"
+    # (dataset/image_video_dataset.py) and its network module networks.lora_flux_2.
+    base_model_version="flux_2",
     architecture="flux-2",
     implementation="https://github.com/black-forest-labs/flux2",
     implementation_full="https://github.com/black-forest-labs/flux2",

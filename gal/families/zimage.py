@@ -30,8 +30,8 @@ ZIMAGE_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the script's default --
 
 ZIMAGE_FACTS = ExportFacts(
     variant="zimage",
-    # No sd-scripts MODEL_VERSION for Z-Image (sd-scripts does not train it); musubi-tuner names the
-    # architecture "z_image" in its LoRA metadata (ss_architecture); modelspec has no registered id.
+    # sd-scripts does not train Z-Image; musubi-tuner, which does, names it ARCHITECTURE_Z_IMAGE_FULL =
+    # "z_image" (dataset/image_video_dataset.py) and its network module networks.lora_zimage.
     base_model_version="z_image",
     architecture="z-image",
     implementation="https://github.com/Tongyi-MAI/Z-Image",
