@@ -57,7 +57,7 @@ def generate(
         batch_seeds = list(seeds[start : start + batch_size])
         try:
             out = pipe(
-                batch_prompts,
+                prompt=batch_prompts,  # FLUX.2 pipelines take an image first
                 **family.pipe_kwargs(cfg, len(batch_prompts)),
                 **family.call_kwargs(pipe),
                 height=resolution,

@@ -15,10 +15,12 @@ from pathlib import Path
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
+from gal.families.flux2 import Flux2Family
 from gal.families.qwenimage import QwenImageFamily
 from gal.families.sd import SDFamily
 from gal.families.sd3 import SD3Family
 from gal.families.sdxl import SDXLFamily
+from gal.families.zimage import ZImageFamily
 
 # The registry: one line per family.
 FAMILIES: dict[str, Family] = {
@@ -30,6 +32,8 @@ FAMILIES: dict[str, Family] = {
         SD3Family(),
         ChromaFamily(),
         QwenImageFamily(),
+        ZImageFamily(),
+        Flux2Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family

@@ -1,0 +1,131 @@
+"""ComfyUI's own LoRA loading code, run on CPU against our exported files (no ComfyUI install).
+
+The ComfyUI sources are not part of this repository (GPL, and large): put them in the git-ignored
+``.comfy/`` folder at the repository root —
+
+    git -C <mirror of Comfy-Org/ComfyUI> archive HEAD comfy/lora.py comfy/weight_adapter | tar -x -C .comfy
+
+plus ``.comfy/<family>_keymap.py`` (a family's key-map function transcribed from a ComfyUI version that has
+it, with its commit named at the top). The tests that need them skip, naming this, when they are missing.
+``comfy.lora.load_lora`` + ``comfy.lora.calculate_weight`` + ``comfy.weight_adapter`` run unchanged; only
+``comfy.model_management`` (device casting) and ``comfy.utils``/``comfy.model_base`` (not used on these
+paths) are stubbed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+COMFY = Path(__file__).resolve().parents[1] / ".comfy"
+
+
+def available(keymap: str) -> str | None:
+    """None when ComfyUI's code and the family's key map are there, else what is missing."""
+    for need in (COMFY / "comfy" / "lora.py", COMFY / "comfy" / "weight_adapter", COMFY / f"{keymap}.py"):
+        if not need.exists():
+            return f"{need} missing (see tests/comfy_shim.py)"
+    return None
+
+
+def comfy_lora():
+    """``comfy.lora`` imported from ``.comfy/`` with the GPU-management module stubbed."""
+    if "comfy.lora" in sys.modules:
+        return sys.modules["comfy.lora"]
+    pkg = types.ModuleType("comfy")
+    pkg.__path__ = [str(COMFY / "comfy")]
+    mm = types.ModuleType("comfy.model_management")
+    mm.cast_to_device = lambda t, device, dtype, copy=False: t.to(device=device, dtype=dtype, copy=copy)
+    stubs = {
+        "model_management": mm,
+        "utils": types.ModuleType("comfy.utils"),
+        "model_base": types.ModuleType("comfy.model_base"),
+    }
+    for name, module in stubs.items():
+        setattr(pkg, name, module)
+        sys.modules[f"comfy.{name}"] = module
+    sys.modules["comfy"] = pkg
+    return importlib.import_module("comfy.lora")
+
+
+def keymap_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"comfy_keymap_{name}", COMFY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Missing(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.keys: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("lora key not loaded: "):
+            self.keys.append(msg.removeprefix("lora key not loaded: "))
+
+
+def apply(lora: dict[str, torch.Tensor], key_map: dict, weights: dict[str, torch.Tensor], strength=1.0):
+    """What ComfyUI does with ``lora``: ``load_lora`` through ``key_map``, then ``calculate_weight`` on each
+    patched weight (slices through their offsets). Returns ``(patched weights, dropped lora keys)``."""
+    lora_mod = comfy_lora()
+    handler = _Missing()
+    logging.getLogger().addHandler(handler)
+    try:
+        patches = lora_mod.load_lora(lora, key_map)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    grouped: dict[str, list] = {}
+    for target, adapter in patches.items():  # as ModelPatcher.add_patches files them
+        key, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
+        grouped.setdefault(key, []).append((strength, adapter, 1.0, offset, None))
+    out = {}
+    for key, plist in grouped.items():
+        out[key] = lora_mod.calculate_weight(plist, weights[key].clone().float(), key)
+    return out, handler.keys
+
+
+def native_weights(state: dict[str, torch.Tensor], to_native: dict) -> dict[str, torch.Tensor]:
+    """ComfyUI-native weights from a diffusers state dict through ComfyUI's own diffusers->native table
+    (``(name, (dim, start, size))`` entries are slices of a fused weight, e.g. q/k/v of ``qkv``)."""
+    sizes: dict[str, int] = {}
+    for key, target in to_native.items():
+        if key in state and isinstance(target, tuple) and isinstance(target[1], tuple):
+            name, (dim, start, size) = target
+            sizes[name] = max(sizes.get(name, 0), start + size)
+    native: dict[str, torch.Tensor] = {}
+    for key, target in to_native.items():
+        if key not in state:
+            continue
+        if isinstance(target, tuple) and isinstance(target[1], tuple):
+            name, (dim, start, size) = target
+            if name not in native:
+                native[name] = torch.zeros(sizes[name], *state[key].shape[1:])
+            native[name].narrow(dim, start, size).copy_(state[key])
+        elif isinstance(target, str):
+            native[target] = state[key].clone()
+    return native
+
+
+def check_strength(trained, patched, native, to_native, scale, prefix="transformer"):
+    """Each trained module's ΔW in ComfyUI's patched weights (its slice of a fused weight) equals
+    B·A·scale; returns the modules checked."""
+    modules = {
+        k.removeprefix(f"{prefix}.").removesuffix(".lora_A.weight") for k in trained if ".lora_A." in k
+    }
+    for module in modules:
+        delta = trained[f"{prefix}.{module}.lora_B.weight"] @ trained[f"{prefix}.{module}.lora_A.weight"]
+        target = to_native[f"{module}.weight"]
+        name, offset = (target[0], target[1]) if isinstance(target, tuple) else (target, None)
+        got = patched[name] - native[name]
+        if offset is not None:
+            got = got.narrow(*offset)
+        torch.testing.assert_close(got, delta.float() * scale, atol=1e-5, rtol=1e-4)
+    return modules

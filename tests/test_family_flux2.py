@@ -1,0 +1,312 @@
+"""FLUX.2 (klein; dev shares the family): detection, the scripts' loss, a 2-round GAL run on the tiny
+model, resume after a kill, and the exports — diffusers' load_lora_weights redraws the run's images in a
+fresh process, ComfyUI's own LoRA code maps every key of the ComfyUI file (0 dropped) to
+ΔW = B·A·alpha/r per module."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import comfy_shim
+import numpy as np
+import pytest
+import torch
+from conftest import kill_demo_run_mid_generation, tiny_config
+from PIL import Image
+from safetensors.torch import load_file
+
+import storage
+from gal import families
+from gal.models import load_pipeline
+from gal.training import TrainExample, adapter_state, train_lora
+
+MODEL = "tiny-flux2"
+CPU = torch.device("cpu")
+
+
+def flux2_config(**gal):
+    config = tiny_config(**gal)
+    config.model = MODEL
+    config.train.learning_rate = 3e-2  # 6 steps at 1e-3 (or 1e-2) barely move the tiny model's images
+    config.train.alpha = 2.0 * config.train.rank  # alpha != rank: the exports must carry the scale
+    return config
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    from gal.engine import Studio
+
+    return Studio(tmp_path_factory.mktemp("flux2"), model=MODEL, oracle="tiny")
+
+
+@pytest.fixture(scope="module")
+def finished(studio, references_module):
+    """One finished 2-round run shared by the loop and export tests."""
+    config = flux2_config()
+    run_id = studio.create_run(config, references_module)
+    assert studio.advance(run_id)["status"] == "finished"
+    return run_id, config
+
+
+@pytest.fixture(scope="module")
+def references_module(reference_files):
+    from gal.engine import ReferenceInput
+
+    return [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files]
+
+
+# -- detection ----------------------------------------------------------------------------------------
+
+
+def test_flux2_is_detected_from_its_folder_and_its_single_file_keys(tmp_path):
+    family = families.get("flux2")
+    pipe = family.build_tiny()
+    pipe.save_pretrained(tmp_path / "k")
+    assert families.detect(tmp_path / "k").name == "flux2"
+    bfl = ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight",
+           "double_stream_modulation_img.lin.weight", "img_in.weight"]  # fmt: skip
+    assert families.detect_keys([f"model.diffusion_model.{k}" for k in bfl]).name == "flux2"
+    assert families.detect_keys(list(pipe.transformer.state_dict())).name == "flux2"  # diffusers layout
+    flux1 = ["double_blocks.0.img_attn.qkv.weight", "double_blocks.0.img_mod.lin.weight", "img_in.weight"]
+    assert families.detect_keys(flux1).name == "flux"  # FLUX.1 stays FLUX.1
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "model_index.json").write_text(json.dumps({"_class_name": "Flux2KleinKVPipeline"}))
+    with pytest.raises(ValueError, match="KV"):
+        families.detect(tmp_path / "e")
+
+
+def test_tiny_flux2_is_the_same_in_every_build():
+    a, b = families.get("flux2").build_tiny(), families.get("flux2").build_tiny()
+    for part in ("transformer", "text_encoder", "vae"):
+        sa, sb = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), part
+    assert all(torch.isfinite(v).all() for v in a.transformer.state_dict().values())
+    # The chat template and the tokenizer put the prompt's words in as whole tokens.
+    text = a.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a <sks> star"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<|im_start|>user\na <sks> star<|im_end|>\n<|im_start|>assistant\n"
+    assert a.vae.bn.running_var.min() >= 0.5  # a non-identity BatchNorm: the normalisation is exercised
+
+
+# -- training -----------------------------------------------------------------------------------------
+
+
+def test_flux2_loss_is_the_scripts_and_training_lowers_it(reference_files):
+    """The loss equals the script's arithmetic (patchify, BatchNorm normalisation, packed tokens and ids,
+    unpack, ε − x), and 12 steps on the references lower it."""
+    pipe = load_pipeline(MODEL, CPU, torch.float32)
+    family = families.get("flux2")
+    cfg = flux2_config().train
+    cond = family.encode(pipe, ["a <sks> star", "a photo of a <sks> star on the beach at night"], 32)
+    assert cond["embeds"].shape == (2, 64, 48)  # 3 tapped layers x hidden 16, padded to 64 tokens
+    latents = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    scheduler = family.noise_scheduler(pipe)
+    loss = family.per_sample_loss(
+        pipe, scheduler, latents, cond, torch.Generator().manual_seed(5), cfg, False
+    )
+    # The same by hand, as train_dreambooth_lora_flux2_klein.py writes it.
+    P = type(pipe)
+    x = P._patchify_latents(latents)
+    bn = pipe.vae.bn
+    x = (x - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + 1e-4)
+    d = family.flow_draw(scheduler, x, cond, torch.Generator().manual_seed(5), cfg, None)
+    ids = P._prepare_latent_ids(x)
+    packed = P._pack_latents(d.noisy)
+    with torch.no_grad():
+        out = pipe.transformer(
+            hidden_states=packed,
+            timestep=d.timesteps / 1000,
+            guidance=None,
+            encoder_hidden_states=cond["embeds"],
+            txt_ids=P._prepare_text_ids(cond["embeds"]),
+            img_ids=ids,
+            return_dict=False,
+        )[0]
+    pred = P._unpack_latents_with_ids(out[:, : packed.size(1)], ids)
+    by_hand = ((pred - (d.noise - x)) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(loss.detach(), by_hand)
+
+    examples = [
+        TrainExample(Image.open(p).convert("RGB"), "a <sks> star on stairs", 1.0) for p in reference_files
+    ]
+    cfg.steps, cfg.batch_size = 12, 2
+    result = train_lora(pipe, examples, cfg, resolution=32, seed=0)
+    assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]), result.losses
+
+
+# -- the GAL loop -------------------------------------------------------------------------------------
+
+
+def test_two_round_gal_run(studio, finished):
+    from gal.generation import generate
+
+    run_id, config = finished
+    with storage.open_db(studio.db_path) as db:
+        rounds = storage.list_rounds(db, run_id)
+        selections = storage.list_selections(db, run_id)
+        refs = storage.list_references(db, run_id)
+        images_r2 = storage.list_images(db, run_id, 2)
+    assert [r["state"] for r in rounds] == ["done", "done"]
+    assert all(np.isfinite(r["metrics"]["train_loss"]) for r in rounds)
+    assert len(selections) == config.gal.k
+    added = [x for x in refs if x["source"] == "synthetic"]
+    assert added and [x["weight"] for x in added] == pytest.approx([rounds[0]["openness"]] * len(added))
+    assert len(images_r2) == 3 * (4 - config.gal.k)
+
+    adapter = studio.folder(run_id).path(rounds[1]["adapter_path"])
+    pipe = studio.models.with_adapter(config.model, (run_id, 2), adapter)
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter_state(pipe).items())
+    prompts, seeds = ["a <sks> star on grass"] * 2, [3, 4]
+    with_lora = generate(pipe, prompts, seeds, config.generate, resolution=32)
+    base = generate(studio.models.base(config.model), prompts, seeds, config.generate, resolution=32)
+    diff = np.mean(
+        [
+            np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean()
+            for a, b in zip(with_lora, base)
+        ]
+    )
+    assert diff > 1.0, f"the LoRA changed images by only {diff:.3f}/255"
+
+
+@pytest.mark.slow
+def test_killed_flux2_cli_run_resumes(tmp_path):
+    runs = tmp_path / "runs"
+    run_id, before = kill_demo_run_mid_generation(runs, MODEL)
+    done = subprocess.run(
+        [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--resume", run_id],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with storage.open_db(runs / "gal.db") as db:
+        assert storage.get_run(db, run_id)["status"] == "finished"
+        after = {i["id"]: i["file"] for i in storage.list_images(db, run_id, 1)}
+    assert len(after) == 180 and all(after[i["id"]] == i["file"] for i in before)
+
+
+# -- exports ------------------------------------------------------------------------------------------
+
+REPLAY = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from gal import families
+    from gal.config import GenerateConfig
+    from gal.generation import generate
+    out, cases, comfy = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    cfg = GenerateConfig(**json.loads(sys.argv[4]))
+    family = families.get("flux2")
+    results = {}
+    for name, weight in (("diffusers", "pytorch_lora_weights.safetensors"), ("comfy", comfy), ("base", None)):
+        pipe = family.build_tiny()
+        if weight:
+            pipe.load_lora_weights(out, weight_name=weight)
+        ims = generate(pipe, [c["prompt"] for c in cases], [c["seed"] for c in cases], cfg, resolution=32)
+        results[name] = [np.asarray(im, dtype=np.float32).tolist() for im in ims]
+    print(json.dumps(results))
+""")
+
+
+def _export(studio, run_id, out):
+    return studio.export(run_id, out, ("diffusers", "kohya"))
+
+
+def test_exports_redraw_the_runs_images_in_a_fresh_process(studio, finished, tmp_path):
+    run_id, config = finished
+    out = tmp_path / "export"
+    written = _export(studio, run_id, out)
+    images = [im for a in studio.review_state(run_id, 2)["anchors"] for im in a["images"]][:2]
+    assert len(images) == 2
+    cases = [{"seed": im["seed"], "prompt": im["prompt"]} for im in images]
+    gen = {"steps": config.generate.steps, "guidance_scale": config.generate.guidance_scale, "batch_size": 2}
+    proc = subprocess.run(
+        [sys.executable, "-c", REPLAY, str(out), json.dumps(cases), written["kohya"].name, json.dumps(gen)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    saved = [np.asarray(Image.open(im["path"]), dtype=np.float32) for im in images]
+    for name in ("diffusers", "comfy"):
+        for im, redrawn in zip(saved, results[name]):
+            assert np.allclose(np.asarray(redrawn), im, atol=3.0), (
+                f"the {name} file does not redraw the image"
+            )
+    gap = max(np.abs(np.asarray(b) - im).max() for b, im in zip(results["base"], saved))
+    assert gap > 6.0, f"the base model draws the same images (gap {gap}): the round trip would prove nothing"
+
+
+def test_comfyui_maps_every_key_at_the_trained_strength(studio, finished, tmp_path):
+    """ComfyUI's load_lora + calculate_weight (its own code) on the exported ComfyUI file: 0 keys dropped,
+    and each module's ΔW (slices of the fused qkv included) equals B·A·alpha/r of the trained adapter."""
+    missing = comfy_shim.available("flux2_keymap")
+    if missing:
+        pytest.skip(missing)
+    run_id, config = finished
+    written = _export(studio, run_id, tmp_path / "export")
+    lora = load_file(str(written["kohya"]))
+    assert not any(k.endswith(".alpha") for k in lora)  # alpha folded into lora_B: scale 1 everywhere
+
+    keymap = comfy_shim.keymap_module("flux2_keymap")
+    tr = families.get("flux2").build_tiny().transformer
+    unet_config = {
+        "depth": tr.config.num_layers,
+        "depth_single_blocks": tr.config.num_single_layers,
+        "hidden_size": tr.config.num_attention_heads * tr.config.attention_head_dim,
+    }
+    # The ComfyUI-native weights, built from the diffusers ones through ComfyUI's own table (qkv fused).
+    to_native = keymap.flux_to_diffusers(unet_config, output_prefix="diffusion_model.")
+    native = comfy_shim.native_weights(tr.state_dict(), to_native)
+    key_map = keymap.flux_lora_keys(unet_config, {})
+    patched, dropped = comfy_shim.apply(lora, key_map, native)
+    assert dropped == [], f"ComfyUI drops {dropped}"
+
+    with storage.open_db(studio.db_path) as db:
+        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 2)["adapter_path"]
+    trained = load_file(str(adapter / "pytorch_lora_weights.safetensors"))
+    modules = comfy_shim.check_strength(
+        trained, patched, native, to_native, config.train.alpha / config.train.rank
+    )
+    assert len(modules) == 4 * tr.config.num_layers + 2 * tr.config.num_single_layers  # the scripts' targets
+
+
+def test_flux2_dev_trains_with_its_guidance_and_reloads_to_the_same_images(reference_files, tmp_path):
+    """FLUX.2 dev (Flux2Pipeline: Mistral-3 encoder, Pixtral processor, guidance embedding) through the
+    same family: the loss feeds the distilled guidance, training lowers it, the saved LoRA changes the
+    images and a freshly built dev pipeline loads it back to the same images."""
+    from gal.config import GenerateConfig
+    from gal.generation import generate
+    from gal.training import save_adapter
+
+    family = families.get("flux2")
+    pipe = family.build_tiny_dev()
+    assert type(pipe).__name__ == "Flux2Pipeline" and pipe.transformer.config.guidance_embeds
+    cond = family.encode(pipe, ["a <sks> star", "a dog"], 32)
+    assert (
+        cond["embeds"][0] - cond["embeds"][1]
+    ).abs().max() > 0  # the system prompt left room for the prompt
+    cfg = flux2_config().train
+    calls = []
+    hook = pipe.transformer.time_guidance_embed.register_forward_hook(lambda m, a, o: calls.append(a))
+    examples = [
+        TrainExample(Image.open(p).convert("RGB"), "a <sks> star on stairs", 1.0) for p in reference_files
+    ]
+    cfg.steps, cfg.batch_size = 12, 2
+    result = train_lora(pipe, examples, cfg, resolution=32, seed=0)
+    hook.remove()
+    assert calls and calls[0][1] is not None  # guidance went in
+    assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]), result.losses
+    gen = GenerateConfig(steps=3, guidance_scale=4.0, batch_size=2)
+    trained = generate(pipe, ["a <sks> star on grass"] * 2, [1, 2], gen, resolution=32)
+    save_adapter(pipe, tmp_path / "lora", cfg)
+    fresh = family.build_tiny_dev()
+    base = generate(fresh, ["a <sks> star on grass"] * 2, [1, 2], gen, resolution=32)
+    fresh.load_lora_weights(str(tmp_path / "lora"))
+    reloaded = generate(fresh, ["a <sks> star on grass"] * 2, [1, 2], gen, resolution=32)
+    for a, b, c in zip(trained, reloaded, base):
+        a, b, c = (np.asarray(x, np.float32) for x in (a, b, c))
+        assert np.abs(a - b).max() <= 1.0
+        assert np.abs(a - c).mean() > 0.5
