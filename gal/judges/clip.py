@@ -53,11 +53,12 @@ def _build_tiny_siglip(seed: int = 0):
 
 
 def clip_scores(
-    oracle, images, anchor_texts: list[str], non_soi_texts: list[str]
+    oracle, images, anchor_texts: list[str], non_soi_texts: list[str], columns: list[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(sim_anchor [n], sim_non_soi [n])``: each image's cosine to its anchor text and its max cosine
-    over the non-SoI texts, from one ``text_similarities`` call (the judge step's computation)."""
-    unique = list(dict.fromkeys(anchor_texts))
+    over the non-SoI texts, from one ``text_similarities`` call (the judge step's computation).
+    ``columns``: the anchor texts to score in that call (default: the images' own, each once)."""
+    unique = list(dict.fromkeys(columns if columns is not None else anchor_texts))
     sims = oracle.text_similarities(images, unique + non_soi_texts)  # [n, |texts| + c]
     col = np.array([unique.index(t) for t in anchor_texts])
     sim_anchor = sims[np.arange(len(images)), col]
