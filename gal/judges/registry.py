@@ -71,7 +71,7 @@ def parse(spec: str) -> tuple[str, str]:
                     f"ensemble {spec!r} needs two or more judges joined by '+': ensemble:clip+dino"
                 )
             for m in members:
-                if parse(m)[0] == "ensemble":
+                if m.partition(":")[0] == "ensemble" or parse(m)[0] == "ensemble":
                     raise ValueError(f"ensemble {spec!r} nests an ensemble: list its judges flat")
         return kind, arg.strip()
     if _KIND.fullmatch(kind) and not Path(spec).expanduser().exists():
