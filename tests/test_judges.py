@@ -436,7 +436,13 @@ CLI_FAST = [
 ]
 
 
-@pytest.mark.parametrize("judge", ["tiny", "siglip:tiny", "dino:tiny", "vlm:tiny", "ensemble:clip+dino+vlm"])
+@pytest.mark.parametrize(
+    "judge",
+    [
+        "ensemble:clip+dino+vlm",  # every built-in kind in one run: the fast one (~45 s on a busy 2-core box)
+        *[pytest.param(j, marks=pytest.mark.slow) for j in ("tiny", "siglip:tiny", "dino:tiny", "vlm:tiny")],
+    ],
+)
 def test_gal_run_demo_with_each_judge_runs_two_rounds(tmp_path, judge):
     from gal.cli import main
 
