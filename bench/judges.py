@@ -168,10 +168,6 @@ def tiny_table(args) -> None:
         print(
             f"{spec:<26}{row['params']:>10,}{row['load_s']:>9.2f}{row['ms_per_image']:>10.2f}{row['rss_mb']:>9.0f}"
         )
-    print("\nfull size (parameters on the meta device; fp16 bytes = 2 x params)")
-    print(f"{'judge':<42}{'model':<36}{'params':>15}{'fp16 GB':>9}")
-    for judge, model, params in full_size():
-        print(f"{judge:<42}{model:<36}{params:>15,}{2 * params / 1e9:>9.2f}")
 
 
 if __name__ == "__main__":
