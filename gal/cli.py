@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategy", choices=list(STRATEGIES))
     run.add_argument(
         "--captions",
-        choices=["plain", "informative"],
-        help="training captions: the prompts (plain), or naming the non-SoI content (informative)",
+        choices=["plain", "informative", "vlm"],
+        help="training captions: the prompts (plain), naming the non-SoI content (informative), or the "
+        "VLM judge's description of what surrounds the subject (vlm; needs --oracle vlm:... or an ensemble)",
     )
     run.add_argument(
         "--images-per-anchor",
@@ -91,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny, tiny-sdxl, tiny-flux, toy, a hub id, "
         "a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1) or ckpt.safetensors?config=FOLDER",
     )
-    run.add_argument("--oracle", help="tiny, toy, ViT-B-32/openai or a local open_clip folder")
+    run.add_argument(
+        "--oracle",
+        help="the judge: a CLIP spec (tiny, toy, ViT-B-32/openai, a local open_clip folder), siglip:<spec>, "
+        "dino:<spec>, vlm:<spec>, ensemble:clip+dino, or an installed gal.judges plug-in",
+    )
     run.add_argument(
         "--lr-schedule", choices=["constant", "cosine"], help="learning-rate schedule per round (constant)"
     )

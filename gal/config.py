@@ -31,7 +31,7 @@ PRESETS_FILE = Path(__file__).parent / "presets" / "anchor_prompts.json"
 
 
 REFERENCE_SAMPLING = ("pooled", "real-rate")
-CAPTIONS = ("plain", "informative")
+CAPTIONS = ("plain", "informative", "vlm")
 
 
 @dataclass
@@ -66,6 +66,9 @@ class TrainConfig:
     # a real reference's caption also names its non-SoI content (the words of its non-SoI caption its
     # prompt lacks: "a <sks> star" + "a star on stairs" -> "a <sks> star on stairs"), and an added
     # image's caption names what the oracle sees in it (the anchor or non-SoI text it scores highest).
+    # "vlm": the run's VLM judge (oracle vlm:... or an ensemble with one) describes what surrounds the subject
+    # in every reference and added image; its caption is the prompt, then those words (SID's selectively
+    # informative descriptions: class name + non-subject content).
     captions: str = "plain"
     # Preview images of two anchors every N training steps, shown on the Progress tab. None: every 100 steps
     # on a GPU, off on the CPU (there a preview costs more than 10 % of a round); 0: off.
@@ -264,7 +267,10 @@ class RunConfig:
     model: str = (
         "tiny"  # "tiny"/"tiny-sdxl"/"tiny-flux", "toy", a hub id, a local diffusers folder or a .safetensors
     )
-    oracle: str = "tiny"  # "tiny", "toy", "ViT-B-32/openai"-style name/pretrained, or a local folder
+    # The judge (gal.judges): a CLIP spec as always ("tiny", "toy", "ViT-B-32/openai", a local folder) is
+    # Eq. 8's CLIP rule; "siglip:...", "dino:...", "vlm:...", "ensemble:clip+dino" or an installed plug-in
+    # name pick another. One field, so the CLI's --oracle, the app's oracle box and saved runs keep working.
+    oracle: str = "tiny"
     seed: int = 0
     name: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -288,6 +294,10 @@ class RunConfig:
             else strip_token(self.subject_phrase, self.soi_token)
         )
         return [strip_token(fill(t, subject), self.soi_token) for t in templates]
+
+    def anchor_subject(self) -> str:
+        """The subject as the oracle reads it ("a star"; "" for a style): what a judge is told to look for."""
+        return self._oracle_texts(["{}"])[0]
 
     def anchor_oracle_texts(self) -> list[str]:
         return self._oracle_texts(self.anchors)
@@ -331,6 +341,15 @@ class RunConfig:
                 raise ValueError(
                     f"anchor {i + 1} {a!r} has neither '{{}}' nor the SoI token {self.soi_token!r}"
                 )
+        from gal import judges
+
+        if self.oracle:  # empty: the engine fills in its default CLIP
+            judges.validate(self.oracle)
+        if self.train.captions == "vlm" and not (self.oracle and judges.uses_vlm(self.oracle)):
+            raise ValueError(
+                f"train.captions vlm needs a VLM judge, but oracle is {self.oracle!r}: "
+                "set oracle to vlm:tiny (or a VLM folder) or ensemble:clip+vlm, or use informative captions"
+            )
         self.train.validate()
         self.generate.validate()
         self.gal.validate()

@@ -304,6 +304,19 @@ class Studio:
         with self.db() as db:
             return review.redo(db, run_id)
 
+    def review_queue(
+        self, run_id: str, round_index: int | None = None, order: str = "disagreement", **filters
+    ) -> list[dict]:
+        """The round's images, judges' disagreements first, then the least confident (``review.review_order``;
+        filters ``disagree_only``, ``max_confidence``, ``unreviewed``)."""
+        with self.db() as db:
+            return review.review_queue(db, run_id, round_index, order, **filters)
+
+    def judge_agreement(self, run_id: str | None = None) -> list[dict]:
+        """Per judge, how often the person agreed with it (this run, or every run): choose a judge by it."""
+        with self.db() as db:
+            return storage.judge_agreement(db, run_id)
+
     def round_mode(self, run_id: str, round_index: int | None = None) -> str:
         with self.db() as db:
             r = round_index or storage.get_run(db, run_id)["current_round"]

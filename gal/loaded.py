@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
+from gal import judges
 from gal.models import load_pipeline, pick_device, pick_dtype
-from gal.oracle import ClipOracle, Oracle
+from gal.oracle import Oracle
 from gal.training import load_adapter, remove_adapter
 
 AdapterKey = tuple[str, int]  # (run id, round index)
@@ -24,6 +25,7 @@ class LoadedModels:
         self.dtype: torch.dtype = pick_dtype(self.device, precision)
         self._pipes: dict[str, object] = {}
         self._oracles: dict[str, Oracle] = {}
+        self._judges: dict[str, judges.Judge] = {}
         self._active: dict[str, AdapterKey | None] = {}
 
     def pipeline(self, spec: str):
@@ -42,9 +44,17 @@ class LoadedModels:
         self._active[spec] = None
 
     def oracle(self, spec: str) -> Oracle:
+        """The CLIP-space model that measures a run judged by ``spec`` (a CLIP judge's own model)."""
+        spec = judges.scorer_spec(spec)
         if spec not in self._oracles:
-            self._oracles[spec] = ClipOracle.from_spec(spec, self.device)
+            self._oracles[spec] = judges.load_scorer(spec, self.device)
         return self._oracles[spec]
+
+    def judge(self, spec: str) -> judges.Judge:
+        """The judge ``spec`` names (gal.judges), sharing this process's CLIP models."""
+        if spec not in self._judges:
+            self._judges[spec] = judges.load_judge(spec, self.device, scorer=self.oracle)
+        return self._judges[spec]
 
     def with_adapter(self, spec: str, key: AdapterKey, folder: Path):
         """The pipeline with the adapter saved in ``folder`` (round ``key``) active."""

@@ -332,6 +332,61 @@ def set_mode(db, run_id: str, mode: str) -> None:
     storage.update_round(db, run_id, r, mode=mode)
 
 
+# -- disagreement first --------------------------------------------------------------------------------
+
+REVIEW_ORDERS = ("anchor", "disagreement")
+
+
+def review_order(
+    images: list[dict],
+    order: str = "disagreement",
+    *,
+    disagree_only: bool = False,
+    max_confidence: float | None = None,
+    unreviewed: bool = False,
+) -> list[dict]:
+    """The images a person should see, in order. ``disagreement``: images the judges disagreed on first,
+    then by the judge's confidence, lowest first (no confidence counts as 1), then anchor and slot;
+    ``anchor``: anchor, slot. Filters: ``disagree_only`` (an ensemble's members differed),
+    ``max_confidence`` (the judge's confidence at most this), ``unreviewed`` (the person has said nothing)."""
+    if order not in REVIEW_ORDERS:
+        raise ValueError(f"review order must be one of {', '.join(REVIEW_ORDERS)}, got {order!r}")
+    if max_confidence is not None and not (
+        isinstance(max_confidence, int | float) and 0 <= max_confidence <= 1
+    ):
+        raise ValueError(f"max_confidence must be a number in [0, 1], got {max_confidence!r}")
+    kept = [
+        im
+        for im in images
+        if (not disagree_only or im.get("disagree"))
+        and (
+            max_confidence is None
+            or (im.get("confidence") is not None and im["confidence"] <= max_confidence)
+        )
+        and (not unreviewed or not judged(im))
+    ]
+    place = lambda im: (im["anchor_index"], im["slot"])  # noqa: E731
+    if order == "anchor":
+        return sorted(kept, key=place)
+    return sorted(
+        kept,
+        key=lambda im: (
+            not im.get("disagree"),
+            1.0 if im.get("confidence") is None else im["confidence"],
+            *place(im),
+        ),
+    )
+
+
+def review_queue(
+    db, run_id: str, round_index: int | None = None, order: str = "disagreement", **filters
+) -> list[dict]:
+    """The round's images (default: the current round) in :func:`review_order` — what Human mode shows
+    first: where the judges disagree, then where the judge is least sure."""
+    r = round_index or storage.get_run(db, run_id)["current_round"]
+    return review_order(storage.list_images(db, run_id, r), order, **filters)
+
+
 # -- what a review screen shows -----------------------------------------------------------------------
 
 
@@ -350,6 +405,7 @@ def review_state(db, folder: RunFolder, round_index: int | None = None) -> dict:
     for im in images:
         by_anchor.setdefault(im["anchor_index"], []).append({**im, "path": str(folder.path(im["file"]))})
     out_anchors, reviewed, overrides, total, skipped = [], 0, 0, 0, 0
+    disagreements = sum(bool(im.get("disagree")) for im in images)
     for a in anchors:
         ims = by_anchor.get(a["anchor_index"], [])
         total += len(ims)
@@ -375,6 +431,7 @@ def review_state(db, folder: RunFolder, round_index: int | None = None) -> dict:
             "total": total,
             "overrides": overrides,
             "skipped": skipped,
+            "disagreements": disagreements,  # images the judges disagreed on (an ensemble's members)
             "mixed": mixed,
             "settled": settled,
             # the person's references and the images earlier rounds added

@@ -21,12 +21,14 @@ import torch
 from PIL import Image
 
 import storage
-from gal import algorithm
+from gal import judges
 from gal.config import GenerateConfig, RunConfig
 from gal.distributed import Processes
 from gal.evaluation import round_metrics
 from gal.families.base import of
 from gal.generation import generate as draw
+from gal.judges import JudgeRequest
+from gal.judges.clip import clip_scores
 from gal.loaded import LoadedModels
 from gal.models import native_resolution, set_scheduler
 from gal.review import store_anchor_scores
@@ -207,6 +209,8 @@ def training_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -
     real references' prompts naming their non-SoI content and added images captioned by what the oracle
     sees — the generator prompt of the anchor (or reference) text the oracle scores highest."""
     config = rnd.config
+    if config.train.captions == "vlm":
+        return vlm_captions(rnd, refs, images)
     if config.train.captions != "informative":
         return [x["prompt"] for x in refs]
     real = [x for x in refs if x["source"] == "real"]
@@ -223,6 +227,25 @@ def training_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -
         sims = rnd.models.oracle(config.oracle).text_similarities([images[i] for i in added], texts)  # [n, t]
         for i, row in zip(added, sims, strict=True):
             captions[i] = readings[texts[int(np.argmax(row))]]
+    return captions
+
+
+def vlm_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -> list[str]:
+    """``train.captions: vlm``: each reference's prompt, then what the run's VLM judge says surrounds the
+    subject in its image (SID: the class name and the non-subject content, not the subject's details)."""
+    name = judges.uses_vlm(rnd.config.oracle)
+    if name is None:
+        raise ValueError(
+            f"train.captions vlm needs a VLM judge; oracle is {rnd.config.oracle!r}: use vlm:tiny"
+        )
+    top = rnd.models.judge(rnd.config.oracle)
+    vlm = next((m for m in getattr(top, "members", [top]) if m.name == name), None) or rnd.models.judge(name)
+    subject = rnd.config.anchor_subject()
+    captions = []
+    for i, (x, image) in enumerate(zip(refs, images, strict=True)):
+        rnd.report("captions", i, len(refs), round=rnd.index)
+        words = vlm.describe(image, subject)
+        captions.append(f"{x['prompt']}, {words}" if words else x["prompt"])
     return captions
 
 
@@ -347,13 +370,16 @@ def save_training_set(folder: RunFolder, relative: str, refs: list[dict], captio
 
 
 def judge(rnd: Round) -> StepResult:
-    """Eq. 8 on every image: sim(image, anchor text) vs the max over the non-SoI captions."""
+    """Each image's verdict from the run's judge (``config.oracle``; default Eq. 8's CLIP rule: sim(image,
+    anchor text) vs the max over the non-SoI captions), with its confidence, evidence and votes. The
+    run's CLIP scorer's similarities are stored too (what selection, review and +diversity read)."""
     started = time.perf_counter()
     r = rnd.index
     with rnd.db() as db:
         images = storage.list_images(db, rnd.run_id, r)
         texts = {a["anchor_index"]: a["oracle_text"] for a in storage.list_anchors(db, rnd.run_id, r)}
         non_soi = non_soi_texts(db, rnd.run_id)
+        real_files = [x["file"] for x in storage.list_references(db, rnd.run_id) if x["source"] == "real"]
     rnd.report("judge", 0, len(images), round=r)
     if not images:  # every anchor has left the pool: nothing was drawn, nothing to judge
         return StepResult(time.perf_counter() - started)
@@ -361,20 +387,34 @@ def judge(rnd: Round) -> StepResult:
     rows, embeddings = [], []
     diversity = rnd.config.gal.parsed_strategy.diversity  # the +diversity query reads the image embeddings
     if mine:
-        oracle = rnd.models.oracle(rnd.config.oracle)
+        spec = rnd.config.oracle
+        oracle = rnd.models.oracle(spec)  # the run's CLIP-space scorer (the CLIP judge's own model)
         pil = [rnd.folder.open_rgb(im["file"]) for im in mine]
-        anchor_texts = list(dict.fromkeys(texts.values()))
-        sims = oracle.text_similarities(pil, anchor_texts + non_soi)  # [n, |texts| + c]
-        col = np.array([anchor_texts.index(texts[im["anchor_index"]]) for im in mine])
+        anchor_texts = [texts[im["anchor_index"]] for im in mine]
+        sim_anchor, sim_non_soi = clip_scores(
+            oracle, pil, anchor_texts, non_soi, columns=list(dict.fromkeys(texts.values()))
+        )  # [n], [n]
         if diversity:
             embeddings = list(oracle.embed_images(pil))
-        sim_anchor = sims[np.arange(len(mine)), col]  # [n]
-        sim_non_soi = sims[:, len(anchor_texts) :].max(axis=1)  # [n]
-        verdicts = algorithm.overfit_verdicts(sim_anchor, sim_non_soi)
+        judge_ = rnd.models.judge(spec)
+        request = JudgeRequest(
+            pil, anchor_texts, non_soi,
+            references=lambda: [rnd.folder.open_rgb(f) for f in real_files],
+            subject=rnd.config.anchor_subject(),
+            scores={"sim_anchor": sim_anchor, "sim_non_soi": sim_non_soi}, scorer=judges.scorer_spec(spec),
+        )  # fmt: skip
+        judgements = judge_.judge(request)
+        if len(judgements) != len(mine):
+            raise ValueError(
+                f"judge {judge_.name!r} returned {len(judgements)} verdicts for {len(mine)} images"
+            )
         rows = [
-            {"id": im["id"], "sim_anchor": float(a), "sim_non_soi": float(b), "oracle_verdict": int(v)}
-            for im, a, b, v in zip(mine, sim_anchor, sim_non_soi, verdicts, strict=True)
-        ]
+            {"id": im["id"], "sim_anchor": float(a), "sim_non_soi": float(b),
+             "oracle_verdict": int(j.verdict), "judge": judge_.name, "confidence": float(j.confidence),
+             "evidence": j.evidence,
+             "votes": {**j.votes, judge_.name: (int(j.verdict), float(j.confidence))}, "disagree": j.disagree}
+            for im, a, b, j in zip(mine, sim_anchor, sim_non_soi, judgements, strict=True)
+        ]  # fmt: skip
     rows = rnd.processes.gather(rows)
     if diversity:
         embeddings = rnd.processes.gather(embeddings)

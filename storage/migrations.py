@@ -192,9 +192,56 @@ CREATE INDEX decisions_by_action ON decisions (action_id);
     )
 
 
+def m004_judges(db: Database) -> None:
+    """Judges (issue 27): each image's verdict carries the judge that gave it, its confidence in [0, 1],
+    its evidence (JSON: the scores it used) and whether an ensemble's members disagreed; `judge_votes`
+    keeps every judge's own vote per image (an ensemble's members and the ensemble); `judge_agreement`
+    logs, for every person row, whether each judge's vote agrees with the person (append-only)."""
+    _run(
+        db,
+        """
+ALTER TABLE images ADD COLUMN judge TEXT;
+ALTER TABLE images ADD COLUMN confidence REAL \
+CHECK (confidence IS NULL OR (confidence >= 0 AND confidence <= 1));
+ALTER TABLE images ADD COLUMN evidence TEXT;     -- JSON
+ALTER TABLE images ADD COLUMN disagree INTEGER CHECK (disagree IS NULL OR disagree IN (0, 1));
+CREATE TABLE judge_votes (
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    judge TEXT NOT NULL,
+    verdict INTEGER NOT NULL CHECK (verdict IN (0, 1)),
+    confidence REAL NOT NULL CHECK (confidence >= 0 AND confidence <= 1),
+    PRIMARY KEY (image_id, judge)
+);
+CREATE TABLE judge_agreement (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    run_id TEXT NOT NULL,
+    round_index INTEGER NOT NULL,
+    judge TEXT NOT NULL,
+    judge_verdict INTEGER NOT NULL CHECK (judge_verdict IN (0, 1)),
+    person_verdict INTEGER CHECK (person_verdict IN (0, 1)),   -- NULL: cleared or skipped
+    agrees INTEGER CHECK (agrees IN (0, 1)),                   -- NULL when person_verdict is
+    decision_id INTEGER NOT NULL REFERENCES decisions(id),
+    created_at TEXT NOT NULL
+);
+CREATE INDEX judge_agreement_by_judge ON judge_agreement (judge, image_id, id);
+CREATE INDEX judge_agreement_by_round ON judge_agreement (run_id, round_index, id);
+CREATE TRIGGER judge_agreement_no_update BEFORE UPDATE ON judge_agreement
+BEGIN
+    SELECT RAISE(ABORT, 'judge_agreement is append-only');
+END;
+CREATE TRIGGER judge_agreement_no_delete BEFORE DELETE ON judge_agreement
+BEGIN
+    SELECT RAISE(ABORT, 'judge_agreement is append-only');
+END;
+""",
+    )
+
+
 # Applied in this order; a name, once released, is never reused or edited.
 MIGRATIONS: tuple[Callable[[Database], None], ...] = (
     m001_initial_schema,
     m002_run_leases,
     m003_review_actions,
+    m004_judges,
 )

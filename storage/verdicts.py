@@ -14,6 +14,8 @@ oracle's, but the image counts as reviewed.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from sqlite_utils import Database
@@ -33,6 +35,7 @@ from .db import (
     require_run,
     rows,
     storage_op,
+    to_json,
     transaction,
 )
 
@@ -41,6 +44,7 @@ DECISION_SOURCES = ("oracle", "person")
 _IMAGE_REQUIRED = ("run_id", "round_index", "anchor_index", "slot", "file", "kind")
 _IMAGE_OPTIONAL = ("prompt", "seed")
 _SIMILARITY_KEYS = ("sim_anchor", "sim_non_soi", "oracle_verdict")
+_JUDGE_KEYS = ("judge", "confidence", "evidence", "votes", "disagree")  # optional (m004)
 
 # The person's verdict of each image: the verdict of its latest person decision.
 _PERSON_VERDICT = (
@@ -129,6 +133,8 @@ def list_images(db: Database, run_id: str, round_index: int, kind: str | None = 
         require_run(db, run_id)
     for row in found:
         row["person_seen"] = bool(row["person_seen"])
+        if row.get("evidence") is not None:
+            row["evidence"] = json.loads(row["evidence"])
         row["final_verdict"] = (
             row["person_verdict"] if row["person_verdict"] is not None else row["oracle_verdict"]
         )
@@ -152,7 +158,10 @@ def final_verdicts(
 
 @storage_op
 def set_similarities(db: Database, rows: list[dict[str, Any]]) -> None:
-    """Store the oracle's output per image: `id` (or `image_id`), sim_anchor, sim_non_soi, oracle_verdict.
+    """Store the oracle's output per image: `id` (or `image_id`), sim_anchor, sim_non_soi, oracle_verdict;
+    optionally the judge's `judge` (name), `confidence` in [0, 1], `evidence` (dict), `votes`
+    ({judge: (verdict, confidence)}, every judge that voted — they replace the image's earlier votes) and
+    `disagree` (its judges' verdicts differ).
 
     Each row also appends one `oracle` decision, all in one transaction.
     """
@@ -164,24 +173,98 @@ def set_similarities(db: Database, rows: list[dict[str, Any]]) -> None:
         missing = [key for key in _SIMILARITY_KEYS if key not in row]
         if missing:
             raise ValueError(f"similarity row of image {image_id} needs {', '.join(missing)}")
-        check_fields(row, ("id", "image_id", *_SIMILARITY_KEYS), "a similarity row")
+        check_fields(row, ("id", "image_id", *_SIMILARITY_KEYS, *_JUDGE_KEYS), "a similarity row")
         prepared.append(
             (
                 as_int(image_id, "image id"),
                 as_opt_float(row["sim_anchor"], "sim_anchor"),
                 as_opt_float(row["sim_non_soi"], "sim_non_soi"),
                 check_verdict(row["oracle_verdict"]),
+                _judge_fields(row, image_id),
             )
         )
     with transaction(db):
         stamp = now()
-        for image_id, sim_anchor, sim_non_soi, verdict in prepared:
+        for image_id, sim_anchor, sim_non_soi, verdict, judged in prepared:
             image = _require_image(db, image_id)
             db.execute(
                 "UPDATE images SET sim_anchor = ?, sim_non_soi = ?, oracle_verdict = ? WHERE id = ?",
                 [sim_anchor, sim_non_soi, verdict, image_id],
             )
+            if judged is not None:
+                name, confidence, evidence, disagree, votes = judged
+                db.execute(
+                    "UPDATE images SET judge = ?, confidence = ?, evidence = ?, disagree = ? WHERE id = ?",
+                    [name, confidence, evidence, disagree, image_id],
+                )
+                db.execute("DELETE FROM judge_votes WHERE image_id = ?", [image_id])  # re-judged: ours only
+                for judge, (vote, vote_confidence) in votes.items():
+                    db.execute(
+                        "INSERT INTO judge_votes (image_id, judge, verdict, confidence) VALUES (?, ?, ?, ?)",
+                        [image_id, judge, vote, vote_confidence],
+                    )
             _append_decision(db, image, verdict, "oracle", None, None, stamp)
+
+
+def _confidence(value: Any, what: str) -> float:
+    number = as_opt_float(value, what)
+    if number is None or not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise ValueError(f"{what} must be a number in [0, 1], got {value!r}")
+    return number
+
+
+def _judge_fields(row: dict[str, Any], image_id: Any):
+    """(judge, confidence, evidence JSON, disagree, votes) of a similarity row, or None without a judge."""
+    if not any(key in row for key in _JUDGE_KEYS):
+        return None
+    if not row.get("judge") or not isinstance(row["judge"], str):
+        raise ValueError(f"similarity row of image {image_id} has judge fields but no 'judge' name")
+    confidence = _confidence(row.get("confidence"), f"confidence of image {image_id}")
+    evidence = to_json(row.get("evidence") or {}, f"evidence of image {image_id}")
+    votes = {}
+    for judge, vote in dict(row.get("votes") or {}).items():
+        verdict, vote_confidence = vote
+        if check_verdict(verdict) is None:
+            raise ValueError(f"judge {judge!r} voted None on image {image_id}: a vote is 0 or 1")
+        votes[str(judge)] = (
+            int(verdict),
+            _confidence(vote_confidence, f"{judge}'s confidence on {image_id}"),
+        )
+    disagree = row.get("disagree")
+    return row["judge"], confidence, evidence, None if disagree is None else int(bool(disagree)), votes
+
+
+def _log_agreement(db: Database, image: Row, verdict: int | None, decision_id: int, stamp: str) -> None:
+    """One `judge_agreement` row per judge that voted on the image, for a person row just appended."""
+    db.execute(
+        "INSERT INTO judge_agreement (image_id, run_id, round_index, judge, judge_verdict, person_verdict,"
+        " agrees, decision_id, created_at)"
+        " SELECT image_id, ?, ?, judge, verdict, ?, CASE WHEN ? IS NULL THEN NULL ELSE verdict = ? END, ?, ?"
+        " FROM judge_votes WHERE image_id = ? ORDER BY judge",
+        [image["run_id"], image["round_index"], verdict, verdict, verdict, decision_id, stamp, image["id"]],
+    )
+
+
+@storage_op
+def judge_agreement(db: Database, run_id: str | None = None) -> list[Row]:
+    """How often the person agreed with each judge: per judge, over the images where the person's latest
+    word is a verdict (not cleared, not a skip) — ``{"judge", "judged", "agreed", "overruled", "rate"}``,
+    by judge name. ``run_id`` None: every run in the database (the data to choose a judge by)."""
+    where = "" if run_id is None else " AND a.run_id = ?"
+    found = rows(
+        db,
+        "SELECT a.judge AS judge, COUNT(*) AS judged, SUM(a.agrees) AS agreed FROM judge_agreement AS a"
+        " WHERE a.id = (SELECT MAX(b.id) FROM judge_agreement AS b WHERE b.image_id = a.image_id"
+        " AND b.judge = a.judge) AND a.person_verdict IS NOT NULL"
+        + where
+        + " GROUP BY a.judge ORDER BY a.judge",
+        [] if run_id is None else [run_id],
+    )
+    for row in found:
+        row["agreed"] = int(row["agreed"] or 0)
+        row["overruled"] = row["judged"] - row["agreed"]
+        row["rate"] = row["agreed"] / row["judged"]
+    return found
 
 
 @storage_op
@@ -262,6 +345,7 @@ def _append_person(db: Database, image: Row, verdict, seen: int, action_id: int,
         " action_id, seen) VALUES (?, ?, ?, ?, 'person', ?, ?, ?, ?, ?)",
         [image["id"], image["run_id"], image["round_index"], verdict, note, undoes, stamp, action_id, seen],
     )
+    _log_agreement(db, image, verdict, cursor.lastrowid, stamp)
     return cursor.lastrowid
 
 
@@ -425,4 +509,6 @@ def _append_decision(
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [image["id"], image["run_id"], image["round_index"], verdict, source, note, undoes, stamp],
     )
+    if source == "person":
+        _log_agreement(db, image, verdict, cursor.lastrowid, stamp)
     return cursor.lastrowid
