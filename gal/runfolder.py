@@ -41,11 +41,39 @@ def safe_join(root: Path, relative: str) -> Path:
     return target
 
 
+def max_image_bytes(width: int, height: int) -> int:
+    """The most bytes an image file of this size may hold: its raw RGBA pixels plus 16 MB of metadata
+    (an uncompressed file is about that; anything larger hides something else)."""
+    return min(width * height, MAX_IMAGE_PIXELS) * 4 + 16_000_000
+
+
 def load_image(path: str | Path) -> tuple[Image.Image, bytes]:
     """Open an image file safely: refuse non-images, corrupt files and decompression bombs."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"reference {path} does not exist or is not a file")
+    # The header first, from the file (PIL reads a few KB): a 400 MB non-image is refused before it is read
+    # whole into memory, and an image's bytes are bounded by its pixels before they are read.
+    try:
+        with Image.open(path) as header:
+            w, h = header.size
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path.name} is too large to decode safely ({err}): downscale it first") from err
+    except Exception as err:  # UnidentifiedImageError, OSError, SyntaxError...: not an image PIL can read
+        raise ValueError(
+            f"{path.name} is not a readable image ({type(err).__name__}): use a PNG, JPEG or WebP"
+        ) from err
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{path.name} is {w}×{h} ({w * h / 1e6:.0f} MP), over the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit: downscale it first"
+        )
+    size, most = path.stat().st_size, max_image_bytes(w, h)
+    if size > most:
+        raise ValueError(
+            f"{path.name} is {size / 1e6:.0f} MB for a {w}×{h} image (at most {most / 1e6:.0f} MB): "
+            "re-save it as a plain PNG, JPEG or WebP"
+        )
     data = path.read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
