@@ -373,6 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # our input errors (storage errors are ValueErrors too)
         print(f"gal: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from gal.runfolder import disk_full
+
+        if not disk_full(err):
+            raise
+        resume = (
+            f"gal run --resume {args.resume or '<RUN_ID>'}"
+            if args.command == "run"
+            else "run the command again"
+        )
+        print(
+            f"gal: error: the disk is full ({err.strerror}: {err.filename}): free some space, then {resume}; "
+            "what was saved before is kept",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _dispatch(args) -> int:

@@ -6,6 +6,7 @@ UI and export agree on the layout and no stored path can leave the folder.
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import secrets
@@ -17,6 +18,22 @@ from PIL import Image
 
 MAX_IMAGE_PIXELS = 40_000_000  # a reference larger than this is refused (decompression bombs)
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def disk_full(err: BaseException) -> bool:
+    """A full disk or quota, however the writer reports it (safetensors raises SafetensorError
+    "I/O error: No space left on device (os error 28)", not OSError)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return any(
+        s in text for s in ("No space left", "StorageFull", "os error 28", "os error 122", "Disk quota")
+    )
+
+
+def as_disk_full(err: BaseException, path: Path | str, what: str) -> OSError:
+    """``err`` (a disk-full error of any type) as ``OSError(ENOSPC)`` naming what was being written."""
+    return OSError(errno.ENOSPC, f"No space left on device while writing {what}", str(path))
 
 
 def check_run_id(run_id: str) -> str:
