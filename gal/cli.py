@@ -194,14 +194,49 @@ def _progress_printer():
     return progress
 
 
+MAX_CONFIG_FILE = 1_000_000  # bytes; a run's config.json with 1000 anchors is ~100 KB
+
+
+def _check_device(spec: str | None) -> None:
+    """``--device`` names a device torch knows and this machine has, else one line that says so."""
+    if spec is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {spec!r} is not a device: use cuda, cuda:1 or cpu") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: this machine has no CUDA GPU: use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s), "
+                f"numbered 0-{torch.cuda.device_count() - 1}"
+            )
+    elif device.type != "cpu" and device.type != "mps":
+        raise ValueError(f"--device {spec!r} is not supported: use cuda, cuda:1 or cpu")
+
+
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_FILE:
+        raise ValueError(
+            f"config file {path} is {size / 1e6:.1f} MB: a run's config.json is a few KB — "
+            "is it the right file?"
+        )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(
             f"config file {path} is not valid JSON ({err}): fix it, or start from a run's config.json"
+        ) from None
+    except RecursionError:
+        raise ValueError(
+            f"config file {path} nests too deeply to be a config: start from a run's config.json"
         ) from None
     if not isinstance(data, dict):
         raise ValueError(
@@ -245,6 +280,8 @@ def _new_config(args):
     if args.ref:
         if not args.prompt:
             raise ValueError("--ref needs --prompt: the caption of the references, with the SoI token")
+        # --non-soi with the token (the prompt pasted twice) would score the subject itself as overfitting
+        RunConfig(soi_token=args.token or config.soi_token).check_non_soi(args.non_soi, args.prompt)
         references = [ReferenceInput(path, args.prompt, args.non_soi) for path in args.ref]
     for flag, (section, key) in {
         "task": (None, "task"),
@@ -341,11 +378,29 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # our input errors (storage errors are ValueErrors too)
         print(f"gal: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from gal.runfolder import disk_full
+
+        if not disk_full(err):
+            raise
+        resume = (
+            f"gal run --resume {args.resume or '<RUN_ID>'}"
+            if args.command == "run"
+            else "run the command again"
+        )
+        print(
+            f"gal: error: the disk is full ({err.strerror}: {err.filename}): free some space, then {resume}; "
+            "what was saved before is kept",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _dispatch(args) -> int:
     from gal.engine import Studio
     from gal.runfolder import check_run_id
+
+    _check_device(args.device)
 
     if args.command == "runs":
         from storage import list_runs, open_db

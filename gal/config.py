@@ -308,6 +308,20 @@ class RunConfig:
     def eval_oracle_texts(self) -> list[str]:
         return self._oracle_texts(self.eval.prompts)
 
+    def check_non_soi(self, non_soi: str | None, prompt: str) -> None:
+        """A reference's non-SoI text names what the model must NOT learn (the scene without the subject);
+        with the SoI token in it, it would score the subject itself as overfitting."""
+        if non_soi is None or not non_soi.strip():
+            return  # the default: the prompt without the token
+        if self.soi_token and self.soi_token in non_soi:
+            suggestion = self.oracle_text(prompt)
+            same = non_soi.split() == prompt.split()
+            raise ValueError(
+                f"the non-SoI text {non_soi!r} contains the SoI token {self.soi_token!r}"
+                + (" (it is the prompt itself)" if same else "")
+                + f": write what is not the subject, e.g. {suggestion!r}, or leave it out for that default"
+            )
+
     def validate(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be 'object' or 'style', got {self.task!r}")
@@ -324,6 +338,8 @@ class RunConfig:
                 )
         if not self.subject_phrase.strip():
             raise ValueError("the subject phrase is empty: write what replaces {} in the anchors")
+        _check_type("anchors", "list[str]", self.anchors)
+        _check_type("eval.prompts", "list[str]", self.eval.prompts)
         if not self.anchors:
             raise ValueError("no anchors: give at least k anchor prompts (a preset has 18)")
         if len(self.anchors) > 1000:
@@ -383,13 +399,52 @@ class RunConfig:
                     f"config key {key!r} must be an object of {key} settings, got {type(value).__name__}"
                 )
             if key in nested:
-                sub_known = {f.name for f in fields(nested[key])}
-                bad = set(value) - sub_known
+                sub_fields = {f.name: f for f in fields(nested[key])}
+                bad = set(value) - set(sub_fields)
                 if bad:
                     raise ValueError(f"unknown {key} config keys: {', '.join(sorted(bad))}")
+                for sub_key, sub_value in value.items():
+                    _check_type(f"{key}.{sub_key}", sub_fields[sub_key].type, sub_value)
                 value = nested[key](**value)
+            else:
+                _check_type(key, next(f.type for f in fields(cls) if f.name == key), value)
             kwargs[key] = value
+        if kwargs.get("task", "object") not in TASKS:  # checked before anything looks up the task's presets
+            raise ValueError(f"task must be 'object' or 'style', got {kwargs['task']!r}")
         return cls(**kwargs)
+
+
+_JSON_TYPES = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+}
+
+
+def _check_type(name: str, annotation: str, value) -> None:
+    """A config file's value has its field's JSON type (``"anchors": [1, 2]`` is refused here with the
+    field's name, not later as an AttributeError deep in validate). Unknown annotations are not checked."""
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"config field {name} must not be null: give a value or leave the key out")
+    if base == "list[str]":
+        if not isinstance(value, list):
+            raise ValueError(f"config field {name} must be a list of strings, got {type(value).__name__}")
+        for i, item in enumerate(value, 1):
+            if not isinstance(item, str):
+                raise ValueError(
+                    f"config field {name}: item {i} must be a string (a prompt in quotes), got {item!r}"
+                )
+        return
+    if base not in _JSON_TYPES:
+        return
+    types, words = _JSON_TYPES[base]
+    if (isinstance(value, bool) and base != "bool") or not isinstance(value, types):
+        raise ValueError(f"config field {name} must be {words}, got {value!r} ({type(value).__name__})")
 
 
 def fill(template: str, subject_phrase: str) -> str:

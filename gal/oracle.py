@@ -42,7 +42,7 @@ class ClipOracle:
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # kept for callers; items are encoded one at a time (below)
         self._text_cache: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -83,24 +83,26 @@ class ClipOracle:
             ) from err
         return cls(model, preprocess, open_clip.get_tokenizer(name), device)
 
+    # One item per forward pass: a batched matmul's rounding depends on the batch's size and on a row's
+    # place in it, so an embedding computed in a batch would depend on what else shared that batch — on
+    # the process's history (a resumed run, a cache filled in another order) or on how several processes
+    # split the work. One at a time, an image's or a text's embedding is a function of it alone, and a
+    # resumed or multi-process run scores exactly as the uninterrupted one. The oracle's share of a round
+    # is small (one forward per image, against the UNet's 50 per image).
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         feats = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.stack(
-                [self.preprocess(im.convert("RGB")) for im in images[start : start + self.batch_size]]
-            )
-            f = self.model.encode_image(batch.to(self.device)).float()
+        for im in images:
+            f = self.model.encode_image(self.preprocess(im.convert("RGB"))[None].to(self.device)).float()
             feats.append(torch.nn.functional.normalize(f, dim=-1).cpu().numpy())
         return np.concatenate(feats) if feats else np.zeros((0, 1))
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
-        if missing:
-            f = self.model.encode_text(self.tokenizer(missing).to(self.device)).float()
-            f = torch.nn.functional.normalize(f, dim=-1).cpu().numpy()
-            self._text_cache.update(zip(missing, f))
+        for text in dict.fromkeys(texts):
+            if text not in self._text_cache:
+                f = self.model.encode_text(self.tokenizer([text]).to(self.device)).float()
+                self._text_cache[text] = torch.nn.functional.normalize(f, dim=-1).cpu().numpy()[0]
         return np.stack([self._text_cache[t] for t in texts])
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:

@@ -78,6 +78,10 @@ def _whole_number(value, what: str, path: Path) -> int:
     return number
 
 
+class _Pairs(list):
+    """A JSON object as its ``(key, value)`` pairs, repeated keys included."""
+
+
 def read_decisions(path: str | Path, *, clear_blank: bool = False) -> Decisions:
     """A CSV (``image_id,verdict``, as ``gal images`` writes it) or JSON (``{"12": "overfit"}`` or
     ``[{"image_id": 12, "verdict": 1}]``).
@@ -98,15 +102,20 @@ def read_decisions(path: str | Path, *, clear_blank: bool = False) -> Decisions:
     rounds, revisions = set(), set()
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_Pairs)  # keeps a repeated key, to refuse a conflict
         except json.JSONDecodeError as err:
             raise ValueError(
                 f"{path} is not valid JSON ({err.msg} at line {err.lineno}): fix or re-export it"
             ) from None
-        if isinstance(data, dict):
-            items = list(data.items())
-        elif isinstance(data, list) and all(isinstance(d, dict) and "image_id" in d for d in data):
-            items = [(d["image_id"], d.get("verdict")) for d in data]
+        except RecursionError:
+            raise ValueError(
+                f'{path} nests too deeply to be a verdict file: write {{"12": "overfit"}} or a CSV'
+            ) from None
+        if isinstance(data, _Pairs):
+            items = [(key, value, f"key {key!r}") for key, value in data]
+        elif isinstance(data, list) and all(isinstance(d, _Pairs) and "image_id" in dict(d) for d in data):
+            rows = [dict(d) for d in data]
+            items = [(d["image_id"], d.get("verdict"), f"row {i}") for i, d in enumerate(rows, 1)]
         else:
             raise ValueError(
                 f'{path} must hold an object {{"12": "overfit"}} or a list of '
@@ -119,6 +128,12 @@ def read_decisions(path: str | Path, *, clear_blank: bool = False) -> Decisions:
             raise ValueError(f"{path} needs a header with image_id and verdict columns")
         items = []
         for row in reader:
+            line = reader.line_num
+            if row.get(None):  # more fields than the header names: text after the verdict
+                raise ValueError(
+                    f"{path} line {line}: {row[None]!r} after the last column ({reader.fieldnames[-1]}): "
+                    "one verdict per row, no trailing text (quote a field that holds a comma)"
+                )
             if row.get("round"):
                 rounds.add(_whole_number(row["round"], "round", path))
             if row.get("revision"):
@@ -128,15 +143,28 @@ def read_decisions(path: str | Path, *, clear_blank: bool = False) -> Decisions:
                 if not clear_blank:
                     continue  # blank: no change
                 verdict = "clear"
-            items.append((row["image_id"], verdict))
+            items.append((row["image_id"], verdict, f"line {line}"))
     if len(rounds) > 1 or len(revisions) > 1:
         raise ValueError(f"{path} mixes rows of several gal images exports: use one file per export")
     out = Decisions(round_index=min(rounds, default=None), revision=min(revisions, default=None))
-    for image_id, verdict in items:
+    where: dict[int, tuple[str, object]] = {}
+    for image_id, verdict, label in items:
         try:
-            out[_whole_number(image_id, "image_id", path)] = parse_verdict(verdict)
+            if str(verdict).strip() == "2" and not isinstance(verdict, bool):
+                raise ValueError("2 is not a verdict in a file: write skip (seen, no opinion), 0 or 1")
+            number, value = _whole_number(image_id, "image_id", path), parse_verdict(verdict)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: bad row image_id={image_id!r} verdict={verdict!r}: {err}") from err
+            raise ValueError(
+                f"{path} {label}: bad row image_id={image_id!r} verdict={verdict!r}: {err}"
+            ) from err
+        if number in out and out[number] != value:  # the same verdict twice is harmless; two are not
+            first_label, first_verdict = where[number]
+            raise ValueError(
+                f"{path}: image {number} has two different verdicts, {first_verdict!r} ({first_label}) and "
+                f"{verdict!r} ({label}): keep one row per image"
+            )
+        out[number] = value
+        where.setdefault(number, (label, verdict))
     return out
 
 

@@ -6,6 +6,7 @@ UI and export agree on the layout and no stored path can leave the folder.
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import secrets
@@ -17,6 +18,22 @@ from PIL import Image
 
 MAX_IMAGE_PIXELS = 40_000_000  # a reference larger than this is refused (decompression bombs)
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def disk_full(err: BaseException) -> bool:
+    """A full disk or quota, however the writer reports it (safetensors raises SafetensorError
+    "I/O error: No space left on device (os error 28)", not OSError)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return any(
+        s in text for s in ("No space left", "StorageFull", "os error 28", "os error 122", "Disk quota")
+    )
+
+
+def as_disk_full(err: BaseException, path: Path | str, what: str) -> OSError:
+    """``err`` (a disk-full error of any type) as ``OSError(ENOSPC)`` naming what was being written."""
+    return OSError(errno.ENOSPC, f"No space left on device while writing {what}", str(path))
 
 
 def check_run_id(run_id: str) -> str:
@@ -41,11 +58,39 @@ def safe_join(root: Path, relative: str) -> Path:
     return target
 
 
+def max_image_bytes(width: int, height: int) -> int:
+    """The most bytes an image file of this size may hold: its raw RGBA pixels plus 16 MB of metadata
+    (an uncompressed file is about that; anything larger hides something else)."""
+    return min(width * height, MAX_IMAGE_PIXELS) * 4 + 16_000_000
+
+
 def load_image(path: str | Path) -> tuple[Image.Image, bytes]:
     """Open an image file safely: refuse non-images, corrupt files and decompression bombs."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"reference {path} does not exist or is not a file")
+    # The header first, from the file (PIL reads a few KB): a 400 MB non-image is refused before it is read
+    # whole into memory, and an image's bytes are bounded by its pixels before they are read.
+    try:
+        with Image.open(path) as header:
+            w, h = header.size
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path.name} is too large to decode safely ({err}): downscale it first") from err
+    except Exception as err:  # UnidentifiedImageError, OSError, SyntaxError...: not an image PIL can read
+        raise ValueError(
+            f"{path.name} is not a readable image ({type(err).__name__}): use a PNG, JPEG or WebP"
+        ) from err
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{path.name} is {w}×{h} ({w * h / 1e6:.0f} MP), over the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit: downscale it first"
+        )
+    size, most = path.stat().st_size, max_image_bytes(w, h)
+    if size > most:
+        raise ValueError(
+            f"{path.name} is {size / 1e6:.0f} MB for a {w}×{h} image (at most {most / 1e6:.0f} MB): "
+            "re-save it as a plain PNG, JPEG or WebP"
+        )
     data = path.read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -71,6 +116,55 @@ def load_image(path: str | Path) -> tuple[Image.Image, bytes]:
                 f"{path.name} is not a readable image ({type(err).__name__}): use a PNG, JPEG or WebP"
             ) from err
     return image.convert("RGB"), data
+
+
+# Names Windows reserves in every folder, with any extension ("nul.json" too). Refused on every OS: a run
+# folder or an export is copied between machines, and a file Windows cannot create breaks that copy.
+WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{port}{i}" for port in ("COM", "LPT") for i in [*"123456789", "¹", "²", "³"]]
+)
+MAX_NAME = 100  # characters; file systems allow 255 bytes, which UTF-8 reaches at ~64 CJK characters
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` as one safe file or folder name, or a ValueError naming the rule it breaks: not empty,
+    not ``.``/``..`` or hidden (leading dot), no path separators, NUL or control characters, no trailing
+    dot or space (Windows drops them, so two names would meet), not a Windows reserved name, at most
+    ``MAX_NAME`` characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"the {what} is empty: give it a name, e.g. my-cats")
+    fix = "use letters, digits, spaces, '-', '_' and '.' inside the name"
+    if name in (".", "..") or name.startswith("."):
+        raise ValueError(f"the {what} {name!r} starts with a dot (., .. or a hidden file): {fix}")
+    if any(sep in name for sep in ("/", "\\")):
+        raise ValueError(f"the {what} {name!r} holds a path separator: one name, not a path — {fix}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"the {what} {name!r} holds a NUL or control character: {fix}")
+    if name != name.rstrip(". "):
+        raise ValueError(f"the {what} {name!r} ends with a dot or a space: remove it")
+    if name.split(".")[0].strip().upper() in WINDOWS_RESERVED:
+        raise ValueError(
+            f"the {what} {name!r} is a name Windows reserves (CON, NUL, COM1, ...): choose another"
+        )
+    if len(name) > MAX_NAME:
+        raise ValueError(f"the {what} is {len(name)} characters long: at most {MAX_NAME}")
+    return name
+
+
+def safe_name(root: Path, name: str, what: str = "name") -> Path:
+    """``root / name`` for a name that becomes a path (a preset, an upload, an export): the name passes
+    :func:`check_name`, and an existing entry there must not be a symlink (writing through one, or deleting
+    what it points to, would reach outside ``root``). The path stays under ``root`` once resolved."""
+    check_name(name, what)
+    target = Path(root) / name
+    if target.is_symlink():
+        raise ValueError(
+            f"the {what} {name!r} is a symbolic link in {root}: refusing to write through it; remove the "
+            "link or choose another name"
+        )
+    safe_join(Path(root), name)  # belt and braces: resolves inside root
+    return target
 
 
 class RunFolder:

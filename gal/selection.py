@@ -146,6 +146,26 @@ def _metrics(db, run_id: str, r: int) -> dict:
     return dict(storage.get_round(db, run_id, r).get("metrics") or {})
 
 
+def _refuse_if_committed(db, run_id: str) -> None:
+    """The loser of two commits (a double click, two terminals) hears that the round was committed, not
+    that the next round "is training"."""
+    run = storage.get_run(db, run_id)
+    r = run["current_round"]
+    current = storage.get_round(db, run_id, r)
+    if current is not None and current["state"] == "review":
+        return
+    done = current if current is not None and current["state"] == "done" else None
+    if done is None and r > 1:
+        previous = storage.get_round(db, run_id, r - 1)
+        done = previous if previous is not None and previous["state"] == "done" else None
+    if done is not None:
+        now = "the run is finished" if run["status"] == "finished" else f"round {r} is {current['state']}"
+        raise ValueError(
+            f"round {done['round_index']} of run {run_id} was already committed (by an earlier commit at "
+            f"{done['updated_at']}, {done['mode']} mode); {now}: nothing to commit"
+        )
+
+
 def commit(db, folder: RunFolder, mode: str | None = None) -> dict:
     """Select and weigh round ``r`` under review, then start round ``r + 1`` (or finish the run).
 
@@ -155,6 +175,7 @@ def commit(db, folder: RunFolder, mode: str | None = None) -> dict:
     """
     run_id = folder.run_id
     with storage.transaction(db):
+        _refuse_if_committed(db, run_id)
         r = round_under_review(db, run_id)
         config = RunConfig.from_dict(storage.get_run(db, run_id)["config"])
         mode = mode or storage.get_round(db, run_id, r)["mode"]

@@ -32,7 +32,7 @@ from gal.judges.clip import clip_scores
 from gal.loaded import LoadedModels
 from gal.models import native_resolution, set_scheduler
 from gal.review import store_anchor_scores
-from gal.runfolder import RunFolder
+from gal.runfolder import RunFolder, as_disk_full, disk_full
 from gal.seeds import class_image_seed, eval_image_seed, image_seed, training_seed
 from gal.training import TRAINING_SET, TrainExample, adapter_state, save_adapter, train_lora
 
@@ -125,8 +125,15 @@ def train(rnd: Round) -> StepResult:
     )
     rel = RunFolder.adapter_dir(r)
     if rnd.processes.is_main:  # every process holds the same adapter; one file is written
-        save_adapter(pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)})
-        save_training_set(folder, f"{rel}/{TRAINING_SET}", refs, captions)
+        try:
+            save_adapter(
+                pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)}
+            )
+            save_training_set(folder, f"{rel}/{TRAINING_SET}", refs, captions)
+        except Exception as err:  # a full disk, however safetensors words it, is one OSError(ENOSPC)
+            if not disk_full(err) or isinstance(err, OSError):
+                raise
+            raise as_disk_full(err, folder.path(rel), f"round {r}'s adapter") from err
     rnd.models.mark(spec, rnd.adapter_key)
     return StepResult(
         result.seconds,

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="largest uploaded file, e.g. 20mb (default), 512kb or a number of bytes",
     )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="a proxy you run (IP or network, repeatable) whose X-Forwarded-For names the client for the "
+        "login throttle; default none: the throttle counts by the connecting address",
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     return p
 
@@ -107,7 +115,10 @@ def create_app(args: argparse.Namespace):
         raise ValueError(f"--port must be 1-65535, got {args.port}")
     auth = parse_auth(args.auth)
     max_file_size = security.parse_size(args.max_file_size)
-    policy = security.WebPolicy.from_flags(args.host, args.allowed_host, bool(args.share), max_file_size)
+    policy = security.WebPolicy.from_flags(
+        args.host, args.allowed_host, bool(args.share), max_file_size, args.forwarded_allow_ips
+    )
+    security.peer_addresses_only()  # uvicorn must not rewrite the client from X-Forwarded-For
     runs_dir = Path(args.runs_dir).expanduser().resolve()
     # The models load once, here.
     studio = Studio(runs_dir, model=args.model, oracle=args.oracle, device=args.device)

@@ -196,3 +196,38 @@ def test_config_bounds_themselves_are_accepted():
     config.train.resolution, config.generate.steps, config.generate.guidance_scale = 4096, 1000, 100
     config.eval.images_per_prompt = 1000
     config.validate()
+
+
+def _refuse_whole_reads(monkeypatch, big):
+    import pathlib
+
+    read_bytes = pathlib.Path.read_bytes
+
+    def guarded(self):
+        assert self != big, f"{big.name} was read whole before being refused"
+        return read_bytes(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", guarded)
+
+
+def test_a_huge_non_image_is_refused_from_its_header(tmp_path, monkeypatch):
+    big = tmp_path / "video.png"
+    with open(big, "wb") as f:  # 400 MB, sparse: no disk used
+        f.write(b"not an image at all")
+        f.truncate(400_000_000)
+    _refuse_whole_reads(monkeypatch, big)
+    with pytest.raises(ValueError, match="video.png is not a readable image"):
+        load_image(big)
+
+
+def test_an_image_padded_with_hundreds_of_megabytes_is_refused_before_reading(tmp_path, monkeypatch):
+    big = tmp_path / "padded.png"
+    Image.new("RGB", (64, 64)).save(big)
+    with open(big, "r+b") as f:
+        f.truncate(400_000_000)  # a valid header, then 400 MB of something else
+    _refuse_whole_reads(monkeypatch, big)
+    with pytest.raises(ValueError, match=r"padded.png is 400 MB for a 64×64 image \(at most 16 MB\)"):
+        load_image(big)
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (64, 64), "red").save(ok)
+    assert load_image(ok)[0].getpixel((0, 0)) == (255, 0, 0)

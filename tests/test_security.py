@@ -367,3 +367,94 @@ def test_flags_build_the_policy_and_bad_ones_name_the_fix(tmp_path, capsys):
     ):
         assert app.main(["--runs-dir", str(tmp_path), *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+# -- issue 25: the throttle counts the socket peer; X-Forwarded-For only from named proxies ----------------
+
+
+def test_x_forwarded_for_from_loopback_does_not_reset_the_throttle(tmp_path_factory, uploads):
+    """A local TLS terminator or ``ssh -L`` tunnel connects from 127.0.0.1: a rotating X-Forwarded-For
+    must not give each wrong login a fresh address (uvicorn's default trusts loopback's header)."""
+    port, _, demo = launch(tmp_path_factory, "--auth", "me:secret")
+    try:
+        codes = [
+            request(port, "POST", "/login", {**FORM, "X-Forwarded-For": f"10.0.0.{i}"},
+                    f"username=me&password=wrong{i}".encode())[0]
+            for i in range(8)
+        ]  # fmt: skip
+        assert codes == [400] * 5 + [429] * 3
+        status, _, body = request(
+            port, "POST", "/login", {**FORM, "X-Forwarded-For": "10.9.9.9"}, b"username=me&password=secret"
+        )
+        assert status == 429 and b"from 127.0.0.1" in body  # the right password, a fresh XFF: still waits
+    finally:
+        demo.close()
+
+
+def test_a_named_proxy_forwards_the_client_address(tmp_path_factory, uploads):
+    port, _, demo = launch(tmp_path_factory, "--auth", "me:secret", "--forwarded-allow-ips", "127.0.0.1")
+
+    def wrong(xff, i):
+        return request(
+            port, "POST", "/login", {**FORM, "X-Forwarded-For": xff}, f"username=me&password=w{i}".encode()
+        )
+
+    try:
+        assert [wrong("10.0.0.1", i)[0] for i in range(6)] == [400] * 5 + [429]
+        assert wrong("10.0.0.2", 0)[0] == 400  # another client behind the proxy has its own count
+        # a client cannot choose its address by prepending one: the proxy appends the real one last
+        status, _, body = wrong("10.0.0.77, 10.0.0.1", 7)
+        assert status == 429 and b"from 10.0.0.1" in body
+    finally:
+        demo.close()
+
+
+def test_client_address_and_proxy_flags():
+    policy = WebPolicy.from_flags("127.0.0.1", [], False, 1024, ["127.0.0.1,10.1.0.0/16"])
+    assert policy.trusted_proxies == ("127.0.0.1/32", "10.1.0.0/16")
+    assert policy.client_address("203.0.113.5", ["10.0.0.1"]) == "203.0.113.5"  # not a proxy: its header
+    assert policy.client_address("127.0.0.1", ["198.51.100.1, 10.1.2.3"]) == "198.51.100.1"
+    assert policy.client_address("127.0.0.1", ["evil", "198.51.100.1"]) == "198.51.100.1"
+    assert policy.client_address("127.0.0.1", []) == "127.0.0.1"
+    assert policy.client_address("::ffff:127.0.0.1", ["198.51.100.2"]) == "198.51.100.2"
+    assert WebPolicy().client_address("127.0.0.1", ["198.51.100.1"]) == "127.0.0.1"  # the default: none
+    for bad in ("*", "proxy.lan", "10.0.0.0/40"):
+        with pytest.raises(ValueError, match="--forwarded-allow-ips takes the IP address or network"):
+            WebPolicy.from_flags("127.0.0.1", [], False, 1024, [bad])
+
+
+def test_two_host_headers_are_refused(server):
+    """uvicorn's h11 parser refuses a repeated Host itself; httptools (uvicorn[standard]) and other ASGI
+    servers pass both on, so the guard refuses them too (which one counts differs between servers)."""
+    import asyncio
+
+    sent = []
+
+    async def app(scope, receive, send):  # reached only if the guard lets the request through
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"in"})
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        sent.append(message)
+
+    guarded = WebGuard(app, WebPolicy())
+    scope = {"type": "http", "method": "GET", "path": "/", "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"127.0.0.1:7860"), (b"host", b"evil.com")]}  # fmt: skip
+    asyncio.run(guarded(scope, receive, send))
+    assert sent[0]["status"] == 400 and b"more than one Host header" in sent[1]["body"]
+    sent.clear()
+    asyncio.run(guarded({**scope, "headers": scope["headers"][:1]}, receive, send))
+    assert sent[0]["status"] == 200
+    port, _ = server  # and through the live server: refused either way
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.putrequest("GET", "/", skip_host=True)
+        conn.putheader("Host", f"127.0.0.1:{port}")
+        conn.putheader("Host", "evil.com")
+        conn.endheaders()
+        assert conn.getresponse().status == 400
+    finally:
+        conn.close()

@@ -11,7 +11,14 @@
   or as soon as it passes the bound (chunked). Gradio's ``max_file_size`` bounds each uploaded file.
 - Login throttle: after ``free_logins`` wrong passwords from one client address, each further try waits
   ``base_delay * 2**n`` seconds (capped); meanwhile ``POST /login`` answers 429 with ``Retry-After``
-  without checking the password. A right password clears the count.
+  without checking the password. A right password clears the count. The client address is the socket
+  peer: ``X-Forwarded-For`` counts only when the peer is a proxy the operator named
+  (``--forwarded-allow-ips``, none by default). uvicorn would otherwise rewrite the ASGI client from
+  ``X-Forwarded-For`` for any connection from 127.0.0.1 (its default ``FORWARDED_ALLOW_IPS``), so that a
+  local TLS terminator or ``ssh -L`` tunnel let every login pick its own address:
+  :func:`peer_addresses_only` turns that off before the server starts, and the guard reads the header
+  itself, only from named proxies.
+- A request with more than one ``Host`` header gets 400 (servers and proxies disagree on which one counts).
 
 Gradio's own CORS layer sits outside this one and answers CORS preflights (OPTIONS with
 Access-Control-Request-Method) itself with a bare "OK"; the request that follows a preflight comes here.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import math
+import os
 import re
 import threading
 import time
@@ -77,6 +85,24 @@ def check_allowed_host(value: str) -> str:
     return f"*.{name}" if wildcard else name
 
 
+def check_proxy(value: str) -> str:
+    """A ``--forwarded-allow-ips`` value: an IP address or network (``127.0.0.1``, ``10.0.0.0/8``)."""
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(
+            f"--forwarded-allow-ips takes the IP address or network of a proxy you run (127.0.0.1, "
+            f"10.0.0.0/8), got {value!r}; '*' is not accepted: it lets anyone choose their address"
+        ) from None
+
+
+def peer_addresses_only() -> None:
+    """Stop uvicorn from rewriting the ASGI client address from ``X-Forwarded-For`` (its default trusts
+    127.0.0.1 and ::1; Gradio does not pass ``proxy_headers``). Call before ``launch()``: uvicorn reads
+    ``FORWARDED_ALLOW_IPS`` when Gradio builds its config. An empty value trusts no one."""
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
+
+
 @dataclass
 class WebPolicy:
     """What the guard accepts; ``extra_hosts`` are the non-loopback names (``--host``, ``--allowed-host``)."""
@@ -86,18 +112,55 @@ class WebPolicy:
     free_logins: int = 5
     base_delay: float = 1.0
     max_delay: float = 600.0
+    trusted_proxies: tuple[str, ...] = ()  # networks whose X-Forwarded-For names the client (none: the peer)
 
     @classmethod
-    def from_flags(cls, host: str, allowed_hosts: list[str], share: bool, max_file_size: int) -> WebPolicy:
+    def from_flags(
+        cls,
+        host: str,
+        allowed_hosts: list[str],
+        share: bool,
+        max_file_size: int,
+        forwarded_allow_ips: list[str] = (),
+    ) -> WebPolicy:
         """Bodies up to 32 files at ``max_file_size`` each (Gradio bounds each file) plus 1 MiB of
         form data."""
+        listed = [p for value in forwarded_allow_ips for p in value.split(",") if p.strip()]
+        proxies = tuple(dict.fromkeys(check_proxy(p) for p in listed))
         names = [check_allowed_host(h) for h in allowed_hosts]
         bind = host.strip("[]").lower()
         if bind not in ANY_ADDRESS and bind not in LOOPBACK_NAMES:
             names.append(check_allowed_host(bind))
         if share:
             names.append("*.gradio.live")  # the share tunnel forwards its public name as the Host
-        return cls(extra_hosts=tuple(dict.fromkeys(names)), max_body=32 * max_file_size + 1024**2)
+        return cls(
+            extra_hosts=tuple(dict.fromkeys(names)),
+            max_body=32 * max_file_size + 1024**2,
+            trusted_proxies=proxies,
+        )
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in ipaddress.ip_network(net) for net in self.trusted_proxies)
+
+    def client_address(self, peer: str, forwarded_for: list[str]) -> str:
+        """The login throttle's client: the socket ``peer``, unless it is a named proxy; then the last
+        address of ``X-Forwarded-For`` (all its headers, in order) that is not a named proxy itself — the
+        one the nearest untrusted hop appended, which a client cannot forge."""
+        if not self.trusts(peer):
+            return peer
+        hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+        for hop in reversed(hops):
+            if not hop:
+                continue
+            if not self.trusts(hop):
+                return hop
+        return peer
 
     def host_allowed(self, name: str | None) -> bool:
         if name is None:
@@ -177,7 +240,11 @@ class WebGuard:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+        headers = dict(raw)
+        if sum(key == "host" for key, _ in raw) > 1:
+            await _refuse(scope, receive, send, 400, "more than one Host header: send exactly one")
+            return
         host = headers.get("host", "")
         if not self.policy.host_allowed(host_name(host)):
             shown = host_name(host) or host or "(none)"
@@ -213,7 +280,8 @@ class WebGuard:
             return
         path = scope.get("path", "").rstrip("/")
         if method == "POST" and path in ("/login", scope.get("root_path", "").rstrip("/") + "/login"):
-            await self._login(scope, receive, send)
+            forwarded = [v for key, v in raw if key == "x-forwarded-for"]
+            await self._login(scope, receive, send, forwarded)
             return
         await self._bounded(scope, receive, send)
 
@@ -255,8 +323,9 @@ class WebGuard:
             if not refused:
                 raise
 
-    async def _login(self, scope, receive, send) -> None:
-        client = (scope.get("client") or ("unknown", 0))[0]
+    async def _login(self, scope, receive, send, forwarded_for: list[str]) -> None:
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        client = self.policy.client_address(peer, forwarded_for)
         wait = self.logins.start(client_key(client))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
