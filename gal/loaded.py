@@ -38,6 +38,10 @@ class LoadedModels:
         self._pipes[spec] = pipe
         self._active[spec] = None
 
+    def has(self, spec: str) -> bool:
+        """Whether ``spec`` is already loaded or registered in memory (nothing to look up on disk or hub)."""
+        return spec in self._pipes
+
     def oracle(self, spec: str) -> Oracle:
         if spec not in self._oracles:
             self._oracles[spec] = ClipOracle.from_spec(spec, self.device)
