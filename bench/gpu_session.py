@@ -59,7 +59,7 @@ def settings(mode: str) -> dict:
     if mode == "quick":
         return dict(anchors=18, m=2, k=3, rounds=2, lora_steps=30, full_steps=30, gen_steps=10,
                     batch=12, eval_prompts=2, eval_per_prompt=1, repeats=2)  # fmt: skip
-    return dict(anchors=4, m=2, k=1, rounds=2, lora_steps=2, full_steps=2, gen_steps=2,
+    return dict(anchors=3, m=1, k=1, rounds=2, lora_steps=2, full_steps=2, gen_steps=2,
                 batch=8, eval_prompts=1, eval_per_prompt=1, repeats=1)  # fmt: skip
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 BYTES = {"fp32": 4.0, "no": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "nf4": 0.5}
 CUDA_OVERHEAD = 1.0 * 2**30  # CUDA context + allocator slack
+# Multiplies the activation term; 1.0 = uncalibrated. bench/gpu/memory.py measures it on a GPU (its table ends
+# with the value that makes the estimate meet the measured step peaks).
+ACTIVATION_SCALE = 1.0
 
 
 def training_bytes(
@@ -27,8 +30,10 @@ def training_bytes(
     offload_text_encoders: bool = False,
     optimizer: str = "adamw",
     gradient_checkpointing: bool = False,
+    activation_scale: float | None = None,
 ) -> dict[str, float]:
-    """Bytes per part of one LoRA training step; ``total`` sums them."""
+    """Bytes per part of one LoRA training step; ``total`` sums them. ``activation_scale`` (None:
+    ``ACTIVATION_SCALE``) calibrates the activation term."""
     base_bytes = BYTES[base]
     act = activations_ckpt_16bit if gradient_checkpointing else activations_16bit
     parts = {
@@ -37,7 +42,10 @@ def training_bytes(
         "vae": vae_params * base_bytes,
         "lora_and_grads": lora_params * 8.0,
         "optimizer": lora_params * (2.0 if optimizer == "adamw8bit" else 8.0),
-        "activations": act * base_bytes / 2.0,
+        "activations": act
+        * base_bytes
+        / 2.0
+        * (ACTIVATION_SCALE if activation_scale is None else activation_scale),
         "overhead": CUDA_OVERHEAD,
     }
     parts["total"] = sum(parts.values())
