@@ -17,7 +17,8 @@ Per family:
                   whole denoiser from the base (batch 1, lr 5e-6, fp32 master weights under autocast), and
                   draws each anchor's m images in one call — the very prompts and image count (a) drew;
   (c) per-prompt  a plain diffusers loop (one call per anchor) vs our batched ``generate`` over the same
-                  images (a)'s last round drew: warm-up, then repeats alternating the order, median.
+                  images (a)'s last round drew (``--quick``: its first 12): warm-up, then repeats alternating
+                  the order, median.
 Every timed stage is bracketed by ``torch.cuda.synchronize()``; peak allocated and reserved memory per part
 (and nvidia-smi's view at its end). Targets (issue 15): (a) ≥ 4× faster than (b) per image; batched ≥ 1.5×
 per-prompt; (a)'s peak < 10 GB at 512 px.
@@ -55,12 +56,12 @@ def settings(mode: str) -> dict:
     ``smoke`` is seconds on the CPU (tiny models)."""
     if mode == "full":  # the paper's m, k, anchors and rounds; LoRA 400 steps vs full UNet 800 (object)
         return dict(anchors=18, m=10, k=3, rounds=4, lora_steps=400, full_steps=800, gen_steps=50,
-                    batch=16, eval_prompts=4, eval_per_prompt=2, repeats=3)  # fmt: skip
+                    batch=16, eval_prompts=4, eval_per_prompt=2, repeats=3, c_images=None)  # fmt: skip
     if mode == "quick":
         return dict(anchors=18, m=2, k=3, rounds=2, lora_steps=30, full_steps=30, gen_steps=10,
-                    batch=12, eval_prompts=2, eval_per_prompt=1, repeats=2)  # fmt: skip
+                    batch=12, eval_prompts=2, eval_per_prompt=1, repeats=2, c_images=12)  # fmt: skip
     return dict(anchors=3, m=1, k=1, rounds=2, lora_steps=2, full_steps=2, gen_steps=2,
-                batch=8, eval_prompts=1, eval_per_prompt=1, repeats=1)  # fmt: skip
+                batch=8, eval_prompts=1, eval_per_prompt=1, repeats=1, c_images=None)  # fmt: skip
 
 
 def references(folder: Path, size: int) -> list[ReferenceInput]:
@@ -243,7 +244,7 @@ def bench_family(name: str, s: dict, device, dtype, smoke: bool, budget: Budget,
         if budget.over():
             row["skipped"] = "(b), (c): time budget spent"
             return row
-        last = row["a"]["drawn"][-1]
+        last = row["a"]["drawn"][-1][: s["c_images"]]  # quick: the first anchors' images (whole anchors)
         row["c"] = generation_pair(pipe, family, last, row["a"]["config"].generate, res, s["repeats"], device)
         log(f"{name}: (c) batched {row['c']['batched']:.2f} s vs loop {row['c']['loop']:.2f} s")
         del pipe

@@ -7,6 +7,7 @@ and CUDA is what the benches will see. Prints one line per check; exit 1 if any 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import pkgutil
@@ -28,7 +29,8 @@ def modules(package: str) -> list[str]:
     return names
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     import torch
 
     failed = []

@@ -127,10 +127,13 @@ def commit() -> str:
             text=True,
             timeout=10,
         )
-        if out.returncode == 0:
+        if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except OSError:
         pass
+    stamp = ROOT / ".whl" / "COMMIT"  # written here by fetch_wheels.sh; the device's copy has no .git
+    if stamp.exists():
+        return f"{stamp.read_text().strip()} (per .whl/COMMIT; the tree digest is the proof)"
     return "unknown (no git here)"
 
 

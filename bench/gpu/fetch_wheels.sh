@@ -25,6 +25,10 @@ $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implement
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl "${WHEELS[@]}"
 ls -l .whl
+# The device's copy has no .git: the commit travels with the wheels (rerun after committing; the table's
+# tree digest, bench.gpu.common.tree_digest(), says exactly which code ran).
+git rev-parse --short HEAD > .whl/COMMIT
+git diff --quiet HEAD -- gal storage bench || sed -i 's/$/+dirty/' .whl/COMMIT
 # Dependencies: each must be carried or already on the device (the names KINDS.md lists).
 ON_DEVICE="torch torchvision transformers peft accelerate safetensors huggingface-hub numpy pillow regex requests
  filelock tqdm timm click tabulate pluggy python-dateutil zipp httpx packaging pyyaml typing-extensions

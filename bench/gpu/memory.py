@@ -135,11 +135,11 @@ def measure_cell(pipe, family, label, fields, package, res, steps, device) -> di
     stamps: list[float] = []
 
     def progress(step, total, loss):
-        sync(device)
-        stamps.append(time.perf_counter())
-        if step == 1:  # after the warm-up step: the timed steps' own peak
+        if step == 1:  # after the warm-up step: the timed steps' own peak from here
             cell["call_peak_warmup"] = memory.peak()
             memory.reset()
+        sync(device)
+        stamps.append(time.perf_counter())  # after the peak read-out, so nvidia-smi's time is not a step's
 
     image = Image.new("RGB", (res, res), (120, 80, 200))
     try:
@@ -159,7 +159,7 @@ def measure_cell(pipe, family, label, fields, package, res, steps, device) -> di
         if device.type == "cuda":
             torch.cuda.empty_cache()
     steady = memory.peak()
-    per_step = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # steps 2..n (step 1 is the warm-up)
+    per_step = [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2..n (step 1 is the warm-up)
     warm = cell.get("call_peak_warmup") or {}
     cell.update(
         status="ok",

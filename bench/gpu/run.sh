@@ -24,7 +24,7 @@ say() { echo "[run.sh $(( $(date +%s) - started )) s] $*"; }
 if [ "$SMOKE" = 1 ]; then
   S_BUDGET=60 S_HARD=240 M_BUDGET=60 M_HARD=240 FLAG=--cpu-smoke FAMS="--families sd"
 else
-  S_BUDGET=${S_BUDGET:-170} S_HARD=${S_HARD:-230} M_BUDGET=${M_BUDGET:-170} M_HARD=${M_HARD:-215} FLAG="" FAMS=""
+  S_BUDGET=${S_BUDGET:-190} S_HARD=${S_HARD:-250} M_BUDGET=${M_BUDGET:-160} M_HARD=${M_HARD:-200} FLAG="" FAMS=""
 fi
 
 # 1. carried wheels (the device has no diffusers / open_clip / sqlite-utils / torchao)
