@@ -60,7 +60,7 @@ def settings(mode: str) -> dict:
     if mode == "quick":
         return dict(anchors=18, m=2, k=3, rounds=2, lora_steps=30, full_steps=30, gen_steps=10,
                     batch=12, eval_prompts=2, eval_per_prompt=1, repeats=2, c_images=12)  # fmt: skip
-    return dict(anchors=3, m=1, k=1, rounds=2, lora_steps=2, full_steps=2, gen_steps=2,
+    return dict(anchors=3, m=1, k=1, rounds=1, lora_steps=2, full_steps=2, gen_steps=2,
                 batch=8, eval_prompts=1, eval_per_prompt=1, repeats=1, c_images=None)  # fmt: skip
 
 
@@ -150,7 +150,7 @@ def paper_recipe(base: Path, family, a: dict, s: dict, res: int, device, dtype, 
     images = 0
     started = time.perf_counter()
     for r, drawn in enumerate(a["drawn"]):
-        t, p = timed(lambda: family.pipeline_class().from_pretrained(base, torch_dtype=dtype,
+        t, p = timed(lambda: family.pipeline_class().from_pretrained(base, dtype=dtype,
                                                                      **family.load_kwargs()).to(device),
                      device)  # fmt: skip
         p.set_progress_bar_config(disable=True)
