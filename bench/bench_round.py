@@ -1,6 +1,7 @@
 """One GAL round broken down, and batched generation vs a per-prompt loop. Prints tables; not a test.
 
     .venv/bin/python bench/bench_round.py [--model tiny|toy] [--m 8] [--repeats 3]
+    .venv/bin/python bench/bench_round.py --smoke   # seconds: tiny model, few steps (the suite runs it)
 
 Targets (issue 2): non-compute overhead (DB + image files + Python glue) <= 10 % of a round's wall
 time; batched generation of |A|×m images >= 1.5× a per-prompt diffusers loop over the same seeds.
@@ -23,7 +24,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import storage  # noqa: E402
-from gal import engine as engine_module  # noqa: E402
 from gal.demo import demo_scenario  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 from gal.generation import generate, image_seed  # noqa: E402
@@ -53,19 +53,51 @@ class Timers:
         return timed
 
 
-def bench_round(model: str, m: int) -> dict[str, float]:
+SMOKE = dict(train_steps=3, gen_steps=2, anchors=4, eval_prompts=1)  # seconds-long, for the test suite
+
+
+def wrap_everywhere(name: str, original, replacement) -> list[tuple[object, str]]:
+    """Replace ``original`` under ``name`` in every loaded ``gal`` module that holds it (wherever the loop
+    imports it from today); return what was patched, to undo."""
+    patched = []
+    for mod_name, module in list(sys.modules.items()):
+        if (mod_name == "gal" or mod_name.startswith("gal.")) and getattr(module, name, None) is original:
+            setattr(module, name, replacement)
+            patched.append((module, name))
+    if not patched:
+        raise RuntimeError(f"no gal module holds {name}: the bench's instrumentation is out of date")
+    return patched
+
+
+def shrink(config, smoke: dict | None) -> None:
+    if not smoke:
+        return
+    config.train.steps = smoke["train_steps"]
+    config.train.batch_size = 1
+    config.generate.steps = smoke["gen_steps"]
+    config.anchors = config.anchors[: smoke["anchors"]]
+    config.eval.prompts = config.eval.prompts[: smoke["eval_prompts"]]
+    config.eval.images_per_prompt = 1
+
+
+def bench_round(model: str, m: int, smoke: dict | None = None) -> dict[str, float]:
+    import gal.steps  # noqa: F401  (loads the modules that hold train_lora)
+    from gal import training
+
     timers = Timers()
     with tempfile.TemporaryDirectory() as tmp:
         studio = Studio(Path(tmp) / "runs", model=model, oracle="toy" if model == "toy" else "tiny")
         config, refs = demo_scenario(Path(tmp) / "refs", "object", model=model)
         config.oracle = studio.default_oracle
         config.gal.m, config.gal.max_rounds = m, 1
+        shrink(config, smoke)
         pipe = studio.pipeline(config.model)  # load outside the timed round, as the app does once
         oracle = studio.oracle(config.oracle)
         run_id = studio.create_run(config, refs)
 
         # Instrument: the model calls, every storage function, and PNG reads/writes.
-        engine_module.train_lora = timers.wrap("train", engine_module.train_lora)
+        original_train = training.train_lora
+        undo = wrap_everywhere("train_lora", original_train, timers.wrap("train", original_train))
         pipe_cls = type(pipe)
         original_call = pipe_cls.__call__
         pipe_cls.__call__ = timers.wrap("generate (UNet+VAE)", original_call)
@@ -75,26 +107,38 @@ def bench_round(model: str, m: int) -> dict[str, float]:
             fn = getattr(storage, name)
             if callable(fn) and not isinstance(fn, type):
                 setattr(storage, name, timers.wrap("database", fn))
+        import PIL.Image
         from PIL import Image
 
-        save, open_ = Image.Image.save, Image.open
+        originals = dict(storage.__dict__)
+        save, open_ = Image.Image.save, PIL.Image.open
         Image.Image.save = timers.wrap("image files", save)
-        engine_module.Image.open = timers.wrap("image files", open_)
+        PIL.Image.open = timers.wrap("image files", open_)
         try:
             started = time.perf_counter()
-            studio.advance(run_id)
+            state = studio.advance(run_id)
             wall = time.perf_counter() - started
         finally:
             pipe_cls.__call__ = original_call
-            Image.Image.save, engine_module.Image.open = save, open_
+            Image.Image.save, PIL.Image.open = save, open_
+            for module, name in undo:
+                setattr(module, name, original_train)
+            for name in storage.__all__:
+                setattr(storage, name, originals[name])
+    missing = [
+        b for b in ("train", "generate (UNet+VAE)", "oracle (CLIP)", "database") if not timers.seconds[b]
+    ]
+    if missing:  # the loop no longer calls what the bench wraps: fail loudly rather than print zeros
+        raise RuntimeError(f"the round ran ({state.get('status')!r}) but never reached {missing}")
     timers.seconds["other"] = wall - sum(v for k, v in timers.seconds.items() if k != "other")
     return {"wall": wall, **timers.seconds}
 
 
-def bench_batching(model: str, m: int, repeats: int) -> dict[str, float]:
+def bench_batching(model: str, m: int, repeats: int, smoke: dict | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         studio = Studio(Path(tmp) / "runs", model=model)
         config, _ = demo_scenario(Path(tmp) / "refs", "object", model=model)
+        shrink(config, smoke)
         pipe = studio.pipeline(config.model)
         resolution = config.train.resolution or 32
         prompts = config.anchor_prompts()
@@ -142,18 +186,32 @@ def bench_batching(model: str, m: int, repeats: int) -> dict[str, float]:
         }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=default_model())
     parser.add_argument("--m", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds-long: tiny model, 4 anchors, m=2, 3 train / 2 sampling steps",
+    )
+    args = parser.parse_args(argv)
+    smoke = None
+    if args.smoke:
+        smoke = SMOKE
+        args.model, args.m, args.repeats = "tiny", 2, 1
+        args.threads = args.threads or 1  # tiny models on a shared CPU: one thread is several times faster
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"model {args.model}, torch threads {torch.get_num_threads()}, m={args.m}, 18 anchors\n")
+    anchors = smoke["anchors"] if smoke else 18
+    label = " (SMOKE: tiny sizes, not a measurement)" if smoke else ""
+    print(
+        f"model {args.model}, torch threads {torch.get_num_threads()}, m={args.m}, {anchors} anchors{label}\n"
+    )
 
-    row = bench_round(args.model, args.m)
+    row = bench_round(args.model, args.m, smoke)
     wall = row.pop("wall")
     print(f"One round (train + generate + judge + evaluate), wall {wall:.2f} s")
     print(f"{'part':<22}{'seconds':>10}{'share':>9}")
@@ -162,7 +220,7 @@ def main() -> None:
     overhead = row["database"] + row["image files"] + row["other"]
     print(f"{'non-compute overhead':<22}{overhead:>10.3f}{overhead / wall:>9.1%}   target <= 10 %\n")
 
-    b = bench_batching(args.model, args.m, args.repeats)
+    b = bench_batching(args.model, args.m, args.repeats, smoke)
     print(
         f"Generation of {b['images']} images (median of {args.repeats}), "
         f"batch {b['batch_size']} across anchors"

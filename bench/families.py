@@ -9,8 +9,8 @@ SD-1.5, SDXL base and FLUX.1-dev are built from their published configs (the val
 downloaded and no memory is used. Memory per option is ``gal.families.memory``'s estimate (weights ×
 bytes, fp32 LoRA + grads + AdamW state, a transformer-formula activation estimate). ``--measure-cpu``
 trains one real SD-1.5 LoRA step at 512 px on this CPU through ``gal.training.train_lora`` (random
-weights) and reports s/step and peak RSS. ``--cuda`` (on a GPU) measures peak allocated memory and
-s/step per option at 512 and 1024 px with the same code path.
+weights) and reports s/step and peak RSS. ``--cuda`` runs ``bench/gpu/memory.py`` (every registered family
+at full size, per memory option, measured beside this estimate).
 """
 
 from __future__ import annotations
@@ -33,85 +33,16 @@ from gal.families.memory import activations_of, count, lora_params_of, training_
 GIB = 2**30
 TARGETS = {"sd": 8, "sdxl": 16, "flux": 24}  # GB, issue 14
 
-# -- published configs (hub config.json values) ------------------------------------------------------
-CLIP_L = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_attention_heads=12,
-    num_hidden_layers=12,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    projection_dim=768,
-    hidden_act="quick_gelu",
-)
-VAE_SD = dict(
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-)
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-)
-SDXL_UNET = dict(
-    sample_size=128,
-    in_channels=4,
-    out_channels=4,
-    layers_per_block=2,
-    block_out_channels=(320, 640, 1280),
-    cross_attention_dim=2048,
-    attention_head_dim=(5, 10, 20),
-    transformer_layers_per_block=(1, 2, 10),
-    use_linear_projection=True,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
-SDXL_TE2 = dict(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_attention_heads=20,
-    num_hidden_layers=32,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    projection_dim=1280,
-    hidden_act="gelu",
-)
-FLUX_DEV = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
-FLUX_VAE = dict(VAE_SD, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
-T5_XXL = dict(
-    d_model=4096,
-    d_ff=10240,
-    d_kv=64,
-    num_heads=64,
-    num_layers=24,
-    vocab_size=32128,
-    feed_forward_proj="gated-gelu",
-    relative_attention_num_buckets=32,
+# The published configs (hub config.json values) live in bench/gpu/fullsize.py, shared with the GPU benches.
+from bench.gpu.fullsize import (  # noqa: E402
+    CLIP_L,
+    FLUX_DEV,
+    FLUX_VAE,
+    SD15_UNET,
+    SDXL_TE2,
+    SDXL_UNET,
+    T5_XXL,
+    VAE_SD,
 )
 
 
@@ -265,114 +196,15 @@ def measure_sd15_cpu_step(steps: int = 2) -> str:
     )
 
 
-def measure_cuda(resolutions=(512, 1024)) -> list[str]:  # pragma: no cover - needs a GPU
-    """Peak allocated memory and s/step per option for SD-1.5 / SDXL / FLUX.1 on CUDA (random weights)."""
-    from PIL import Image
-
-    from gal.config import TrainConfig
-    from gal.training import TrainExample, train_lora
-
-    lines = ["| family | px | option | peak GB | s/step |", "|---|---|---|---|---|"]
-    for name in ("sd", "sdxl", "flux"):
-        for label, opts in OPTIONS[1:6]:
-            for res in resolutions:
-                pipe = build_real(name, torch.bfloat16)
-                torch.cuda.reset_peak_memory_stats()
-                cfg = TrainConfig(
-                    steps=3,
-                    gradient_checkpointing=opts.get("gradient_checkpointing", False),
-                    offload_text_encoders=opts.get("offload_text_encoders", False),
-                    optimizer=opts.get("optimizer", "adamw"),
-                    quantize_base=opts.get("quantize_base"),
-                )
-                stamps = []
-                try:
-                    train_lora(
-                        pipe,
-                        [TrainExample(Image.new("RGB", (res, res)), "a <sks> star", 1.0)],
-                        cfg,
-                        resolution=res,
-                        seed=0,
-                        progress=lambda s, n, loss, stamps=stamps: stamps.append(time.perf_counter()),
-                    )
-                    peak = torch.cuda.max_memory_allocated() / 1e9
-                    lines.append(
-                        f"| {name} | {res} | {label} | {peak:.1f} | {(stamps[-1] - stamps[0]) / 2:.2f} |"
-                    )
-                except (torch.cuda.OutOfMemoryError, ValueError) as err:
-                    lines.append(f"| {name} | {res} | {label} | OOM/refused: {str(err)[:60]} | – |")
-                del pipe
-                torch.cuda.empty_cache()
-    return lines
-
-
-def build_real(name: str, dtype):  # pragma: no cover - needs a GPU
-    """Full-size random-weight pipeline on CUDA (tokenizers offline)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        FlowMatchEulerDiscreteScheduler,
-        FluxPipeline,
-        FluxTransformer2DModel,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        T5Config,
-        T5EncoderModel,
-    )
-
-    from gal.families.flux import t5_tokenizer
-    from gal.models import clip_tokenizer
-
-    with torch.device("cuda"):
-        te = CLIPTextModel(CLIPTextConfig(**CLIP_L)).to(dtype).eval()
-        sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-        if name == "sd":
-            return StableDiffusionPipeline(
-                vae=AutoencoderKL(**VAE_SD).to(dtype),
-                text_encoder=te,
-                tokenizer=clip_tokenizer(),
-                unet=UNet2DConditionModel(**SD15_UNET).to(dtype),
-                scheduler=sched,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
-        if name == "sdxl":
-            return StableDiffusionXLPipeline(
-                vae=AutoencoderKL(**VAE_SD).to(dtype),
-                text_encoder=te,
-                text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**SDXL_TE2)).to(dtype).eval(),
-                tokenizer=clip_tokenizer(),
-                tokenizer_2=clip_tokenizer(),
-                unet=UNet2DConditionModel(**SDXL_UNET).to(dtype),
-                scheduler=sched,
-                add_watermarker=False,
-            )
-        t5 = T5EncoderModel(T5Config(**dict(T5_XXL, vocab_size=len(t5_tokenizer(512))))).to(dtype).eval()
-        return FluxPipeline(
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
-            vae=AutoencoderKL(**FLUX_VAE).to(dtype),
-            text_encoder=te,
-            tokenizer=clip_tokenizer(),
-            text_encoder_2=t5,
-            tokenizer_2=t5_tokenizer(512),
-            transformer=FluxTransformer2DModel(**FLUX_DEV).to(dtype),
-        )
-
-
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--measure-cpu", action="store_true", help="train one real SD-1.5 LoRA step at 512 px on CPU"
     )
-    parser.add_argument("--cuda", action="store_true", help="measure every option on the GPU")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--cuda", action="store_true", help="measure every family x option on the GPU (bench/gpu/memory.py)"
+    )
+    args = parser.parse_args(argv)
     print(
         "# LoRA training memory per option (estimate; ✓ = under the issue-14 target: "
         "SD-1.5 < 8 GB, SDXL @1024 < 16 GB, FLUX.1 < 24 GB)"
@@ -383,7 +215,9 @@ def main() -> None:
     if args.measure_cpu:
         print(measure_sd15_cpu_step())
     if args.cuda:
-        print("\n".join(measure_cuda()))
+        from bench.gpu import memory
+
+        sys.exit(memory.main([]))
 
 
 if __name__ == "__main__":

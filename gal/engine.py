@@ -114,7 +114,10 @@ class Studio:
         if not config.eval.prompts:
             config.eval.prompts = list(load_presets()["eval"][config.task])
         config.validate()
-        check_model_spec(config.model)  # a model that cannot be found fails here, before any row or folder
+        if not self.models.has(config.model):  # a registered in-memory model has nothing to look up
+            check_model_spec(
+                config.model
+            )  # a model that cannot be found fails here, before any row or folder
         if not references:
             raise ValueError("no reference images: add at least one image of the subject or style")
         loaded = []

@@ -43,6 +43,10 @@ class LoadedModels:
         self._pipes[spec] = pipe
         self._active[spec] = None
 
+    def has(self, spec: str) -> bool:
+        """Whether ``spec`` is already loaded or registered in memory (nothing to look up on disk or hub)."""
+        return spec in self._pipes
+
     def oracle(self, spec: str) -> Oracle:
         """The CLIP-space model that measures a run judged by ``spec`` (a CLIP judge's own model)."""
         spec = judges.scorer_spec(spec)

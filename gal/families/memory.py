@@ -14,6 +14,9 @@ import math
 
 BYTES = {"fp32": 4.0, "no": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "fp8": 1.0, "nf4": 0.5}
 CUDA_OVERHEAD = 1.0 * 2**30  # CUDA context + allocator slack
+# Multiplies the activation term; 1.0 = uncalibrated. bench/gpu/memory.py measures it on a GPU (its table ends
+# with the value that makes the estimate meet the measured step peaks).
+ACTIVATION_SCALE = 1.0
 
 
 def training_bytes(
@@ -32,11 +35,13 @@ def training_bytes(
     blocks: int = 0,
     block_params: float = 0.0,
     blocks_to_swap: int = 0,
+    activation_scale: float | None = None,
 ) -> dict[str, float]:
     """Bytes per part of one LoRA training step; ``total`` sums them. ``blocks``/``block_params``: the
     denoiser's transformer blocks and their mean size; ``blocks_to_swap`` of them stay on the CPU
     (``gal.blockswap``: about two are on the device at a time). ``block_bytes`` and ``blocks`` are returned
-    beside the parts (not in ``total``) so ``advice`` can size the swap."""
+    beside the parts (not in ``total``) so ``advice`` can size the swap. ``activation_scale`` (None:
+    ``ACTIVATION_SCALE``) calibrates the activation term."""
     base_bytes = BYTES[base]
     weight_bytes = BYTES[quantize_base] if quantize_base else base_bytes
     act = activations_ckpt_16bit if gradient_checkpointing else activations_16bit
@@ -49,7 +54,10 @@ def training_bytes(
         "vae": vae_params * base_bytes,
         "lora_and_grads": lora_params * 8.0,
         "optimizer": lora_params * (2.0 if optimizer == "adamw8bit" else 8.0),
-        "activations": act * base_bytes / 2.0,
+        "activations": act
+        * base_bytes
+        / 2.0
+        * (ACTIVATION_SCALE if activation_scale is None else activation_scale),
         "overhead": CUDA_OVERHEAD,
     }
     parts["total"] = sum(parts.values())
