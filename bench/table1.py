@@ -158,6 +158,8 @@ def one_run(
         config.train.steps = variant["steps"]
     if variant.get("captions"):
         config.train.captions = variant["captions"]
+    if variant.get("m"):
+        config.gal.m = variant["m"]
     if variant.get("images_per_anchor") and "+diversity" in strategy:  # the +diversity rows only
         config.gal.images_per_anchor = variant["images_per_anchor"]
     scenario = scenarios()[task]
@@ -227,7 +229,11 @@ def one_run(
         if positive_of:  # the round's picks become real renders of the subject in their scenes
             swapped += swap_added_for_renders(studio, run_id, scenario, under_review, seed)
     history = studio.history(run_id)
-    judged = judge_rounds(studio, run_id, scenario, len(history["rounds"]))
+    keep = None
+    if grid_dir is not None:
+        keep_rel = Path("evals") / grid_name(task, strategy, seed, variant).removesuffix(".png")
+        keep = grid_dir.parent / keep_rel
+    judged, eval_prompts = judge_rounds(studio, run_id, scenario, len(history["rounds"]), keep)
     if grid_dir is not None:
         save_grid(
             studio.run_dir(run_id),
@@ -256,7 +262,9 @@ def one_run(
             "added_per_round": added_per_round(history),
             "auto_fallbacks": fallbacks,
             "env": environment(),
+            "eval_prompts": eval_prompts,
         }
+        | ({"evals": str(keep_rel)} if keep is not None else {})
         | ({"swapped": swapped} if swapped else {})
         | ({"matched": matched} if matched else {})
         | ({"gate": gate} if gate else {})
@@ -266,24 +274,49 @@ def one_run(
 _JUDGE: dict = {}
 
 
-def judge_rounds(studio: Studio, run_id: str, scenario, rounds: int) -> list[dict]:
+def judge_rounds(
+    studio: Studio, run_id: str, scenario, rounds: int, keep: Path | None = None
+) -> tuple[list[dict], list[str]]:
     """The independent judge (gal/toyworld/judge.py) on every round's held-out images: identity, scene,
-    leak (means and per image, in the held-out order)."""
+    leak (means and per image, in the held-out order); and the held-out prompts. ``keep``: a folder to copy
+    the images to (``rNN/eNNN.png``), so a retrained judge can re-read them (``--rejudge``)."""
     from gal.toyworld.judge import Judge
 
     if "judge" not in _JUDGE:
         _JUDGE["judge"] = Judge.load()
     folder = studio.folder(run_id)
-    out = []
+    out, prompts = [], []
     for r in range(1, rounds + 1):
         with studio.db() as db:
-            images = sorted(storage.list_images(db, run_id, r, kind="eval"), key=lambda im: im["slot"])
-        out.append(
-            _JUDGE["judge"].score(
-                scenario, [folder.open_rgb(im["file"]) for im in images], [im["prompt"] for im in images]
-            )
-        )
-    return out
+            rows = sorted(storage.list_images(db, run_id, r, kind="eval"), key=lambda im: im["slot"])
+        images = [folder.open_rgb(im["file"]) for im in rows]
+        prompts = [im["prompt"] for im in rows]
+        if keep is not None:
+            (keep / f"r{r:02d}").mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                image.save(keep / f"r{r:02d}" / f"e{i:03d}.png")
+        out.append(_JUDGE["judge"].score(scenario, images, prompts))
+    return out, prompts
+
+
+def rejudge(results: list[dict], out: Path) -> int:
+    """Judge again, with the judge's current weights, every run whose held-out images were kept."""
+    from PIL import Image
+
+    from gal.toyworld.judge import Judge
+
+    judge, done = Judge.load(), 0
+    for r in results:
+        if not r.get("evals") or not r.get("eval_prompts"):
+            continue
+        for i, rnd in enumerate(r["rounds"]):
+            files = sorted((out / r["evals"] / f"r{i + 1:02d}").glob("e*.png"))
+            if len(files) != len(r["eval_prompts"]):
+                continue
+            images = [Image.open(f).convert("RGB") for f in files]
+            rnd["judge"] = judge.score(scenarios()[r["task"]], images, r["eval_prompts"])
+        done += 1
+    return done
 
 
 def job_variant(base: dict, strategy: str, person_budget: int, noise: float) -> dict:
@@ -817,6 +850,7 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each"
     )
+    parser.add_argument("--m", type=int, help="images drawn per anchor a round (default: the demo's 8)")
     parser.add_argument(
         "--frontier",
         nargs="+",
@@ -835,6 +869,9 @@ def main() -> None:
         type=int,
         default=1,
         help="torch threads per run (not 1: recorded in the variant, for the run-to-run noise check)",
+    )
+    parser.add_argument(
+        "--rejudge", action="store_true", help="judge the kept held-out images again (a retrained judge)"
     )
     parser.add_argument(
         "--trial",
@@ -868,6 +905,7 @@ def main() -> None:
             "steps": args.steps,
             "captions": args.captions,
             "images_per_anchor": args.images_per_anchor,
+            "m": args.m,
         }.items()
         if v is not None
     }
@@ -917,6 +955,10 @@ def main() -> None:
     if (args.report or args.targets) and args.tasks and not any(r["task"] in args.tasks for r in results):
         held = sorted({r["task"] for r in results})
         sys.exit(f"no runs of {', '.join(args.tasks)} in {saved}; it holds {', '.join(held) or 'none'}")
+    if args.rejudge:
+        n = rejudge(results, out)
+        saved.write_text(json.dumps(results, indent=1))
+        print(f"judged {n} runs again with {Path(__file__).parents[1] / 'gal/toyworld/judge.safetensors'}")
     if args.trial:
         from bench.trial.report import trial_report
 

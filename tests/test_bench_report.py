@@ -439,3 +439,20 @@ def test_environment_records_versions_threads_commit_command():
     assert env["versions"]["torch"] and env["versions"]["numpy"]
     assert env["cpu_capability"] and env["torch_threads"] >= 1
     assert env["command"] == "bench/table1.py --seeds 0" and env["commit"]
+
+
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[1] / "gal/toyworld/judge.safetensors").exists(), reason="no judge"
+)
+def test_rejudge_reads_the_kept_held_out_images(tmp_path):
+    from gal.toyworld.world import Spec, subject_renders
+
+    images = subject_renders([Spec("star", "green", "checkered", "stairs")], 3, seed=4)
+    (tmp_path / "evals/run/r01").mkdir(parents=True)
+    for i, im in enumerate(images):
+        im.save(tmp_path / "evals/run/r01" / f"e{i:03d}.png")
+    run = {"task": "known", "evals": "evals/run", "eval_prompts": ["a <sks> star on a snowy field"] * 3}
+    run["rounds"] = [{"ovf": 0.0}]
+    assert table1.rejudge([run, {"task": "known", "rounds": [{}]}], tmp_path) == 1
+    j = run["rounds"][0]["judge"]
+    assert j["per_image"]["scene"] == [0, 0, 0] and j["per_image"]["leak"] == [1, 1, 1]  # stairs, not snow
