@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+import storage  # noqa: E402
+from bench.trial.controls import swap_added_for_renders  # noqa: E402
+from bench.trial.env import environment  # noqa: E402
 from gal.algorithm import matched_real_steps  # noqa: E402
 from gal.demo import demo_scenario  # noqa: E402
 from gal.engine import Studio  # noqa: E402
@@ -41,7 +44,13 @@ PAPER_ROWS = ["random", "human", "human-noisy", "uncertainty", "uncertainty+bala
 # seeds' strategies (AISEL's diverse uncertainty sampling).
 CONTROL_ROWS = ["lambda-0", "dreambooth-matched"]
 SEED_ROWS = ["uncertainty+diversity", "uncertainty+diversity+balance"]
-ROWS = PAPER_ROWS + CONTROL_ROWS + SEED_ROWS
+# Issue 29's controls: plain DreamBooth-LoRA for one round at a given step count (``steps``; ``prior`` for
+# DreamBooth's class-prior loss) — the frontier's points —, and the positive control: a strategy's picks
+# (``match``, default uncertainty+diversity) replaced by real renders of the subject in their anchors'
+# scenes, same count, weights and captions (bench/trial/controls.py).
+TRIAL_ROWS = ["dreambooth", "positive-control"]
+POSITIVE_OF = "uncertainty+diversity"
+ROWS = PAPER_ROWS + CONTROL_ROWS + SEED_ROWS + TRIAL_ROWS
 COMPARED = "uncertainty+balance"  # the run dreambooth-matched is matched to (unless a variant names another)
 TASKS = list(scenarios())  # object, style, known, known-style
 METRICS = ("txt_aln", "img_aln", "ovf")
@@ -149,8 +158,18 @@ def one_run(
         config.train.steps = variant["steps"]
     if variant.get("captions"):
         config.train.captions = variant["captions"]
+    if variant.get("m"):
+        config.gal.m = variant["m"]
     if variant.get("images_per_anchor") and "+diversity" in strategy:  # the +diversity rows only
         config.gal.images_per_anchor = variant["images_per_anchor"]
+    scenario = scenarios()[task]
+    if strategy == "dreambooth":  # a frontier point: one round at the variant's steps
+        rounds = 1
+        if variant.get("prior"):
+            ref = scenario.reference_specs[0]
+            config.train.prior_preservation = True
+            config.train.class_prompt = scenario.oracle_subject or f"a {ref.shape}"
+    positive_of = variant.get("match", POSITIVE_OF) if strategy == "positive-control" else None
     matched = None
     if (
         strategy == "dreambooth-matched"
@@ -177,9 +196,13 @@ def one_run(
         rounds = 1
     if strategy == "lambda-0":
         config.gal.lam = 0.0
-    config.gal.strategy = {"human-noisy": "human", "lambda-0": COMPARED, "dreambooth-matched": COMPARED}.get(
-        strategy, strategy
-    )
+    config.gal.strategy = {
+        "human-noisy": "human",
+        "lambda-0": COMPARED,
+        "dreambooth-matched": COMPARED,
+        "dreambooth": COMPARED,
+        "positive-control": positive_of,
+    }.get(strategy, strategy)
     config.gal.max_rounds = rounds
     config.gal.adaptive_stop = False  # compare every strategy over the same number of rounds
     run_id = studio.create_run(config, refs)
@@ -187,6 +210,7 @@ def one_run(
     started = time.perf_counter()
     fallbacks = 0
     gate = None
+    swapped: list[dict] = []
     while True:
         run = studio.advance(run_id)
         if gate is None:  # round 1: do the aligned drawings look like the references?
@@ -195,12 +219,21 @@ def one_run(
             break
         if strategy.startswith("human"):
             simulated_person(studio, run_id, variant["person_budget"], variant.get("noise", 0.0), rng)
+        with studio.db() as db:
+            under_review = storage.get_run(db, run_id)["current_round"]
         try:
             studio.commit_round(run_id)
         except ValueError:  # the person accepted nothing: fall back to the oracle's picks this round
             studio.commit_round(run_id, "auto")
             fallbacks += 1
+        if positive_of:  # the round's picks become real renders of the subject in their scenes
+            swapped += swap_added_for_renders(studio, run_id, scenario, under_review, seed)
     history = studio.history(run_id)
+    keep = None
+    if grid_dir is not None:
+        keep_rel = Path("evals") / grid_name(task, strategy, seed, variant).removesuffix(".png")
+        keep = grid_dir.parent / keep_rel
+    judged, eval_prompts = judge_rounds(studio, run_id, scenario, len(history["rounds"]), keep)
     if grid_dir is not None:
         save_grid(
             studio.run_dir(run_id),
@@ -221,16 +254,69 @@ def one_run(
                 | {
                     "openness": r.get("openness"),
                     "mixed": studio.review_state(run_id, i + 1)["counters"]["mixed"],
+                    "judge": judged[i],
                 }
                 for i, r in enumerate(history["rounds"])
             ],
             "added": sum(r["source"] == "synthetic" for r in history["references"]),
             "added_per_round": added_per_round(history),
             "auto_fallbacks": fallbacks,
+            "env": environment(),
+            "eval_prompts": eval_prompts,
         }
+        | ({"evals": str(keep_rel)} if keep is not None else {})
+        | ({"swapped": swapped} if swapped else {})
         | ({"matched": matched} if matched else {})
         | ({"gate": gate} if gate else {})
     )
+
+
+_JUDGE: dict = {}
+
+
+def judge_rounds(
+    studio: Studio, run_id: str, scenario, rounds: int, keep: Path | None = None
+) -> tuple[list[dict], list[str]]:
+    """The independent judge (gal/toyworld/judge.py) on every round's held-out images: identity, scene,
+    leak (means and per image, in the held-out order); and the held-out prompts. ``keep``: a folder to copy
+    the images to (``rNN/eNNN.png``), so a retrained judge can re-read them (``--rejudge``)."""
+    from gal.toyworld.judge import Judge
+
+    if "judge" not in _JUDGE:
+        _JUDGE["judge"] = Judge.load()
+    folder = studio.folder(run_id)
+    out, prompts = [], []
+    for r in range(1, rounds + 1):
+        with studio.db() as db:
+            rows = sorted(storage.list_images(db, run_id, r, kind="eval"), key=lambda im: im["slot"])
+        images = [folder.open_rgb(im["file"]) for im in rows]
+        prompts = [im["prompt"] for im in rows]
+        if keep is not None:
+            (keep / f"r{r:02d}").mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                image.save(keep / f"r{r:02d}" / f"e{i:03d}.png")
+        out.append(_JUDGE["judge"].score(scenario, images, prompts))
+    return out, prompts
+
+
+def rejudge(results: list[dict], out: Path) -> int:
+    """Judge again, with the judge's current weights, every run whose held-out images were kept."""
+    from PIL import Image
+
+    from gal.toyworld.judge import Judge
+
+    judge, done = Judge.load(), 0
+    for r in results:
+        if not r.get("evals") or not r.get("eval_prompts"):
+            continue
+        for i, rnd in enumerate(r["rounds"]):
+            files = sorted((out / r["evals"] / f"r{i + 1:02d}").glob("e*.png"))
+            if len(files) != len(r["eval_prompts"]):
+                continue
+            images = [Image.open(f).convert("RGB") for f in files]
+            rnd["judge"] = judge.score(scenarios()[r["task"]], images, r["eval_prompts"])
+        done += 1
+    return done
 
 
 def job_variant(base: dict, strategy: str, person_budget: int, noise: float) -> dict:
@@ -607,10 +693,14 @@ def plot(results: list[dict], rounds: int, path: Path) -> None:
 _WORKER: dict = {}
 
 
-def _init_worker(model: str, oracle: str, root: str, grid_dir: str, saved: str = "") -> None:
+def _init_worker(
+    model: str, oracle: str, root: str, grid_dir: str, saved: str = "", threads: int = 1
+) -> None:
     import torch
 
-    torch.set_num_threads(1)  # one process per core: 2 threads each thrash a shared 2-core machine
+    torch.set_num_threads(
+        threads
+    )  # default 1: one process per core; 2 threads each thrash a shared 2-core machine
     folder = Path(tempfile.mkdtemp(dir=root))
     _WORKER.update(
         studio=Studio(folder / "runs", model=model, oracle=oracle),
@@ -760,6 +850,34 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs in parallel, one process and one torch thread each"
     )
+    parser.add_argument("--m", type=int, help="images drawn per anchor a round (default: the demo's 8)")
+    parser.add_argument(
+        "--frontier",
+        nargs="+",
+        type=int,
+        default=[100, 200, 300, 450, 600, 900],
+        help="the dreambooth row's step counts (one run each: the frontier's points)",
+    )
+    parser.add_argument(
+        "--prior",
+        choices=["off", "on", "both"],
+        default="off",
+        help="the dreambooth row with DreamBooth's prior-preservation loss, without, or both",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (not 1: recorded in the variant, for the run-to-run noise check)",
+    )
+    parser.add_argument(
+        "--rejudge", action="store_true", help="judge the kept held-out images again (a retrained judge)"
+    )
+    parser.add_argument(
+        "--trial",
+        action="store_true",
+        help="only print issue 29's report: the independent judge, the frontier, paired bootstrap CIs",
+    )
     parser.add_argument("--out", default="artifacts/table1")
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out/results.json")
     parser.add_argument(
@@ -787,6 +905,7 @@ def main() -> None:
             "steps": args.steps,
             "captions": args.captions,
             "images_per_anchor": args.images_per_anchor,
+            "m": args.m,
         }.items()
         if v is not None
     }
@@ -797,13 +916,28 @@ def main() -> None:
             v.pop("lam", None)  # lambda-0 sets its own λ; dreambooth-matched adds nothing
         if strategy == "dreambooth-matched" and args.match and args.match != COMPARED:
             v["match"] = args.match
+        if strategy == "positive-control" and args.match and args.match != POSITIVE_OF:
+            v["match"] = args.match
+        if args.threads != 1:
+            v["threads"] = args.threads
         return v
+
+    def variants_of(strategy: str) -> list[dict]:
+        """The dreambooth row: one variant per frontier step count (and prior setting)."""
+        if strategy != "dreambooth":
+            return [variant_of(strategy)]
+        priors = {"off": [False], "on": [True], "both": [False, True]}[args.prior]
+        return [
+            {**variant_of(strategy), "steps": n} | ({"prior": True} if p else {})
+            for p in priors
+            for n in args.frontier
+        ]
 
     def selected(results: list[dict]) -> list[dict]:
         return [
             r
             for r in results
-            if (r.get("variant") or {}) == variant_of(r["strategy"])
+            if (r.get("variant") or {}) in variants_of(r["strategy"])
             and (not args.tasks or r["task"] in args.tasks)
         ]
 
@@ -821,6 +955,15 @@ def main() -> None:
     if (args.report or args.targets) and args.tasks and not any(r["task"] in args.tasks for r in results):
         held = sorted({r["task"] for r in results})
         sys.exit(f"no runs of {', '.join(args.tasks)} in {saved}; it holds {', '.join(held) or 'none'}")
+    if args.rejudge:
+        n = rejudge(results, out)
+        saved.write_text(json.dumps(results, indent=1))
+        print(f"judged {n} runs again with {Path(__file__).parents[1] / 'gal/toyworld/judge.safetensors'}")
+    if args.trial:
+        from bench.trial.report import trial_report
+
+        print(trial_report([r for r in results if not args.tasks or r["task"] in args.tasks]))
+        return
     if args.targets:
         shown = [r for r in results if not args.tasks or r["task"] in args.tasks]
         print(targets(shown, {"eval_images": variant.get("eval_images", 8)}))
@@ -840,12 +983,12 @@ def main() -> None:
         return
     done = {_key(r) for r in results}
     jobs = [
-        (task, strategy, seed, args.rounds, variant_of(strategy))
+        (task, strategy, seed, args.rounds, v)
         for task in args.tasks or ["object"]
         for seed in args.seeds
         for strategy in args.strategies
-        if _key({"task": task, "strategy": strategy, "seed": seed, "variant": variant_of(strategy)})
-        not in done
+        for v in variants_of(strategy)
+        if _key({"task": task, "strategy": strategy, "seed": seed, "variant": v}) not in done
     ]
     print(
         f"{len(jobs)} runs to do ({len(results)} already in {saved}), "
@@ -855,13 +998,15 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.jobs == 1:
-            _init_worker(args.model, args.oracle, tmp, str(out / "grids"), str(saved))
+            _init_worker(args.model, args.oracle, tmp, str(out / "grids"), str(saved), args.threads)
             finished = map(_work, jobs)
         else:
             import multiprocessing as mp
 
             pool = mp.get_context("spawn").Pool(
-                args.jobs, _init_worker, (args.model, args.oracle, tmp, str(out / "grids"), str(saved))
+                args.jobs,
+                _init_worker,
+                (args.model, args.oracle, tmp, str(out / "grids"), str(saved), args.threads),
             )
             finished = pool.imap_unordered(_work, jobs)
         failed = []

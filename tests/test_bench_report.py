@@ -330,3 +330,129 @@ def test_targets_use_the_control_with_the_rows_captions_and_mark_a_fallback():
     assert "1/1/1 of 1" in next(x for x in lines if "images_per_anchor=2" in x)  # the plain control
     other = next(x for x in lines if "captions=other" in x)
     assert "1/1/1 of 1*" in other and any(x.startswith("*: no dreambooth-matched") for x in lines)
+
+
+# --- issue 29: the paired bootstrap, the DreamBooth frontier, the trial report, the environment record ----
+from bench.trial import stats  # noqa: E402  (importable once table1 put the repository root on sys.path)
+from bench.trial.env import environment  # noqa: E402
+from bench.trial.report import subset, trial_report  # noqa: E402
+
+
+def test_bootstrap_ci_known_answers():
+    # no spread, no interval
+    c = stats.bootstrap_mean([0.25] * 7)
+    assert (c["mean"], c["lo"], c["hi"], c["n"]) == (0.25, 0.25, 0.25, 7)
+    # 100 coin flips: mean 0.5, sd of the mean 0.05, so the 95 % interval is about 0.5 ± 0.098
+    c = stats.bootstrap_mean([0, 1] * 50, seed=3)
+    assert c["mean"] == 0.5 and c["lo"] < 0.5 < c["hi"]
+    assert abs((c["hi"] - c["lo"]) - 2 * 1.96 * 0.05) < 0.02
+    # seeded: the same seed gives the same interval
+    assert stats.bootstrap_mean([0.1, 0.5, 0.3], seed=1) == stats.bootstrap_mean([0.1, 0.5, 0.3], seed=1)
+    with pytest.raises(ValueError, match="run at least one seed"):
+        stats.bootstrap_mean([None])
+
+
+def test_paired_difference_uses_common_seeds_and_says_which_side():
+    a = {0: 0.5, 1: 0.6, 2: 0.7, 3: 9.0}
+    b = {0: 0.4, 1: 0.5, 2: 0.6}
+    d = stats.paired_difference(a, b)
+    assert d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(0.1) and d["lo"] == pytest.approx(0.1)
+    assert stats.verdict(d) == "above 0"
+    assert stats.verdict({"lo": -0.1, "hi": 0.2}) == "includes 0"
+    assert stats.verdict({"lo": -0.3, "hi": -0.2}) == "below 0"
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_frontier_interpolates_its_pareto_points():
+    points = [(0.5, 0.1), (0.9, 0.5), (0.6, 0.6)]  # (0.6, 0.6) is beaten by (0.9, 0.5)
+    assert stats.pareto(points) == [(0.5, 0.1), (0.9, 0.5)]
+    assert stats.frontier_leak(points, 0.7) == pytest.approx(0.3)
+    assert stats.frontier_leak(points, 0.2) == pytest.approx(0.1)  # below: the least leak reached
+    assert stats.frontier_leak(points, 1.0) == pytest.approx(0.5)  # above: its most faithful point's
+
+
+def test_frontier_gap_sign_and_interval():
+    front = {
+        "steps=100": {s: (0.5, 0.1) for s in range(4)},
+        "steps=900": {s: (0.9, 0.5) for s in range(4)},
+    }
+    above = stats.frontier_gap({s: (0.7, 0.1) for s in range(4)}, front)
+    assert above["gap"] == pytest.approx(-0.2) and above["hi"] == pytest.approx(-0.2)
+    assert stats.verdict(above) == "below 0"
+    on = stats.frontier_gap({s: (0.7, 0.3) for s in range(4)}, front)
+    assert on["gap"] == pytest.approx(0.0, abs=1e-9) and stats.verdict(on) == "includes 0"
+    # noisy seeds widen the interval until it includes 0
+    noisy = stats.frontier_gap({0: (0.7, 0.0), 1: (0.7, 0.6), 2: (0.7, 0.1), 3: (0.7, 0.5)}, front)
+    assert noisy["lo"] < 0 < noisy["hi"]
+
+
+def _judged(strategy, seed, identity, leak, variant=None, rounds=1):
+    per = {"identity": [1] * int(identity * 8) + [0] * (8 - int(identity * 8)), "scene": [1] * 8, "leak": []}
+    per["leak"] = [1] * int(leak * 8) + [0] * (8 - int(leak * 8))
+    j = {"identity": identity, "scene": 1.0, "leak": leak, "per_image": per}
+    rnd = {"txt_aln": 1.0, "img_aln": 0.7, "ovf": leak, "judge": j}
+    return {
+        "task": "known",
+        "strategy": strategy,
+        "seed": seed,
+        "variant": {"eval_images": 8, **(variant or {})},
+        "rounds": [rnd] * rounds,
+        "env": {"versions": {"torch": "x"}, "cpu_capability": "AVX2", "torch_threads": 1, "commit": "abc"},
+    }
+
+
+def test_trial_report_reads_frontier_controls_and_noise():
+    res = []
+    for s in range(3):
+        res += [
+            _judged("dreambooth", s, 0.5, 0.125, {"steps": 100}),
+            _judged("dreambooth", s, 0.875, 0.5, {"steps": 900}),
+            _judged("positive-control", s, 0.75, 0.125, rounds=2),
+            _judged("uncertainty+diversity", s, 0.75, 0.5, rounds=2),
+            _judged("uncertainty+balance", s, 0.875, 0.625, rounds=2),
+            _judged("lambda-0", s, 0.875, 0.5, rounds=2),
+        ]
+    res.append(_judged("dreambooth", 0, 0.625, 0.25, {"steps": 100, "threads": 2}))
+    text = trial_report(res, n_boot=200)
+    assert "AVX2 threads 1 @abc" in text
+    # the positive control sits 0.25 below the frontier (0.375 there at identity 0.75) in every seed
+    assert "positive-control" in text and "gap -0.250 [-0.250, -0.250] over 3 seeds: below 0" in text
+    assert "gap +0.125 [+0.125, +0.125] over 3 seeds: above 0" in text  # uncertainty+diversity
+    assert "uncertainty+balance (-) vs lambda-0 (-), 3 seeds: Δidentity +0.000" in text
+    assert "Δleak +0.125 [+0.125, +0.125] (above 0)" in text
+    assert "positive-control (-) vs uncertainty+diversity (-), 3 seeds" in text
+    assert "noise floor: dreambooth steps=100 seed 0 R1, 1 vs 2 threads" in text
+    assert "|Δidentity| 0.125" in text
+
+
+def test_subset_keeps_the_first_images_of_each_prompt():
+    judge = {
+        "per_image": {"identity": [1, 1, 0, 0, 0, 0, 1, 1], "scene": [None] * 8, "leak": [1, 0, 1, 0] * 2}
+    }
+    half = subset(judge, per_prompt=4, keep=2)
+    assert half == {"identity": 0.5, "scene": None, "leak": 0.5}
+
+
+def test_environment_records_versions_threads_commit_command():
+    env = environment(["bench/table1.py", "--seeds", "0"])
+    assert env["versions"]["torch"] and env["versions"]["numpy"]
+    assert env["cpu_capability"] and env["torch_threads"] >= 1
+    assert env["command"] == "bench/table1.py --seeds 0" and env["commit"]
+
+
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[1] / "gal/toyworld/judge.safetensors").exists(), reason="no judge"
+)
+def test_rejudge_reads_the_kept_held_out_images(tmp_path):
+    from gal.toyworld.world import Spec, subject_renders
+
+    images = subject_renders([Spec("star", "green", "checkered", "stairs")], 3, seed=4)
+    (tmp_path / "evals/run/r01").mkdir(parents=True)
+    for i, im in enumerate(images):
+        im.save(tmp_path / "evals/run/r01" / f"e{i:03d}.png")
+    run = {"task": "known", "evals": "evals/run", "eval_prompts": ["a <sks> star on a snowy field"] * 3}
+    run["rounds"] = [{"ovf": 0.0}]
+    assert table1.rejudge([run, {"task": "known", "rounds": [{}]}], tmp_path) == 1
+    j = run["rounds"][0]["judge"]
+    assert j["per_image"]["scene"] == [0, 0, 0] and j["per_image"]["leak"] == [1, 1, 1]  # stairs, not snow

@@ -121,3 +121,62 @@ def test_known_gate_compares_aligned_drawings_with_real_renders(shared_studio, r
     if gate["aligned"]:
         assert gate["passes"] == (gate["generated"] >= gate["real"])
         assert gate["ratio"] == pytest.approx(gate["generated"] / gate["real"])
+
+
+def test_positive_control_swaps_the_picks_for_real_renders(shared_studio, references, monkeypatch):
+    """Issue 29's positive control: the round's picks become renders of the subject in their anchors'
+    scenes — same count, weights and captions — and the next round trains on the renders."""
+    import hashlib
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.trial.controls import swap_added_for_renders, truth_spec
+    from gal.toyworld.world import Spec, render, scenarios
+
+    scenario = scenarios()["known"]
+    assert truth_spec(scenario, "a <sks> star among clouds") == Spec("star", "green", "checkered", "clouds")
+    with pytest.raises(ValueError, match="names no scene"):
+        truth_spec(scenario, "a <sks> star")
+
+    seen = []
+    real_train = gal.steps.train_lora
+
+    def spy(pipe, examples, *args, **kwargs):
+        seen.append(
+            [(np.asarray(e.image.convert("RGB")).copy(), e.prompt, e.weight, e.added) for e in examples]
+        )
+        return real_train(pipe, examples, *args, **kwargs)
+
+    monkeypatch.setattr(gal.steps, "train_lora", spy)
+    studio = shared_studio
+    config = tiny_config("uncertainty+diversity", max_rounds=2)
+    config.gal.pause_for_review = True
+    run_id = studio.create_run(config, references)
+    assert studio.advance(run_id)["status"] == "awaiting_review"
+    studio.commit_round(run_id)
+    with studio.db() as db:
+        before = [x for x in storage.list_references(db, run_id) if x["source"] == "synthetic"]
+    swapped = swap_added_for_renders(studio, run_id, scenario, 1, seed=5)
+    with studio.db() as db:
+        after = [x for x in storage.list_references(db, run_id) if x["source"] == "synthetic"]
+    assert len(swapped) == len(before) == len(after) == 2  # k = 2: the same count
+    assert [(x["prompt"], x["weight"], x["file"]) for x in after] == [
+        (x["prompt"], x["weight"], x["file"]) for x in before
+    ]
+    folder = studio.folder(run_id)
+    renders = {}
+    for i, ref in enumerate(sorted(after, key=lambda x: x["file"])):
+        spec = truth_spec(scenario, ref["prompt"])
+        size = folder.open_rgb(ref["file"]).size[0]
+        want = np.asarray(render(spec, np.random.default_rng([5, 11, 1, i]), size))
+        got = np.asarray(Image.open(folder.path(ref["file"])).convert("RGB"))
+        assert np.array_equal(got, want)
+        assert ref["sha256"] == hashlib.sha256(folder.path(ref["file"]).read_bytes()).hexdigest()
+        renders[ref["prompt"]] = want
+    studio.advance(run_id)  # round 2 trains on the real references and the two renders
+    added = [(img, p, w) for img, p, w, is_added in seen[-1] if is_added]
+    assert len(added) == 2
+    for img, prompt, weight in added:
+        assert weight == 1.0 and np.array_equal(img, renders[prompt])

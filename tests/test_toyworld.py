@@ -206,3 +206,80 @@ def test_demo_known_is_an_object_run(tmp_path):
     config.validate()
     assert config.task == "style" and len(refs) == 2
     assert refs[0].non_soi_text == "a heart on a blank background"
+
+
+# --- issue 29: the independent judge (attribute probes trained on procedural renders only) -------------
+JUDGE_WEIGHTS = Path(__file__).resolve().parents[1] / "gal" / "toyworld" / "judge.safetensors"
+
+
+def test_prompt_truth_reads_the_subject_and_the_scene():
+    from gal.toyworld.judge import prompt_truth, scene_of
+
+    sc = scenarios()
+    assert [scene_of(p) for p in sc["known"].eval_prompts] == [
+        None,
+        "grass",
+        "night",
+        "sea",
+        "snow",
+        "desert",
+    ]
+    assert (
+        scene_of("a <sks> star on the water") == "sea" and scene_of("a <sks> star against bricks") == "bricks"
+    )
+    t = prompt_truth(sc["known"], "a <sks> star in a field of grass")
+    assert (t.shape, t.colour, t.pattern, t.scene, t.leak_scene) == (
+        "star",
+        "green",
+        "checkered",
+        "grass",
+        "stairs",
+    )
+    t = prompt_truth(sc["known-style"], "a square in <sks> style in the desert")
+    assert (t.shape, t.colour, t.pattern, t.scene, t.leak_scene) == (
+        "square",
+        "green",
+        "checkered",
+        "desert",
+        "blank",
+    )
+    assert prompt_truth(sc["object"], "a <sks> star").colour is None  # the rainbow has no single colour
+    with pytest.raises(ValueError, match="several scenes"):
+        scene_of("a star on grass in the snow")
+    with pytest.raises(ValueError, match="names no shape"):
+        prompt_truth(sc["known-style"], "something in <sks> style")
+
+
+@pytest.mark.skipif(not JUDGE_WEIGHTS.exists(), reason="no judge weights: scripts/train_judge.py")
+def test_judge_gate_on_fresh_renders():
+    """The shipped probes read fresh renders (a seed they never saw) with known answers."""
+    from gal.toyworld.judge import Judge, renders
+
+    assert JUDGE_WEIGHTS.stat().st_size < 2_000_000
+    judge = Judge.load()
+    images, specs = renders(300, seed=12345)
+    acc = judge.accuracy(images, specs)
+    assert acc["shape"] >= 0.9 and acc["colour"] >= 0.9 and acc["pattern"] >= 0.85, acc
+    assert acc["background"] >= 0.95, acc
+
+
+@pytest.mark.skipif(not JUDGE_WEIGHTS.exists(), reason="no judge weights: scripts/train_judge.py")
+def test_judge_scores_identity_scene_and_leak_with_known_answers():
+    from gal.toyworld.judge import Judge
+    from gal.toyworld.world import subject_renders
+
+    sc = scenarios()["known"]
+    judge = Judge.load()
+    right = subject_renders([Spec("star", "green", "checkered", "grass")], 8, seed=77)
+    on_stairs = subject_renders([Spec("star", "green", "checkered", "stairs")], 8, seed=78)
+    wrong = subject_renders([Spec("circle", "red", "plain", "grass")], 8, seed=79)
+    prompt = ["a <sks> star in a field of grass"] * 8
+    good = judge.score(sc, right, prompt)
+    assert good["identity"] >= 0.85 and good["scene"] >= 0.85 and good["leak"] <= 0.15
+    leaked = judge.score(sc, on_stairs, prompt)
+    assert leaked["identity"] >= 0.85 and leaked["leak"] >= 0.85 and leaked["scene"] <= 0.15
+    assert judge.score(sc, wrong, prompt)["identity"] <= 0.15
+    bare = judge.score(sc, on_stairs, ["a <sks> star"] * 8)  # no scene asked: no scene or leak verdict
+    assert bare["scene"] is None and bare["leak"] is None and bare["per_image"]["leak"] == [None] * 8
+    with pytest.raises(ValueError, match="one prompt per image"):
+        judge.score(sc, right, prompt[:3])
