@@ -23,79 +23,24 @@ import gradio as gr
 import pandas as pd
 
 import storage
-from gal.config import EvalConfig, GALConfig, GenerateConfig, RunConfig, TrainConfig, load_presets
+from gal.config import load_presets
 from gal.demo import demo_scenario
 from gal.engine import ReferenceInput, Studio
 from gal.export import DEFAULT_FORMATS
+from gal.fields import (
+    DEFAULT_SUBJECT,
+    STRATEGY_CHOICES,  # noqa: F401  (ui.blocks)
+    config_from_form,
+    default_form,
+    field_names,
+    form_from_config,
+)
 from gal.review import parse_verdict
 from gal.runfolder import safe_join
 from ui import render
 from ui.worker import Worker
 
-# Table 1 of the paper: five query strategies.
-STRATEGY_CHOICES = [
-    ("Random — k random anchors, weight 1", "random"),
-    ("Human — the images you accept, weight 1", "human"),
-    ("Uncertainty — the k most uncertain anchors, weight 1", "uncertainty"),
-    ("Uncertainty + Balance (GAL) — k most uncertain anchors, weight Δ", "uncertainty+balance"),
-    ("Human + Balance — the images you accept, weight Δ", "human+balance"),
-    (
-        "Uncertainty + Diversity (AISEL) — uncertain anchors whose images lie far apart, weight 1",
-        "uncertainty+diversity",
-    ),
-]
-DEFAULT_SUBJECT = {"object": "a <sks> cat", "style": "in <sks> style"}
-
-# The set-up form, in the order the handlers take it.
-FORM_FIELDS = (
-    "task",
-    "soi_token",
-    "subject_phrase",
-    "oracle_subject",
-    "anchors",
-    "eval_prompts",
-    "model",
-    "oracle",
-    "strategy",
-    "m",
-    "k",
-    "lam",
-    "images_per_anchor",
-    "rounds",
-    "train_steps",
-    "resolution",
-    "seed",
-    "learning_rate",
-    "rank",
-    "train_batch",
-    "gen_steps",
-    "guidance",
-    "gen_batch",
-    "eval_per_prompt",
-    "lr_schedule",
-    "reference_sampling",
-    "captions",
-    "adaptive_stop",
-    "name",
-)
-# Labels used in messages, so an error names the field as the page shows it.
-FIELD_LABELS = {
-    "m": "m (images drawn per anchor)",
-    "k": "k (anchors per round)",
-    "lam": "λ",
-    "images_per_anchor": "images per picked anchor",
-    "rounds": "rounds",
-    "train_steps": "training steps",
-    "resolution": "resolution",
-    "seed": "seed",
-    "learning_rate": "learning rate",
-    "rank": "LoRA rank",
-    "train_batch": "training batch",
-    "gen_steps": "sampling steps",
-    "guidance": "guidance scale",
-    "gen_batch": "generation batch",
-    "eval_per_prompt": "evaluation images per prompt",
-}
+FORM_FIELDS = field_names()  # the set-up form, in the order the handlers take it (gal.fields)
 TABLE_HEADERS = ["image", "prompt (with the SoI token)", "non-SoI caption (what the model must NOT learn)"]
 MAX_SESSIONS = 1000  # pages whose latest click nonce is remembered
 RUN_HEADERS = ["run id", "name", "task", "status", "round", "strategy", "created"]
@@ -188,143 +133,6 @@ def user_errors(handler):
             raise error(err) from err
 
     return wrapper
-
-
-# -- the form <-> RunConfig ---------------------------------------------------------------------
-
-
-def _number(form: dict, name: str) -> float:
-    value = form.get(name)
-    label = FIELD_LABELS.get(name, name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise ValueError(f"{label} is empty: enter a number")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{label} must be a number, got {value!r}") from None
-
-
-def _whole(form: dict, name: str) -> int:
-    value = _number(form, name)
-    if not value.is_integer():
-        raise ValueError(f"{FIELD_LABELS.get(name, name)} must be a whole number, got {value:g}")
-    return int(value)
-
-
-def _at_least_one(form: dict, name: str) -> int:
-    """A whole number >= 1 (empty: 1)."""
-    if form.get(name) in (None, ""):
-        return 1
-    value = _whole(form, name)
-    if value < 1:
-        raise ValueError(f"{FIELD_LABELS.get(name, name)} must be at least 1, got {value}")
-    return value
-
-
-def _lines(text: str | None) -> list[str]:
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
-
-
-def config_from_form(form: dict) -> RunConfig:
-    """Build and validate the RunConfig the form describes (ValueError names the field and the fix)."""
-    resolution = _whole(form, "resolution")
-    if resolution < 0:
-        raise ValueError(f"resolution must be 0 (the model's own) or a multiple of 8, got {resolution}")
-    if form.get("strategy") not in dict((v, k) for k, v in STRATEGY_CHOICES):
-        raise ValueError(f"choose a strategy (one of the 5 rows of Table 1), got {form.get('strategy')!r}")
-    rank = _whole(form, "rank")
-    config = RunConfig(
-        task=form.get("task") or "object",
-        soi_token=(form.get("soi_token") or "").strip(),
-        subject_phrase=" ".join((form.get("subject_phrase") or "").split()),
-        anchors=_lines(form.get("anchors")),
-        oracle_subject=(form.get("oracle_subject") or "").strip() or None,
-        model=(form.get("model") or "").strip(),
-        oracle=(form.get("oracle") or "").strip(),
-        seed=_whole(form, "seed"),
-        name=(form.get("name") or "").strip(),
-        train=TrainConfig(
-            steps=_whole(form, "train_steps"),
-            resolution=resolution or None,
-            learning_rate=_number(form, "learning_rate"),
-            rank=rank,  # alpha: the default rule, alpha = rank
-            batch_size=_whole(form, "train_batch"),
-            reference_sampling=form.get("reference_sampling") or "pooled",
-            captions=form.get("captions") or "plain",
-            lr_schedule=form.get("lr_schedule") or "constant",
-        ),
-        generate=GenerateConfig(
-            steps=_whole(form, "gen_steps"),
-            guidance_scale=_number(form, "guidance"),
-            batch_size=_whole(form, "gen_batch"),
-        ),
-        gal=GALConfig(
-            strategy=form["strategy"],
-            m=_whole(form, "m"),
-            k=_whole(form, "k"),
-            lam=_number(form, "lam"),
-            images_per_anchor=_at_least_one(form, "images_per_anchor"),
-            max_rounds=_whole(form, "rounds"),
-            pause_for_review=True,  # the app always stops at review
-            adaptive_stop=bool(form.get("adaptive_stop")),
-        ),
-        eval=EvalConfig(
-            prompts=_lines(form.get("eval_prompts")), images_per_prompt=_whole(form, "eval_per_prompt")
-        ),
-    )
-    if not config.model:
-        raise ValueError("the model is empty: 'tiny', 'toy', a hub id or a local diffusers folder")
-    if not config.oracle:
-        raise ValueError("the oracle is empty: 'tiny', 'toy', 'ViT-B-32/openai' or a local open_clip folder")
-    config.validate()
-    return config
-
-
-def form_from_config(config: RunConfig) -> dict:
-    return {
-        "task": config.task,
-        "soi_token": config.soi_token,
-        "subject_phrase": config.subject_phrase,
-        "oracle_subject": config.oracle_subject or "",
-        "anchors": "\n".join(config.anchors),
-        "eval_prompts": "\n".join(config.eval.prompts),
-        "model": config.model,
-        "oracle": config.oracle,
-        "strategy": config.gal.strategy,
-        "m": config.gal.m,
-        "k": config.gal.k,
-        "lam": config.gal.lam,
-        "images_per_anchor": config.gal.images_per_anchor,
-        "rounds": config.gal.max_rounds,
-        "train_steps": config.train.steps,
-        "resolution": config.train.resolution or 0,
-        "seed": config.seed,
-        "learning_rate": config.train.learning_rate,
-        "rank": config.train.rank,
-        "train_batch": config.train.batch_size,
-        "gen_steps": config.generate.steps,
-        "guidance": config.generate.guidance_scale,
-        "gen_batch": config.generate.batch_size,
-        "eval_per_prompt": config.eval.images_per_prompt,
-        "adaptive_stop": config.gal.adaptive_stop,
-        "reference_sampling": config.train.reference_sampling,
-        "captions": config.train.captions,
-        "lr_schedule": config.train.lr_schedule,
-        "name": config.name,
-    }
-
-
-def default_form(model: str, oracle: str, task: str = "object") -> dict:
-    presets = load_presets()
-    config = RunConfig(
-        task=task,
-        subject_phrase=DEFAULT_SUBJECT[task],
-        anchors=list(presets[task]),
-        model=model,
-        oracle=oracle,
-        eval=EvalConfig(prompts=list(presets["eval"][task])),
-    )
-    return form_from_config(config)
 
 
 def _rows(table) -> list[list]:
