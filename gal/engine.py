@@ -25,6 +25,7 @@ import torch
 
 import storage
 from gal import review, selection
+from gal.advice import compare_anchor, dilution
 from gal.config import RunConfig, load_presets
 from gal.distributed import Processes
 from gal.faults import checkpoint
@@ -404,6 +405,6 @@ class Studio:
             return export_run(source, run_id, Path(out_dir), formats, force=force)
 
 
-# What the UI uses besides the Studio: the verdict words and the cancelled-job signal.
+# What the UI uses besides the Studio: the verdict words, the cancelled-job signal, the advice (gal.advice).
 parse_verdict = review.parse_verdict
-__all__ = ["Cancelled", "ReferenceInput", "Studio", "parse_verdict"]
+__all__ = ["Cancelled", "ReferenceInput", "Studio", "compare_anchor", "dilution", "parse_verdict"]

@@ -162,6 +162,11 @@ FIELDS: tuple[Field, ...] = (
 )  # fmt: skip
 
 
+def paper_presets() -> dict:
+    """The paper's 18 object and 18 style anchors and the held-out evaluation prompts per task."""
+    return load_presets()
+
+
 def fields() -> tuple[Field, ...]:
     """The table as it is now (a test may add a row)."""
     return FIELDS
