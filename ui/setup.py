@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from gradio.components.dataframe import DataframeData
+from pydantic import ValidationError, model_validator
 
 from gal.engine import ReferenceInput
 from gal.fields import (
@@ -29,26 +31,67 @@ FAMILY_FIELDS = ("resolution", "learning_rate", "rank", "gen_steps", "guidance")
 SETUP_OUTPUTS = ("files", "gallery", "table")  # what loading a set-up fills besides the form
 
 
-def _rows(table, what: str = "the table") -> list[list]:
+class _TableData(DataframeData):
+    """The table as a script may send it: a value that is no table is kept aside (``metadata.invalid``)
+    so the handler refuses it naming the field, instead of failing inside Gradio's validation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_invalid(cls, value):
+        try:
+            DataframeData.model_validate(value)
+        except ValidationError:
+            return {"headers": [], "data": [], "metadata": {"invalid": [repr(value)[:80]]}}
+        return value
+
+
+class ReferenceTable(gr.Dataframe):
+    """The per-image prompts table (``None`` from a script: no rows)."""
+
+    data_model = _TableData
+
+    def preprocess(self, payload):
+        if payload is None:
+            return []
+        _rows(payload.model_dump())  # a value kept aside as no table: the error names the field
+        return super().preprocess(payload)
+
+
+def _rows(table) -> list[list]:
+    """The table's non-empty rows, from the page (rows), a script (``{"headers", "data"}``) or pandas."""
     if table is None:
         return []
     if hasattr(table, "values") and not isinstance(table, dict):  # a pandas DataFrame
         table = table.values.tolist()
     if isinstance(table, dict):
-        table = table.get("data") or []
+        invalid = (table.get("metadata") or {}).get("invalid")
+        table = invalid[0] if invalid else (table.get("data") or [])
     if not isinstance(table, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in table):
-        raise ValueError(f"{what} must be rows of [image, prompt, non-SoI caption], got {table!r:.80}")
+        raise ValueError(
+            f"the reference table must be rows of [image, prompt, non-SoI caption], got {str(table):.80}"
+        )
     return [list(r) for r in table if any(str(c or "").strip() for c in r)]
 
 
 def _paths(files) -> list[str]:
+    """The files' paths, from the page (paths), a script (FileData dicts) or file objects."""
     if not files:
         return []
-    if isinstance(files, (str, Path)):
+    if isinstance(files, (str, Path, dict)):
         files = [files]
     if not isinstance(files, (list, tuple)):
         raise ValueError(f"the reference images must be a list of files, got {type(files).__name__}")
-    return [str(getattr(f, "name", None) or getattr(f, "path", None) or f) for f in files]
+    paths = []
+    for f in files:
+        path = (
+            f.get("path")
+            if isinstance(f, dict)
+            else getattr(f, "name", None) or getattr(f, "path", None) or f
+        )
+        if not isinstance(path, (str, Path)) or not str(path):
+            raise ValueError(f"the reference images must be image files, got {str(f):.80}")
+        paths.append(str(path))
+    return paths
 
 
 def references_from(files, table, soi_token: str | None = None) -> list[ReferenceInput]:
@@ -127,7 +170,7 @@ def layout(c: dict, h, form0: dict) -> None:
                 type="filepath",
                 elem_id="gal-files",
             )
-            c["table"] = gr.Dataframe(
+            c["table"] = ReferenceTable(
                 headers=TABLE_HEADERS,
                 datatype=["str", "str", "str"],
                 column_count=3,
@@ -234,10 +277,12 @@ def connect(demo: gr.Blocks, c: dict, h, open_names: tuple) -> None:
         api_visibility="private",
     )
     wire(c["demo_btn"].click, h.demo_fill, c["task"], filled, c, api_name="demo")
+    # Start and Save take the form raw (preprocess=False): the field table's parsers check every value's
+    # type and name the field ("m must be a number, got 'abc'"), where Gradio's own checks fail unnamed
     wire(c["start_btn"].click, h.start_run, [c["files"], c["table"], *form], open_names, c,
-         api_name="start_run")  # fmt: skip
+         api_name="start_run", preprocess=False)  # fmt: skip
     wire(c["preset_save"].click, h.save_preset, [c["preset_name"], c["files"], c["table"], *form],
-         ("preset_dd",), c, api_name="save_preset")  # fmt: skip
+         ("preset_dd",), c, api_name="save_preset", preprocess=False)  # fmt: skip
     wire(c["preset_load"].click, h.load_preset, c["preset_dd"], filled, c, api_name="load_preset")
     wire(demo.load, h.presets, None, ("preset_dd",), c, show_progress="hidden")
 
