@@ -493,6 +493,10 @@ def test_presets_save_and_load_the_whole_setup(handlers, studio, demo_form):
     assert handlers.presets()["preset_dd"].choices[0][0] == "tiny star"
     with pytest.raises(gr.Error, match="name the preset"):
         handlers.save_preset("../escape", files, table, *form_values(form))
+    for name in ("..", ".", "CON"):  # issue 25.1: '..' wrote <runs>/images and could delete it
+        with pytest.raises(gr.Error):
+            handlers.save_preset(name, files, table, *form_values(form))
+    assert not (studio.runs_root / "images").exists() and not (studio.runs_root / ".json").exists()
     with pytest.raises(gr.Error, match="no preset"):
         handlers.load_preset("missing")
 
@@ -752,6 +756,50 @@ def test_the_launched_app_through_gradio_client(studio, run_id):
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(base + str(refused))
             assert err.value.code == 403
+    finally:
+        demo.close()
+
+
+def test_scripted_inputs_of_the_wrong_type_are_refused_naming_the_field(studio, run_id):
+    """Issue 25.6/25.7 through the API: a bad value gets a message that names the field (never Gradio's
+    "upstream app has raised an exception"), "5" alone does not clear image 5, and "yes" is not true."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    port = free_port()
+    args = app.build_parser().parse_args(
+        ["--runs-dir", str(studio.runs_root), "--model", "tiny", "--oracle", "tiny", "--port", str(port)]
+    )
+    _, demo, kwargs = app.create_app(args)
+    demo.queue()
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(run_id, api_name="/open_run")
+        r = studio.review_state(run_id)["round"]["round_index"]
+        before = rows(studio, run_id, r)
+        for bad in ("abc", "nan", None, [1]):
+            with pytest.raises(AppError, match="similarity threshold"):
+                client.predict(bad, False, api_name="/mark_below")
+        with pytest.raises(AppError, match="overwrite must be true or false, got str 'yes'"):
+            client.predict("yes", api_name="/accept_oracle")
+        target = sorted(before)[0]
+        studio.decide(run_id, target, 1)
+        with pytest.raises(AppError, match="verdict"):
+            client.predict(str(target), api_name="/decide")  # "5" alone: not "clear image 5"
+        assert rows(studio, run_id, r)[target]["person_verdict"] == 1
+        studio.undo(run_id)
+        assert rows(studio, run_id, r) == before
+        form = default_form("tiny", "tiny")
+        with pytest.raises(AppError, match="reference table must be rows"):
+            client.predict(None, "a table", *form_values(form), api_name="/start_run")
+        with pytest.raises(AppError, match=re.escape("m (images drawn per anchor) must be a number")):
+            client.predict(None, None, *form_values({**form, "m": "abc"}), api_name="/start_run")
+        image = studio.run_dir(run_id) / next(iter(before.values()))["file"]  # inside the runs folder
+        gallery, table = client.predict([handle_file(str(image))], None, api_name="/files_changed")
+        assert len(gallery) == 1 and table["data"] == [[image.name, "", ""]]
+        with pytest.raises(AppError, match="reference table must be rows"):
+            client.predict([handle_file(str(image))], "a table", api_name="/files_changed")
     finally:
         demo.close()
 

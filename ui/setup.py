@@ -23,7 +23,7 @@ from gal.fields import (
     paper_presets,
 )
 from ui import render
-from ui.common import info, user_errors, warn, wire
+from ui.common import error, info, user_errors, warn, wire
 
 TABLE_HEADERS = ["image", "prompt (with the SoI token)", "non-SoI caption (what the model must NOT learn)"]
 # What a model's family fills when the Model field is left (the family's defaults).
@@ -45,16 +45,25 @@ class _TableData(DataframeData):
         return value
 
 
-class ReferenceTable(gr.Dataframe):
-    """The per-image prompts table (``None`` from a script: no rows)."""
+def reference_table(**kwargs) -> gr.Dataframe:
+    """The per-image prompts table: Gradio's Dataframe that takes ``None`` from a script as no rows and
+    refuses a value that is no table naming the field. (Set on the instance: a subclass of a Gradio
+    component makes Gradio write a ``.pyi`` stub beside this file on import.)"""
+    table = gr.Dataframe(**kwargs)
+    table.data_model = _TableData
+    preprocess = table.preprocess
 
-    data_model = _TableData
-
-    def preprocess(self, payload):
+    def checked(payload):
         if payload is None:
             return []
-        _rows(payload.model_dump())  # a value kept aside as no table: the error names the field
-        return super().preprocess(payload)
+        try:
+            _rows(payload.model_dump())  # a value kept aside as no table: the error names the field
+        except ValueError as err:
+            raise error(err) from err
+        return preprocess(payload)
+
+    table.preprocess = checked
+    return table
 
 
 def _rows(table) -> list[list]:
@@ -170,7 +179,7 @@ def layout(c: dict, h, form0: dict) -> None:
                 type="filepath",
                 elem_id="gal-files",
             )
-            c["table"] = ReferenceTable(
+            c["table"] = reference_table(
                 headers=TABLE_HEADERS,
                 datatype=["str", "str", "str"],
                 column_count=3,
