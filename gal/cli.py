@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from gal.algorithm import STRATEGIES
+from gal.fields import add_flags, apply_flags
 from gal.review import parse_verdict, read_decisions  # noqa: F401  (the CLI's verdict words; tests use them)
 
 
@@ -38,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--demo", action="store_true", help="the built-in toy-world scenario (default when no --ref is given)"
     )
-    run.add_argument("--task", choices=["object", "style"])
     run.add_argument(
         "--scenario",
         choices=["object", "style", "known", "known-style"],
@@ -51,61 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--non-soi",
         help="what the model must NOT learn, e.g. 'a cat on the stairs' (default: prompt without token)",
     )
-    run.add_argument("--token", help="the SoI token (default <sks>)")
-    run.add_argument("--subject", help="replaces {} in the anchors, e.g. 'a <sks> cat'")
     run.add_argument("--anchors", help="a text file, one anchor template per line ({} = subject)")
-    run.add_argument("--strategy", choices=list(STRATEGIES))
-    run.add_argument(
-        "--captions",
-        choices=["plain", "informative", "vlm"],
-        help="training captions: the prompts (plain), naming the non-SoI content (informative), or the "
-        "VLM judge's description of what surrounds the subject (vlm; needs --oracle vlm:... or an ensemble)",
-    )
-    run.add_argument(
-        "--images-per-anchor",
-        type=int,
-        help="+diversity strategies: at most this many of a picked anchor's images are added, each only "
-        "if it raises the picks' diversity (1)",
-    )
-    run.add_argument("--m", type=int, help="images drawn per anchor each round (10)")
-    run.add_argument("--k", type=int, help="anchors picked per round (3)")
-    run.add_argument("--lam", type=float, help="λ of Eq. 9 (0.005)")
-    run.add_argument("--rounds", type=int, help="max rounds (4)")
-    run.add_argument("--steps", type=int, help="LoRA steps per round")
-    run.add_argument("--lr", type=float, help="LoRA learning rate")
-    run.add_argument("--rank", type=int, help="LoRA rank (8)")
     run.add_argument(
         "--alpha", type=float, help="LoRA alpha; scale = alpha / rank (default: alpha = rank, scale 1)"
     )
-    run.add_argument("--resolution", type=int, help="training/generation size (default: the model's)")
-    run.add_argument("--gen-steps", type=int, help="denoising steps")
-    run.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     run.add_argument(
         "--scheduler",
         help="dpmsolver++, ddim, euler, euler_a, pndm, ddpm; FLUX.1: flow-euler "
         "(default: the model family's)",
     )
-    run.add_argument("--seed", type=int)
-    run.add_argument("--name")
-    run.add_argument(
-        "--model",
-        help="tiny, tiny-sdxl, tiny-flux, toy, a hub id, "
-        "a local diffusers folder (SD 1.x/2.x, SDXL, FLUX.1) or ckpt.safetensors?config=FOLDER",
-    )
-    run.add_argument(
-        "--oracle",
-        help="the judge: a CLIP spec (tiny, toy, ViT-B-32/openai, a local open_clip folder), siglip:<spec>, "
-        "dino:<spec>, vlm:<spec>, ensemble:clip+dino, or an installed gal.judges plug-in",
-    )
-    run.add_argument(
-        "--lr-schedule", choices=["constant", "cosine"], help="learning-rate schedule per round (constant)"
-    )
-    run.add_argument(
-        "--sampling",
-        choices=["pooled", "real-rate"],
-        help="how batches mix real and added references "
-        "(pooled: official; real-rate: real ones keep round 1's rate)",
-    )
+    add_flags(run)  # one flag per setting of the field table (gal.fields)
     run.add_argument(
         "--continue-adapter",
         action="store_true",
@@ -283,35 +237,11 @@ def _new_config(args):
         # --non-soi with the token (the prompt pasted twice) would score the subject itself as overfitting
         RunConfig(soi_token=args.token or config.soi_token).check_non_soi(args.non_soi, args.prompt)
         references = [ReferenceInput(path, args.prompt, args.non_soi) for path in args.ref]
-    for flag, (section, key) in {
-        "task": (None, "task"),
-        "token": (None, "soi_token"),
-        "subject": (None, "subject_phrase"),
-        "seed": (None, "seed"),
-        "name": (None, "name"),
-        "model": (None, "model"),
-        "oracle": (None, "oracle"),
-        "strategy": ("gal", "strategy"),
-        "m": ("gal", "m"),
-        "k": ("gal", "k"),
-        "lam": ("gal", "lam"),
-        "images_per_anchor": ("gal", "images_per_anchor"),
-        "rounds": ("gal", "max_rounds"),
-        "steps": ("train", "steps"),
-        "lr": ("train", "learning_rate"),
-        "rank": ("train", "rank"),
-        "alpha": ("train", "alpha"),
-        "sampling": ("train", "reference_sampling"),
-        "lr_schedule": ("train", "lr_schedule"),
-        "captions": ("train", "captions"),
-        "resolution": ("train", "resolution"),
-        "gen_steps": ("generate", "steps"),
-        "guidance": ("generate", "guidance_scale"),
-        "scheduler": ("generate", "scheduler"),
-    }.items():
+    apply_flags(config, args)  # the field table's flags
+    for flag, (section, key) in {"alpha": ("train", "alpha"), "scheduler": ("generate", "scheduler")}.items():
         value = getattr(args, flag)
         if value is not None:
-            setattr(getattr(config, section) if section else config, key, value)
+            setattr(getattr(config, section), key, value)
     if args.rank is not None and args.alpha is None:
         config.train.alpha = None  # the rule: alpha = rank (scale 1) unless --alpha says otherwise
     if args.anchors:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gal.config import EvalConfig, GALConfig, GenerateConfig, RunConfig, TrainConfig
-from gal.engine import ReferenceInput
 from gal.models import default_model, default_oracle
+from gal.references import ReferenceInput
 
 
 def demo_scenario(

@@ -19,31 +19,24 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 import storage
 from gal import review, selection
+from gal.advice import compare_anchor, dilution
 from gal.config import RunConfig, load_presets
 from gal.distributed import Processes
 from gal.faults import checkpoint
 from gal.jobs import Jobs, Progress
 from gal.loaded import LoadedModels
 from gal.models import default_model, default_oracle, pick_device, resolve_model_path
+from gal.presets import Presets
+from gal.references import ReferenceInput
 from gal.runfolder import RunFolder, check_run_id, load_image, new_run_id
 from gal.steps import STEPS, Round
 from gal.training import Cancelled
-
-
-@dataclass
-class ReferenceInput:
-    """A real reference image with its prompt and the non-subject caption the model must not learn."""
-
-    path: str | Path
-    prompt: str
-    non_soi_text: str | None = None  # object: prompt without the token; style: the prompt itself
 
 
 def check_model_spec(spec: str) -> None:
@@ -357,6 +350,65 @@ class Studio:
         with self.db() as db:
             return storage.list_runs(db)
 
+    # -- what the UI reads (ui/ talks to the Studio only, never to storage) ----------------------
+    def snapshot(self, run_id: str) -> tuple[dict, dict | None]:
+        """The run and its current round (None before round 1), read only (``_snapshot`` also marks an
+        interrupted run active: that is the engine's, before it advances)."""
+        with self.db() as db:
+            run = storage.get_run(db, run_id)
+            rnd = storage.get_round(db, run_id, run["current_round"]) if run["current_round"] else None
+        return run, rnd
+
+    def revision(self, run_id: str, round_index: int) -> int:
+        """The round's latest decision id: a larger number means the verdicts changed since."""
+        with self.db() as db:
+            return storage.review_revision(db, run_id, round_index)
+
+    def selections(self, run_id: str, round_index: int | None = None) -> list[dict]:
+        with self.db() as db:
+            return storage.list_selections(db, run_id, round_index)
+
+    def job(self, run_id: str) -> dict | None:
+        """The run's live job (stage, done/total, ETA, losses, log), or its last one after it ended."""
+        return self.jobs.live.get(run_id)
+
+    def keep_open(self):
+        """An idle connection to hold for an app's life: SQLite checkpoints the WAL (an fsync) whenever the
+        *last* connection closes, and every call here opens and closes its own, so holding one open halves
+        a click's write time (27 -> 13 ms measured). Never run a statement on it."""
+        return storage.open_db(self.db_path)
+
+    @property
+    def presets(self) -> Presets:
+        """Named set-ups under ``<runs>/presets``."""
+        return Presets(self.runs_root / "presets")
+
+    @staticmethod
+    def model_defaults(spec: str) -> tuple[str, object | None]:
+        """The model family's label and its defaults (resolution, learning_rate, rank, steps,
+        guidance_scale, scheduler) for a full-size model; None for the built-in tiny and toy models,
+        which keep the settings they were made for. ValueError for a spec that is no model."""
+        from gal.families import TINY, defaults
+        from gal.models import model_family
+
+        family = model_family(spec)
+        return family.label, (None if spec in TINY or spec == "toy" else defaults(family.name))
+
+    @staticmethod
+    def export_formats() -> tuple[str, ...]:
+        """The formats Export writes when none are chosen."""
+        from gal.export import DEFAULT_FORMATS
+
+        return tuple(DEFAULT_FORMATS)
+
+    def demo(self, task: str = "object") -> tuple[RunConfig, list[ReferenceInput]]:
+        """The toy-world scenario's config and references (with this Studio's model and oracle)."""
+        from gal.demo import demo_scenario
+
+        config, refs = demo_scenario(self.runs_root / "_demo", task, self.default_model)
+        config.oracle = self.default_oracle
+        return config, refs
+
     # -- export ---------------------------------------------------------------------------------
     def export(
         self, run_id: str, out_dir: str | Path, formats: tuple[str, ...] | None = None, force: bool = False
@@ -367,3 +419,8 @@ class Studio:
         with self._job_lock:  # the fused export uses the shared pipeline
             source = ExportSource(self.db, self.runs_root, self.models)
             return export_run(source, run_id, Path(out_dir), formats, force=force)
+
+
+# What the UI uses besides the Studio: the verdict words, the cancelled-job signal, the advice (gal.advice).
+parse_verdict = review.parse_verdict
+__all__ = ["Cancelled", "ReferenceInput", "Studio", "compare_anchor", "dilution", "parse_verdict"]

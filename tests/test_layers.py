@@ -23,8 +23,10 @@ FORBIDDEN = {
         "open_clip",
     },
     "gal": {"gradio", "ui", "app", "gal_studio"},
-    "ui": {"app", "gal_studio"},
+    "ui": {"app", "gal_studio", "storage"},  # the UI reads through gal.engine.Studio, never the rows
 }
+# What ui/ may import from gal: the Studio facade and the field table (issue 21).
+UI_MAY_IMPORT = {"gal.engine", "gal.fields"}
 
 
 def _imports(source: str) -> set[str]:
@@ -61,6 +63,41 @@ def test_layers_import_downwards_only():
             if bad:
                 offenders.append(f"{path.relative_to(ROOT)} imports {', '.join(sorted(bad))}")
     assert offenders == []
+
+
+def _gal_modules(source: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "gal"}
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "gal"
+        ):
+            found.add(node.module)
+    return found
+
+
+def test_ui_talks_to_the_studio_only():
+    """ui/ imports gal.engine (the Studio) and gal.fields, not storage, the CLI, training or the jobs'
+    internals: what the page reads, the Studio offers."""
+    offenders = []
+    for path in sorted((ROOT / "ui").rglob("*.py")):
+        source = path.read_text()
+        bad = _gal_modules(source) - UI_MAY_IMPORT
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {', '.join(sorted(bad))}")
+        if ".jobs.live" in source or "open_db" in source:
+            offenders.append(f"{path.relative_to(ROOT)} reaches into the Studio's internals")
+    assert offenders == []
+
+
+def test_the_ui_layer_rule_catches_a_storage_import(tmp_path):
+    """The rule above can fail: a ui module importing storage is reported."""
+    source = "import storage\nfrom gal.review import parse_verdict\n"
+    assert _imports(source) & FORBIDDEN["ui"] == {"storage"}
+    assert _gal_modules(source) - UI_MAY_IMPORT == {"gal.review"}
 
 
 def test_ui_does_not_import_the_cli():

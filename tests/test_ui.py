@@ -24,16 +24,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
+from gal.fields import config_from_form, default_form, field_names, form_from_config  # noqa: E402
 from gal_studio import app  # noqa: E402
-from ui import render  # noqa: E402
-from ui.handlers import (  # noqa: E402
-    FORM_FIELDS,
-    Handlers,
-    config_from_form,
-    default_form,
-    form_from_config,
-    references_from,
-)
+from ui import progress, render  # noqa: E402
+from ui.handlers import Handlers  # noqa: E402
+from ui.setup import references_from  # noqa: E402
+
+FORM_FIELDS = field_names()
+FILLED = ("files", "gallery", "table", *FORM_FIELDS, "validation")  # what the demo and a preset fill
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -45,6 +43,12 @@ TINY = {
     "eval_per_prompt": 1,
     "gen_batch": 12,
 }
+
+
+def filled(out: dict) -> dict:
+    """A handler's answer that fills the set-up: exactly the images, the table, every field, the verdict."""
+    assert set(out) == set(FILLED), set(out) ^ set(FILLED)
+    return out
 
 
 def form_values(form: dict) -> list:
@@ -71,13 +75,7 @@ def handlers(studio) -> Handlers:
 
 @pytest.fixture(scope="module")
 def demo_form(handlers) -> tuple[list[str], list[list], dict]:
-    out = dict(
-        zip(
-            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
-            handlers.demo_fill("object"),
-            strict=True,
-        )
-    )
+    out = filled(handlers.demo_fill("object"))
     form = {name: out[name] for name in FORM_FIELDS}
     form.update(TINY)
     return out["files"], out["table"], form
@@ -87,10 +85,10 @@ def demo_form(handlers) -> tuple[list[str], list[list], dict]:
 def run_id(handlers, demo_form) -> str:
     files, table, form = demo_form
     view = handlers.start_run(files, table, *form_values(form))
-    assert view.run_id and view.run_box == view.run_id
+    assert view["run_id"] and view["run_box"] == view["run_id"]
     assert handlers.worker.wait_idle(120), "round 1 did not finish in 2 minutes"
     assert not handlers.worker.errors, handlers.worker.errors
-    return view.run_id
+    return view["run_id"]
 
 
 def rows(studio, run_id, r=1) -> dict[int, dict]:
@@ -146,13 +144,7 @@ def test_a_run_started_from_the_demo_form_trains_as_the_demo_does(handlers, tmp_
     from gal.demo import demo_scenario
 
     demo, _ = demo_scenario(tmp_path, "object", model=handlers.studio.default_model)
-    out = dict(
-        zip(
-            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
-            handlers.demo_fill("object"),
-            strict=True,
-        )
-    )
+    out = filled(handlers.demo_fill("object"))
     started = config_from_form({name: out[name] for name in FORM_FIELDS})
     assert started.train == demo.train and started.generate == demo.generate
     assert started.gal.m == demo.gal.m and started.gal.k == demo.gal.k and started.gal.lam == demo.gal.lam
@@ -170,15 +162,16 @@ def test_informative_captions_from_the_form_are_what_round_1_trains_on(handlers,
     assert handlers.worker.wait_idle(120), "round 1 did not finish in 2 minutes"
     assert not handlers.worker.errors, handlers.worker.errors
     with storage.open_db(handlers.studio.db_path) as db:
-        assert storage.get_run(db, view.run_id)["config"]["train"]["captions"] == "informative"
-    kept = handlers.studio.run_dir(view.run_id) / "rounds/r01/adapter/training_set.json"
+        assert storage.get_run(db, view["run_id"])["config"]["train"]["captions"] == "informative"
+    kept = handlers.studio.run_dir(view["run_id"]) / "rounds/r01/adapter/training_set.json"
     kept = json.loads(kept.read_text())
     assert [x["caption"] for x in kept] == ["a <sks> star on stairs"] * 4
 
 
 def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tmp_path):
     paths = [str(tmp_path / f"img{i}.png") for i in range(3)]
-    preview, table = handlers.files_changed(paths, [["img1.png", "a <sks> cat", "a cat on a sofa"]])
+    out = handlers.files_changed(paths, [["img1.png", "a <sks> cat", "a cat on a sofa"]])
+    preview, table = out["gallery"], out["table"]
     assert preview == paths
     assert table == [
         ["img0.png", "", ""],
@@ -192,20 +185,17 @@ def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tm
 
 
 def test_switching_the_task_loads_the_papers_presets(handlers):
-    anchors, eval_prompts, subject = handlers.task_changed("style", "a <sks> cat")
+    out = handlers.task_changed("style", "a <sks> cat")
+    anchors, eval_prompts, subject = out["anchors"], out["eval_prompts"], out["subject_phrase"]
     assert len(anchors.splitlines()) == 18 and anchors.startswith("A tie {}")
     assert subject == "in <sks> style" and eval_prompts
-    assert handlers.task_changed("object", "a <sks> red mug")[2] == "a <sks> red mug"  # typed: kept
+    assert (
+        handlers.task_changed("object", "a <sks> red mug")["subject_phrase"] == "a <sks> red mug"
+    )  # typed: kept
 
 
 def test_the_style_demo_is_valid_too(handlers):
-    out = dict(
-        zip(
-            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
-            handlers.demo_fill("style"),
-            strict=True,
-        )
-    )
+    out = filled(handlers.demo_fill("style"))
     assert out["task"] == "style" and len(out["files"]) == 2 and "✓" in out["validation"]
 
 
@@ -219,25 +209,25 @@ def test_start_refuses_a_run_without_images(handlers):
 
 def test_round_one_opens_as_a_grid_with_verdicts_and_scores(handlers, studio, run_id):
     view = handlers.open(run_id)
-    ids = tile_ids(view.grid)
+    ids = tile_ids(view["grid"])
     assert len(ids) == 12 and set(ids) == set(rows(studio, run_id))
-    assert view.grid.count("✓ aligned") + view.grid.count("✗ overfit") >= 12  # words, not colour alone
-    assert "β " in view.grid and "Ω " in view.grid
-    assert "Reviewed <b>0/12</b>" in view.counters
-    assert view.mode == "auto" and "If you commit now" in view.preview
-    assert "awaiting review" in view.header
+    assert view["grid"].count("✓ aligned") + view["grid"].count("✗ overfit") >= 12  # words, not colour alone
+    assert "β " in view["grid"] and "Ω " in view["grid"]
+    assert "Reviewed <b>0/12</b>" in view["counters"]
+    assert view["mode"] == "auto" and "If you commit now" in view["preview"]
+    assert "awaiting review" in view["header"]
 
 
 def test_select_writes_the_verdict_to_sqlite_at_once(handlers, studio, run_id):
-    ids = tile_ids(handlers.review(run_id).grid)
+    ids = tile_ids(handlers.review(run_id)["grid"])
     target = ids[2]
     oracle = rows(studio, run_id)[target]["oracle_verdict"]
     # the page sends the tile's position and the verdict it painted
     view = handlers.select_tile(run_id, select(2, image_id=target, verdict=1 - oracle))
     assert rows(studio, run_id)[target]["person_verdict"] == 1 - oracle
-    assert "Reviewed <b>1/12</b>" in view.counters and "Overrides <b>1</b>" in view.counters
+    assert "Reviewed <b>1/12</b>" in view["counters"] and "Overrides <b>1</b>" in view["counters"]
     # the grid is not re-sent: a patch carries every tile's verdicts [id, final, person, oracle, pick]
-    patch = json.loads(view.patch)
+    patch = json.loads(view["patch"])
     assert patch["ack"] == 0 and [1 - oracle, 1 - oracle, oracle] in [
         t[1:4] for t in patch["tiles"] if t[0] == target
     ]
@@ -258,34 +248,34 @@ def test_every_answer_acknowledges_the_pages_clicks_so_far(handlers, studio, run
     click, for undo, a full render -- says the latest one handled, so an answer the page misses (two
     answers merged into one ``watch`` call) or gets late still settles every pending tile."""
     page, other = types.SimpleNamespace(session_hash="page-1"), types.SimpleNamespace(session_hash="page-2")
-    ids = tile_ids(handlers.review(run_id).grid)
+    ids = tile_ids(handlers.review(run_id)["grid"])
     first = json.loads(
-        handlers.select_tile(run_id, select(0, image_id=ids[0], verdict=1, nonce=1), page).patch
+        handlers.select_tile(run_id, select(0, image_id=ids[0], verdict=1, nonce=1), page)["patch"]
     )
     second = json.loads(
-        handlers.select_tile(run_id, select(1, image_id=ids[1], verdict=1, nonce=2), page).patch
+        handlers.select_tile(run_id, select(1, image_id=ids[1], verdict=1, nonce=2), page)["patch"]
     )
     assert (first["ack"], second["ack"]) == (1, 2) and second["seq"] > first["seq"]  # seq: the order of reads
     assert [ids[1], 1, 1] in [t[:3] for t in second["tiles"]]
-    undone = json.loads(handlers.undo(run_id, page).patch)
+    undone = json.loads(handlers.undo(run_id, page)["patch"])
     assert undone["ack"] == 2 and undone["seq"] > second["seq"]  # cumulative: undo's answer covers click 2
-    assert json.loads(handlers.undo(run_id, other).patch)["ack"] == 0  # another page's clicks are its own
+    assert json.loads(handlers.undo(run_id, other)["patch"])["ack"] == 0  # another page's clicks are its own
     # a full render (the poll, a reload) carries the same state, read in the same order
-    html = handlers.review(run_id, request=page).grid
+    html = handlers.review(run_id, request=page)["grid"]
     state = json.loads(re.search(r'data-state="([^"]*)"', html).group(1).replace("&quot;", '"'))
     assert state["ack"] == 2 and state["seq"] > undone["seq"] and len(state["tiles"]) == 12
     assert [t[2] for t in state["tiles"] if t[0] in ids[:2]] == [None, None]
     # a refused click is acknowledged too: the next answer shows SQLite's truth for it
     with pytest.warns(UserWarning):
         handlers.select_tile(run_id, gr.SelectData(None, {"index": 99, "value": {"nonce": 3}}), page)
-    assert json.loads(handlers.mark_below(run_id, -2.0, page).patch)["ack"] == 3  # marks nothing
+    assert json.loads(handlers.mark_below(run_id, -2.0, page)["patch"])["ack"] == 3  # marks nothing
     assert all(r["person_verdict"] is None for r in rows(studio, run_id).values())
 
 
 def test_a_bad_click_warns_and_rerenders_from_sqlite(handlers, run_id):
     with pytest.warns(UserWarning, match="no image at position 99"):
         view = handlers.select_tile(run_id, gr.SelectData(None, {"index": 99, "value": None}))
-    assert len(tile_ids(view.grid)) == 12
+    assert len(tile_ids(view["grid"])) == 12
     with pytest.raises(
         gr.Error, match="expected '&lt;image_id&gt; &lt;verdict&gt;'"
     ):  # escaped: shown as text
@@ -298,18 +288,20 @@ def test_preview_follows_each_verdict_and_the_mode(handlers, studio, run_id):
     for im in (images[0], images[3]):
         handlers.select_tile(run_id, select(0, image_id=im["id"], verdict=1 - im["oracle_verdict"]))
     view = handlers.review(run_id)
-    assert 'data-picks="2"' in view.preview
-    assert len(re.findall(r'class="gal-tile[^"]* pick"', view.grid)) == 2  # ★ on the tiles commit would add
-    assert "2</b> mixed" in view.counters
+    assert 'data-picks="2"' in view["preview"]
+    assert (
+        len(re.findall(r'class="gal-tile[^"]* pick"', view["grid"])) == 2
+    )  # ★ on the tiles commit would add
+    assert "2</b> mixed" in view["counters"]
     human = handlers.set_mode(run_id, "human")
-    assert "mode <b>human</b>" in human.preview and studio.round_mode(run_id) == "human"
+    assert "mode <b>human</b>" in human["preview"] and studio.round_mode(run_id) == "human"
     handlers.set_mode(run_id, "auto")
 
 
 def test_bulk_actions(handlers, studio, run_id):
     before = rows(studio, run_id)
     view = handlers.mark_below(run_id, -2.0)  # nothing is that dissimilar
-    assert rows(studio, run_id) == before and len(json.loads(view.patch)["tiles"]) == 12
+    assert rows(studio, run_id) == before and len(json.loads(view["patch"])["tiles"]) == 12
     with pytest.raises(gr.Error, match="enter a similarity threshold"):
         handlers.mark_below(run_id, None)
     handlers.accept_oracle(run_id)
@@ -334,7 +326,7 @@ def test_bulk_actions_touch_only_unjudged_images_and_undo_as_one_step(handlers, 
     after = rows(studio, run_id)
     assert all(after[i]["person_verdict"] == start[i][0] for i in start if i not in cleared)  # yours kept
     assert all(after[i]["person_verdict"] == 1 for i in cleared)
-    patch = json.loads(handlers.undo(run_id).patch)  # ONE undo restores all three
+    patch = json.loads(handlers.undo(run_id)["patch"])  # ONE undo restores all three
     assert all(rows(studio, run_id)[i]["person_verdict"] is None for i in cleared)
     assert [t[2] for t in patch["tiles"] if t[0] in cleared] == [None, None, None]
     handlers.redo(run_id)  # U: the whole action again
@@ -387,7 +379,7 @@ def test_keys_sent_together_are_still_one_undo_step_each(handlers, studio, run_i
     a, b = sorted(rows(studio, run_id))[6:8]
     before = {i: rows(studio, run_id)[i]["person_verdict"] for i in (a, b)}
     view = handlers.select_tile(run_id, select(0, batch=[[a, 1, 41], [b, 0, 42], [a, 0, 43]]), page)
-    assert json.loads(view.patch)["ack"] == 43
+    assert json.loads(view["patch"])["ack"] == 43
     assert (rows(studio, run_id)[a]["person_verdict"], rows(studio, run_id)[b]["person_verdict"]) == (0, 0)
     handlers.undo(run_id)  # the last key only
     assert (rows(studio, run_id)[a]["person_verdict"], rows(studio, run_id)[b]["person_verdict"]) == (1, 0)
@@ -396,7 +388,7 @@ def test_keys_sent_together_are_still_one_undo_step_each(handlers, studio, run_i
     assert {i: rows(studio, run_id)[i]["person_verdict"] for i in (a, b)} == before
     with pytest.warns(UserWarning, match="1 verdict not recorded"):
         bad = handlers.select_tile(run_id, select(0, batch=[[99999, 1, 44]]), page)
-    assert bad.patch == gr.skip() and "gal-tile" in bad.grid  # a full re-read from SQLite
+    assert "patch" not in bad and "gal-tile" in bad["grid"]  # a full re-read from SQLite
 
 
 def test_skip_is_seen_no_opinion_and_counts_as_reviewed(handlers, studio, run_id):
@@ -410,9 +402,9 @@ def test_skip_is_seen_no_opinion_and_counts_as_reviewed(handlers, studio, run_id
     )
     state = studio.review_state(run_id)
     assert state["counters"]["reviewed"] == before + 1 and state["counters"]["skipped"] >= 1
-    assert [t[5] for t in json.loads(view.patch)["tiles"] if t[0] == target] == [1]
-    assert "Skipped <b>" in view.counters
-    assert 'class="gal-tile' in handlers.review(run_id).grid and "seen" in handlers.review(run_id).grid
+    assert [t[5] for t in json.loads(view["patch"])["tiles"] if t[0] == target] == [1]
+    assert "Skipped <b>" in view["counters"]
+    assert 'class="gal-tile' in handlers.review(run_id)["grid"] and "seen" in handlers.review(run_id)["grid"]
     from gal.review import SKIP, parse_verdict
 
     assert parse_verdict("s") == SKIP == parse_verdict("skip") and parse_verdict(2) == SKIP
@@ -432,7 +424,7 @@ def test_anchors_order_by_omega_index_or_beta_and_filters(handlers, studio, run_
     )
     betas = [a.get("overfit_rate") or 0 for a in render.ordered_anchors(anchors, "beta") if a["in_pool"]]
     assert betas == sorted(betas, reverse=True)
-    html = handlers.review(run_id).grid  # the grid renders in Ω order, most mixed first
+    html = handlers.review(run_id)["grid"]  # the grid renders in Ω order, most mixed first
     shown = [int(x) for x in re.findall(r'<section class="gal-anchor[^"]*" data-anchor="(\d+)"', html)]
     assert shown == [a["anchor_index"] for a in by_omega]
     with pytest.raises(ValueError, match="order must be one of"):
@@ -462,7 +454,7 @@ def test_messages_are_text_never_html(handlers, demo_form):
     with pytest.raises(gr.Error) as err:
         handlers.start_run(files, bad, *form_values(form))
     assert "&lt;sks&gt;" in err.value.message and "<sks>" not in err.value.message
-    from ui.handlers import text
+    from ui.common import text
 
     assert text("a <b>&") == "a &lt;b&gt;&amp;"
     with pytest.warns(UserWarning, match="&lt;sks&gt;"):
@@ -488,25 +480,23 @@ def test_setup_validates_images_and_prompts_as_you_type(handlers, demo_form):
 
 def test_presets_save_and_load_the_whole_setup(handlers, studio, demo_form):
     files, table, form = demo_form
-    dropdown = handlers.save_preset("tiny star", files, table, *form_values({**form, "seed": 7}))
+    dropdown = handlers.save_preset("tiny star", files, table, *form_values({**form, "seed": 7}))["preset_dd"]
     assert dropdown.value == "tiny star" and "tiny star" in [c[0] for c in dropdown.choices]
     saved = json.loads((studio.runs_root / "presets" / "tiny star.json").read_text())
     assert saved["form"]["seed"] == 7 and len(saved["images"]) == 4
-    loaded = dict(
-        zip(
-            ("files", "gallery", "table", *FORM_FIELDS, "validation"),
-            handlers.load_preset("tiny star"),
-            strict=True,
-        )
-    )
+    loaded = filled(handlers.load_preset("tiny star"))
     assert loaded["seed"] == 7 and loaded["m"] == form["m"] and len(loaded["files"]) == 4
     assert all(Path(f).is_file() and "presets" in f for f in loaded["files"])
     # the same file names: the table's rows are keyed by them (renamed copies lost every prompt on load)
     assert [Path(f).name for f in loaded["files"]] == [Path(f).name for f in files]
     assert [r[1] for r in loaded["table"]] == [r[1] for r in table] and "✓ Ready" in loaded["validation"]
-    assert handlers.presets().choices[0][0] == "tiny star"
+    assert handlers.presets()["preset_dd"].choices[0][0] == "tiny star"
     with pytest.raises(gr.Error, match="name the preset"):
         handlers.save_preset("../escape", files, table, *form_values(form))
+    for name in ("..", ".", "CON"):  # issue 25.1: '..' wrote <runs>/images and could delete it
+        with pytest.raises(gr.Error):
+            handlers.save_preset(name, files, table, *form_values(form))
+    assert not (studio.runs_root / "images").exists() and not (studio.runs_root / ".json").exists()
     with pytest.raises(gr.Error, match="no preset"):
         handlers.load_preset("missing")
 
@@ -514,27 +504,28 @@ def test_presets_save_and_load_the_whole_setup(handlers, studio, demo_form):
 def test_the_poll_patches_the_grid_when_another_tab_judged(handlers, studio, run_id):
     """Issue 16.6: a verdict from another tab (or the CLI) reaches this page at the next poll."""
     view = handlers.open(run_id)
-    assert handlers.tick(run_id, view.seen, view.revision)[7] == gr.skip()  # nothing new: nothing sent
+    assert "patch" not in handlers.tick(run_id, view["seen"], view["revision"])  # nothing new: nothing sent
     target = sorted(rows(studio, run_id))[4]
     studio.decide(run_id, target, 1)  # "the other tab"
-    out = handlers.tick(run_id, view.seen, view.revision)
-    patch = json.loads(out[7])
-    assert [t[2] for t in patch["tiles"] if t[0] == target] == [1] and out[-1] > view.revision
-    assert handlers.tick(run_id, view.seen, out[-1])[7] == gr.skip()  # sent once
+    out = handlers.tick(run_id, view["seen"], view["revision"])
+    patch = json.loads(out["patch"])
+    assert [t[2] for t in patch["tiles"] if t[0] == target] == [1] and out["revision"] > view["revision"]
+    assert "patch" not in handlers.tick(run_id, view["seen"], out["revision"])  # sent once
     handlers.undo(run_id)
 
 
 def test_controls_are_disabled_when_they_cannot_act(handlers, studio, run_id):
     view = handlers.open(run_id)
-    assert view.commit_ctl["interactive"] and view.accept_ctl["interactive"]  # in review
+    assert view["commit_btn"]["interactive"] and view["accept_btn"]["interactive"]  # in review
     assert (
-        not view.resume_ctl["interactive"] and not view.cancel_ctl["interactive"]
+        not view["resume_btn"]["interactive"] and not view["cancel_btn"]["interactive"]
     )  # nothing to resume/cancel
     empty = handlers.empty()
-    assert not empty.commit_ctl["interactive"] and not empty.undo_ctl["interactive"]
-    shown, body = handlers.commit_ask(run_id, "auto")
+    assert not empty["commit_btn"]["interactive"] and not empty["undo_btn"]["interactive"]
+    asked = handlers.commit_ask(run_id, "auto")
+    shown, body = asked["confirm_box"], asked["confirm_text"]
     assert shown["visible"] is True and "Commit round 1" in body and "adds 2 images" in body
-    assert "round 1" in view.export_note or "No round is trained" not in view.export_note
+    assert "round 1" in view["export_note"] or "No round is trained" not in view["export_note"]
 
 
 def test_the_eta_counts_a_stages_first_chunk_and_the_loss_curve_fills():
@@ -555,17 +546,17 @@ def test_the_eta_counts_a_stages_first_chunk_and_the_loss_curve_fills():
     assert [s for s, _ in job["losses"]] == [1, 2, 3, 4, 5] and any(
         "train: done" in line for line in job["log"]
     )
-    svg = render.loss_curve_svg(job["losses"])
+    svg = progress.loss_curve_svg(job["losses"])
     assert "<polyline" in svg and "loss 0.2000" in svg
-    assert "job started" in render.log_html(job["log"])
+    assert "job started" in progress.log_html(job["log"])
 
 
 def test_the_timer_rerenders_only_on_a_change(handlers, run_id):
     view = handlers.open(run_id)
-    skip = handlers.tick(run_id, view.seen)
-    assert all(isinstance(x, dict) and x.get("__type__") == "update" for x in skip)  # gr.skip()
+    skip = handlers.tick(run_id, view["seen"])
+    assert skip == {}  # nothing changed: every output left as it is
     fresh = handlers.tick(run_id, "")
-    assert fresh[3] == view.seen and tile_ids(fresh[4])
+    assert fresh["seen"] == view["seen"] and tile_ids(fresh["grid"])
 
 
 def test_human_mode_refuses_a_commit_without_an_accepted_image(handlers, studio, run_id):
@@ -585,11 +576,11 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
     handlers.set_mode(run_id, "human")
     try:
         studio.decide_many(run_id, dict.fromkeys(before, 0))  # accept all 12 images: 4 references vs 12 added
-        preview = handlers.review(run_id).preview
+        preview = handlers.review(run_id)["preview"]
         assert 'data-picks="12"' in preview and "would fill only 25% of the next round" in preview
         first = min(before)
         studio.decide_many(run_id, {i: int(i != first) for i in before})  # accept one: no warning
-        preview = handlers.review(run_id).preview
+        preview = handlers.review(run_id)["preview"]
         assert 'data-picks="1"' in preview and "would fill only" not in preview
         state = studio.review_state(run_id)
         many = [{"anchor_index": 0, "slot": i, "image_id": -1 - i} for i in range(12)]
@@ -613,55 +604,61 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
 
 def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
     view = handlers.commit(run_id, "auto")
-    assert view.run_id == run_id
+    assert view["run_id"] == run_id
     assert handlers.worker.wait_idle(120) and not handlers.worker.errors
     with storage.open_db(studio.db_path) as db:
         assert len(storage.list_selections(db, run_id, 1)) == 2
         assert storage.get_run(db, run_id)["current_round"] == 2
-    round2 = handlers.tick(run_id, view.seen)
-    assert 'data-round="2"' in round2[4] and "Round <b>2</b>" in round2[5]
-    assert "out of the pool" in round2[4]  # the two picked anchors left the pool
+    round2 = handlers.tick(run_id, view["seen"])
+    assert 'data-round="2"' in round2["grid"] and "Round <b>2</b>" in round2["counters"]
+    assert "out of the pool" in round2["grid"]  # the two picked anchors left the pool
     with pytest.raises(gr.Error, match="awaits your review"):
         handlers.resume(run_id)
 
 
 def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers, run_id):
     h = handlers.history(run_id)
-    assert list(h.txt_aln["round"]) == ["1", "2"] and len(h.ovf) == 2 and len(h.delta) == 1
-    assert len(h.references) == 6 and sum("round 1" in caption for _, caption in h.references) == 2
-    assert "round 1" in h.compare and "round 2" in h.compare and "seed" in h.compare
+    assert (
+        list(h["txt_plot"]["round"]) == ["1", "2"] and len(h["ovf_plot"]) == 2 and len(h["delta_plot"]) == 1
+    )
+    assert len(h["references"]) == 6 and sum("round 1" in caption for _, caption in h["references"]) == 2
+    assert "round 1" in h["compare"] and "round 2" in h["compare"] and "seed" in h["compare"]
     # issue 16.10: Compare opens on the anchor the last commit picked
     # (its round-1 images, then out of the pool)
     with storage.open_db(handlers.studio.db_path) as db:
         picked = storage.list_selections(db, run_id)[-1]["anchor_index"]
-    assert h.anchor.value == picked
-    assert h.compare.count("<img") == 3 and "out of the pool" in h.compare
+    assert h["anchor"].value == picked
+    assert h["compare"].count("<img") == 3 and "out of the pool" in h["compare"]
     in_pool = handlers.history(
-        run_id, anchor=next(c[1] for c in h.anchor.choices if c[1] != picked and "out" not in c[0])
+        run_id, anchor=next(c[1] for c in h["anchor"].choices if c[1] != picked and "out" not in c[0])
     )
     page = handlers.history_page(run_id)
-    assert page[0].y_lim[0] < h.txt_aln["value"].min() < page[0].y_lim[1]  # readable at one point too
-    assert in_pool.compare.count("<img") in (3, 6)
+    assert (
+        page["txt_plot"].y_lim[0] < h["txt_plot"]["value"].min() < page["txt_plot"].y_lim[1]
+    )  # readable at one point too
+    assert in_pool["compare"].count("<img") in (3, 6)
 
 
 def test_runs_list_opens_a_run_by_click_and_by_url(handlers, run_id):
-    table, dropdown = handlers.runs()
+    listed = handlers.runs()
+    table = listed["runs_table"]
+    assert listed["run_dd"].value == table[0][0]
     assert table[0][0] == run_id and table[0][3] == "awaiting_review"
     opened = handlers.run_selected(
         gr.SelectData(None, {"index": [0, 1], "value": table[0][1], "row_value": table[0]})
     )
-    assert opened.run_id == run_id
+    assert opened["run_id"] == run_id
     by_url = handlers.load(types.SimpleNamespace(query_params={"run": run_id}))
-    assert by_url.run_id == run_id and tile_ids(by_url.grid) == tile_ids(opened.grid)
+    assert by_url["run_id"] == run_id and tile_ids(by_url["grid"]) == tile_ids(opened["grid"])
     with pytest.warns(UserWarning, match="could not open run"):
-        assert handlers.load(types.SimpleNamespace(query_params={"run": "nope"})).run_id is None
+        assert handlers.load(types.SimpleNamespace(query_params={"run": "nope"}))["run_id"] is None
 
 
 def test_export_writes_the_run_folder_and_a_zip(handlers, studio, run_id):
     out = handlers.export(run_id, ["diffusers", "dataset", "card"], False)
     folder = studio.run_dir(run_id) / "export"
     assert (folder / "README.md").is_file() and (folder / "dataset" / "metadata.jsonl").is_file()
-    assert {"README.md", "dataset/metadata.jsonl"} <= set(zipfile.ZipFile(out.file).namelist())
+    assert {"README.md", "dataset/metadata.jsonl"} <= set(zipfile.ZipFile(out["export_file"]).namelist())
     with pytest.raises(gr.Error, match="tick 'Replace the previous export'"):
         handlers.export(run_id, ["card"], False)
     handlers.export(run_id, ["card"], True)
@@ -673,11 +670,11 @@ def test_export_writes_the_run_folder_and_a_zip(handlers, studio, run_id):
 def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, studio, demo_form):
     files, table, form = demo_form
     view = handlers.start_run(files, table, *form_values({**form, "train_steps": 100_000, "name": "long"}))
-    run_b = view.run_id
+    run_b = view["run_id"]
     try:
 
         def training():
-            progress = handlers.tick(run_b, "")[0]
+            progress = handlers.tick(run_b, "")["progress"]
             return "Training the LoRA" in progress and " left" in progress and progress
 
         progress = wait_for(training, 60, "a training progress line with an ETA")
@@ -688,7 +685,7 @@ def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, stu
     assert "cancelled" in handlers.worker.errors[run_b]
     with storage.open_db(studio.db_path) as db:
         assert storage.get_run(db, run_b)["status"] == "cancelled"
-    assert "Continue" in handlers.open(run_b).progress
+    assert "Continue" in handlers.open(run_b)["progress"]
 
 
 def wait_for(check, timeout: float, what: str):
@@ -763,8 +760,52 @@ def test_the_launched_app_through_gradio_client(studio, run_id):
         demo.close()
 
 
+def test_scripted_inputs_of_the_wrong_type_are_refused_naming_the_field(studio, run_id):
+    """Issue 25.6/25.7 through the API: a bad value gets a message that names the field (never Gradio's
+    "upstream app has raised an exception"), "5" alone does not clear image 5, and "yes" is not true."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    port = free_port()
+    args = app.build_parser().parse_args(
+        ["--runs-dir", str(studio.runs_root), "--model", "tiny", "--oracle", "tiny", "--port", str(port)]
+    )
+    _, demo, kwargs = app.create_app(args)
+    demo.queue()
+    demo.launch(prevent_thread_lock=True, quiet=True, **kwargs)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(run_id, api_name="/open_run")
+        r = studio.review_state(run_id)["round"]["round_index"]
+        before = rows(studio, run_id, r)
+        for bad in ("abc", "nan", None, [1]):
+            with pytest.raises(AppError, match="similarity threshold"):
+                client.predict(bad, False, api_name="/mark_below")
+        with pytest.raises(AppError, match="overwrite must be true or false, got str 'yes'"):
+            client.predict("yes", api_name="/accept_oracle")
+        target = sorted(before)[0]
+        studio.decide(run_id, target, 1)
+        with pytest.raises(AppError, match="verdict"):
+            client.predict(str(target), api_name="/decide")  # "5" alone: not "clear image 5"
+        assert rows(studio, run_id, r)[target]["person_verdict"] == 1
+        studio.undo(run_id)
+        assert rows(studio, run_id, r) == before
+        form = default_form("tiny", "tiny")
+        with pytest.raises(AppError, match="reference table must be rows"):
+            client.predict(None, "a table", *form_values(form), api_name="/start_run")
+        with pytest.raises(AppError, match=re.escape("m (images drawn per anchor) must be a number")):
+            client.predict(None, None, *form_values({**form, "m": "abc"}), api_name="/start_run")
+        image = studio.run_dir(run_id) / next(iter(before.values()))["file"]  # inside the runs folder
+        gallery, table = client.predict([handle_file(str(image))], None, api_name="/files_changed")
+        assert len(gallery) == 1 and table["data"] == [[image.name, "", ""]]
+        with pytest.raises(AppError, match="reference table must be rows"):
+            client.predict([handle_file(str(image))], "a table", api_name="/files_changed")
+    finally:
+        demo.close()
+
+
 def handlers_grid(studio, run_id) -> str:
-    return Handlers(studio).review(run_id).grid
+    return Handlers(studio).review(run_id)["grid"]
 
 
 def test_only_ui_and_app_import_gradio():
@@ -782,15 +823,18 @@ def test_the_model_field_names_the_family_and_fills_its_defaults(handlers, tmp_p
     from gal.models import load_pipeline
 
     current = (0, 1e-4, 8, 50, 7.5)
-    note, *fields = handlers.model_changed("tiny-sdxl", *current)
-    assert "Stable Diffusion XL" in note and all(isinstance(f, type(gr.skip())) for f in fields)
+    out = handlers.model_changed("tiny-sdxl", *current)
+    assert "Stable Diffusion XL" in out["model_family"] and set(out) == {"model_family"}  # fields kept
     folder = tmp_path / "my-flux"
     load_pipeline("tiny-flux", torch.device("cpu"), torch.float32).save_pretrained(folder)
-    note, *fields = handlers.model_changed(str(folder), *current)
+    out = handlers.model_changed(str(folder), *current)
     d = defaults("flux")
-    assert "FLUX.1" in note and fields == [d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale]
-    note, *fields = handlers.model_changed(str(tmp_path / "missing"), *current)
-    assert "✗ Model" in note and "model_index.json" in note
+    fields = [out[n] for n in ("resolution", "learning_rate", "rank", "gen_steps", "guidance")]
+    assert "FLUX.1" in out["model_family"]
+    assert fields == [d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale]
+    out = handlers.model_changed(str(tmp_path / "missing"), *current)
+    assert "✗ Model" in out["model_family"] and "model_index.json" in out["model_family"]
+    assert set(out) == {"model_family"}
 
 
 def test_the_training_view_shows_the_latest_previews():
@@ -806,6 +850,6 @@ def test_the_training_view_shows_the_latest_previews():
         "previews": ["/runs/r/rounds/r01/previews/s000004_a00.png"],
         "log": [],
     }
-    html_ = render.progress_html(run, rnd, job, "running", None)
+    html_ = progress.progress_html(run, rnd, job, "running", None)
     assert 'class="gal-previews"' in html_ and "s000004_a00.png" in html_
-    assert "gal-previews" not in render.progress_html(run, rnd, {**job, "previews": []}, "running", None)
+    assert "gal-previews" not in progress.progress_html(run, rnd, {**job, "previews": []}, "running", None)

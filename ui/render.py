@@ -1,4 +1,6 @@
-"""HTML for the review grid, counters, selection preview, progress and history: plain functions of dicts.
+"""HTML for the header, the review grid, counters and the selection preview: plain functions of dicts.
+
+The Progress and History tabs' HTML lives with them (``ui.progress``, ``ui.history``).
 
 Everything shown comes from ``Studio`` (which reads SQLite), so two tabs render the same page. Text that
 a person typed (prompts, captions, run names) is escaped. A verdict is never shown by colour alone:
@@ -9,24 +11,17 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 from PIL import Image
 
+from gal.engine import dilution
+
 VERDICT_WORD = {0: "✓ aligned", 1: "✗ overfit"}
 ORDERS = ("omega", "index", "beta")  # how the grid orders its anchors (the page can re-sort in place)
 SKIP_LINK = '<a class="gal-skip" href="#gal-grid" data-gal-skip="1">Skip to the review grid (g)</a>'
 
-STAGE_NAMES = {
-    "train": "Training the LoRA",
-    "class images": "Drawing class images",
-    "generate": "Generating anchor images",
-    "judge": "Judging with the oracle",
-    "evaluate": "Evaluating held-out prompts",
-}
-ROUND_STEPS = ("training", "generating", "judging", "evaluating", "review", "done")
 PIXEL_ART_MAX = 96  # images this small are upscaled with hard pixels instead of blur
 
 
@@ -425,15 +420,12 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
 
 
 def dilution_note(state: dict, n_picks: int) -> str:
-    """Human mode: a warning when, under pooled sampling, the added images would outnumber the person's
-    references in the next round's batches: each added image takes a batch slot whatever its weight, so the
-    references train less (docs/bench/table1.md: accepting every aligned image doubled round-2 OVF). Not shown
-    for the automatic strategies, which add k a round by design."""
-    counters, train = state["counters"], state["config"].train
-    real, added = counters["real_refs"], counters["added_refs"] + n_picks
-    if train.reference_sampling != "pooled" or not real or added <= real:
+    """Human mode: the warning ``gal.advice.dilution`` asks for (added images would outnumber the person's
+    references in the next round's batches), in words."""
+    found = dilution(state, n_picks)
+    if found is None:
         return ""
-    share = real / (real + added)
+    real, added, share = found["real"], found["added"], found["share"]
     text = (
         f"Your {real} reference{'s' if real > 1 else ''} would fill only {share:.0%} "
         "of the next round's training "
@@ -442,223 +434,3 @@ def dilution_note(state: dict, n_picks: int) -> str:
         "references' round-1 share."
     )
     return message(esc(text), "warn")
-
-
-# -- progress ----------------------------------------------------------------------------------
-
-
-def eta_text(seconds) -> str:
-    if seconds is None:
-        return "estimating…"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"~{seconds} s left"
-    return f"~{seconds // 60} min {seconds % 60:02d} s left"
-
-
-def progress_html(
-    run: dict | None,
-    round_row: dict | None,
-    job: dict | None,
-    job_state: str | None,
-    error: str | None,
-    compact: bool = False,
-) -> str:
-    if run is None:
-        return '<div class="gal-progress gal-muted">No run open.</div>'
-    status, r = run["status"], run["current_round"]
-    state = round_row["state"] if round_row else "?"
-    steps = "".join(
-        '<span class="'
-        f"{'now' if s == state else ('done' if ROUND_STEPS.index(s) < ROUND_STEPS.index(state) else '')}"
-        f'">{s}</span>'
-        for s in ROUND_STEPS
-        if state in ROUND_STEPS
-    )
-    stages = "" if compact else f'<div class="gal-stages" aria-label="round steps">{steps}</div>'
-    if job_state == "running" and job and job.get("total"):
-        done, total = job.get("done", 0), job.get("total", 0)
-        share = done / total if total else 0.0
-        info = job.get("info") or {}
-        loss = f" · loss {info['loss']:.3f}" if isinstance(info.get("loss"), (int, float)) else ""
-        stage = STAGE_NAMES.get(job.get("stage"), job.get("stage", "working"))
-        fresh = time.time() - job.get("updated", time.time())
-        stale = f" · last update {fresh:.0f} s ago" if fresh > 10 else ""
-        extra = (
-            ""
-            if compact
-            else (
-                loss_curve_svg(job.get("losses") or [])
-                + previews_html(job.get("previews") or [])
-                + log_html(job.get("log") or [])
-            )
-        )
-        return (
-            f'<div class="gal-progress" data-stage="{esc(job.get("stage"))}" '
-            f'data-done="{done}" data-total="{total}">'
-            f'<div><span class="stage">Round {r}: {esc(stage)}</span> — {done}/{total} ({share:.0%}) · '
-            f"{esc(eta_text(job.get('eta')))}{loss}{stale}</div>"
-            f'<div class="gal-bar" role="progressbar" aria-valuenow="{done}" aria-valuemax="{total}">'
-            f'<span style="width:{share:.1%}"></span></div>{stages}{extra}</div>'
-        )
-    if job_state == "running":
-        return (
-            f'<div class="gal-progress"><span class="stage">Round {r}: {esc(state)}…</span> '
-            f"starting{stages}</div>"
-        )
-    if job_state == "queued":
-        return (
-            '<div class="gal-progress">Queued: waits for the model worker to finish another run.'
-            f"{stages}</div>"
-        )
-    if error:
-        text = (
-            f"<b>{esc(status)}</b>: {esc(error)}. What was saved is kept — "
-            "press <b>Continue</b> to resume from the last saved step."
-        )
-        return f'<div class="gal-progress">{message(text, "error")}{stages}</div>'
-    texts = {
-        "awaiting_review": f"Round {r} awaits your review on the Review tab.",
-        "finished": "The run is finished. See History, and Export the result.",
-        "cancelled": f"Round {r} was cancelled at the {state} step. Continue resumes from there.",
-        "failed": f"Round {r} failed at the {state} step"
-        f"{': ' + esc(round_row.get('error')) if round_row and round_row.get('error') else ''}. "
-        "Continue retries it.",
-        "active": f"Round {r} is at the {state} step and no job is running (the app was restarted?). "
-        "Continue resumes it.",
-    }
-    kind = (
-        "error"
-        if status in ("failed", "cancelled")
-        else ("ok" if status in ("finished", "awaiting_review") else "")
-    )
-    return (
-        f'<div class="gal-progress" data-status="{esc(status)}">'
-        f"{message(esc(texts.get(status, status)), kind)}{stages}</div>"
-    )
-
-
-def loss_curve_svg(losses: list, width: int = 520, height: int = 140) -> str:
-    """The round's training loss per step as an inline SVG line (no plot component: the poll re-sends it
-    each second), with the first/last/min values labelled. Empty until two steps are in."""
-    if len(losses) < 2:
-        return ""
-    steps = [float(s) for s, _ in losses]
-    values = [float(v) for _, v in losses]
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    x0, x1 = min(steps), max(steps)
-    xs = (x1 - x0) or 1.0
-    pad = 42
-    pts = " ".join(
-        f"{pad + (s - x0) / xs * (width - pad - 6):.1f},{6 + (hi - v) / span * (height - 26):.1f}"
-        for s, v in zip(steps, values, strict=True)
-    )
-    return (
-        f'<figure class="gal-loss" aria-label="training loss per step"><svg viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img">'
-        f"<title>training loss, step {int(x0)} to {int(x1)}</title>"
-        f'<line x1="{pad}" y1="{height - 20}" x2="{width - 6}" y2="{height - 20}" class="axis"/>'
-        f'<line x1="{pad}" y1="6" x2="{pad}" y2="{height - 20}" class="axis"/>'
-        f'<polyline points="{pts}" fill="none" class="curve"/>'
-        f'<text x="{pad - 4}" y="12" text-anchor="end">{hi:.3g}</text>'
-        f'<text x="{pad - 4}" y="{height - 20}" text-anchor="end">{lo:.3g}</text>'
-        f'<text x="{pad}" y="{height - 4}">step {int(x0)}</text>'
-        f'<text x="{width - 6}" y="{height - 4}" text-anchor="end">'
-        f"step {int(x1)} · loss {values[-1]:.4f}</text>"
-        f"</svg><figcaption>training loss (each step's batch)</figcaption></figure>"
-    )
-
-
-def previews_html(paths: list[str]) -> str:
-    """The latest preview images drawn during training (train.preview_every)."""
-    if not paths:
-        return ""
-    images = "".join(
-        f'<img src="{esc(file_url(p))}" alt="preview {i + 1}" width="96" height="96">'
-        for i, p in enumerate(paths)
-    )
-    return f'<div class="gal-previews" aria-label="training previews">{images}</div>'
-
-
-def log_html(lines: list[str]) -> str:
-    """The job's log, newest last, in a scrolling pane."""
-    if not lines:
-        return ""
-    return f'<pre class="gal-log" aria-label="job log">{esc(chr(10).join(lines[-40:]))}</pre>'
-
-
-# -- history -----------------------------------------------------------------------------------
-
-METRICS_HELP = (
-    '<ul class="gal-metrics-help">'
-    "<li><b>TXT-ALN</b> ↑ (0–2.5): CLIPScore, 2.5 × the CLIP cosine "
-    "of each held-out image to its own prompt — "
-    "does the model still follow the text?</li>"
-    "<li><b>IMG-ALN</b> ↑ (−1–1, in practice 0–1): CLIP image–image cosine "
-    "of the held-out images to your real "
-    "references — does it still look like your subject?</li>"
-    "<li><b>OVF</b> ↓ (0–1): the share of held-out images judged overfit by Eq. 8 "
-    "— closer to the non-SoI caption "
-    "(your references' scene) than to the prompt.</li>"
-    "<li><b>Δ</b> (Eq. 9): openness, λ × mean Ω of the round "
-    "— the loss weight of each image that round adds.</li>"
-    "</ul>"
-)
-
-
-def metrics_table_html(rounds: list[dict]) -> str:
-    if not rounds:
-        return '<div class="gal-muted">No round yet.</div>'
-    rows = []
-    for r in rounds:
-        m = r.get("metrics") or {}
-        rows.append(
-            f"<tr><td>{r['round_index']}</td><td>{esc(r['mode'])}</td><td>{esc(r['state'])}</td>"
-            f"<td>{fmt(m.get('txt_aln'), 3)}</td><td>{fmt(m.get('img_aln'), 3)}</td>"
-            f"<td>{fmt(m.get('ovf'), 3)}</td>"
-            f"<td>{fmt(r.get('openness'), 5)}</td><td>{esc(m.get('strategy', ''))}</td></tr>"
-        )
-    return (
-        '<table class="gal-table"><thead><tr><th>round</th><th>mode</th><th>state</th><th>TXT-ALN</th>'
-        "<th>IMG-ALN</th><th>OVF</th><th>Δ</th><th>strategy</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
-
-
-def compare_html(anchor_prompt: str, per_round: dict[int, list[dict]], rounds: list[int]) -> str:
-    """One anchor's images across rounds: a row per slot (same seed in every round), a column per round."""
-    if not rounds:
-        return '<div class="gal-muted">No images yet.</div>'
-    slots = sorted({im["slot"] for ims in per_round.values() for im in ims})
-    if not slots:
-        return f'<div class="gal-muted">Anchor “{esc(anchor_prompt)}” has no images yet.</div>'
-    first = next((im for ims in per_round.values() for im in ims), None)
-    pixel = is_pixel_art(first["path"]) if first else False
-    head = "".join(f"<th>round {r}</th>" for r in rounds)
-    body = []
-    for s in slots:
-        cells = []
-        seed = None
-        for r in rounds:
-            im = next((x for x in per_round.get(r, []) if x["slot"] == s), None)
-            if im is None:
-                cells.append('<td class="gal-muted">—<br>(out of the pool)</td>')
-                continue
-            seed = im.get("seed")
-            v = im["final_verdict"]
-            word = VERDICT_WORD.get(v, "not judged")
-            cells.append(
-                f'<td class="v{v}"><img src="{esc(file_url(im["path"]))}" alt="round {r}: {esc(word)}">'
-                f"{word}<br>{fmt(im.get('sim_anchor'))}/{fmt(im.get('sim_non_soi'))}</td>"
-            )
-        body.append(
-            f"<tr><th>slot {s + 1}<br><span class='gal-muted'>seed {seed}</span></th>{''.join(cells)}</tr>"
-        )
-    return (
-        f'<div class="gal-muted">“{esc(anchor_prompt)}”: the same seed in every round, '
-        "so a change is the model's.</div>"
-        f'<table class="gal-table gal-compare{" pixel" if pixel else ""}">'
-        f"<thead><tr><th></th>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )

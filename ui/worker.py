@@ -14,8 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from gal.engine import Studio
-from gal.training import Cancelled
+from gal.engine import Cancelled, Studio
 
 log = logging.getLogger(__name__)
 
