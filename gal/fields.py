@@ -156,8 +156,9 @@ FIELDS: tuple[Field, ...] = (
           "the captions trained on)", "radio", "train.captions", "choice", "more2",
           choices=(("prompts", "plain"), ("informative (SID)", "informative"), ("VLM judge's", "vlm")),
           says="training captions", flag="--captions",
-          flag_help="training captions: the prompts (plain), naming the non-SoI content (informative), or the "
-          "VLM judge's description of what surrounds the subject (vlm; needs --oracle vlm:... or an ensemble)"),
+          flag_help="training captions: the prompts (plain), naming the non-SoI content (informative), "
+          "or the VLM judge's description of what surrounds the subject (vlm; needs --oracle vlm:... or an "
+          "ensemble)"),
     Field("adaptive_stop", "Adaptive stop (Eq. 10)", "finish early when fewer than k anchors are mixed",
           "checkbox", "gal.adaptive_stop", "bool", "more2"),
     Field("name", "Run name", "optional; shown in the Runs list", "text", "name", "text", "more2",

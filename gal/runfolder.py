@@ -42,36 +42,6 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-# Names Windows reserves (with any extension): a file named so cannot be opened or copied there.
-RESERVED_NAMES = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
-)
-
-
-def safe_name(root: Path, name: str, suffix: str = "") -> Path:
-    """``root / (name + suffix)`` for a name a person typed (a preset): one path component, never ``.`` or
-    ``..``, no separator or NUL, no reserved device name, no trailing dot or space, and not a symlink; the
-    result passes :func:`safe_join`. Every name that becomes a path goes through here."""
-    if not isinstance(name, str):
-        raise ValueError(f"a name must be text, got {type(name).__name__} {name!r}")
-    bad = (
-        not name
-        or name in (".", "..")
-        or any(c in name for c in "/\\\0:")
-        or name != name.rstrip(". ")
-        or name.split(".")[0].strip().upper() in RESERVED_NAMES
-    )
-    if bad:
-        raise ValueError(
-            f"{name!r} cannot be a file name: use letters, digits, spaces, '.', '-' or '_', "
-            "not '.', '..', a separator or a reserved name like CON or NUL"
-        )
-    path = safe_join(root, name + suffix)
-    if (Path(root) / (name + suffix)).is_symlink():
-        raise ValueError(f"{Path(root) / (name + suffix)} is a symbolic link: refusing to follow it")
-    return path
-
-
 def new_run_id(name: str) -> str:
     """``<slug of the name>-<UTC time>-<4 hex>``: sortable, readable, and unique across processes."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -182,11 +152,12 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-def safe_name(root: Path, name: str, what: str = "name") -> Path:
-    """``root / name`` for a name that becomes a path (a preset, an upload, an export): the name passes
-    :func:`check_name`, and an existing entry there must not be a symlink (writing through one, or deleting
-    what it points to, would reach outside ``root``). The path stays under ``root`` once resolved."""
+def safe_name(root: Path, name: str, what: str = "name", *, suffix: str = "") -> Path:
+    """``root / (name + suffix)`` for a name that becomes a path (a preset, an upload, an export): the name
+    passes :func:`check_name`, and an existing entry there must not be a symlink (writing through one, or
+    deleting what it points to, would reach outside ``root``). The path stays under ``root`` once resolved."""
     check_name(name, what)
+    name = name + suffix
     target = Path(root) / name
     if target.is_symlink():
         raise ValueError(
