@@ -172,3 +172,42 @@ def test_the_device_entry_point_runs_end_to_end_on_the_cpu(tmp_path):
     int8 = statuses[-1]
     assert int8 == ("ok" if importlib.util.find_spec("torchao") else "missing torchao"), int8
     print(f"run.sh --smoke: {seconds:.1f} s")
+
+
+def test_refused_missing_and_oom_are_three_different_cells(monkeypatch):
+    """The memory bench's cells: the estimate check's refusal, a missing package and a real CUDA OOM must not
+    read alike (issue 24: all three were 'OOM/refused')."""
+    import gal.training
+    from bench.gpu import memory
+    from gal import families
+
+    family = families.get("sd")
+    pipe = family.build_tiny()
+    res = family.native_resolution(pipe)
+    fields = dict(gradient_checkpointing=True, offload_text_encoders=False)
+    cpu = torch.device("cpu")
+
+    def refuse(*a, **k):
+        raise ValueError(
+            "Stable Diffusion LoRA training needs about 30.0 GiB but 20.0 GiB are free: turn on …"
+        )
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    cells = {}
+    for name, fake in (("refused", refuse), ("oom", oom)):
+        monkeypatch.setattr(gal.training, "train_lora", fake)
+        cells[name] = memory.measure_cell(pipe, family, "bf16 + grad ckpt", fields, None, res, 3, cpu)[
+            "status"
+        ]
+    cells["missing"] = memory.measure_cell(
+        pipe, family, "+ int8", fields, "a_package_that_is_not_installed", res, 3, cpu
+    )["status"]
+    assert cells["refused"].startswith("refused: ") and "GiB" in cells["refused"]
+    assert cells["oom"].startswith("OOM: ") and "out of memory" in cells["oom"]
+    assert cells["missing"] == "missing a_package_that_is_not_installed"
+    monkeypatch.undo()
+    real = memory.measure_cell(pipe, family, "bf16 + grad ckpt", fields, None, res, 3, cpu)
+    assert real["status"] == "ok" and real["steps_timed"] == 2 and real["s_per_step"] > 0
+    assert real["estimate"]["total"] > 0  # the app's estimate is beside every measured cell

@@ -37,7 +37,7 @@ fi
 
 # 2. the environment, and every gal/ module importing under this torch
 { command -v nvidia-smi >/dev/null && nvidia-smi; $PY bench/gpu/check_env.py; } > "$OUT/env.txt" 2>&1
-say "env check: $(tail -1 "$OUT/env.txt")"
+say "$(tail -1 "$OUT/env.txt")"
 
 # 3. issue 23: the session table; 4. issue 24: the memory table. SIGINT at the hard limit writes what they have.
 say "gpu_session (budget ${S_BUDGET} s, hard ${S_HARD} s)"
