@@ -359,6 +359,7 @@ def _dispatch(args) -> int:
         run = studio.advance(run_id, progress=_progress_printer() if main_process else None)
         if main_process:
             _report_run(studio, run)
+        studio.processes.close()  # every process has its last message before any exits
         return 0
     studio = Studio(args.runs_dir, device=args.device, precision=args.precision)
     if args.command == "images":

@@ -1,9 +1,10 @@
 """Several processes on one run (``accelerate launch`` / ``torchrun``), or just one.
 
-A run's result does not depend on how many processes draw it: every image keeps its own seed, and
+A run's result does not depend on how many processes draw it, up to float rounding (README "Several
+GPUs" states the tolerance; tests/test_distributed.py asserts it): every image keeps its own seed, and
 training splits *one* global batch across the processes (each computes its slice of the same draw and
-the LoRA gradients are summed), so N processes train the adapter one process would, up to float
-rounding, only faster when the batch has several images. Generation, judging and evaluation split
+the LoRA gradients are summed), so N processes train the adapter one process would, only faster when the
+batch has several images. Generation, judging and evaluation split
 their work between the processes; only the main process writes SQLite (the others send it their
 rows), so the database keeps one writer.
 
@@ -45,6 +46,14 @@ class Processes:
         if self.many and device.type == "cuda":
             return torch.device("cuda", self.local_rank)
         return device
+
+    def close(self) -> None:
+        """Wait for every process, then leave the process group. Without it the main process could exit
+        right after its last broadcast: a gloo send completes once buffered, not once received, so its
+        closing socket reached a peer still reading that message as "Connection closed by peer"."""
+        if self.many and torch.distributed.is_initialized():
+            self.state.wait_for_everyone()
+            torch.distributed.destroy_process_group()
 
     def barrier(self) -> None:
         if self.many:

@@ -8,6 +8,7 @@ Kills are real: ``GAL_KILL_AT=<point>`` makes the engine SIGKILL its own process
 import csv
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -55,45 +56,83 @@ def _run_id(runs) -> str:
         return storage.list_runs(db)[0]["run_id"]
 
 
+# Columns that differ between two runs of the same config by nature: row ids, the run id, clocks, timings.
+VOLATILE = {"id", "run_id", "created_at", "updated_at", "timings", "error", "run_dir", "name"}
+
+
+def _pixels(path) -> str:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        array = np.asarray(im)
+    return hashlib.sha256(array.tobytes()).hexdigest() + f"{array.shape}{array.dtype}"
+
+
+def _tensors(path) -> dict:
+    """Every tensor of a safetensors file, by its exact bytes, and the header's metadata but the run id."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = {k: v for k, v in (f.metadata() or {}).items() if k != "gal.run_id"}
+    if "lora_adapter_metadata" in meta:  # peft keeps target_modules as a set: its JSON order follows the
+        lora = json.loads(meta["lora_adapter_metadata"])  # process's string hash seed, not the run
+        meta["lora_adapter_metadata"] = {
+            k: sorted(v) if k.endswith("target_modules") and isinstance(v, list) else v
+            for k, v in lora.items()
+        }
+    with safe_open(str(path), "pt") as f:
+        return {"metadata": meta, **{k: hashlib.sha256(f.get_tensor(k).numpy().tobytes()).hexdigest()
+                                     for k in sorted(f.keys())}}  # fmt: skip
+
+
 def snapshot(runs) -> dict:
-    """Everything a run's result is: its rounds, selections, references and every image's bytes."""
+    """Everything a run's result is, exactly: every stored row of every table (each float as stored —
+    similarities, β, Ω, Δ, metrics, weights — no rounding), every adapter tensor's bytes, every image's
+    decoded pixels, and every other file of the run folder byte for byte. Only what differs between any
+    two runs by nature is left out: row ids, the run id, clocks and timings."""
     run_id = _run_id(runs)
     folder = runs / run_id
+    out: dict = {}
     with storage.open_db(runs / "gal.db") as db:
-        run = storage.get_run(db, run_id)
-        rounds = storage.list_rounds(db, run_id)
-        images = [im for r in rounds for im in storage.list_images(db, run_id, r["round_index"], kind=None)]
-        return {
-            "status": run["status"],
-            "rounds": [
-                (
-                    r["round_index"],
-                    r["state"],
-                    r["openness"],
-                    {k: round(v, 6) for k, v in (r["metrics"] or {}).items() if isinstance(v, float)},
-                )
-                for r in rounds
-            ],
-            "selections": [
-                (s["round_index"], s["anchor_index"], s["weight"], s["strategy"])
-                for s in storage.list_selections(db, run_id)
-            ],
-            "references": [
-                (x["file"], x["weight"], x["source"], x["sha256"])
-                for x in storage.list_references(db, run_id)
-            ],
-            "images": sorted(
-                (
-                    im["round_index"],
-                    im["kind"],
-                    im["anchor_index"],
-                    im["slot"],
-                    im["oracle_verdict"],
-                    hashlib.sha256((folder / im["file"]).read_bytes()).hexdigest(),
-                )
-                for im in images
-            ),
+        image_key = {
+            row["id"]: (row["round_index"], row["kind"], row["anchor_index"], row["slot"])
+            for row in db.query("SELECT * FROM images WHERE run_id = ?", [run_id])
         }
+        for table in ("runs", "rounds", "anchors", "images", "refs", "selections", "decisions"):
+            rows = []
+            for row in db.query(f"SELECT * FROM {table} WHERE run_id = ?", [run_id]):
+                row = {k: v for k, v in row.items() if k not in VOLATILE}
+                if row.get("image_id") is not None:
+                    row["image_id"] = image_key[row["image_id"]]
+                for k in ("metrics", "config"):
+                    if isinstance(row.get(k), str):
+                        row[k] = json.loads(row[k])
+                if table == "runs":
+                    row["config"].pop("name", None)
+                rows.append(repr(sorted(row.items())))  # repr keeps every float's exact digits
+            out[table] = sorted(rows)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(folder))
+        if path.suffix == ".png":
+            out[rel] = _pixels(path)
+        elif path.suffix == ".safetensors":
+            out[rel] = _tensors(path)
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes().replace(run_id.encode(), b"<run>")).hexdigest()
+    return out
+
+
+def assert_same_run(resumed: dict, uninterrupted: dict) -> None:
+    """Equal bit for bit; on a difference, name the first few entries that differ (not a 200-line diff)."""
+    differ = [k for k in sorted(set(resumed) | set(uninterrupted)) if resumed.get(k) != uninterrupted.get(k)]
+    detail = []
+    for key in differ[:3]:
+        a, b = resumed.get(key), uninterrupted.get(key)
+        if isinstance(a, list) and isinstance(b, list):
+            a, b = [x for x in a if x not in b][:2], [x for x in b if x not in a][:2]
+        detail.append(f"{key}: resumed {str(a)[:600]} vs uninterrupted {str(b)[:600]}")
+    assert not differ, f"{len(differ)} entries differ: {differ[:10]}\n" + "\n".join(detail)
 
 
 @pytest.fixture(scope="module")
@@ -115,31 +154,68 @@ def _kill_and_resume(setup, point: str, tmp_path) -> dict:
     return snapshot(runs)
 
 
-def test_kill_inside_evaluation_commit_resumes_identically(setup, uninterrupted, tmp_path):
-    """The window that broke resume for good: evaluation's rows written, the round not yet in review."""
-    assert _kill_and_resume(setup, "evaluating.recording@1", tmp_path) == uninterrupted
+POINTS = [
+    f"{point}@{r}"
+    for r in (1, 2)
+    for point in (
+        *(f"{state}.{when}" for state in ("training", "generating", "judging", "evaluating")
+          for when in ("done", "recording")),
+        "committing",
+        "committed",
+    )
+]  # fmt: skip
+# One kill per step family in CI (the issue's case among them: inside round 1's evaluation, after which
+# round 2's similarities used to differ at ~1e-8); all 20 points with -m slow.
+FAST = ["training.recording@1", "generating.done@1", "judging.recording@1", "evaluating.recording@1",
+        "committing@1"]  # fmt: skip
+
+
+@pytest.mark.parametrize("point", FAST)
+def test_a_kill_in_each_step_resumes_bit_for_bit(setup, uninterrupted, tmp_path, point):
+    assert_same_run(_kill_and_resume(setup, point, tmp_path), uninterrupted)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "point",
-    [
-        "training.done@1",
-        "training.recording@1",
-        "generating.done@1",
-        "generating.recording@1",
-        "judging.done@1",
-        "judging.recording@1",
-        "evaluating.done@1",
-        "committing@1",
-        "committed@1",
-        "training.recording@2",
-        "evaluating.recording@2",
-        "committing@2",
-    ],
-)
-def test_kill_anywhere_resumes_identically(setup, uninterrupted, tmp_path, point):
-    assert _kill_and_resume(setup, point, tmp_path) == uninterrupted
+@pytest.mark.parametrize("point", [p for p in POINTS if p not in FAST])
+def test_kill_anywhere_resumes_bit_for_bit(setup, uninterrupted, tmp_path, point):
+    assert_same_run(_kill_and_resume(setup, point, tmp_path), uninterrupted)
+
+
+def test_the_snapshot_sees_a_difference_of_one_ulp(setup, uninterrupted, tmp_path):
+    """The comparison is exact: a similarity moved by one float step, or one adapter weight, is caught."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    runs = tmp_path / "runs"
+    shutil.copytree(setup[0] / "reference-run", runs)
+    run_id = _run_id(runs)
+    with storage.open_db(runs / "gal.db") as db:
+        (image_id, sim), *_ = db.execute(
+            "SELECT id, sim_non_soi FROM images WHERE run_id = ? AND kind = 'anchor' ORDER BY id DESC",
+            [run_id],
+        ).fetchall()
+        db.execute(
+            "UPDATE images SET sim_non_soi = ? WHERE id = ?", [float(np.nextafter(sim, 2.0)), image_id]
+        )
+        db.conn.commit()
+    with pytest.raises(AssertionError, match="images"):
+        assert_same_run(snapshot(runs), uninterrupted)
+    shutil.rmtree(runs)
+    shutil.copytree(setup[0] / "reference-run", runs)
+    path = runs / run_id / "rounds/r02/adapter/pytorch_lora_weights.safetensors"
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = torch.nextafter(tensors[key].view(-1)[0], torch.tensor(1.0))
+    save_file(tensors, str(path), metadata=metadata)  # the same header: only the one weight differs
+    with pytest.raises(AssertionError, match="r02/adapter"):
+        assert_same_run(snapshot(runs), uninterrupted)
 
 
 # -- one writer per run -------------------------------------------------------------------------------

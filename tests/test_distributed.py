@@ -1,7 +1,11 @@
-"""Several processes on one run (torchrun / `accelerate launch`, gloo on CPU): the same result as one.
+"""Several processes on one run (torchrun / `accelerate launch`, gloo on CPU): the one-process run, within
+the tolerance README's "Several GPUs" states.
 
 Two real processes split generation, judging and evaluation; only the main one writes SQLite. Every
-image keeps its seed slot, so the run's rows and images match a one-process run's.
+image keeps its seed slot and the oracle scores each image alone, so verdicts, selections and Δ are the
+one-process run's exactly; float rounding differs where the work is batched differently (the summed LoRA
+gradients, the UNet batches of generation), within: adapter weights 1e-4, pixels 2/255, similarities and
+metrics 1e-4.
 """
 
 import os
@@ -12,10 +16,12 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from PIL import Image
+from safetensors.torch import load_file
 
 import storage
 
 PROMPT = "a <sks> star on stairs"
+ADAPTER_TOL, PIXEL_TOL, SIM_TOL = 1e-4, 2, 1e-4  # README "Several GPUs"
 
 
 def _free_port() -> int:
@@ -51,7 +57,11 @@ def _launch(runs, config, refs, processes: int):
             im for r in rounds for im in storage.list_images(db, run["run_id"], r["round_index"], kind=None)
         ]
         selections = storage.list_selections(db, run["run_id"])
-    return run, rounds, images, selections
+    adapters = {}
+    for r in rounds:
+        path = runs / run["run_id"] / "rounds" / f"r{r['round_index']:02d}" / "adapter"
+        adapters[r["round_index"]] = load_file(str(path / "pytorch_lora_weights.safetensors"))
+    return run, rounds, images, selections, adapters
 
 
 @pytest.mark.timeout(900)
@@ -60,12 +70,13 @@ def test_two_processes_give_the_one_process_run(tmp_path, reference_files):
     config.write_text(tiny_config().to_json())
     one = _launch(tmp_path / "one", config, reference_files, 1)
     two = _launch(tmp_path / "two", config, reference_files, 2)
-    for (run, rounds, images, _), name in ((one, "one"), (two, "two")):
+    for (run, rounds, images, *_), name in ((one, "one"), (two, "two")):
         assert run["status"] == "finished" and [r["state"] for r in rounds] == ["done", "done"]
         keys = [(im["round_index"], im["kind"], im["anchor_index"], im["slot"]) for im in images]
         assert len(keys) == len(set(keys)), f"{name}: an image recorded twice"
     key = lambda im: (im["round_index"], im["kind"], im["anchor_index"], im["slot"])  # noqa: E731
     by_key = {key(im): im for im in one[2]}
+    worst = {"pixels": 0, "sims": 0.0, "adapter": 0.0}
     assert sorted(by_key) == sorted(key(im) for im in two[2])  # every slot, exactly once
     for im in two[2]:
         ref = by_key[key(im)]
@@ -76,13 +87,28 @@ def test_two_processes_give_the_one_process_run(tmp_path, reference_files):
         )
         a = np.asarray(Image.open(tmp_path / "two" / two[0]["run_id"] / im["file"]), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "one" / one[0]["run_id"] / ref["file"]), dtype=np.int16)
-        assert np.abs(a - b).max() <= 2, f"image {im['file']} differs by {np.abs(a - b).max()}/255"
-    assert [(s["round_index"], s["anchor_index"]) for s in one[3]] == [
-        (s["round_index"], s["anchor_index"]) for s in two[3]
-    ]
+        pixels = int(np.abs(a - b).max())
+        assert pixels <= PIXEL_TOL, f"image {im['file']} differs by {pixels}/255"
+        for sim in ("sim_anchor", "sim_non_soi"):
+            if ref[sim] is not None:
+                assert abs(im[sim] - ref[sim]) <= SIM_TOL, (im["file"], sim, im[sim] - ref[sim])
+        worst["pixels"] = max(worst["pixels"], pixels)
+        worst["sims"] = max([worst["sims"]] + [abs(im[s] - ref[s]) for s in ("sim_anchor", "sim_non_soi")
+                                               if ref[s] is not None])  # fmt: skip
+    assert [(s["round_index"], s["anchor_index"], s["image_id"] and s["weight"]) for s in one[3]] == [
+        (s["round_index"], s["anchor_index"], s["image_id"] and s["weight"]) for s in two[3]
+    ]  # the same picks with the same weights (Δ), exactly
     for r1, r2 in zip(one[1], two[1], strict=True):
+        assert r1["openness"] == r2["openness"]
         for metric in ("txt_aln", "img_aln", "ovf"):
-            assert r1["metrics"][metric] == pytest.approx(r2["metrics"][metric], abs=1e-4)
+            assert r1["metrics"][metric] == pytest.approx(r2["metrics"][metric], abs=SIM_TOL)
+    for r, tensors in one[4].items():
+        assert sorted(tensors) == sorted(two[4][r])
+        for key, value in tensors.items():
+            diff = float((value - two[4][r][key]).abs().max())
+            assert diff <= ADAPTER_TOL, (r, key, diff)
+            worst["adapter"] = max(worst["adapter"], diff)
+    print(f"two processes vs one, largest differences: {worst}")  # pytest -s shows the measured margins
 
 
 TRAIN = r"""
@@ -141,6 +167,6 @@ def test_two_processes_train_the_one_process_adapter(tmp_path, reference_files):
     assert (one["world"], two["world"]) == (1, 2)
     assert np.allclose(one["losses"], two["losses"], atol=1e-5)
     for key, values in one["state"].items():
-        assert np.allclose(values, two["state"][key], atol=1e-5), key
+        assert np.allclose(values, two["state"][key], atol=ADAPTER_TOL, rtol=0), key
     losses = np.array(two["losses"])
     assert losses[-10:].mean() < losses[:10].mean()  # the adapter trains
