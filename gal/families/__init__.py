@@ -15,6 +15,7 @@ from pathlib import Path
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
+from gal.families.krea2 import Krea2Family
 from gal.families.qwenimage import QwenImageFamily
 from gal.families.sd import SDFamily
 from gal.families.sd3 import SD3Family
@@ -30,6 +31,7 @@ FAMILIES: dict[str, Family] = {
         SD3Family(),
         ChromaFamily(),
         QwenImageFamily(),
+        Krea2Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family
