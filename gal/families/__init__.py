@@ -16,6 +16,7 @@ from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
 from gal.families.flux2 import Flux2Family
+from gal.families.krea2 import Krea2Family
 from gal.families.qwenimage import QwenImageFamily
 from gal.families.sd import SDFamily
 from gal.families.sd3 import SD3Family
@@ -34,6 +35,7 @@ FAMILIES: dict[str, Family] = {
         QwenImageFamily(),
         ZImageFamily(),
         Flux2Family(),
+        Krea2Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family

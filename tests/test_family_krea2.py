@@ -1,0 +1,138 @@
+"""Krea 2 (gal/families/krea2.py) on tiny-krea2: detection, the template's token counts, a 2-round GAL run,
+resume, exports reloaded in a fresh process, block swap. (The ComfyUI snapshot here predates Krea 2: its key
+map cannot be run on this family.)"""
+
+import json
+
+import pytest
+import torch
+from family_checks import replay_in_fresh_process, resume_after_cancel, two_rounds
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gal import blockswap, families
+from gal.config import GenerateConfig, TrainConfig
+from gal.families.krea2 import KREA2_TARGETS
+from gal.families.qwenimage import template_tokens
+from gal.models import load_pipeline, model_family
+
+MODEL = "tiny-krea2"
+FAMILY = families.get("krea2")
+
+
+@pytest.fixture(scope="module")
+def studios(tmp_path_factory):
+    from gal.engine import Studio
+
+    made = {}
+
+    def get(model):
+        if model not in made:
+            made[model] = Studio(tmp_path_factory.mktemp(model), model=model, oracle="tiny")
+        return made[model]
+
+    return get
+
+
+def test_detected_from_model_index_and_single_file_keys(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps({"_class_name": "Krea2Pipeline"}))
+    assert families.detect(tmp_path / "m") is FAMILY and model_family(MODEL) is FAMILY
+    keys = {"text_fusion.projector.weight": (2, 2), "transformer_blocks.0.attn.to_q.weight": (2, 2)}
+    save_file({k: torch.zeros(s) for k, s in keys.items()}, str(tmp_path / "k.safetensors"))
+    assert families.detect(tmp_path / "k.safetensors") is FAMILY
+    qwen = {"txt_norm.weight": (2,), "transformer_blocks.0.img_mod.1.weight": (2, 2)}
+    save_file({k: torch.zeros(s) for k, s in qwen.items()}, str(tmp_path / "q.safetensors"))
+    assert families.detect(tmp_path / "q.safetensors").name == "qwenimage"
+
+
+def test_template_counts_and_the_fixed_length_text_layout():
+    pipe = FAMILY.build_tiny()
+    assert template_tokens(pipe.tokenizer, pipe.prompt_template_encode_prefix + "{}") == 34
+    assert len(pipe.tokenizer(pipe.prompt_template_encode_suffix).input_ids) == 5
+    cond = FAMILY.encode(pipe, ["a <sks> star", "a star on grass under the night sky"], 32)
+    n = FAMILY.max_sequence_length(pipe)
+    assert cond["embeds"].shape == (2, n, 3, 16)  # [prompts, fixed text length, tapped layers, width]
+    words = [
+        len(pipe.tokenizer(p).input_ids) for p in ("a <sks> star", "a star on grass under the night sky")
+    ]
+    assert cond["mask"].sum(1).tolist() == [w + 5 for w in words]  # the prompt + the 5 suffix tokens
+
+
+def test_defaults_cfg_and_targets():
+    d = FAMILY.defaults
+    assert (d.learning_rate, d.rank, d.steps, d.guidance_scale) == (3e-4, 32, 28, 4.5)
+    assert list(d.target_modules) == KREA2_TARGETS and len(KREA2_TARGETS) == 15
+    assert FAMILY.pipe_kwargs(GenerateConfig(steps=2, guidance_scale=4.5), 2)["guidance_scale"] == 4.5
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    assert len(blockswap.swappable_blocks(pipe.transformer)) == 2
+
+
+def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(studios, references, tmp_path):
+    studio = studios(MODEL)
+    run_id, config = two_rounds(studio, references, MODEL, FAMILY, lr=5e-2)
+    out = tmp_path / "export"
+    written = studio.export(run_id, out, ("diffusers", "kohya"))
+    with safe_open(str(written["kohya"]), "pt") as f:
+        keys = list(f.keys())
+        meta = f.metadata()
+    assert keys and all(k.startswith("diffusion_model.") for k in keys)
+    assert (
+        "diffusion_model.blocks.0.attn.wq.lora_A.weight" in keys
+        and "diffusion_model.first.lora_B.weight" in keys
+    )
+    assert meta["modelspec.architecture"] == "krea-2/lora"
+    replay_in_fresh_process(
+        studio,
+        run_id,
+        config,
+        out,
+        {"diffusers": written["diffusers"].name, "comfyui": written["kohya"].name},
+    )
+
+
+def test_original_names_invert_diffusers_importer():
+    """Every diffusers module the script adapts gets krea-ai/krea-2's name, and diffusers' own importer maps
+    that name back (ΔW per module unchanged: alpha/r folded into lora_B)."""
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_krea2_lora_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from gal.training import attach_adapter
+
+    pipe = FAMILY.build_tiny()
+    rank, alpha = 4, 12.0
+    attach_adapter(pipe.transformer, TrainConfig(rank=rank, alpha=alpha), seed=0, family=FAMILY)
+    state = {
+        f"transformer.{k}": v
+        for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="gal").items()
+    }
+    original = FAMILY.kohya_state_dict(state, {"transformer": (alpha, rank)})
+    back = _convert_non_diffusers_krea2_lora_to_diffusers(dict(original))
+    assert set(back) == set(state) and len(state) == 2 * 36  # 36 adapted modules on the tiny model
+    for key, value in state.items():
+        scale = alpha / rank if "lora_B" in key else 1.0
+        torch.testing.assert_close(back[key], value * scale)
+    with pytest.raises(ValueError, match="no Krea 2 original name"):
+        FAMILY.kohya_state_dict({"transformer.rotary_emb.x.lora_A.weight": torch.zeros(1)}, {})
+
+
+def test_block_swap_on_krea2_trains_the_same_adapter(reference_files):
+    from PIL import Image
+
+    from gal.training import TrainExample, adapter_state, train_lora
+
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
+    states = []
+    for n in (0, 2):
+        cfg = TrainConfig(
+            steps=2, learning_rate=1e-2, batch_size=2, blocks_to_swap=n, gradient_checkpointing=True
+        )
+        train_lora(pipe, examples, cfg, resolution=32, seed=1)
+        states.append(adapter_state(pipe))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_resume_after_a_cancel_mid_generation(studios, references):
+    resume_after_cancel(studios, references, MODEL)
