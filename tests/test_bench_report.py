@@ -431,7 +431,7 @@ def test_subset_keeps_the_first_images_of_each_prompt():
         "per_image": {"identity": [1, 1, 0, 0, 0, 0, 1, 1], "scene": [None] * 8, "leak": [1, 0, 1, 0] * 2}
     }
     half = subset(judge, per_prompt=4, keep=2)
-    assert half == {"identity": 0.5, "scene": None, "leak": 0.5}
+    assert half == {"identity": 0.5, "shape_colour": None, "scene": None, "leak": 0.5}
 
 
 def test_environment_records_versions_threads_commit_command():

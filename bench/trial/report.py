@@ -13,7 +13,7 @@ import numpy as np
 from bench.trial.env import short
 from bench.trial.stats import bootstrap_mean, frontier_gap, paired_difference, verdict
 
-JUDGED = ("identity", "scene", "leak")
+JUDGED = ("identity", "shape_colour", "scene", "leak")
 CONTROL = {"lambda-0", "dreambooth-matched", "dreambooth"}
 
 
@@ -33,7 +33,8 @@ def subset(judge: dict, per_prompt: int, keep: int) -> dict:
     """The judge's means on the first ``keep`` of every prompt's ``per_prompt`` held-out images."""
     out = {}
     for k in JUDGED:
-        vals = [v for i, v in enumerate(judge["per_image"][k]) if i % per_prompt < keep and v is not None]
+        per = judge["per_image"].get(k, [])
+        vals = [v for i, v in enumerate(per) if i % per_prompt < keep and v is not None]
         out[k] = float(np.mean(vals)) if vals else None
     return out
 
@@ -95,31 +96,39 @@ def trial_report(results: list[dict], n_boot: int = 10_000) -> str:
     return "\n".join(lines)
 
 
-def frontier_points(g: dict, task: str, prior: bool) -> dict[str, dict[int, tuple[float, float]]]:
+def frontier_points(
+    g: dict, task: str, prior: bool, fidelity: str = "identity"
+) -> dict[str, dict[int, tuple[float, float]]]:
     out = {}
     for (t, strategy, lab), runs in g.items():
         if t != task or strategy != "dreambooth" or ("prior=True" in lab) != prior or "threads=" in lab:
             continue
-        ident, leak = metric(runs, "identity"), metric(runs, "leak")
+        ident, leak = metric(runs, fidelity), metric(runs, "leak")
         out[lab] = {s: (ident[s], leak[s]) for s in ident if s in leak}
     return out
 
 
 def frontier_lines(g: dict, task: str, n_boot: int) -> list[str]:
     lines = []
-    for prior in (False, True):
-        front = frontier_points(g, task, prior)
-        if len(front) < 2:
-            continue
+    for fidelity in ("identity", "shape_colour"):
+        for prior in (False, True):
+            lines += _frontier_lines(g, task, n_boot, prior, fidelity)
+    return lines
+
+
+def _frontier_lines(g: dict, task: str, n_boot: int, prior: bool, fidelity: str) -> list[str]:
+    lines = []
+    front = frontier_points(g, task, prior, fidelity)
+    if len(front) >= 2:
         name = "with prior preservation" if prior else "without prior preservation"
         lines.append(
-            f"  gap to the DreamBooth frontier {name} ({len(front)} step counts): the row's leak minus "
-            "the frontier's at the row's identity; below 0 = above the frontier"
+            f"  gap to the DreamBooth frontier {name} ({len(front)} step counts), fidelity = {fidelity}: "
+            "the row's leak minus the frontier's at the row's fidelity; below 0 = above the frontier"
         )
         for (t, strategy, lab), runs in sorted(g.items()):
             if t != task or strategy in CONTROL:
                 continue
-            ident, leak = metric(runs, "identity"), metric(runs, "leak")
+            ident, leak = metric(runs, fidelity), metric(runs, "leak")
             row = {s: (ident[s], leak[s]) for s in ident if s in leak}
             try:
                 gap = frontier_gap(row, front, n_boot=n_boot)
@@ -159,7 +168,7 @@ def paired_lines(g: dict, task: str, n_boot: int) -> list[str]:
             if not other:
                 continue
             parts = []
-            for k in ("identity", "leak", "ovf"):
+            for k in ("identity", "shape_colour", "leak", "ovf"):
                 try:
                     d = paired_difference(metric(runs, k), metric(other, k), n_boot=n_boot)
                 except ValueError:
@@ -190,7 +199,9 @@ def noise_lines(results: list[dict], task: str) -> list[str]:
             d = {m: abs(ra[m] - rb[m]) for m in ("txt_aln", "img_aln", "ovf")}
             ja, jb = ra.get("judge"), rb.get("judge")
             if ja and jb:
-                d |= {k: abs(ja[k] - jb[k]) for k in JUDGED if ja[k] is not None and jb[k] is not None}
+                d |= {
+                    k: abs(ja[k] - jb[k]) for k in JUDGED if ja.get(k) is not None and jb.get(k) is not None
+                }
             lines.append(
                 f"  noise floor: {strategy} {label(json.loads(v))} seed {seed} R{i + 1}, "
                 f"{ta} vs {tb} threads: " + ", ".join(f"|Δ{k}| {x:.3f}" for k, x in d.items())
