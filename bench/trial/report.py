@@ -105,6 +105,18 @@ def frontier_points(
             continue
         ident, leak = metric(runs, fidelity), metric(runs, "leak")
         out[lab] = {s: (ident[s], leak[s]) for s in ident if s in leak}
+    if not prior:  # round 1 of the multi-round rows is plain DreamBooth at their steps: one more point
+        for (t, strategy, lab), runs in sorted(g.items()):
+            steps = next((x.split("=", 1)[1] for x in lab.split() if x.startswith("steps=")), None)
+            if t != task or strategy in CONTROL or "threads=" in lab or not steps:
+                continue
+            if len(next(iter(runs.values()))["rounds"]) < 2:
+                continue
+            point = out.setdefault(f"round 1 of the rows, steps={steps}", {})
+            ident, leak = metric(runs, fidelity, 0), metric(runs, "leak", 0)
+            for s in ident:
+                if s in leak:
+                    point.setdefault(s, (ident[s], leak[s]))
     return out
 
 
