@@ -74,7 +74,7 @@ def trial_report(results: list[dict], n_boot: int = 10_000) -> str:
             "(any background), scene = the asked scene, leak = the references' background where another "
             "was asked (independent judge); TXT/IMG/OVF: the oracle's"
         )
-        head = f"{'row':<34}{'variant':<34}{'n':>3}  {'identity':<22}{'scene':<22}{'leak':<22}"
+        head = f"{'row':<34}{'variant':<34}{'n':>3}  " + "".join(f"{k:<22}" for k in JUDGED)
         lines.append(head + f"{'TXT-ALN':>8}{'IMG-ALN':>8}{'OVF':>7}")
         keys = sorted(k for k in g if k[0] == task)
         for _, strategy, lab in keys:
@@ -131,7 +131,8 @@ def frontier_lines(g: dict, task: str, n_boot: int) -> list[str]:
 def _frontier_lines(g: dict, task: str, n_boot: int, prior: bool, fidelity: str) -> list[str]:
     lines = []
     front = frontier_points(g, task, prior, fidelity)
-    if len(front) >= 2:
+    rows = [k for k in g if k[0] == task and k[1] not in CONTROL]
+    if len(front) >= 2 and rows:
         name = "with prior preservation" if prior else "without prior preservation"
         lines.append(
             f"  gap to the DreamBooth frontier {name} ({len(front)} step counts), fidelity = {fidelity}: "
