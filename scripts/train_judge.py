@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--init", help="train on from these weights (a second stage on fresh renders)")
     p.add_argument("--out", default=str(judge.WEIGHTS))
     p.add_argument("--check", action="store_true", help="only report the accuracy of the saved weights")
     args = p.parse_args()
@@ -51,11 +53,12 @@ def main() -> None:
         report(judge.Judge.load(args.out), seed=1)
         return
     started = time.perf_counter()
-    j = judge.train(args.n, args.epochs, args.seed)
+    init = judge.Judge.load(args.init) if args.init else None
+    j = judge.train(args.n, args.epochs, args.seed, lr=args.lr, init=init)
     print(f"trained in {time.perf_counter() - started:.0f} s")
     path = j.save(args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    report(j, seed=args.seed + 1)
+    report(j, seed=args.seed + 101)
 
 
 if __name__ == "__main__":

@@ -431,7 +431,7 @@ def test_subset_keeps_the_first_images_of_each_prompt():
         "per_image": {"identity": [1, 1, 0, 0, 0, 0, 1, 1], "scene": [None] * 8, "leak": [1, 0, 1, 0] * 2}
     }
     half = subset(judge, per_prompt=4, keep=2)
-    assert half == {"identity": 0.5, "scene": None, "leak": 0.5}
+    assert half == {"identity": 0.5, "shape_colour": None, "scene": None, "leak": 0.5}
 
 
 def test_environment_records_versions_threads_commit_command():
@@ -456,3 +456,19 @@ def test_rejudge_reads_the_kept_held_out_images(tmp_path):
     assert table1.rejudge([run, {"task": "known", "rounds": [{}]}], tmp_path) == 1
     j = run["rounds"][0]["judge"]
     assert j["per_image"]["scene"] == [0, 0, 0] and j["per_image"]["leak"] == [1, 1, 1]  # stairs, not snow
+
+
+def test_round_one_of_the_rows_is_a_frontier_point():
+    from bench.trial.report import frontier_points, groups
+
+    res = []
+    for s in range(2):
+        row = _judged("positive-control", s, 0.75, 0.125, {"steps": 450}, rounds=2)
+        row["rounds"] = [_judged("x", s, 0.875, 0.5)["rounds"][0], row["rounds"][1]]  # round 1: 900-step DB
+        res += [row, _judged("dreambooth", s, 0.5, 0.125, {"steps": 100})]
+    front = frontier_points(groups(res), "known", prior=False)
+    assert front == {
+        "steps=100": {0: (0.5, 0.125), 1: (0.5, 0.125)},
+        "round 1 of the rows, steps=450": {0: (0.875, 0.5), 1: (0.875, 0.5)},
+    }
+    assert "gap -0.250 [-0.250, -0.250] over 2 seeds: below 0" in trial_report(res, n_boot=100)

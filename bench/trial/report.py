@@ -13,7 +13,7 @@ import numpy as np
 from bench.trial.env import short
 from bench.trial.stats import bootstrap_mean, frontier_gap, paired_difference, verdict
 
-JUDGED = ("identity", "scene", "leak")
+JUDGED = ("identity", "shape_colour", "scene", "leak")
 CONTROL = {"lambda-0", "dreambooth-matched", "dreambooth"}
 
 
@@ -33,7 +33,8 @@ def subset(judge: dict, per_prompt: int, keep: int) -> dict:
     """The judge's means on the first ``keep`` of every prompt's ``per_prompt`` held-out images."""
     out = {}
     for k in JUDGED:
-        vals = [v for i, v in enumerate(judge["per_image"][k]) if i % per_prompt < keep and v is not None]
+        per = judge["per_image"].get(k, [])
+        vals = [v for i, v in enumerate(per) if i % per_prompt < keep and v is not None]
         out[k] = float(np.mean(vals)) if vals else None
     return out
 
@@ -73,7 +74,7 @@ def trial_report(results: list[dict], n_boot: int = 10_000) -> str:
             "(any background), scene = the asked scene, leak = the references' background where another "
             "was asked (independent judge); TXT/IMG/OVF: the oracle's"
         )
-        head = f"{'row':<34}{'variant':<34}{'n':>3}  {'identity':<22}{'scene':<22}{'leak':<22}"
+        head = f"{'row':<34}{'variant':<34}{'n':>3}  " + "".join(f"{k:<22}" for k in JUDGED)
         lines.append(head + f"{'TXT-ALN':>8}{'IMG-ALN':>8}{'OVF':>7}")
         keys = sorted(k for k in g if k[0] == task)
         for _, strategy, lab in keys:
@@ -95,31 +96,52 @@ def trial_report(results: list[dict], n_boot: int = 10_000) -> str:
     return "\n".join(lines)
 
 
-def frontier_points(g: dict, task: str, prior: bool) -> dict[str, dict[int, tuple[float, float]]]:
+def frontier_points(
+    g: dict, task: str, prior: bool, fidelity: str = "identity"
+) -> dict[str, dict[int, tuple[float, float]]]:
     out = {}
     for (t, strategy, lab), runs in g.items():
         if t != task or strategy != "dreambooth" or ("prior=True" in lab) != prior or "threads=" in lab:
             continue
-        ident, leak = metric(runs, "identity"), metric(runs, "leak")
+        ident, leak = metric(runs, fidelity), metric(runs, "leak")
         out[lab] = {s: (ident[s], leak[s]) for s in ident if s in leak}
+    if not prior:  # round 1 of the multi-round rows is plain DreamBooth at their steps: one more point
+        for (t, strategy, lab), runs in sorted(g.items()):
+            steps = next((x.split("=", 1)[1] for x in lab.split() if x.startswith("steps=")), None)
+            if t != task or strategy in CONTROL or "threads=" in lab or not steps:
+                continue
+            if len(next(iter(runs.values()))["rounds"]) < 2:
+                continue
+            point = out.setdefault(f"round 1 of the rows, steps={steps}", {})
+            ident, leak = metric(runs, fidelity, 0), metric(runs, "leak", 0)
+            for s in ident:
+                if s in leak:
+                    point.setdefault(s, (ident[s], leak[s]))
     return out
 
 
 def frontier_lines(g: dict, task: str, n_boot: int) -> list[str]:
     lines = []
-    for prior in (False, True):
-        front = frontier_points(g, task, prior)
-        if len(front) < 2:
-            continue
+    for fidelity in ("identity", "shape_colour"):
+        for prior in (False, True):
+            lines += _frontier_lines(g, task, n_boot, prior, fidelity)
+    return lines
+
+
+def _frontier_lines(g: dict, task: str, n_boot: int, prior: bool, fidelity: str) -> list[str]:
+    lines = []
+    front = frontier_points(g, task, prior, fidelity)
+    rows = [k for k in g if k[0] == task and k[1] not in CONTROL]
+    if len(front) >= 2 and rows:
         name = "with prior preservation" if prior else "without prior preservation"
         lines.append(
-            f"  gap to the DreamBooth frontier {name} ({len(front)} step counts): the row's leak minus "
-            "the frontier's at the row's identity; below 0 = above the frontier"
+            f"  gap to the DreamBooth frontier {name} ({len(front)} step counts), fidelity = {fidelity}: "
+            "the row's leak minus the frontier's at the row's fidelity; below 0 = above the frontier"
         )
         for (t, strategy, lab), runs in sorted(g.items()):
             if t != task or strategy in CONTROL:
                 continue
-            ident, leak = metric(runs, "identity"), metric(runs, "leak")
+            ident, leak = metric(runs, fidelity), metric(runs, "leak")
             row = {s: (ident[s], leak[s]) for s in ident if s in leak}
             try:
                 gap = frontier_gap(row, front, n_boot=n_boot)
@@ -159,7 +181,7 @@ def paired_lines(g: dict, task: str, n_boot: int) -> list[str]:
             if not other:
                 continue
             parts = []
-            for k in ("identity", "leak", "ovf"):
+            for k in ("identity", "shape_colour", "leak", "ovf"):
                 try:
                     d = paired_difference(metric(runs, k), metric(other, k), n_boot=n_boot)
                 except ValueError:
@@ -190,7 +212,9 @@ def noise_lines(results: list[dict], task: str) -> list[str]:
             d = {m: abs(ra[m] - rb[m]) for m in ("txt_aln", "img_aln", "ovf")}
             ja, jb = ra.get("judge"), rb.get("judge")
             if ja and jb:
-                d |= {k: abs(ja[k] - jb[k]) for k in JUDGED if ja[k] is not None and jb[k] is not None}
+                d |= {
+                    k: abs(ja[k] - jb[k]) for k in JUDGED if ja.get(k) is not None and jb.get(k) is not None
+                }
             lines.append(
                 f"  noise floor: {strategy} {label(json.loads(v))} seed {seed} R{i + 1}, "
                 f"{ta} vs {tb} threads: " + ", ".join(f"|Δ{k}| {x:.3f}" for k, x in d.items())
