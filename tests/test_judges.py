@@ -138,7 +138,7 @@ def test_clip_judge_is_eq8_bit_for_bit_with_its_models_own_temperature():
 
 def test_siglip_judge_builds_offline_with_a_sigmoid_bias():
     judge = load_judge("siglip:tiny")
-    assert float(judge.oracle.model.logit_bias) == pytest.approx(-10.0)
+    assert float(judge.oracle.model.logit_bias.detach()) == pytest.approx(-10.0)
     out = judge.judge(_request(_images(4)))
     assert len(out) == 4 and all(0 <= j.confidence <= 1 for j in out)
 
