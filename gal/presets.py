@@ -43,7 +43,9 @@ class Presets:
     def _paths(self, name: str) -> tuple[Path, Path]:
         """The JSON file and the image folder of ``name``, both guarded."""
         name = check_name(name)
-        return safe_name(self.folder, name, ".json"), safe_name(self.folder, name)
+        return safe_name(self.folder, f"{name}.json", "preset name"), safe_name(
+            self.folder, name, "preset name"
+        )
 
     def save(self, name: str, form: dict, images: list[str], table: list[list]) -> int:
         """Save preset ``name`` (replacing one of that name); returns how many images it holds."""

@@ -25,36 +25,6 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-# Names Windows reserves (with any extension): a file named so cannot be opened or copied there.
-RESERVED_NAMES = frozenset(
-    ["CON", "PRN", "AUX", "NUL"] + [f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)]
-)
-
-
-def safe_name(root: Path, name: str, suffix: str = "") -> Path:
-    """``root / (name + suffix)`` for a name a person typed (a preset): one path component, never ``.`` or
-    ``..``, no separator or NUL, no reserved device name, no trailing dot or space, and not a symlink; the
-    result passes :func:`safe_join`. Every name that becomes a path goes through here."""
-    if not isinstance(name, str):
-        raise ValueError(f"a name must be text, got {type(name).__name__} {name!r}")
-    bad = (
-        not name
-        or name in (".", "..")
-        or any(c in name for c in "/\\\0:")
-        or name != name.rstrip(". ")
-        or name.split(".")[0].strip().upper() in RESERVED_NAMES
-    )
-    if bad:
-        raise ValueError(
-            f"{name!r} cannot be a file name: use letters, digits, spaces, '.', '-' or '_', "
-            "not '.', '..', a separator or a reserved name like CON or NUL"
-        )
-    path = safe_join(root, name + suffix)
-    if (Path(root) / (name + suffix)).is_symlink():
-        raise ValueError(f"{Path(root) / (name + suffix)} is a symbolic link: refusing to follow it")
-    return path
-
-
 def new_run_id(name: str) -> str:
     """``<slug of the name>-<UTC time>-<4 hex>``: sortable, readable, and unique across processes."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -101,6 +71,55 @@ def load_image(path: str | Path) -> tuple[Image.Image, bytes]:
                 f"{path.name} is not a readable image ({type(err).__name__}): use a PNG, JPEG or WebP"
             ) from err
     return image.convert("RGB"), data
+
+
+# Names Windows reserves in every folder, with any extension ("nul.json" too). Refused on every OS: a run
+# folder or an export is copied between machines, and a file Windows cannot create breaks that copy.
+WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{port}{i}" for port in ("COM", "LPT") for i in [*"123456789", "¹", "²", "³"]]
+)
+MAX_NAME = 100  # characters; file systems allow 255 bytes, which UTF-8 reaches at ~64 CJK characters
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` as one safe file or folder name, or a ValueError naming the rule it breaks: not empty,
+    not ``.``/``..`` or hidden (leading dot), no path separators, NUL or control characters, no trailing
+    dot or space (Windows drops them, so two names would meet), not a Windows reserved name, at most
+    ``MAX_NAME`` characters."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"the {what} is empty: give it a name, e.g. my-cats")
+    fix = "use letters, digits, spaces, '-', '_' and '.' inside the name"
+    if name in (".", "..") or name.startswith("."):
+        raise ValueError(f"the {what} {name!r} starts with a dot (., .. or a hidden file): {fix}")
+    if any(sep in name for sep in ("/", "\\")):
+        raise ValueError(f"the {what} {name!r} holds a path separator: one name, not a path — {fix}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"the {what} {name!r} holds a NUL or control character: {fix}")
+    if name != name.rstrip(". "):
+        raise ValueError(f"the {what} {name!r} ends with a dot or a space: remove it")
+    if name.split(".")[0].strip().upper() in WINDOWS_RESERVED:
+        raise ValueError(
+            f"the {what} {name!r} is a name Windows reserves (CON, NUL, COM1, ...): choose another"
+        )
+    if len(name) > MAX_NAME:
+        raise ValueError(f"the {what} is {len(name)} characters long: at most {MAX_NAME}")
+    return name
+
+
+def safe_name(root: Path, name: str, what: str = "name") -> Path:
+    """``root / name`` for a name that becomes a path (a preset, an upload, an export): the name passes
+    :func:`check_name`, and an existing entry there must not be a symlink (writing through one, or deleting
+    what it points to, would reach outside ``root``). The path stays under ``root`` once resolved."""
+    check_name(name, what)
+    target = Path(root) / name
+    if target.is_symlink():
+        raise ValueError(
+            f"the {what} {name!r} is a symbolic link in {root}: refusing to write through it; remove the "
+            "link or choose another name"
+        )
+    safe_join(Path(root), name)  # belt and braces: resolves inside root
+    return target
 
 
 class RunFolder:
