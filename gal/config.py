@@ -15,19 +15,17 @@ from pathlib import Path
 from gal.algorithm import Strategy
 
 TASKS = ("object", "style")
-SCHEDULERS = (
-    "dpmsolver++",
-    "ddim",
-    "euler",
-    "euler_a",
-    "pndm",
-    "ddpm",
-    "flow-euler",
-)  # flow-euler: FLUX.1 only
 OPTIMIZERS = ("adamw", "adamw8bit")
 QUANTIZE_BASE = (None, "int8", "nf4", "fp8")
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 PRESETS_FILE = Path(__file__).parent / "presets" / "anchor_prompts.json"
+
+
+def schedulers() -> tuple[str, ...]:
+    """Every sampler name some model family accepts (the loaded model's family checks its own)."""
+    from gal.families import FAMILIES
+
+    return tuple(dict.fromkeys(name for family in FAMILIES.values() for name in family.schedulers()))
 
 
 REFERENCE_SAMPLING = ("pooled", "real-rate")
@@ -87,7 +85,7 @@ class TrainConfig:
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
-    # -- flow matching (FLUX.1), as diffusers' train_dreambooth_lora_flux.py --
+    # -- flow matching (FLUX.1, SD3.5: gal.families.flow), as diffusers' train_dreambooth_lora_*.py --
     weighting_scheme: str = (
         "none"  # timestep density / loss weighting: "none" (uniform) or "logit_normal", ...
     )
@@ -193,8 +191,9 @@ class GenerateConfig:
     )
 
     def validate(self) -> None:
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        known = schedulers()
+        if self.scheduler is not None and self.scheduler not in known:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(known)}")
         _positive_int("generate.steps", self.steps, most=1000)
         _positive_int("generate.batch_size", self.batch_size, most=1024)
         scale = self.guidance_scale

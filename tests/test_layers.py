@@ -182,3 +182,40 @@ def test_no_import_circles_inside_gal():
     graph = _module_graph("gal")
     assert "gal.families.base" in graph and "gal.training" in graph
     assert _circles(graph) == []
+
+
+FAMILY_NAMES = {"sd", "sd1", "sd2", "sdxl", "flux", "sd3"}
+LOAD_SITES = {"gal/models.py", "gal/loaded.py"}  # where a model is loaded or registered
+
+
+def test_families_stay_behind_their_seam():
+    """Outside gal/families/ no module names a family (string literal) and only the loading code asks a
+    pipeline for its family (``family_of``); everything else reads the family the pipeline carries."""
+    offenders = []
+    for path in sorted((ROOT / "gal").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("gal/families/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in FAMILY_NAMES:
+                offenders.append(f"{rel}:{node.lineno} names family {node.value!r}")
+            if isinstance(node, ast.Name | ast.Attribute) and rel not in LOAD_SITES:
+                name = node.id if isinstance(node, ast.Name) else node.attr
+                if name == "family_of":
+                    offenders.append(f"{rel}:{node.lineno} calls family_of")
+    assert offenders == []
+
+
+def test_every_registered_family_fills_the_seam_and_has_a_tiny_model():
+    import inspect
+
+    from gal import families
+    from gal.families.base import Family
+
+    abstract = {name for name, v in vars(Family).items() if getattr(v, "__isabstractmethod__", False)}
+    seam = {"per_sample_loss", "encode_with_grad", "build_tiny", "export_facts", "kohya_state_dict"}
+    assert seam <= abstract
+    assert set(families.TINY.values()) == set(families.FAMILIES)  # tiny-<family> derived from the registry
+    for name, family in families.FAMILIES.items():
+        assert isinstance(family, Family) and not inspect.isabstract(type(family)), name
+        assert family.defaults.scheduler in family.schedulers(), name
