@@ -212,3 +212,23 @@ def comfy_check(comfy, model, lora: dict[str, torch.Tensor], expected: dict[str,
     for name, delta in totals.items():
         torch.testing.assert_close(delta, expected[name].float(), rtol=1e-4, atol=1e-6, msg=name)
     return len(totals)
+
+
+def killed_cli_run_resumes(tmp_path, model: str) -> None:
+    """SIGKILL a real ``gal run --demo`` in the middle of round 1's generation, then ``gal run --resume``
+    finishes it with every image recorded before the kill kept."""
+    from conftest import kill_demo_run_mid_generation
+
+    runs = tmp_path / "runs"
+    run_id, before = kill_demo_run_mid_generation(runs, model)
+    done = subprocess.run(
+        [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--resume", run_id],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with storage.open_db(runs / "gal.db") as db:
+        assert storage.get_run(db, run_id)["status"] == "finished"
+        after = {im["id"]: im["file"] for im in storage.list_images(db, run_id, 1)}
+    assert len(after) == 180 and all(after[im["id"]] == im["file"] for im in before)

@@ -8,6 +8,7 @@ import torch
 from family_checks import (
     comfy,
     comfy_check,
+    killed_cli_run_resumes,
     replay_in_fresh_process,
     resume_after_cancel,
     two_rounds,
@@ -168,3 +169,8 @@ def test_block_swap_on_chroma_trains_the_same_adapter(reference_files):
 
 def test_resume_after_a_cancel_mid_generation(studios, references):
     resume_after_cancel(studios, references, MODEL)
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes(tmp_path):
+    killed_cli_run_resumes(tmp_path, MODEL)

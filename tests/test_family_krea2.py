@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from family_checks import replay_in_fresh_process, resume_after_cancel, two_rounds
+from family_checks import killed_cli_run_resumes, replay_in_fresh_process, resume_after_cancel, two_rounds
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -136,3 +136,8 @@ def test_block_swap_on_krea2_trains_the_same_adapter(reference_files):
 
 def test_resume_after_a_cancel_mid_generation(studios, references):
     resume_after_cancel(studios, references, MODEL)
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes(tmp_path):
+    killed_cli_run_resumes(tmp_path, MODEL)
