@@ -170,6 +170,8 @@ def one_run(
             config.train.prior_preservation = True
             config.train.class_prompt = scenario.oracle_subject or f"a {ref.shape}"
     positive_of = variant.get("match", POSITIVE_OF) if strategy == "positive-control" else None
+    if positive_of:  # an automatic strategy runs through its reviews unless it pauses: stop to swap the picks
+        config.gal.pause_for_review = True
     matched = None
     if (
         strategy == "dreambooth-matched"
