@@ -231,6 +231,9 @@ def one_run(
         if positive_of:  # the round's picks become real renders of the subject in their scenes
             swapped += swap_added_for_renders(studio, run_id, scenario, under_review, seed)
     history = studio.history(run_id)
+    added = [x for x in history["references"] if x["source"] == "synthetic"]
+    if positive_of and len(swapped) != len(added):
+        raise RuntimeError(f"positive control swapped {len(swapped)} of {len(added)} added images")
     keep = None
     if grid_dir is not None:
         keep_rel = Path("evals") / grid_name(task, strategy, seed, variant).removesuffix(".png")
