@@ -170,6 +170,8 @@ def one_run(
             config.train.prior_preservation = True
             config.train.class_prompt = scenario.oracle_subject or f"a {ref.shape}"
     positive_of = variant.get("match", POSITIVE_OF) if strategy == "positive-control" else None
+    if positive_of:  # an automatic strategy runs through its reviews unless it pauses: stop to swap the picks
+        config.gal.pause_for_review = True
     matched = None
     if (
         strategy == "dreambooth-matched"
@@ -229,6 +231,9 @@ def one_run(
         if positive_of:  # the round's picks become real renders of the subject in their scenes
             swapped += swap_added_for_renders(studio, run_id, scenario, under_review, seed)
     history = studio.history(run_id)
+    added = [x for x in history["references"] if x["source"] == "synthetic"]
+    if positive_of and len(swapped) != len(added):
+        raise RuntimeError(f"positive control swapped {len(swapped)} of {len(added)} added images")
     keep = None
     if grid_dir is not None:
         keep_rel = Path("evals") / grid_name(task, strategy, seed, variant).removesuffix(".png")
