@@ -4,9 +4,11 @@
 
 Targets (issue 14): SD-1.5 LoRA < 8 GB, SDXL LoRA @1024 < 16 GB, FLUX.1 LoRA < 24 GB.
 
-SD-1.5, SDXL base and FLUX.1-dev are built from their published configs (the values of their
-``config.json`` files on the hub, written out below) with random weights on the ``meta`` device: nothing is
-downloaded and no memory is used. Memory per option is ``gal.families.memory``'s estimate (weights ×
+Every registered family, one row each (FLUX.2 per variant): the family's own full-size parts
+(``Family.meta_parts``; SD-1.5, SDXL base and FLUX.1-dev from the published configs in
+bench/gpu/fullsize.py) on the ``meta`` device: nothing is downloaded and no memory is used. Families without
+a full-size config say so. The "24 GB preset" columns are ``Family.preset_24gb`` as training applies it on
+CUDA. Memory per option is ``gal.families.memory``'s estimate (weights ×
 bytes, fp32 LoRA + grads + AdamW state, a transformer-formula activation estimate). ``--measure-cpu``
 trains one real SD-1.5 LoRA step at 512 px on this CPU through ``gal.training.train_lora`` (random
 weights) and reports s/step and peak RSS. ``--cuda`` runs ``bench/gpu/memory.py`` (every registered family
@@ -31,7 +33,6 @@ from gal import families  # noqa: E402
 from gal.families.memory import activations_of, count, lora_params_of, training_bytes  # noqa: E402
 
 GIB = 2**30
-TARGETS = {"sd": 8, "sdxl": 16, "flux": 24}  # GB, issue 14
 
 # The published configs (hub config.json values) live in bench/gpu/fullsize.py, shared with the GPU benches.
 from bench.gpu.fullsize import (  # noqa: E402
@@ -85,73 +86,113 @@ def build_meta(name: str) -> dict[str, torch.nn.Module]:
     return parts
 
 
+ROWS = (  # label, family, meta_parts variant, the peers' published LoRA figures (issue 22; GB)
+    ("SD-1.5", "sd", "", "target < 8 (issue 14)"),
+    ("SDXL base", "sdxl", "", "target < 16 (issue 14)"),
+    ("FLUX.1-dev", "flux", "", "target < 24 (issue 14)"),
+    ("SD3.5", "sd3", "", "—"),
+    ("Z-Image", "zimage", "", "32-40 bf16 / 16-24 int8 / 10-12 nf4"),
+    ("FLUX.2 klein 4B", "flux2", "klein-4b", "~12 bf16 / 8 int8"),
+    ("FLUX.2 klein 9B", "flux2", "klein-9b", "~22 bf16 / 14 int8"),
+    ("FLUX.2 dev", "flux2", "dev", "~40 all-int8"),
+    ("Qwen-Image", "qwenimage", "", "42 bf16 / 30 fp8 / 24 +16 swapped / 12 +45 swapped"),
+    ("Chroma", "chroma", "", "~28 bf16 / 16 int8 / 11 int4 / 8 nf4"),
+    ("Krea 2", "krea2", "", "—"),
+)
+SWAP = 16  # the block-swap column: int8 base + this many blocks on the CPU (as Qwen-Image's peers)
 OPTIONS = [  # cumulative, in the order the memory advice suggests them
-    ("fp32 base, fp32 LoRA", dict(base="fp32")),
-    ("bf16 base + fp32 LoRA", dict(base="bf16")),
-    ("+ gradient checkpointing", dict(base="bf16", gradient_checkpointing=True)),
-    ("+ text encoders offloaded", dict(base="bf16", gradient_checkpointing=True, offload_text_encoders=True)),
-    (
-        "+ 8-bit AdamW",
-        dict(base="bf16", gradient_checkpointing=True, offload_text_encoders=True, optimizer="adamw8bit"),
-    ),
-    (
-        "+ int8 base (torchao)",
-        dict(
-            base="bf16",
-            gradient_checkpointing=True,
-            offload_text_encoders=True,
-            optimizer="adamw8bit",
-            quantize_base="int8",
-        ),
-    ),
-    (
-        "+ nf4 base (estimate only)",
-        dict(
-            base="bf16",
-            gradient_checkpointing=True,
-            offload_text_encoders=True,
-            optimizer="adamw8bit",
-            quantize_base="nf4",
-        ),
-    ),
+    ("bf16", dict(base="bf16")),
+    ("+ ckpt", dict(gradient_checkpointing=True)),
+    ("+ TE off", dict(offload_text_encoders=True)),
+    ("+ 8-bit AdamW", dict(optimizer="adamw8bit")),
+    ("+ int8 base", dict(quantize_base="int8")),
+    (f"+ {SWAP} swapped", dict(blocks_to_swap=SWAP)),
 ]
 
 
-def estimate_table(resolutions: dict[str, list[int]]) -> list[str]:
-    lines = []
-    for name in ("sd", "sdxl", "flux"):
+def meta_parts(name: str, variant: str) -> dict[str, torch.nn.Module] | None:
+    """The family's own full-size parts (``Family.meta_parts``); SD-1.5/SDXL/FLUX.1 from the configs in
+    bench/gpu/fullsize.py; None where there is no full-size config."""
+    family = families.get(name)
+    try:
+        return family.meta_parts(variant) if variant else family.meta_parts()
+    except NotImplementedError:
+        return build_meta(name) if name in ("sd", "sdxl", "flux") else None
+
+
+def preset_options(family) -> dict:
+    """The family's 24 GB preset as training resolves it on CUDA (``resolve_memory`` + ``flag``)."""
+    from gal.config import TrainConfig
+    from gal.families.base import flag, resolve_memory
+
+    cuda = torch.device("cuda")
+    cfg = resolve_memory(TrainConfig(), family, cuda)
+    d = family.defaults
+    return dict(
+        base="bf16",
+        quantize_base=cfg.quantize_base,
+        blocks_to_swap=cfg.blocks_to_swap,
+        optimizer=cfg.optimizer,
+        offload_text_encoders=flag(cfg.offload_text_encoders, d.offload_text_encoders, cuda),
+        gradient_checkpointing=cfg.blocks_to_swap > 0
+        or flag(cfg.gradient_checkpointing, d.gradient_checkpointing, cuda),
+    )
+
+
+def estimate_table() -> list[str]:
+    """One row per family (and FLUX.2 variant): parameters per component and GiB per cumulative option."""
+    from gal.blockswap import swappable_blocks
+    from gal.families.base import describe_preset
+
+    lines = [
+        "LoRA at the family's default rank and native resolution, batch 1; GiB, estimate (±30 %).",
+        f"Options are cumulative left to right; '+ {SWAP} swapped' keeps {SWAP} transformer blocks on CPU.",
+        "",
+        "| model | px | denoiser | text enc. | VAE | "
+        + " | ".join(label for label, _ in OPTIONS)
+        + " | 24 GB preset | preset GiB | peers (GB) |",
+        "|---|---|---|---|---|" + "---|" * len(OPTIONS) + "---|---|---|",
+    ]
+    seen = {row[1] for row in ROWS}
+    rows = list(ROWS) + [(families.get(n).label, n, "", "—") for n in families.FAMILIES if n not in seen]
+    for label, name, variant, peers in rows:
         family = families.get(name)
-        parts = build_meta(name)
+        recipe = describe_preset(family.preset_24gb)
+        parts = meta_parts(name, variant)
+        if parts is None:
+            blanks = " | ".join("—" for _ in OPTIONS)
+            lines.append(f"| {label} | — | no full-size config | — | — | {blanks} | {recipe} | — | {peers} |")
+            continue
         denoiser = parts[family.denoiser_name]
         tes = [m for k, m in parts.items() if k.startswith("text_encoder")]
-        rank = family.defaults.rank
-        lora = lora_params_of(denoiser, family.defaults.target_modules, rank)
-        counts = ", ".join(f"{k} {count(m) / 1e6:,.0f} M" for k, m in parts.items())
-        lines += [
-            "",
-            f"## {family.label} — {counts}; LoRA rank {rank} on {len(family.defaults.target_modules)} "
-            f"module kinds: {lora / 1e6:.1f} M params. Target < {TARGETS[name]} GB",
-            "",
-            "| option | " + " | ".join(f"{r} px (GB)" for r in resolutions[name]) + " |",
-            "|---|" + "---|" * len(resolutions[name]),
-        ]
+        res = 512 if name == "sd" else 1024
         vae_scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
-        for label, opts in OPTIONS:
-            cells = []
-            for res in resolutions[name]:
-                full, ckpt = activations_of(family, denoiser, res, 1, vae_scale)
-                need = training_bytes(
-                    denoiser_params=count(denoiser),
-                    text_encoder_params=sum(map(count, tes)),
-                    vae_params=count(parts["vae"]),
-                    lora_params=lora,
-                    activations_16bit=full,
-                    activations_ckpt_16bit=ckpt,
-                    **opts,
-                )
-                ok = "✓" if need["total"] / 1e9 < TARGETS[name] else " "
-                cells.append(f"{need['total'] / 1e9:.1f} {ok}")
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        full, ckpt = activations_of(family, denoiser, res, 1, vae_scale)
+        blocks = swappable_blocks(denoiser) if family.denoiser_name == "transformer" else []
+        sizes = dict(
+            denoiser_params=count(denoiser),
+            text_encoder_params=sum(map(count, tes)),
+            vae_params=count(parts["vae"]),
+            lora_params=lora_params_of(denoiser, family.defaults.target_modules, family.defaults.rank),
+            activations_16bit=full,
+            activations_ckpt_16bit=ckpt,
+            blocks=len(blocks),
+            block_params=sum(map(count, blocks)) / max(1, len(blocks)),
+        )
+        cells, opts = [], {}
+        for _, more in OPTIONS:
+            opts.update(more)
+            if opts.get("blocks_to_swap") and len(blocks) <= SWAP:
+                cells.append("—")
+                continue
+            cells.append(f"{training_bytes(**sizes, **opts)['total'] / GIB:.1f}")
+        preset = training_bytes(**sizes, **preset_options(family))["total"] / GIB
+        lines.append(
+            f"| {label} | {res} | {sizes['denoiser_params'] / 1e9:.2f} B | "
+            f"{sizes['text_encoder_params'] / 1e9:.2f} B | {sizes['vae_params'] / 1e9:.2f} B | "
+            + " | ".join(cells)
+            + f" | {recipe} | {preset:.1f} | {peers} |"
+        )
     return lines
 
 
@@ -205,11 +246,8 @@ def main(argv=None) -> None:
         "--cuda", action="store_true", help="measure every family x option on the GPU (bench/gpu/memory.py)"
     )
     args = parser.parse_args(argv)
-    print(
-        "# LoRA training memory per option (estimate; ✓ = under the issue-14 target: "
-        "SD-1.5 < 8 GB, SDXL @1024 < 16 GB, FLUX.1 < 24 GB)"
-    )
-    print("\n".join(estimate_table({"sd": [512], "sdxl": [1024], "flux": [512, 1024]})))
+    print("# LoRA training memory per family and option (estimate), beside the peers' published figures")
+    print("\n".join(estimate_table()))
     print()
     print(f"CUDA: {'available' if torch.cuda.is_available() else 'not available in this session'}")
     if args.measure_cpu:

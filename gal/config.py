@@ -16,7 +16,7 @@ from gal.algorithm import Strategy
 
 TASKS = ("object", "style")
 OPTIMIZERS = ("adamw", "adamw8bit")
-QUANTIZE_BASE = (None, "int8", "nf4", "fp8")
+QUANTIZE_BASE = (None, "none", "int8", "nf4", "fp8")
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 PRESETS_FILE = Path(__file__).parent / "presets" / "anchor_prompts.json"
 
@@ -78,13 +78,16 @@ class TrainConfig:
     offload_text_encoders: bool | None = (
         None  # after caching the round's embeddings, move text encoders to the CPU
     )
-    optimizer: str = "adamw"  # "adamw8bit": bitsandbytes' 8-bit AdamW (CUDA only), 1/4 of the optimiser state
-    quantize_base: str | None = (
-        None  # frozen denoiser weights in "int8" (torchao, CPU+CUDA) / "fp8" (CUDA); "nf4": not yet
-    )
+    # "adamw8bit": bitsandbytes' 8-bit AdamW (CUDA only), 1/4 of the optimiser state. None: the family's
+    # 24 GB preset on CUDA (Family.preset_24gb), else "adamw".
+    optimizer: str | None = None
+    # Frozen denoiser weights in "int8" (torchao, CPU+CUDA) / "fp8" (CUDA); "nf4": not yet. "none": full
+    # precision even where the family's preset quantizes; None: the family's 24 GB preset on CUDA.
+    quantize_base: str | None = None
     # Keep the last N transformer blocks' frozen weights on the CPU and stream each one in while it runs
-    # (forward and the checkpointed recompute; turns gradient checkpointing on). 0: off. See gal.blockswap.
-    blocks_to_swap: int = 0
+    # (forward and the checkpointed recompute; turns gradient checkpointing on). 0: off. None: the family's
+    # 24 GB preset on CUDA, else 0. See gal.blockswap.
+    blocks_to_swap: int | None = None
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
@@ -157,15 +160,17 @@ class TrainConfig:
                 f"train.reference_sampling must be {' or '.join(REFERENCE_SAMPLING)}, "
                 f"got {self.reference_sampling!r}"
             )
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer must be adamw or adamw8bit, got {self.optimizer!r}")
         if self.quantize_base not in QUANTIZE_BASE:
             raise ValueError(
-                f"train.quantize_base must be null, int8, nf4 or fp8, got {self.quantize_base!r}"
+                f"train.quantize_base must be null, none, int8, nf4 or fp8, got {self.quantize_base!r}"
             )
-        if isinstance(self.blocks_to_swap, bool) or not isinstance(self.blocks_to_swap, int):
+        if self.blocks_to_swap is None:
+            pass
+        elif isinstance(self.blocks_to_swap, bool) or not isinstance(self.blocks_to_swap, int):
             raise ValueError(f"train.blocks_to_swap must be an integer >= 0, got {self.blocks_to_swap!r}")
-        if not 0 <= self.blocks_to_swap <= 1000:
+        elif not 0 <= self.blocks_to_swap <= 1000:
             raise ValueError(f"train.blocks_to_swap must be between 0 and 1000, got {self.blocks_to_swap!r}")
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(

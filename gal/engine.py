@@ -395,6 +395,15 @@ class Studio:
         return family.label, (None if spec in TINY or spec == "toy" else defaults(family.name))
 
     @staticmethod
+    def model_recipe(spec: str) -> str:
+        """The model family's 24 GB recipe in words (``Family.preset_24gb``: applied on CUDA to the memory
+        options left unset). ValueError for a spec that is no model."""
+        from gal.families.base import describe_preset
+        from gal.models import model_family
+
+        return describe_preset(model_family(spec).preset_24gb)
+
+    @staticmethod
     def export_formats() -> tuple[str, ...]:
         """The formats Export writes when none are chosen."""
         from gal.export import DEFAULT_FORMATS

@@ -19,7 +19,7 @@ from PIL import Image
 
 from gal import blockswap
 from gal.config import TrainConfig
-from gal.families.base import flag, of, target_modules  # noqa: F401  (flag, target_modules: re-exported)
+from gal.families.base import flag, of, resolve_memory, target_modules  # noqa: F401  (flag, target_modules: re-exported)
 
 ADAPTER = "gal"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -335,6 +335,7 @@ def train_lora(
     undo_cpu_offload(pipe)
     denoiser = family.denoiser(pipe)
     device, dtype = denoiser.device, denoiser.dtype
+    cfg = resolve_memory(cfg, family, device)  # unset memory options: the family's 24 GB preset on CUDA
     train_te = bool(getattr(cfg, "train_text_encoder", False))
     if train_te and not family.text_encoder_targets:
         raise ValueError(

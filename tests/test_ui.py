@@ -831,6 +831,10 @@ def test_the_model_field_names_the_family_and_fills_its_defaults(handlers, tmp_p
     d = defaults("flux")
     fields = [out[n] for n in ("resolution", "learning_rate", "rank", "gen_steps", "guidance")]
     assert "FLUX.1" in out["model_family"]
+    assert (
+        "24 GB: int8 base, gradient checkpointing, text encoders offloaded — applied on CUDA"
+        in (out["model_family"])
+    )
     assert fields == [d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale]
     out = handlers.model_changed(str(tmp_path / "missing"), *current)
     assert "✗ Model" in out["model_family"] and "model_index.json" in out["model_family"]

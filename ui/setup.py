@@ -421,7 +421,8 @@ class SetupHandlers:
         note = (
             f"{label}: filled its defaults — {d.resolution} px, lr {d.learning_rate:g}, "
             f"rank {d.rank}, "
-            f"{d.steps} sampling steps, guidance {d.guidance_scale:g}, sampler {render.esc(d.scheduler)}"
+            f"{d.steps} sampling steps, guidance {d.guidance_scale:g}, sampler {render.esc(d.scheduler)}. "
+            f"24 GB: {render.esc(self.studio.model_recipe(spec))} — applied on CUDA unless you set them"
         )
         return {"model_family": render.message(note, "ok"), **dict(zip(FAMILY_FIELDS, filled, strict=True))}
 

@@ -94,6 +94,64 @@ def flag(value: bool | None, family_default: bool, device: torch.device) -> bool
     return bool(value)
 
 
+# The TrainConfig fields a family's ``preset_24gb`` may set, and what "unset" (None) means without it.
+PRESET_FALLBACK = {
+    "gradient_checkpointing": None,  # flag() then applies the family's defaults (CUDA only)
+    "offload_text_encoders": None,
+    "quantize_base": None,
+    "blocks_to_swap": 0,
+    "optimizer": "adamw",
+}
+
+
+def resolve_memory(cfg, family, device: torch.device):
+    """A copy of the TrainConfig ``cfg`` with its unset (None) memory options filled: on CUDA from the
+    family's ``preset_24gb``, then (CUDA or CPU) the plain fallback (no swap, AdamW, full-precision base).
+    A value the person set wins; ``quantize_base="none"`` is an explicit "no quantization". On CPU the
+    preset never applies, so CPU runs keep today's path."""
+    import dataclasses
+
+    preset = family.preset_24gb if torch.device(device).type == "cuda" else {}
+    unknown = sorted(set(preset) - set(PRESET_FALLBACK))
+    if unknown:
+        raise ValueError(f"{family.label}: preset_24gb sets unknown options {unknown}")
+    changes = {}
+    for name, fallback in PRESET_FALLBACK.items():
+        value = getattr(cfg, name, fallback)
+        if value is None:
+            value = preset.get(name, fallback)
+        if name == "quantize_base" and value == "none":
+            value = None
+        if getattr(cfg, name, fallback) != value:
+            changes[name] = value
+    if not changes:
+        return cfg
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.replace(cfg, **changes)
+    import copy
+
+    cfg = copy.copy(cfg)
+    for name, value in changes.items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+def describe_preset(preset: dict) -> str:
+    """The 24 GB recipe in words ("int8 base, 16 blocks swapped, text encoder offloaded")."""
+    words = []
+    if preset.get("quantize_base"):
+        words.append(f"{preset['quantize_base']} base")
+    if preset.get("blocks_to_swap"):
+        words.append(f"{preset['blocks_to_swap']} blocks swapped")
+    if preset.get("gradient_checkpointing"):
+        words.append("gradient checkpointing")
+    if preset.get("offload_text_encoders"):
+        words.append("text encoders offloaded")
+    if preset.get("optimizer") == "adamw8bit":
+        words.append("8-bit AdamW")
+    return ", ".join(words) or "nothing to turn on (bf16 fits)"
+
+
 def target_modules(cfg, family=None) -> list[str]:
     """The LoRA targets: the config's, or the family's when the config holds the untouched default."""
     if family is not None and list(cfg.target_modules) == DEFAULT_CONFIG_TARGETS:
@@ -116,6 +174,10 @@ class Family(abc.ABC):
     detect_priority: ClassVar[int] = 50  # lower looks at single-file keys first (specific before generic)
     channels_last: ClassVar[bool] = False  # a 4-D conv denoiser: channels-last memory layout on CUDA
     options: ClassVar[type | None] = None  # the family's own training options dataclass, if any
+    # What fits a 24 GB GPU: TrainConfig memory options (keys of ``PRESET_FALLBACK``) the family fills on
+    # CUDA where the person left them unset (``resolve_memory``); sized from ``gal.families.memory``'s
+    # estimate and the peers' published recipes. Empty: the family's ``defaults`` flags are enough.
+    preset_24gb: ClassVar[dict] = {}
 
     def __init_subclass__(cls, **kwargs):
         """A family's ``build_tiny`` returns a pipeline that carries its family (as ``load`` does)."""
@@ -243,6 +305,12 @@ class Family(abc.ABC):
     def activations(self, denoiser, resolution: int, batch: int, vae_scale: int) -> tuple[float, float]:
         """(without, with gradient checkpointing) 16-bit activation bytes of one training step
         (``gal.families.memory.transformer_activations`` / ``unet_activations`` do the arithmetic)."""
+
+    def meta_parts(self, variant: str = "") -> dict[str, torch.nn.Module]:
+        """The full-size model's parts (``denoiser_name``, ``text_encoder*``, ``vae``) from the published
+        configs on the meta device (shapes only, nothing downloaded) for ``bench/families.py``. Families
+        without a full-size config raise NotImplementedError."""
+        raise NotImplementedError(f"{self.label}: no full-size config")
 
     def needs_memory_saving(self) -> bool:
         return bool(self.defaults.gradient_checkpointing or self.defaults.offload_text_encoders)

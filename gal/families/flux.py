@@ -58,6 +58,9 @@ class FluxFamily(FlowMatching, Family):
         "FluxKontextPipeline": "FLUX.1 Kontext (editing)",
     }
     detect_priority = 10
+    # 24 GB: the 11.9B transformer is ~22 GiB in bf16 alone, so an int8 base (~11 GiB) + checkpointing +
+    # T5/CLIP offloaded (bench/families.py; the peers train FLUX.1 LoRAs at int8/fp8 on 24 GB cards).
+    preset_24gb = {"quantize_base": "int8", "gradient_checkpointing": True, "offload_text_encoders": True}
     shape_keys = ("x_embedder.weight", "img_in.weight")
 
     def claims_keys(self, keys, shapes, where) -> bool:

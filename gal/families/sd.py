@@ -62,6 +62,8 @@ class SDFamily(Family):
         "StableDiffusionImg2ImgPipeline": "SD img2img",
     }
     detect_priority = 90  # the generic UNet: after every more specific layout
+    # 24 GB: nothing to turn on (0.86B UNet, ~4 GB at bf16 for a rank-8 LoRA at 512 px: bench/families.py).
+    preset_24gb = {}
     shape_keys = UNET_SHAPE_KEYS
     channels_last = True
 

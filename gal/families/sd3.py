@@ -59,6 +59,9 @@ class SD3Family(FlowMatching, Family):
         vae_tiling=True,
     )
     detect_priority = 20
+    # 24 GB: SD3.5 Large (8.1B) in bf16 is ~15 GiB: checkpointing + the three text encoders offloaded (T5-XXL
+    # alone is 9 GiB). No full-size config here yet, so this is the parameter arithmetic, not the table.
+    preset_24gb = {"gradient_checkpointing": True, "offload_text_encoders": True}
     shape_keys = ("x_embedder.proj.weight", "pos_embed.proj.weight")
 
     # -- detection ----------------------------------------------------------------------------------

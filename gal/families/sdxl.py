@@ -46,6 +46,8 @@ class SDXLFamily(SDFamily):
         "StableDiffusionXLInpaintPipeline": "SDXL inpainting",
     }
     detect_priority = 80
+    # 24 GB: gradient checkpointing + both text encoders offloaded (bf16 2.6B UNet, ~9 GB at 1024 px).
+    preset_24gb = {"gradient_checkpointing": True, "offload_text_encoders": True}
     kohya_text_encoder_prefixes = {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
 
     @property
