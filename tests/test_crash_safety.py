@@ -311,7 +311,7 @@ def test_two_commit_processes_commit_once(shared_studio, references):
     ]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _ in results) == [0, 2], results
-    assert any("not in review" in err for rc, err in results if rc == 2)
+    assert any("already committed" in err for rc, err in results if rc == 2), results
     with storage.open_db(shared_studio.db_path) as db:
         picked = storage.list_selections(db, run_id, 1)
         assert len({s["strategy"] for s in picked}) == 1  # one commit's picks: k = 2 (auto) or 1 (human)
