@@ -85,6 +85,9 @@ class TrainConfig:
     # Keep the last N transformer blocks' frozen weights on the CPU and stream each one in while it runs
     # (forward and the checkpointed recompute; turns gradient checkpointing on). 0: off. See gal.blockswap.
     blocks_to_swap: int = 0
+    # A folder for TensorBoard event files (one subfolder per run: loss and lr per step, TXT-ALN / IMG-ALN /
+    # OVF / Δ and a sample grid per round). None: no event files.
+    log_dir: str | None = None
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
@@ -148,6 +151,8 @@ class TrainConfig:
             raise ValueError(
                 f"train.preview_every must be a whole number of steps (0 = off), got {self.preview_every!r}"
             )
+        if self.log_dir is not None and (not isinstance(self.log_dir, str) or not self.log_dir.strip()):
+            raise ValueError(f"train.log_dir must be a folder path or left empty, got {self.log_dir!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.captions not in CAPTIONS:

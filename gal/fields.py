@@ -159,6 +159,10 @@ FIELDS: tuple[Field, ...] = (
           flag_help="training captions: the prompts (plain), naming the non-SoI content (informative), "
           "or the VLM judge's description of what surrounds the subject (vlm; needs --oracle vlm:... or an "
           "ensemble)"),
+    Field("log_dir", "TensorBoard log folder", "optional: event files (loss, lr, per-round metrics, a sample "
+          "grid) go to FOLDER/<run id>; open with `tensorboard --logdir FOLDER`", "text", "train.log_dir",
+          "optional_text", "more2", says="TensorBoard log folder", flag="--log-dir",
+          flag_help="write TensorBoard event files to FOLDER/<run id> (off by default)"),
     Field("adaptive_stop", "Adaptive stop (Eq. 10)", "finish early when fewer than k anchors are mixed",
           "checkbox", "gal.adaptive_stop", "bool", "more2"),
     Field("name", "Run name", "optional; shown in the Runs list", "text", "name", "text", "more2",

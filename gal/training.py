@@ -41,6 +41,7 @@ class TrainExample:
 @dataclass
 class TrainResult:
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # the learning rate each step used
     seconds: float = 0.0
     steps: int = 0
 
@@ -428,6 +429,7 @@ def train_lora(
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
+            result.lrs.append(float(optimizer.param_groups[0]["lr"]))
             scheduler.step()
             result.losses.append(float(loss.detach()))
             result.steps = step + 1
