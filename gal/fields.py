@@ -129,6 +129,10 @@ FIELDS: tuple[Field, ...] = (
           "more", flag="--lr", flag_help="LoRA learning rate"),
     Field("rank", "LoRA rank", "adapter rank r (alpha = r)", "number", "train.rank", "whole", "more",
           flag="--rank", flag_help="LoRA rank (8)"),
+    Field("network", "Adapter kind", "lora; dora: LoRA + a learned magnitude per output; lokr / loha: "
+          "LyCORIS' Kronecker / Hadamard adapters (the denoiser only)", "radio", "train.network", "choice",
+          "more", choices=(("LoRA", "lora"), ("DoRA", "dora"), ("LoKr", "lokr"), ("LoHa", "loha")),
+          says="adapter kind", flag="--network", flag_help="adapter kind: lora, dora, lokr or loha (lora)"),
     Field("train_batch", "training batch", "images per step", "number", "train.batch_size", "whole", "more"),
     Field("gen_steps", "sampling steps", "denoising steps per image (paper: 50)", "number",
           "generate.steps", "whole", "run", flag="--gen-steps", flag_help="denoising steps"),
