@@ -127,6 +127,7 @@ def attach_adapter(
 
     unet = _denoiser(unet)
     remove_adapter(unet)
+    _unwrap_empty(unet)
     unet.requires_grad_(False)
     # peft draws LoRA's initial A matrices from the global RNG: seed it in a fork, so the same config gives
     # the same adapter whatever ran before in this process (and the caller's RNG state is left alone).
@@ -139,6 +140,16 @@ def attach_adapter(
         if unexpected:
             raise ValueError(f"saved adapter does not fit this model: {len(unexpected)} unexpected keys")
     return _trainable(unet)
+
+
+def _unwrap_empty(module) -> None:
+    """With no adapter left, put the base layers back in place of peft's empty wrappers: a LoKr after a LoRA
+    (another run's network on the shared pipeline) then wraps the base layer, not an empty LoRA layer."""
+    if getattr(module, "peft_config", None):
+        return
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(module)
 
 
 def _trainable(module) -> list[torch.nn.Parameter]:
@@ -519,6 +530,7 @@ def load_adapter(pipe, folder: str | Path) -> None:
     known = set(kind.__dataclass_fields__)
     peft_config = kind(**{k: v for k, v in config.items() if k in known and k != "peft_type"})
     denoiser = family.denoiser(pipe)
+    _unwrap_empty(denoiser)
     dtype = denoiser.dtype
     denoiser.add_adapter(peft_config, adapter_name=ADAPTER)
     head = family.lora_prefix + "."
