@@ -517,6 +517,7 @@ def load_adapter(pipe, folder: str | Path) -> None:
     file's header records."""
     remove_adapter(pipe)
     family = of(pipe)
+    _unwrap_empty(family.denoiser(pipe))  # another network's empty wrappers go
     path = Path(folder) / LORA_FILE
     config = saved_network(path, family.lora_prefix)
     if config is None or config.get("peft_type") not in ("LOKR", "LOHA"):
@@ -530,7 +531,6 @@ def load_adapter(pipe, folder: str | Path) -> None:
     known = set(kind.__dataclass_fields__)
     peft_config = kind(**{k: v for k, v in config.items() if k in known and k != "peft_type"})
     denoiser = family.denoiser(pipe)
-    _unwrap_empty(denoiser)
     dtype = denoiser.dtype
     denoiser.add_adapter(peft_config, adapter_name=ADAPTER)
     head = family.lora_prefix + "."
