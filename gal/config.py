@@ -32,9 +32,15 @@ REFERENCE_SAMPLING = ("pooled", "real-rate")
 CAPTIONS = ("plain", "informative", "vlm")
 
 
+NETWORKS = ("lora", "dora", "lokr", "loha")
+
+
 @dataclass
 class TrainConfig:
     rank: int = 8  # LoRA rank r
+    # The adapter kind (peft): "lora", "dora" (LoRA with a learned magnitude per output), "lokr" (Kronecker
+    # product, LyCORIS) or "loha" (Hadamard product of two low-rank pairs, LyCORIS). See gal.training.
+    network: str = "lora"
     # LoRA alpha; the adapter's scale is alpha / rank. None (the default) means alpha = rank, scale 1,
     # and follows the rank when the rank is changed later; a number given here, by --alpha or in a
     # saved config is kept as it is (old configs saved alpha 8.0 and keep it). After construction
@@ -88,6 +94,9 @@ class TrainConfig:
     # (forward and the checkpointed recompute; turns gradient checkpointing on). 0: off. None: the family's
     # 24 GB preset on CUDA, else 0. See gal.blockswap.
     blocks_to_swap: int | None = None
+    # A folder for TensorBoard event files (one subfolder per run: loss and lr per step, TXT-ALN / IMG-ALN /
+    # OVF / Δ and a sample grid per round). None: no event files.
+    log_dir: str | None = None
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
@@ -151,6 +160,15 @@ class TrainConfig:
             raise ValueError(
                 f"train.preview_every must be a whole number of steps (0 = off), got {self.preview_every!r}"
             )
+        if self.network not in NETWORKS:
+            raise ValueError(f"train.network must be {' | '.join(NETWORKS)}, got {self.network!r}")
+        if self.network != "lora" and self.train_text_encoder:
+            raise ValueError(
+                f"train.network={self.network!r} adapts the denoiser only: turn train.train_text_encoder off "
+                "or use network 'lora'"
+            )
+        if self.log_dir is not None and (not isinstance(self.log_dir, str) or not self.log_dir.strip()):
+            raise ValueError(f"train.log_dir must be a folder path or left empty, got {self.log_dir!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.captions not in CAPTIONS:

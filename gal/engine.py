@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import storage
-from gal import review, selection
+from gal import review, selection, tblog
 from gal.advice import compare_anchor, dilution
 from gal.config import RunConfig, load_presets
 from gal.distributed import Processes
@@ -201,6 +201,7 @@ class Studio:
                                 return self.processes.broadcast(storage.get_run(db, run_id) if main else None)
                             if main:
                                 selection.commit(db, folder)  # 5. select, 6. weigh, and the next round
+                                tblog.log_committed_round(db, folder, r)
                         checkpoint("committed", r)
                     else:
                         raise ValueError(
@@ -335,7 +336,8 @@ class Studio:
         is refused instead of adding picks twice.
         """
         with self.db() as db:
-            selection.commit(db, self.folder(run_id), mode)
+            done = selection.commit(db, self.folder(run_id), mode)
+            tblog.log_committed_round(db, self.folder(run_id), done["round"])
             return storage.get_run(db, run_id)
 
     # -- reading --------------------------------------------------------------------------------

@@ -129,6 +129,10 @@ FIELDS: tuple[Field, ...] = (
           "more", flag="--lr", flag_help="LoRA learning rate"),
     Field("rank", "LoRA rank", "adapter rank r (alpha = r)", "number", "train.rank", "whole", "more",
           flag="--rank", flag_help="LoRA rank (8)"),
+    Field("network", "Adapter kind", "lora; dora: LoRA + a learned magnitude per output; lokr / loha: "
+          "LyCORIS' Kronecker / Hadamard adapters (the denoiser only)", "radio", "train.network", "choice",
+          "more", choices=(("LoRA", "lora"), ("DoRA", "dora"), ("LoKr", "lokr"), ("LoHa", "loha")),
+          says="adapter kind", flag="--network", flag_help="adapter kind: lora, dora, lokr or loha (lora)"),
     Field("train_batch", "training batch", "images per step", "number", "train.batch_size", "whole", "more"),
     Field("gen_steps", "sampling steps", "denoising steps per image (paper: 50)", "number",
           "generate.steps", "whole", "run", flag="--gen-steps", flag_help="denoising steps"),
@@ -159,6 +163,10 @@ FIELDS: tuple[Field, ...] = (
           flag_help="training captions: the prompts (plain), naming the non-SoI content (informative), "
           "or the VLM judge's description of what surrounds the subject (vlm; needs --oracle vlm:... or an "
           "ensemble)"),
+    Field("log_dir", "TensorBoard log folder", "optional: event files (loss, lr, per-round metrics, a sample "
+          "grid) go to FOLDER/<run id>; open with `tensorboard --logdir FOLDER`", "text", "train.log_dir",
+          "optional_text", "more2", says="TensorBoard log folder", flag="--log-dir",
+          flag_help="write TensorBoard event files to FOLDER/<run id> (off by default)"),
     Field("adaptive_stop", "Adaptive stop (Eq. 10)", "finish early when fewer than k anchors are mixed",
           "checkbox", "gal.adaptive_stop", "bool", "more2"),
     Field("name", "Run name", "optional; shown in the Runs list", "text", "name", "text", "more2",

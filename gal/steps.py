@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import storage
-from gal import judges
+from gal import judges, tblog
 from gal.config import GenerateConfig, RunConfig
 from gal.distributed import Processes
 from gal.evaluation import round_metrics
@@ -134,6 +134,10 @@ def train(rnd: Round) -> StepResult:
             if not disk_full(err) or isinstance(err, OSError):
                 raise
             raise as_disk_full(err, folder.path(rel), f"round {r}'s adapter") from err
+        if config.train.log_dir:
+            tblog.log_training(
+                config.train.log_dir, rnd.run_id, r, config.train.steps, result.losses, result.lrs
+            )
     rnd.models.mark(spec, rnd.adapter_key)
     return StepResult(
         result.seconds,

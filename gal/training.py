@@ -22,6 +22,8 @@ from gal.config import TrainConfig
 from gal.families.base import flag, of, resolve_memory, target_modules  # noqa: F401  (flag, target_modules: re-exported)
 
 ADAPTER = "gal"
+# peft's parameter names of LoRA / DoRA (lora_A, lora_B, lora_magnitude_vector), LoKr and LoHa
+ADAPTER_PARAMETERS = ("lora_", "lokr_", "hada_")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 TRAINING_SET = "training_set.json"  # beside the adapter: each reference's file, caption, weight and source
 
@@ -41,20 +43,29 @@ class TrainExample:
 @dataclass
 class TrainResult:
     losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)  # the learning rate each step used
     seconds: float = 0.0
     steps: int = 0
 
 
 def lora_config(cfg: TrainConfig, family=None, *, text_encoder: bool = False):
-    """The peft LoraConfig: the config's target modules, or the family's when they are left at the
-    SD default."""
-    from peft import LoraConfig
+    """The peft adapter config of ``cfg.network`` (LoraConfig, with ``use_dora`` for DoRA; LoKrConfig;
+    LoHaConfig) on the config's target modules, or the family's when they are left at the SD default.
+    The text encoder's adapter is always a plain LoRA."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
+    targets = list(family.text_encoder_targets if text_encoder else target_modules(cfg, family))
+    network = "lora" if text_encoder else getattr(cfg, "network", "lora")
+    if network == "lokr":  # zero-initialised w2: the adapter starts as the base, as LoRA's zero B does
+        return LoKrConfig(r=cfg.rank, alpha=cfg.alpha, target_modules=targets, init_weights=True)
+    if network == "loha":
+        return LoHaConfig(r=cfg.rank, alpha=cfg.alpha, target_modules=targets, init_weights=True)
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         init_lora_weights="gaussian",
-        target_modules=list(family.text_encoder_targets if text_encoder else target_modules(cfg, family)),
+        target_modules=targets,
+        use_dora=network == "dora",
     )
 
 
@@ -116,6 +127,7 @@ def attach_adapter(
 
     unet = _denoiser(unet)
     remove_adapter(unet)
+    _unwrap_empty(unet)
     unet.requires_grad_(False)
     # peft draws LoRA's initial A matrices from the global RNG: seed it in a fork, so the same config gives
     # the same adapter whatever ran before in this process (and the caller's RNG state is left alone).
@@ -130,8 +142,18 @@ def attach_adapter(
     return _trainable(unet)
 
 
+def _unwrap_empty(module) -> None:
+    """With no adapter left, put the base layers back in place of peft's empty wrappers: a LoKr after a LoRA
+    (another run's network on the shared pipeline) then wraps the base layer, not an empty LoRA layer."""
+    if getattr(module, "peft_config", None):
+        return
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+    recurse_remove_peft_layers(module)
+
+
 def _trainable(module) -> list[torch.nn.Parameter]:
-    params = [p for n, p in module.named_parameters() if "lora_" in n]
+    params = [p for n, p in module.named_parameters() if any(k in n for k in ADAPTER_PARAMETERS)]
     for p in params:
         # LoRA weights train in fp32 even when the base runs in fp16/bf16 (as diffusers' scripts do).
         p.data = p.data.float()
@@ -429,6 +451,7 @@ def train_lora(
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
+            result.lrs.append(float(optimizer.param_groups[0]["lr"]))
             scheduler.step()
             result.losses.append(float(loss.detach()))
             result.steps = step + 1
@@ -473,10 +496,53 @@ def save_adapter(pipe, folder: str | Path, cfg: TrainConfig, metadata: dict[str,
     return path
 
 
+def saved_network(path: str | Path, prefix: str) -> dict | None:
+    """The peft config (a dict) a saved adapter file's header records for ``prefix``, or None."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    try:
+        adapter = json.loads(header.get("lora_adapter_metadata", "{}"))
+    except ValueError:
+        return None
+    config = {k[len(prefix) + 1 :]: v for k, v in adapter.items() if k.startswith(prefix + ".")}
+    return config or None
+
+
 def load_adapter(pipe, folder: str | Path) -> None:
-    """Load a saved round adapter as the active ``gal`` adapter (used on resume)."""
+    """Load a saved round adapter as the active ``gal`` adapter (used on resume). LoRA and DoRA load through
+    diffusers; LoKr / LoHa (which diffusers' LoRA loader does not read) through peft, from the config the
+    file's header records."""
     remove_adapter(pipe)
-    pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=ADAPTER)
+    family = of(pipe)
+    _unwrap_empty(family.denoiser(pipe))  # another network's empty wrappers go
+    path = Path(folder) / LORA_FILE
+    config = saved_network(path, family.lora_prefix)
+    if config is None or config.get("peft_type") not in ("LOKR", "LOHA"):
+        pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=ADAPTER)
+        return
+    from peft import LoHaConfig, LoKrConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    kind = LoKrConfig if config["peft_type"] == "LOKR" else LoHaConfig
+    known = set(kind.__dataclass_fields__)
+    peft_config = kind(**{k: v for k, v in config.items() if k in known and k != "peft_type"})
+    denoiser = family.denoiser(pipe)
+    dtype = denoiser.dtype
+    denoiser.add_adapter(peft_config, adapter_name=ADAPTER)
+    head = family.lora_prefix + "."
+    state = {k[len(head) :]: v for k, v in load_file(str(path)).items() if k.startswith(head)}
+    result = set_peft_model_state_dict(denoiser, state, adapter_name=ADAPTER)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"{path}: {len(result.unexpected_keys)} keys do not fit this model")
+    for name, p in denoiser.named_parameters():
+        if any(k in name for k in ADAPTER_PARAMETERS):
+            p.data = p.data.to(dtype)  # generation runs the adapter in the pipeline's dtype
+            p.requires_grad_(False)
 
 
 def add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:

@@ -130,6 +130,39 @@ def precalculate_safetensors_hashes(tensors: dict, metadata: dict) -> tuple[str,
     return addnet_hash_safetensors(b), addnet_hash_legacy(b)
 
 
+def variant_state_dict(state: dict, metadata: dict, config: RunConfig, family: Family, pipe) -> dict:
+    """A DoRA / LoKr / LoHa denoiser adapter -> kohya/LyCORIS keys (``gal.export.lycoris``). Only the UNet
+    families (module-path ``lora_unet_…`` names) are written; DoRA reads the base weights from ``pipe``."""
+    from gal.export.lycoris import lycoris_state_dict
+
+    network = config.train.network
+    if family.lora_prefix != "unet" or pipe is None:
+        raise ValueError(
+            f"the kohya export of a {network} adapter is written for SD 1.x/2.x and SDXL only, "
+            f"not {family.label}: "
+            "export --format diffusers"
+        )
+    try:
+        adapter = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    except ValueError:
+        adapter = {}
+    alpha = float(adapter.get("unet.alpha", adapter.get("unet.lora_alpha", config.train.alpha)))
+    rank = int(adapter.get("unet.r", config.train.rank))
+    head = "unet."
+    parts = {k.partition(".")[0] for k in state}
+    if parts != {"unet"}:
+        raise ValueError(f"a {network} adapter holds {sorted(parts)} weights: only the UNet's can be written")
+    peft_state = {k[len(head) :]: v for k, v in state.items()}
+    base = {}
+    if network == "dora":
+        modules = dict(family.denoiser(pipe).named_modules())
+        for key in peft_state:
+            path = key.rpartition(".lora_")[0]
+            module = modules[path]
+            base[path] = (module.get_base_layer() if hasattr(module, "get_base_layer") else module).weight
+    return lycoris_state_dict(peft_state, network, alpha, rank, base)
+
+
 def write_kohya(
     diffusers_file: Path,
     out: Path,
@@ -157,7 +190,11 @@ def write_kohya(
     with safe_open(str(diffusers_file), "pt") as f:
         source_meta = f.metadata() or {}
     state = load_file(str(diffusers_file))
-    tensors = kohya_state_dict(state, source_meta, config, family, pipe)
+    network = getattr(config.train, "network", "lora")
+    if network == "lora":
+        tensors = kohya_state_dict(state, source_meta, config, family, pipe)
+    else:
+        tensors = variant_state_dict(state, source_meta, config, family, pipe)
     run = run or {"run_id": provenance.get("gal.run_id", "run")}
     references = references or []
     created = _created(run)
@@ -177,7 +214,7 @@ def write_kohya(
         "ss_max_train_steps": str(config.train.steps),
         "ss_lr_scheduler": config.train.lr_schedule,
         "ss_batch_size_per_device": str(config.train.batch_size),
-        "ss_network_module": facts.network_module,
+        "ss_network_module": facts.network_module if network == "lora" else "lycoris.kohya",
         "ss_network_dim": str(dim),
         "ss_network_alpha": str(alpha),
         "ss_mixed_precision": precision,  # what the run trained in, as kohya names it (no / fp16 / bf16)
@@ -192,6 +229,13 @@ def write_kohya(
         "ss_training_comment": f"trained with GAL Studio (Generative Active Learning), round {round_index}",
         **base_model_metadata(facts, v_parameterization=v_parameterization),
     }
+    if network != "lora":  # LyCORIS' own record of the algorithm (DoRA: LoRA with weight decomposition)
+        metadata["ss_network_args"] = json.dumps(
+            {
+                "algo": "lora" if network == "dora" else network,
+                **({"dora_wd": "True"} if network == "dora" else {}),
+            }
+        )
     model_hash, legacy_hash = precalculate_safetensors_hashes(tensors, metadata)
     metadata["sshs_model_hash"] = model_hash
     metadata["sshs_legacy_hash"] = legacy_hash
