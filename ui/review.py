@@ -201,6 +201,11 @@ def connect(c: dict, h, open_names: tuple) -> None:
     c["tile_size"].change(
         None, c["tile_size"], None, js="(v) => { window.gal.tileSize && window.gal.tileSize(v); }"
     )
+    # a person's change to a review control hands the keyboard back to the grid (issue 26.1)
+    refocus = "() => { window.gal && window.gal.focusGrid && window.gal.focusGrid(); }"
+    for name in ("mode", "order", "filters"):
+        c[name].input(None, None, None, js=refocus)
+    c["tile_size"].release(None, None, None, js=refocus)
 
 
 def _flag(value, name: str) -> bool:
