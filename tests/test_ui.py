@@ -602,6 +602,52 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
         handlers.set_mode(run_id, "auto")
 
 
+def test_human_preview_counts_the_anchors_leaving_the_pool_and_warns_when_the_run_ends(
+    handlers, studio, run_id
+):
+    """Issue 26.6: accepting images in every anchor empties the pool (the run ends after the next round);
+    leaving fewer than k anchors lets Eq. 10 end it; the confirm says so; the last commit says finish."""
+    before = {i: im["person_verdict"] for i, im in rows(studio, run_id).items()}
+    by_anchor: dict[int, list[int]] = {}
+    for i, im in rows(studio, run_id).items():
+        by_anchor.setdefault(im["anchor_index"], []).append(i)
+    anchors = sorted(by_anchor)
+    assert len(anchors) == 4
+    handlers.set_mode(run_id, "human")
+    try:
+        studio.decide_many(run_id, dict.fromkeys(before, 0))  # accept everything: all 4 anchors leave
+        view = handlers.review(run_id)
+        assert 'data-leaving="4"' in view["preview"] and 'data-ends="1"' in view["preview"]
+        assert "4 anchors leave the pool (0 of 4 stay)" in view["preview"]
+        assert "No anchor is left: round 2 trains, draws nothing, and the run finishes" in view["preview"]
+        asked = handlers.commit_ask(run_id, "human")
+        assert (
+            "4 anchors leave the pool" in asked["confirm_text"]
+            and "No anchor is left" in asked["confirm_text"]
+        )
+        # images accepted in 3 anchors: 1 stays, fewer than k = 2, so Eq. 10 ends an auto round 2
+        studio.decide_many(run_id, {i: int(studio_anchor == anchors[0]) for studio_anchor in anchors
+                                    for i in by_anchor[studio_anchor]})  # fmt: skip
+        preview = handlers.review(run_id)["preview"]
+        assert 'data-leaving="3"' in preview and "Eq. 10 ends the run at round 2" in preview
+        # one anchor: 3 stay, said plainly, no warning
+        studio.decide_many(run_id, {i: int(a != anchors[0]) for a in anchors for i in by_anchor[a]})
+        view = handlers.review(run_id)
+        assert (
+            "1 anchor leaves the pool (3 of 4 stay)" in view["preview"] and 'data-ends="0"' in view["preview"]
+        )
+        assert view["commit_btn"]["value"] == render.COMMIT_NEXT
+        assert handlers.commit_ask(run_id, "human")["confirm_yes"]["value"] == "Yes, commit and train"
+    finally:
+        studio.decide_many(run_id, before)
+        handlers.set_mode(run_id, "auto")
+    state = studio.review_state(run_id)
+    last = {"mode": "auto", "strategy": "s", "openness": 0.0, "weight": 0.0, "round": 1, "picks": [],
+            "last_round": True, "stop": False}  # fmt: skip
+    assert render.commit_label(last, state) == render.COMMIT_FINISH == "Commit and finish"
+    assert render.commit_label({**last, "last_round": False, "stop": True}, state) == render.COMMIT_FINISH
+
+
 def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
     view = handlers.commit(run_id, "auto")
     assert view["run_id"] == run_id

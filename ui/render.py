@@ -410,6 +410,14 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
     note = (
         dilution_note(state, len(picks)) if preview["mode"] == "human" else ""
     )  # auto adds k a round by design
+    effect = pool_effect(preview, state)
+    pool = pool_text(effect, preview["round"])
+    if pool:
+        warn = effect["empties"] or effect["eq10"]
+        note = (
+            f'<div data-leaving="{effect["leaving"]}" data-ends="{int(warn)}">'
+            f"{message(esc(pool), 'warn') if warn else esc(pool)}</div>{note}"
+        )
     return (
         f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
         f"<div>Adds <b>{len(picks)}</b> image{'s' if len(picks) > 1 else ''} from <b>{len(per_anchor)}</b> "
@@ -417,6 +425,56 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
         "in the next round's loss "
         f'(real references weigh 1).</div>{note}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
     )
+
+
+COMMIT_NEXT = "Commit round ▶ train the next"
+COMMIT_FINISH = "Commit and finish"
+
+
+def pool_effect(preview: dict | None, state: dict | None) -> dict | None:
+    """What committing does to the anchor pool: a picked anchor leaves it (official code). ``leaving``
+    anchors go, ``left`` stay; ``finishes`` when this commit ends the run (last round, Eq. 10, empty
+    pool); ``empties`` when the pool is empty afterwards (the next round draws nothing and finishes the
+    run); ``eq10`` when fewer than k anchors stay, so Eq. 10 ends an auto round next."""
+    if preview is None or state is None or preview.get("error"):
+        return None
+    finishes = bool(preview.get("last_round") or preview.get("stop"))
+    leaving = len({p["anchor_index"] for p in preview.get("picks") or []})
+    in_pool = sum(1 for a in state["anchors"] if a["in_pool"])
+    left = max(in_pool - leaving, 0)
+    gal_config = state["config"].gal
+    k = gal_config.k
+    empties = not finishes and leaving > 0 and left == 0
+    eq10 = not finishes and not empties and leaving > 0 and left < k and bool(gal_config.adaptive_stop)
+    return {"finishes": finishes, "leaving": leaving, "left": left, "in_pool": in_pool, "k": k,
+            "empties": empties, "eq10": eq10}  # fmt: skip
+
+
+def pool_text(effect: dict | None, round_index: int) -> str:
+    """The pool effect in words ('' when committing adds nothing or finishes anyway)."""
+    if not effect or effect["finishes"] or not effect["leaving"]:
+        return ""
+    n, left = effect["leaving"], effect["left"]
+    text = (
+        f"{n} anchor{'s' if n != 1 else ''} leave{'s' if n == 1 else ''} the pool "
+        f"({left} of {effect['in_pool']} stay{'s' if left == 1 else ''})."
+    )
+    if effect["empties"]:
+        text += (
+            f" No anchor is left: round {round_index + 1} trains, draws nothing, and the run finishes. "
+            "Accept images in fewer anchors to keep querying."
+        )
+    elif effect["eq10"]:
+        text += (
+            f" Fewer than k = {effect['k']} anchors stay, so Eq. 10 ends the run at round {round_index + 1} "
+            "in auto mode. Accept images in fewer anchors to keep going."
+        )
+    return text
+
+
+def commit_label(preview: dict | None, state: dict | None) -> str:
+    effect = pool_effect(preview, state)
+    return COMMIT_FINISH if effect and effect["finishes"] else COMMIT_NEXT
 
 
 def dilution_note(state: dict, n_picks: int) -> str:

@@ -21,7 +21,7 @@ REVIEW = {
     "trigger_mode": "multiple",
     "show_progress": "hidden",
 }
-REVIEW_OUTPUTS = ("grid", "counters", "preview", "patch")
+REVIEW_OUTPUTS = ("grid", "counters", "preview", "patch", "commit_btn")
 
 
 def layout(c: dict) -> None:
@@ -34,7 +34,7 @@ def layout(c: dict) -> None:
                 ["auto", "human"], value=None, show_label=False, scale=0, min_width=170, elem_id="gal-mode"
             )
             c["commit_btn"] = gr.Button(
-                "Commit round ▶ train the next",
+                render.COMMIT_NEXT,
                 variant="primary",
                 size="sm",
                 elem_id="gal-commit",
@@ -176,8 +176,8 @@ def connect(c: dict, h, open_names: tuple) -> None:
          api_name="mark_below", preprocess=False, **REVIEW)  # fmt: skip
     wire(c["mode"].input, h.set_mode, [run, c["mode"]], out, c, api_name="set_mode", **REVIEW)
     # Commit asks once (what it adds, how many are unreviewed); only "Yes" writes
-    wire(c["commit_btn"].click, h.commit_ask, [run, c["mode"]], ("confirm_box", "confirm_text"), c,
-         show_progress="hidden")  # fmt: skip
+    asked = ("confirm_box", "confirm_text", "confirm_yes")
+    wire(c["commit_btn"].click, h.commit_ask, [run, c["mode"]], asked, c, show_progress="hidden")
     wire(
         c["confirm_yes"].click,
         h.commit,
@@ -273,6 +273,8 @@ class ReviewHandlers:
             "counters": render.counters_html(state, preview["mode"] if preview else None),
             "preview": render.preview_html(preview, state),
         }
+        if in_review:
+            view["commit_btn"] = gr.update(value=render.commit_label(preview, state))
         if patch and in_review:
             return {**view, "patch": render.grid_patch(state, preview, seq, ack)}
         return {**view, "grid": render.grid_html(state, preview, seq=seq, ack=ack)}
@@ -437,7 +439,8 @@ class ReviewHandlers:
             raise ValueError(preview["error"])
         state = self.studio.review_state(run_id)
         c = state["counters"]
-        if preview.get("last_round") or preview.get("stop"):
+        finishing = bool(preview.get("last_round") or preview.get("stop"))
+        if finishing:
             what = "finishes the run (nothing is added)"
         else:
             n = len(preview["picks"])
@@ -446,6 +449,7 @@ class ReviewHandlers:
                 "to the references and "
                 f"trains round {state['round']['round_index'] + 1}"
             )
+        pool = render.pool_text(render.pool_effect(preview, state), state["round"]["round_index"])
         left = c["total"] - c["reviewed"]
         unreviewed = (
             f" {left} of {c['total']} images are unreviewed: the oracle's verdicts stand for them."
@@ -454,9 +458,14 @@ class ReviewHandlers:
         )
         body = (
             f"<b>Commit round {state['round']['round_index']} ({render.esc(preview['mode'])} mode)?</b> "
-            f"It {render.esc(what)}.{render.esc(unreviewed)} Verdicts cannot change after this."
+            f"It {render.esc(what)}.{render.esc(unreviewed)} {render.esc(pool)} "
+            "Verdicts cannot change after this."
         )
-        return {"confirm_box": gr.update(visible=True), "confirm_text": render.message(body, "warn")}
+        return {
+            "confirm_box": gr.update(visible=True),
+            "confirm_text": render.message(body, "warn"),
+            "confirm_yes": gr.update(value=render.COMMIT_FINISH if finishing else "Yes, commit and train"),
+        }
 
     @user_errors
     def commit(self, run_id: str | None, mode: str | None) -> dict:
