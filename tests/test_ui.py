@@ -685,6 +685,25 @@ def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers,
     assert in_pool["compare"].count("<img") in (3, 6)
 
 
+def test_the_mode_shows_in_the_header_and_runs_table_and_reaches_other_tabs(handlers, studio, run_id):
+    """Issue 26.8: the header and the Runs table say the round's real mode (not the auto strategy in Human
+    mode); another page's poll sees a mode change (its key changes) and shows it."""
+    before = handlers.open(run_id)
+    assert 'data-mode="auto"' in before["header"] and "human" not in before["header"]
+    try:
+        changed = handlers.set_mode(run_id, "human")
+        assert 'data-mode="human"' in changed["header"] and "uncertainty" not in changed["header"]
+        assert changed["seen"] != before["seen"]
+        other = handlers.tick(run_id, before["seen"])  # a second tab, opened before the change
+        assert other["mode"] == "human" and 'data-mode="human"' in other["header"]
+        row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
+        assert row[5:7] == ["human", "human"]
+    finally:
+        handlers.set_mode(run_id, "auto")
+    row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
+    assert row[5] == "auto" and row[6] == studio.snapshot(run_id)[0]["config"]["gal"]["strategy"]
+
+
 def test_runs_list_opens_a_run_by_click_and_by_url(handlers, run_id):
     listed = handlers.runs()
     table = listed["runs_table"]

@@ -66,7 +66,7 @@ class ProgressHandlers:
         job = self.worker.state(run["run_id"])
         return (
             f"{run['run_id']}|{run['status']}|{run['current_round']}|"
-            f"{rnd['state'] if rnd else ''}|{job or ''}"
+            f"{rnd['state'] if rnd else ''}|{rnd['mode'] if rnd else ''}|{job or ''}"
         )
 
     def _progress(self, run: dict, rnd: dict | None) -> dict:
@@ -111,16 +111,21 @@ class ProgressHandlers:
                     own = session is not None and self._sent.get(session) == rev
                 if not own:  # another tab's (or the CLI's) verdicts: send them
                     view = self.review(run_id, patch=True, request=request)
-                    out.update({k: view[k] for k in ("counters", "preview", "patch")})
+                    out.update(
+                        {k: view[k] for k in ("counters", "preview", "patch", "commit_btn") if k in view}
+                    )
                 out["revision"] = rev
             return out
+        view, controls = self.review(run_id, request=request), self.controls(run, rnd)
+        if "commit_btn" in view:  # the label (finish or train the next) with the control's interactive
+            controls["commit_btn"] = {**controls["commit_btn"], "value": view.pop("commit_btn")["value"]}
         return {
             **self._progress(run, rnd),
             "header": render.header_html(run, rnd, self.worker.state(run_id)),
             "seen": key,
-            **self.review(run_id, request=request),
+            **view,
             **({"mode": rnd["mode"]} if rnd else {}),
-            **self.controls(run, rnd),
+            **controls,
             "revision": rev,
         }
 

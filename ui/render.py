@@ -58,6 +58,24 @@ def is_pixel_art(path: str | Path | None) -> bool:
 # -- header ------------------------------------------------------------------------------------
 
 
+def strategy_in_mode(config: dict, mode: str | None) -> str:
+    """The strategy a round uses in ``mode`` (``gal.algorithm.Strategy.in_mode`` on the config's name): a
+    human round takes the person's accepted images, whatever the configured auto strategy."""
+    name = str((config.get("gal") or {}).get("strategy", ""))
+    if mode == "human":
+        return name if name.startswith("human") else "human"
+    if mode == "auto" and name.startswith("human"):
+        return "uncertainty"
+    return name
+
+
+def mode_pill(mode: str | None) -> str:
+    if mode not in ("auto", "human"):
+        return ""
+    tip = "the person's accepted images train the next round" if mode == "human" else "the oracle decides"
+    return f'<span class="gal-pill mode-{mode}" data-mode="{mode}" title="{tip}">{mode} mode</span>'
+
+
 def header_html(run: dict | None, round_row: dict | None = None, job_state: str | None = None) -> str:
     if run is None:
         return (
@@ -71,13 +89,14 @@ def header_html(run: dict | None, round_row: dict | None = None, job_state: str 
     if round_row is not None and status not in ("finished",):
         state += f" · {esc(round_row['state'])}"
     worker = f' <span class="gal-pill">{esc(job_state)}</span>' if job_state else ""
+    mode = round_row.get("mode") if round_row else None
     return (
         f'{SKIP_LINK}<div class="gal-head"><span class="gal-title">GAL Studio</span>'
         f"<span><b>{esc(run.get('name') or run['run_id'])}</b> "
         f'<span class="gal-muted">{esc(run["run_id"])}</span></span>'
-        f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>'
+        f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>{mode_pill(mode)}'
         f'<span class="gal-muted">{esc(config.get("task", ""))} · '
-        f"{esc((config.get('gal') or {}).get('strategy', ''))}"
+        f"{esc(strategy_in_mode(config, mode))}"
         f"{state}</span>{worker}</div>"
     )
 

@@ -174,7 +174,9 @@ def connect(c: dict, h, open_names: tuple) -> None:
          preprocess=False, **REVIEW)  # fmt: skip
     wire(c["below_btn"].click, h.mark_below, [run, c["threshold"], c["overwrite"]], out, c,
          api_name="mark_below", preprocess=False, **REVIEW)  # fmt: skip
-    wire(c["mode"].input, h.set_mode, [run, c["mode"]], out, c, api_name="set_mode", **REVIEW)
+    # the mode lives in SQLite (the round's): the header says it, other tabs' polls pick it up
+    moded = (*out, "header", "seen")
+    wire(c["mode"].input, h.set_mode, [run, c["mode"]], moded, c, api_name="set_mode", **REVIEW)
     # Commit asks once (what it adds, how many are unreviewed); only "Yes" writes
     asked = ("confirm_box", "confirm_text", "confirm_yes")
     wire(c["commit_btn"].click, h.commit_ask, [run, c["mode"]], asked, c, show_progress="hidden")
@@ -428,7 +430,12 @@ class ReviewHandlers:
     def set_mode(self, run_id: str | None, mode: str, request: gr.Request | None = None) -> dict:
         run_id = self._require(run_id)
         self.studio.set_round_mode(run_id, mode)
-        return self.review(run_id, patch=True, request=request)
+        run, rnd = self.studio.snapshot(run_id)
+        return {
+            **self.review(run_id, patch=True, request=request),
+            "header": render.header_html(run, rnd, self.worker.state(run_id)),
+            "seen": self._key(run, rnd),
+        }
 
     @user_errors
     def commit_ask(self, run_id: str | None, mode: str | None) -> dict:
