@@ -732,6 +732,29 @@ def test_export_writes_the_run_folder_and_a_zip(handlers, studio, run_id):
         handlers.export(run_id, [], True)
 
 
+def test_export_is_off_with_its_reason_while_the_worker_is_busy_and_the_last_zip_comes_back(
+    handlers, studio, run_id, monkeypatch
+):
+    """Issue 26.5: while the worker trains, Export is disabled and says why (it was offered, then refused);
+    revisiting the tab (or reloading the page) shows the last export's zip again."""
+    handlers.export(run_id, ["card"], True)
+    archive = studio.run_dir(run_id) / f"{run_id}-export.zip"
+    assert archive.is_file()
+    again = handlers.export_view(run_id)  # the tab revisited
+    assert again["export_file"] == str(archive) and "The last export" in again["export_summary"]
+    assert again["export_btn"]["interactive"] is True
+    assert handlers.open(run_id)["export_file"] == str(archive)  # a reload opens the run with it
+    monkeypatch.setattr(handlers.worker, "busy_with", lambda: "someone-else")
+    busy = handlers.export_view(run_id)
+    assert busy["export_btn"]["interactive"] is False
+    assert "Export is off now: the model worker is busy with run someone-else" in busy["export_note"]
+    assert handlers.open(run_id)["export_btn"]["interactive"] is False
+    assert handlers.tick(run_id, "")["export_btn"]["interactive"] is False
+    with pytest.raises(gr.Error, match="busy with run someone-else"):
+        handlers.export(run_id, ["card"], True)
+    assert handlers.empty()["export_btn"]["interactive"] is False  # no run: nothing to export
+
+
 def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, studio, demo_form):
     files, table, form = demo_form
     view = handlers.start_run(files, table, *form_values({**form, "train_steps": 100_000, "name": "long"}))

@@ -43,6 +43,9 @@ OPEN_OUTPUTS = (
     "seen",
     *(f"{name}_btn" for name in CONTROLS),
     "export_note",
+    "export_btn",
+    "export_file",
+    "export_summary",
     "revision",
 )
 
@@ -101,7 +104,7 @@ class Handlers(
             **self._progress(run, rnd),
             "seen": self._key(run, rnd),
             **controls,
-            "export_note": self.export_note(run_id),
+            **self.export_view(run_id),
             "revision": self.studio.revision(run_id, rnd["round_index"]) if rnd else 0,
         }
 
@@ -117,7 +120,7 @@ class Handlers(
             "progress_mini": "",
             "seen": "",
             **self.controls(None, None),
-            "export_note": self.export_note(None),
+            **self.export_view(None),
             "revision": None,
         }
 

@@ -33,6 +33,8 @@ TICK_OUTPUTS = (
     "patch",
     "mode",
     *(f"{name}_btn" for name in CONTROLS),
+    "export_note",
+    "export_btn",
     "revision",
 )
 
@@ -119,6 +121,7 @@ class ProgressHandlers:
         view, controls = self.review(run_id, request=request), self.controls(run, rnd)
         if "commit_btn" in view:  # the label (finish or train the next) with the control's interactive
             controls["commit_btn"] = {**controls["commit_btn"], "value": view.pop("commit_btn")["value"]}
+        export = self.export_view(run_id)
         return {
             **self._progress(run, rnd),
             "header": render.header_html(run, rnd, self.worker.state(run_id)),
@@ -126,6 +129,8 @@ class ProgressHandlers:
             **view,
             **({"mode": rnd["mode"]} if rnd else {}),
             **controls,
+            "export_note": export["export_note"],
+            "export_btn": export["export_btn"],
             "revision": rev,
         }
 
