@@ -184,6 +184,30 @@ def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tm
         references_from(paths, table[:2])
 
 
+def test_own_photos_on_a_builtin_model_warn_and_name_the_model_fix(handlers, demo_form, tmp_path):
+    """Issue 26.3: four photos of a mug on the toy/tiny model gave meaningless grids with no warning."""
+    from PIL import Image
+
+    files, table, form = demo_form
+    values = form_values(form)
+    demo = handlers.validate_setup(files, table, *values)
+    assert "Ready" in demo and "--model" not in demo  # the demo's own images: no warning
+    copies = []  # an upload of the demo's images is a copy under another name: still the demo
+    for i, f in enumerate(files):
+        copies.append(str(tmp_path / f"copy{i}.png"))
+        Path(copies[-1]).write_bytes(Path(f).read_bytes())
+    assert "--model" not in handlers.validate_setup(copies, table, *values)
+    photos = []
+    for i in range(len(files)):
+        photos.append(str(tmp_path / f"mug{i}.png"))
+        Image.new("RGB", (96, 96), (200, 30 + i, 30)).save(photos[-1])
+    mine = handlers.validate_setup(photos, table, *values)
+    assert "Ready" in mine and "Your own photos meet the built-in &#x27;tiny&#x27; model" in mine.replace(
+        "'", "&#x27;"
+    )
+    assert "--model" in mine and "warn" in mine
+
+
 def test_switching_the_task_loads_the_papers_presets(handlers):
     out = handlers.task_changed("style", "a <sks> cat")
     anchors, eval_prompts, subject = out["anchors"], out["eval_prompts"], out["subject_phrase"]

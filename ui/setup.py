@@ -6,6 +6,7 @@ rows where the page shows it, so a new row in ``gal.fields.FIELDS`` appears, par
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import gradio as gr
@@ -101,6 +102,14 @@ def _paths(files) -> list[str]:
             raise ValueError(f"the reference images must be image files, got {str(f):.80}")
         paths.append(str(path))
     return paths
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def references_from(files, table, soi_token: str | None = None) -> list[ReferenceInput]:
@@ -329,11 +338,50 @@ class SetupHandlers:
                 f"✗ Not ready — fix {'these' if len(problems) > 1 else 'this'} first:<ul>{items}</ul>",
                 "error",
             )
-        return render.message(
+        ready = render.message(
             f"✓ Ready: {len(refs)} reference image{'s' if len(refs) != 1 else ''} with prompts, "
             f"{len(config.anchors)} anchors, settings valid.",
             "ok",
         )
+        return ready + self.builtin_model_warning(config, refs)
+
+    def _demo_hashes(self) -> set[str]:
+        """The built-in demo's reference images by content (an upload is a copy under another name)."""
+        if getattr(self, "_demo_sha", None) is None:
+            found = set()
+            for task in ("object", "style"):
+                try:
+                    found |= {_sha256(r.path) for r in self.studio.demo(task)[1]}
+                except (OSError, ValueError):
+                    pass
+            self._demo_sha = found
+        return self._demo_sha
+
+    def builtin_model_warning(self, config, refs) -> str:
+        """Issue 26.3: a person's own photos on a built-in tiny/toy model give meaningless grids (it draws
+        32-px shapes from random weights): say so and name the fix. '' for the demo's images or a real
+        model."""
+        spec = str(config.model or "").strip()
+        try:
+            _, defaults = self.studio.model_defaults(spec)
+        except ValueError:
+            return ""
+        if defaults is not None:  # a real model: its family's defaults exist
+            return ""
+        try:
+            own = [r for r in refs if _sha256(r.path) not in self._demo_hashes()]
+        except OSError:
+            return ""
+        if not own:
+            return ""
+        text = (
+            f"⚠ Your own photos meet the built-in '{spec}' model: it is a tiny random-weight model for tests "
+            "and the demo, drawing small shapes, so its images and verdicts will say nothing about your "
+            "subject. Use a real model: enter a hub id or a local diffusers folder in Model (More settings), "
+            "or start the app with --model, e.g. "
+            "`./run.sh app --model stable-diffusion-v1-5/stable-diffusion-v1-5`."
+        )
+        return render.message(render.esc(text), "warn")
 
     def check_field(self, *values) -> None:
         """Leaving a field with an invalid form: say why at once (a toast), besides the panel above Start."""
