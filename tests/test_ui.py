@@ -779,7 +779,7 @@ def test_export_is_off_with_its_reason_while_the_worker_is_busy_and_the_last_zip
     assert handlers.empty()["export_btn"]["interactive"] is False  # no run: nothing to export
 
 
-def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, studio, demo_form):
+def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, studio, demo_form, capsys):
     files, table, form = demo_form
     view = handlers.start_run(files, table, *form_values({**form, "train_steps": 100_000, "name": "long"}))
     run_b = view["run_id"]
@@ -791,6 +791,17 @@ def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, stu
 
         progress = wait_for(training, 60, "a training progress line with an ETA")
         assert re.search(r"\d+/100000 \(\d+%\)", progress)
+        # a second run waits: one message (the progress line, naming the run it waits for), no toast and
+        # no "is training" in its grid (issue 26.7)
+        capsys.readouterr()
+        waiting = handlers.start_run(files, table, *form_values({**form, "name": "second"}))
+        run_c = waiting["run_id"]
+        assert handlers.worker.state(run_c) == "queued"
+        assert "trains now" not in capsys.readouterr().out  # gr.Info prints outside a request: no toast
+        said = [waiting[k] for k in ("progress", "progress_mini", "grid")]
+        assert [("waits" in text) for text in said] == [True, True, False]
+        assert f"finishes run {run_b} first" in waiting["progress"] and "is training" not in waiting["grid"]
+        handlers.cancel(run_c)
     finally:
         handlers.cancel(run_b)
         assert handlers.worker.wait_idle(60)

@@ -76,10 +76,15 @@ class ProgressHandlers:
         job_state = self.worker.state(run_id)
         err = self.worker.errors.get(run_id)
         job = self.studio.job(run_id) if job_state == "running" else None
-        full = progress_html(run, rnd, job, job_state, err)
+        busy = self.worker.busy_with() if job_state == "queued" else None
+        full = progress_html(run, rnd, job, job_state, err, busy_with=busy)
         if job is None:  # the last job's log stays readable after it ends
             full += log_html((self.studio.job(run_id) or {}).get("log") or [])
-        mini = progress_html(run, rnd, job, job_state, err, compact=True) if (job_state or err) else ""
+        mini = (
+            progress_html(run, rnd, job, job_state, err, compact=True, busy_with=busy)
+            if (job_state or err)
+            else ""
+        )
         return {"progress": full, "progress_mini": mini}
 
     def controls(self, run: dict | None, rnd: dict | None) -> dict:
@@ -178,6 +183,7 @@ def progress_html(
     job_state: str | None,
     error: str | None,
     compact: bool = False,
+    busy_with: str | None = None,
 ) -> str:
     if run is None:
         return '<div class="gal-progress gal-muted">No run open.</div>'
@@ -223,8 +229,9 @@ def progress_html(
         )
     if job_state == "queued":
         return (
-            '<div class="gal-progress">Queued: waits for the model worker to finish another run.'
-            f"{stages}</div>"
+            f'<div class="gal-progress" data-waiting="1">Round {r} waits: the model worker finishes '
+            f"{'run ' + esc(busy_with) if busy_with and busy_with != run['run_id'] else 'another run'} "
+            f"first, then trains this one.{stages}</div>"
         )
     if error:
         text = (

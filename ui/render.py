@@ -162,6 +162,7 @@ def grid_html(
     seq: int = 0,
     ack: int = 0,
     order: str = "omega",
+    waiting: bool = False,
 ) -> str:
     """The round's images, one block per anchor, each tile showing its final verdict and similarities.
 
@@ -177,6 +178,12 @@ def grid_html(
     rnd = state["round"]
     anchors = state["anchors"]
     images = [im for a in anchors for im in a["images"]]
+    if waiting:  # the run waits for the worker: the line above says so, once (issue 26.7)
+        return (
+            '<div class="gal-grid"><div class="gal-empty" data-waiting="1">'
+            f"Round {rnd['round_index']}'s images appear here once it has trained and been judged."
+            "</div></div>"
+        )
     if rnd["state"] != "review" or not images:
         what = {
             "training": "is training",

@@ -279,7 +279,8 @@ class ReviewHandlers:
             view["commit_btn"] = gr.update(value=render.commit_label(preview, state))
         if patch and in_review:
             return {**view, "patch": render.grid_patch(state, preview, seq, ack)}
-        return {**view, "grid": render.grid_html(state, preview, seq=seq, ack=ack)}
+        waiting = not in_review and self.worker.state(run_id) == "queued"
+        return {**view, "grid": render.grid_html(state, preview, seq=seq, ack=ack, waiting=waiting)}
 
     @staticmethod
     def _tiles(state: dict) -> list[dict]:
@@ -486,8 +487,5 @@ class ReviewHandlers:
         if run["status"] == "finished":
             info("the run is finished: see History, and Export the result")
         else:
-            busy = self.worker.busy_with()
-            self.worker.submit(run_id)
-            if busy and busy != run_id:
-                info(f"round {run['current_round']} is queued: the model worker finishes run {busy} first")
+            self.worker.submit(run_id)  # a wait for another run is said once, on the progress line
         return self.open(run_id, tab=None)

@@ -489,5 +489,8 @@ class SetupHandlers:
         config = config_from_form(_form(values))
         run_id = self.studio.create_run(config, references_from(files, table, config.soi_token))
         self.worker.submit(run_id)
-        info(f"Run {run_id} started: round 1 trains now; its images appear on the Review tab.", duration=5)
+        if self.worker.state(run_id) != "queued":  # a wait is said once, on the progress line (issue 26.7)
+            info(
+                f"Run {run_id} started: round 1 trains now; its images appear on the Review tab.", duration=5
+            )
         return self.open(run_id, tab="review")
