@@ -686,6 +686,26 @@ def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
         handlers.resume(run_id)
 
 
+def test_history_shows_how_often_the_person_agreed_with_each_judge(handlers, studio, run_id):
+    """Issue 27: History shows per-judge agreement with the person (``Studio.judge_agreement``)."""
+    before = {i: im["person_verdict"] for i, im in rows(studio, run_id).items()}
+    ims = sorted(rows(studio, run_id).values(), key=lambda im: im["id"])[:3]
+    try:
+        # agree with the judge on two images, overrule it on one
+        verdicts = {im["id"]: im["oracle_verdict"] for im in ims[:2]}
+        verdicts[ims[2]["id"]] = 1 - ims[2]["oracle_verdict"]
+        studio.decide_many(run_id, verdicts)
+        found = studio.judge_agreement(run_id)
+        assert found and all(r["judged"] >= 3 for r in found)
+        page = handlers.history(run_id)["agreement"]
+        assert f'data-judges="{len(found)}"' in page
+        for r in found:
+            assert f'data-judge="{html.escape(r["judge"])}"' in page and f"{r['rate']:.0%}" in page
+    finally:
+        studio.decide_many(run_id, before)
+    assert 'data-judges="0"' in handlers.history(None)["agreement"]
+
+
 def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers, run_id):
     h = handlers.history(run_id)
     assert (
