@@ -208,6 +208,24 @@ def test_own_photos_on_a_builtin_model_warn_and_name_the_model_fix(handlers, dem
     assert "--model" in mine and "warn" in mine
 
 
+def test_the_oracle_field_offers_the_judges(handlers, studio):
+    """Issue 27: the app offers the judges (``gal.judges.available`` through ``Studio.judges``)."""
+    from gal.judges import available, validate
+
+    offered = studio.judges()
+    assert offered[0] == studio.default_oracle
+    assert {"siglip", "dino", "vlm", "ensemble:clip+dino"} <= set(offered)
+    assert len(offered) >= len(available())  # every kind, plug-ins included
+    for spec in offered:
+        validate(spec)  # each one a spec the run accepts
+    from ui import blocks
+
+    page = blocks.build(studio)
+    oracle = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "gal-f-oracle")
+    assert isinstance(oracle, gr.Dropdown) and oracle.allow_custom_value
+    assert [value for _, value in oracle.choices] == offered
+
+
 def test_switching_the_task_loads_the_papers_presets(handlers):
     out = handlers.task_changed("style", "a <sks> cat")
     anchors, eval_prompts, subject = out["anchors"], out["eval_prompts"], out["subject_phrase"]

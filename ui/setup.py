@@ -157,10 +157,22 @@ def widget(f, value) -> gr.components.Component:
     raise ValueError(f"field {f.name}: unknown widget {f.widget!r} (text, lines, number, radio, checkbox)")
 
 
-def _group(c: dict, form0: dict, group: str) -> None:
+def _group(c: dict, form0: dict, group: str, judges: list[str] | None = None) -> None:
     for f in fields():
         if f.group == group:
-            c[f.name] = widget(f, form0[f.name])
+            if f.name != "oracle" or not judges:
+                c[f.name] = widget(f, form0[f.name])
+            else:  # the judges on offer (issue 27); any spec may still be typed
+                value = form0[f.name]
+                c[f.name] = gr.Dropdown(
+                    list(dict.fromkeys([value, *judges])) if value else judges,
+                    value=value,
+                    allow_custom_value=True,
+                    filterable=True,
+                    label=f.label,
+                    info=f.help,
+                    elem_id="gal-f-oracle",
+                )
 
 
 GROUPS = ("subject", "anchors", "eval", "models", "strategy", "gal", "run", "more", "more2")
@@ -219,7 +231,7 @@ def layout(c: dict, h, form0: dict) -> None:
         with gr.Column():
             _group(c, form0, "eval")
             with gr.Row():
-                _group(c, form0, "models")
+                _group(c, form0, "models", h.studio.judges())
             # the detected family (SD 1.x/2.x, SDXL, FLUX.1) and the defaults it filled
             c["model_family"] = gr.HTML("", elem_id="gal-model-family")
     _group(c, form0, "strategy")
