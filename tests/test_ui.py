@@ -704,6 +704,25 @@ def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
         handlers.resume(run_id)
 
 
+def test_the_grid_carries_the_judges_disagreement_order(handlers, studio, run_id):
+    """Issue 27: the review can order by disagreement (``Studio.review_queue``): each tile carries its place
+    in that queue and whether the judges disagreed, each anchor its first place (the page sorts by it)."""
+    grid = handlers.review(run_id)["grid"]
+    queue = studio.review_queue(run_id, 1, order="disagreement")
+    assert queue
+    for rank, im in enumerate(queue):
+        tile = re.search(rf'<button[^>]*data-id="{im["id"]}"[^>]*>', grid).group(0)
+        assert f'data-rank="{rank}"' in tile
+        assert f'data-disagree="{1 if im.get("disagree") else 0}"' in tile
+    first = {}
+    for rank, im in enumerate(queue):
+        first.setdefault(im["anchor_index"], rank)
+    for a, rank in first.items():
+        assert re.search(rf'data-anchor="{a}" data-pool="1" data-disrank="{rank}"', grid)
+    disagree = studio.review_queue(run_id, 1, order="disagreement", disagree_only=True)
+    assert grid.count('data-disagree="1"') == len(disagree)
+
+
 def test_history_shows_how_often_the_person_agreed_with_each_judge(handlers, studio, run_id):
     """Issue 27: History shows per-judge agreement with the person (``Studio.judge_agreement``)."""
     before = {i: im["person_verdict"] for i, im in rows(studio, run_id).items()}

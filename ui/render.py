@@ -163,6 +163,7 @@ def grid_html(
     ack: int = 0,
     order: str = "omega",
     waiting: bool = False,
+    queue: list[dict] | None = None,
 ) -> str:
     """The round's images, one block per anchor, each tile showing its final verdict and similarities.
 
@@ -204,6 +205,8 @@ def grid_html(
             f"<br>{esc(extra)}</div></div>"
         )
     picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
+    # Studio.review_queue's order (judges disagree first, then the least confident): each tile's place
+    ranks = {im["id"]: i for i, im in enumerate(queue or [])}
     pixel = is_pixel_art(images[0]["path"]) if images else False
     parts = [
         f'<div class="gal-grid{" pixel" if pixel else ""}" '
@@ -242,10 +245,12 @@ def grid_html(
         )
         tiles = []
         for im in sorted(a["images"], key=lambda x: x["slot"]):
-            tiles.append(tile_html(im, pos, im["id"] in picks))
+            tiles.append(tile_html(im, pos, im["id"] in picks, ranks.get(im["id"])))
             pos += 1
+        first = min((ranks[im["id"]] for im in a["images"] if im["id"] in ranks), default=len(ranks))
         parts.append(
             f'<section class="gal-anchor {css}" data-anchor="{a["anchor_index"]}" data-pool="1" '
+            f'data-disrank="{first}" '
             f'data-omega="{a.get("uncertainty") if a.get("uncertainty") is not None else -1}" '
             f'data-beta="{a.get("overfit_rate") if a.get("overfit_rate") is not None else -1}" '
             f'data-prompt="{esc(a["prompt"])}"><div>{title}{stats}</div>'
@@ -312,7 +317,7 @@ def grid_patch(state: dict, preview: dict | None, seq: int, ack: int) -> str:
     return json.dumps(grid_state(state, preview, seq, ack), separators=(",", ":"), ensure_ascii=False)
 
 
-def tile_html(im: dict, pos: int, picked: bool) -> str:
+def tile_html(im: dict, pos: int, picked: bool, rank: int | None = None) -> str:
     oracle, person = im["oracle_verdict"], im["person_verdict"]
     seen = person is None and bool(im.get("person_seen"))
     final = person if person is not None else oracle
@@ -349,6 +354,7 @@ def tile_html(im: dict, pos: int, picked: bool) -> str:
         f'data-final="{"" if final is None else final}" '
         f'data-sim="{fmt(im.get("sim_anchor"), 3)}" '
         f'data-nonsoi="{fmt(im.get("sim_non_soi"), 3)}" aria-label="{esc(label)}" '
+        f'data-disagree="{1 if im.get("disagree") else 0}" data-rank="{"" if rank is None else rank}" '
         f'title="seed {im.get("seed")}">'
         f'<img src="{esc(file_url(im["path"]))}" alt="" loading="lazy" draggable="false">'
         f'<span class="gal-pick">★ pick</span>'

@@ -78,6 +78,7 @@ def layout(c: dict) -> None:
                             ("most mixed first (Ω)", "omega"),
                             ("anchor index", "index"),
                             ("most overfit first (β)", "beta"),
+                            ("judges disagree / least sure first", "disagreement"),
                         ],
                         value="omega",
                         label="Order anchors",
@@ -92,6 +93,7 @@ def layout(c: dict) -> None:
                             ("oracle: overfit", "oracle-overfit"),
                             ("oracle: aligned", "oracle-aligned"),
                             ("mixed anchors only", "mixed"),
+                            ("judges disagree", "disagree"),
                         ],
                         value=[],
                         label="Show only",
@@ -280,7 +282,13 @@ class ReviewHandlers:
         if patch and in_review:
             return {**view, "patch": render.grid_patch(state, preview, seq, ack)}
         waiting = not in_review and self.worker.state(run_id) == "queued"
-        return {**view, "grid": render.grid_html(state, preview, seq=seq, ack=ack, waiting=waiting)}
+        queue = (
+            self.studio.review_queue(run_id, state["round"]["round_index"], order="disagreement")
+            if in_review
+            else None
+        )
+        grid = render.grid_html(state, preview, seq=seq, ack=ack, waiting=waiting, queue=queue)
+        return {**view, "grid": grid}
 
     @staticmethod
     def _tiles(state: dict) -> list[dict]:

@@ -214,6 +214,7 @@ const FILTERS = {
   'oracle-overfit': t => t.dataset.oracle === '1',
   'oracle-aligned': t => t.dataset.oracle === '0',
   'mixed': t => t.closest('.gal-anchor').classList.contains('mixed'),
+  'disagree': t => t.dataset.disagree === '1',  // an ensemble's judges voted differently
 };
 function arrange(order, filters) {
   order = order || 'omega';
@@ -223,7 +224,9 @@ function arrange(order, filters) {
   if (!root) return;
   const sections = Array.from(root.querySelectorAll('.gal-anchor'));
   const num = (s, k) => Number(s.dataset[k] === undefined ? -1 : s.dataset[k]);
-  const key = (s) => order === 'index' ? 0 : -num(s, order === 'beta' ? 'beta' : 'omega');
+  // disagreement: Studio.review_queue's order (the server's data-disrank: the anchor's first place in it)
+  const key = (s) => order === 'index' ? 0 : (order === 'disagreement' ? num(s, 'disrank')
+                                             : -num(s, order === 'beta' ? 'beta' : 'omega'));
   sections.sort((x, y) => (x.dataset.pool === '0') - (y.dataset.pool === '0') || key(x) - key(y)
                           || Number(x.dataset.anchor) - Number(y.dataset.anchor));
   for (const s of sections) root.appendChild(s);
