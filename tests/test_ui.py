@@ -882,6 +882,28 @@ def wait_for(check, timeout: float, what: str):
 # -- the app: flags, launch, gradio_client -------------------------------------------------------------
 
 
+def test_user_mistakes_are_one_log_line_not_a_traceback(handlers, demo_form, caplog):
+    """Issue 26.11: a ValueError becomes gr.Error with print_exception off (Gradio prints no traceback for
+    it) and one log line; Gradio's share hint names our --share flag."""
+    import io
+    import logging
+
+    files, table, form = demo_form
+    with caplog.at_level(logging.WARNING, logger="gal_studio"), pytest.raises(gr.Error) as caught:
+        handlers.start_run(files, table, *form_values({**form, "k": 30}))
+    assert caught.value.print_exception is False
+    lines = [r.getMessage() for r in caplog.records if r.name == "gal_studio"]
+    assert len(lines) == 1 and "user error (start_run)" in lines[0] and "lower k" in lines[0]
+    assert "\n" not in lines[0] and not caplog.records[-1].exc_info
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gal_studio"), pytest.raises(gr.Error) as caught:
+        handlers.export(None, ["card"], False)  # the handler's own gr.Error: logged once too
+    assert caught.value.print_exception is False and len(caplog.records) == 1
+    out = io.StringIO()
+    app._OurFlags(out).write("* To create a public link, set `share=True` in `launch()`.\n")
+    assert out.getvalue() == "* To create a public link, restart with --share (gal app --share).\n"
+
+
 def test_app_flags_refuse_bad_values(tmp_path, capsys):
     assert app.main(["--runs-dir", str(tmp_path), "--auth", "nopassword"]) == 2
     assert "--auth must be USER:PASS" in capsys.readouterr().err
