@@ -707,8 +707,10 @@ def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
 def test_the_grid_carries_the_judges_disagreement_order(handlers, studio, run_id):
     """Issue 27: the review can order by disagreement (``Studio.review_queue``): each tile carries its place
     in that queue and whether the judges disagreed, each anchor its first place (the page sorts by it)."""
+    assert handlers.worker.wait_idle(180)  # an earlier test may have committed: the round in review now
+    r = studio.snapshot(run_id)[0]["current_round"]
     grid = handlers.review(run_id)["grid"]
-    queue = studio.review_queue(run_id, 1, order="disagreement")
+    queue = studio.review_queue(run_id, r, order="disagreement")
     assert queue
     for rank, im in enumerate(queue):
         tile = re.search(rf'<button[^>]*data-id="{im["id"]}"[^>]*>', grid).group(0)
@@ -719,14 +721,16 @@ def test_the_grid_carries_the_judges_disagreement_order(handlers, studio, run_id
         first.setdefault(im["anchor_index"], rank)
     for a, rank in first.items():
         assert re.search(rf'data-anchor="{a}" data-pool="1" data-disrank="{rank}"', grid)
-    disagree = studio.review_queue(run_id, 1, order="disagreement", disagree_only=True)
+    disagree = studio.review_queue(run_id, r, order="disagreement", disagree_only=True)
     assert grid.count('data-disagree="1"') == len(disagree)
 
 
 def test_history_shows_how_often_the_person_agreed_with_each_judge(handlers, studio, run_id):
     """Issue 27: History shows per-judge agreement with the person (``Studio.judge_agreement``)."""
-    before = {i: im["person_verdict"] for i, im in rows(studio, run_id).items()}
-    ims = sorted(rows(studio, run_id).values(), key=lambda im: im["id"])[:3]
+    assert handlers.worker.wait_idle(180)  # an earlier test may have committed: the round in review now
+    r = studio.snapshot(run_id)[0]["current_round"]
+    before = {i: im["person_verdict"] for i, im in rows(studio, run_id, r).items()}
+    ims = sorted(rows(studio, run_id, r).values(), key=lambda im: im["id"])[:3]
     try:
         # agree with the judge on two images, overrule it on one
         verdicts = {im["id"]: im["oracle_verdict"] for im in ims[:2]}
