@@ -396,6 +396,19 @@ class Studio:
         family = model_family(spec)
         return family.label, (None if spec in TINY or spec == "toy" else defaults(family.name))
 
+    def judges(self) -> list[str]:
+        """Judge specs the app offers for the oracle (issue 27): this Studio's oracle, then each judge kind
+        (built-in with its default argument, then installed ``gal.judges`` plug-ins); any other spec is
+        still typed."""
+        from gal.judges import available
+
+        offered = [self.default_oracle]
+        for kind in available():
+            spec = "ensemble:clip+dino" if kind == "ensemble" else ("" if kind == "clip" else kind)
+            if spec and spec not in offered:
+                offered.append(spec)
+        return offered
+
     @staticmethod
     def model_recipe(spec: str) -> str:
         """The model family's 24 GB recipe in words (``Family.preset_24gb``: applied on CUDA to the memory

@@ -13,6 +13,8 @@ a bound on uploads (--max-file-size) and on request bodies, and a login throttle
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import ipaddress
 import os
 import sys
@@ -170,8 +172,25 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     demo.queue(default_concurrency_limit=1)
-    demo.launch(**kwargs)
+    with contextlib.redirect_stdout(_OurFlags(sys.stdout)):
+        demo.launch(**kwargs)
     return 0
+
+
+class _OurFlags(io.TextIOBase):
+    """Gradio's start-up hint names its Python API ("set `share=True` in `launch()`"); ours is a flag."""
+
+    HINT = "set `share=True` in `launch()`"
+
+    def __init__(self, out):
+        self._out = out
+
+    def write(self, s: str) -> int:
+        self._out.write(s.replace(self.HINT, "restart with --share (gal app --share)"))
+        return len(s)
+
+    def flush(self) -> None:
+        self._out.flush()
 
 
 if __name__ == "__main__":

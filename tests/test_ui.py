@@ -184,6 +184,48 @@ def test_uploads_get_a_preview_and_a_row_each_keeping_typed_prompts(handlers, tm
         references_from(paths, table[:2])
 
 
+def test_own_photos_on_a_builtin_model_warn_and_name_the_model_fix(handlers, demo_form, tmp_path):
+    """Issue 26.3: four photos of a mug on the toy/tiny model gave meaningless grids with no warning."""
+    from PIL import Image
+
+    files, table, form = demo_form
+    values = form_values(form)
+    demo = handlers.validate_setup(files, table, *values)
+    assert "Ready" in demo and "--model" not in demo  # the demo's own images: no warning
+    copies = []  # an upload of the demo's images is a copy under another name: still the demo
+    for i, f in enumerate(files):
+        copies.append(str(tmp_path / f"copy{i}.png"))
+        Path(copies[-1]).write_bytes(Path(f).read_bytes())
+    assert "--model" not in handlers.validate_setup(copies, table, *values)
+    photos = []
+    for i in range(len(files)):
+        photos.append(str(tmp_path / f"mug{i}.png"))
+        Image.new("RGB", (96, 96), (200, 30 + i, 30)).save(photos[-1])
+    mine = handlers.validate_setup(photos, table, *values)
+    assert "Ready" in mine and "Your own photos meet the built-in &#x27;tiny&#x27; model" in mine.replace(
+        "'", "&#x27;"
+    )
+    assert "--model" in mine and "warn" in mine
+
+
+def test_the_oracle_field_offers_the_judges(handlers, studio):
+    """Issue 27: the app offers the judges (``gal.judges.available`` through ``Studio.judges``)."""
+    from gal.judges import available, validate
+
+    offered = studio.judges()
+    assert offered[0] == studio.default_oracle
+    assert {"siglip", "dino", "vlm", "ensemble:clip+dino"} <= set(offered)
+    assert len(offered) >= len(available())  # every kind, plug-ins included
+    for spec in offered:
+        validate(spec)  # each one a spec the run accepts
+    from ui import blocks
+
+    page = blocks.build(studio)
+    oracle = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "gal-f-oracle")
+    assert isinstance(oracle, gr.Dropdown) and oracle.allow_custom_value
+    assert [value for _, value in oracle.choices] == offered
+
+
 def test_switching_the_task_loads_the_papers_presets(handlers):
     out = handlers.task_changed("style", "a <sks> cat")
     anchors, eval_prompts, subject = out["anchors"], out["eval_prompts"], out["subject_phrase"]
@@ -602,6 +644,52 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
         handlers.set_mode(run_id, "auto")
 
 
+def test_human_preview_counts_the_anchors_leaving_the_pool_and_warns_when_the_run_ends(
+    handlers, studio, run_id
+):
+    """Issue 26.6: accepting images in every anchor empties the pool (the run ends after the next round);
+    leaving fewer than k anchors lets Eq. 10 end it; the confirm says so; the last commit says finish."""
+    before = {i: im["person_verdict"] for i, im in rows(studio, run_id).items()}
+    by_anchor: dict[int, list[int]] = {}
+    for i, im in rows(studio, run_id).items():
+        by_anchor.setdefault(im["anchor_index"], []).append(i)
+    anchors = sorted(by_anchor)
+    assert len(anchors) == 4
+    handlers.set_mode(run_id, "human")
+    try:
+        studio.decide_many(run_id, dict.fromkeys(before, 0))  # accept everything: all 4 anchors leave
+        view = handlers.review(run_id)
+        assert 'data-leaving="4"' in view["preview"] and 'data-ends="1"' in view["preview"]
+        assert "4 anchors leave the pool (0 of 4 stay)" in view["preview"]
+        assert "No anchor is left: round 2 trains, draws nothing, and the run finishes" in view["preview"]
+        asked = handlers.commit_ask(run_id, "human")
+        assert (
+            "4 anchors leave the pool" in asked["confirm_text"]
+            and "No anchor is left" in asked["confirm_text"]
+        )
+        # images accepted in 3 anchors: 1 stays, fewer than k = 2, so Eq. 10 ends an auto round 2
+        studio.decide_many(run_id, {i: int(studio_anchor == anchors[0]) for studio_anchor in anchors
+                                    for i in by_anchor[studio_anchor]})  # fmt: skip
+        preview = handlers.review(run_id)["preview"]
+        assert 'data-leaving="3"' in preview and "Eq. 10 ends the run at round 2" in preview
+        # one anchor: 3 stay, said plainly, no warning
+        studio.decide_many(run_id, {i: int(a != anchors[0]) for a in anchors for i in by_anchor[a]})
+        view = handlers.review(run_id)
+        assert (
+            "1 anchor leaves the pool (3 of 4 stay)" in view["preview"] and 'data-ends="0"' in view["preview"]
+        )
+        assert view["commit_btn"]["value"] == render.COMMIT_NEXT
+        assert handlers.commit_ask(run_id, "human")["confirm_yes"]["value"] == "Yes, commit and train"
+    finally:
+        studio.decide_many(run_id, before)
+        handlers.set_mode(run_id, "auto")
+    state = studio.review_state(run_id)
+    last = {"mode": "auto", "strategy": "s", "openness": 0.0, "weight": 0.0, "round": 1, "picks": [],
+            "last_round": True, "stop": False}  # fmt: skip
+    assert render.commit_label(last, state) == render.COMMIT_FINISH == "Commit and finish"
+    assert render.commit_label({**last, "last_round": False, "stop": True}, state) == render.COMMIT_FINISH
+
+
 def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
     view = handlers.commit(run_id, "auto")
     assert view["run_id"] == run_id
@@ -614,6 +702,49 @@ def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
     assert "out of the pool" in round2["grid"]  # the two picked anchors left the pool
     with pytest.raises(gr.Error, match="awaits your review"):
         handlers.resume(run_id)
+
+
+def test_the_grid_carries_the_judges_disagreement_order(handlers, studio, run_id):
+    """Issue 27: the review can order by disagreement (``Studio.review_queue``): each tile carries its place
+    in that queue and whether the judges disagreed, each anchor its first place (the page sorts by it)."""
+    assert handlers.worker.wait_idle(180)  # an earlier test may have committed: the round in review now
+    r = studio.snapshot(run_id)[0]["current_round"]
+    grid = handlers.review(run_id)["grid"]
+    queue = studio.review_queue(run_id, r, order="disagreement")
+    assert queue
+    for rank, im in enumerate(queue):
+        tile = re.search(rf'<button[^>]*data-id="{im["id"]}"[^>]*>', grid).group(0)
+        assert f'data-rank="{rank}"' in tile
+        assert f'data-disagree="{1 if im.get("disagree") else 0}"' in tile
+    first = {}
+    for rank, im in enumerate(queue):
+        first.setdefault(im["anchor_index"], rank)
+    for a, rank in first.items():
+        assert re.search(rf'data-anchor="{a}" data-pool="1" data-disrank="{rank}"', grid)
+    disagree = studio.review_queue(run_id, r, order="disagreement", disagree_only=True)
+    assert grid.count('data-disagree="1"') == len(disagree)
+
+
+def test_history_shows_how_often_the_person_agreed_with_each_judge(handlers, studio, run_id):
+    """Issue 27: History shows per-judge agreement with the person (``Studio.judge_agreement``)."""
+    assert handlers.worker.wait_idle(180)  # an earlier test may have committed: the round in review now
+    r = studio.snapshot(run_id)[0]["current_round"]
+    before = {i: im["person_verdict"] for i, im in rows(studio, run_id, r).items()}
+    ims = sorted(rows(studio, run_id, r).values(), key=lambda im: im["id"])[:3]
+    try:
+        # agree with the judge on two images, overrule it on one
+        verdicts = {im["id"]: im["oracle_verdict"] for im in ims[:2]}
+        verdicts[ims[2]["id"]] = 1 - ims[2]["oracle_verdict"]
+        studio.decide_many(run_id, verdicts)
+        found = studio.judge_agreement(run_id)
+        assert found and all(r["judged"] >= 3 for r in found)
+        page = handlers.history(run_id)["agreement"]
+        assert f'data-judges="{len(found)}"' in page
+        for r in found:
+            assert f'data-judge="{html.escape(r["judge"])}"' in page and f"{r['rate']:.0%}" in page
+    finally:
+        studio.decide_many(run_id, before)
+    assert 'data-judges="0"' in handlers.history(None)["agreement"]
 
 
 def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers, run_id):
@@ -637,6 +768,25 @@ def test_history_shows_metrics_references_and_one_anchor_across_rounds(handlers,
         page["txt_plot"].y_lim[0] < h["txt_plot"]["value"].min() < page["txt_plot"].y_lim[1]
     )  # readable at one point too
     assert in_pool["compare"].count("<img") in (3, 6)
+
+
+def test_the_mode_shows_in_the_header_and_runs_table_and_reaches_other_tabs(handlers, studio, run_id):
+    """Issue 26.8: the header and the Runs table say the round's real mode (not the auto strategy in Human
+    mode); another page's poll sees a mode change (its key changes) and shows it."""
+    before = handlers.open(run_id)
+    assert 'data-mode="auto"' in before["header"] and "human" not in before["header"]
+    try:
+        changed = handlers.set_mode(run_id, "human")
+        assert 'data-mode="human"' in changed["header"] and "uncertainty" not in changed["header"]
+        assert changed["seen"] != before["seen"]
+        other = handlers.tick(run_id, before["seen"])  # a second tab, opened before the change
+        assert other["mode"] == "human" and 'data-mode="human"' in other["header"]
+        row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
+        assert row[5:7] == ["human", "human"]
+    finally:
+        handlers.set_mode(run_id, "auto")
+    row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
+    assert row[5] == "auto" and row[6] == studio.snapshot(run_id)[0]["config"]["gal"]["strategy"]
 
 
 def test_runs_list_opens_a_run_by_click_and_by_url(handlers, run_id):
@@ -667,7 +817,30 @@ def test_export_writes_the_run_folder_and_a_zip(handlers, studio, run_id):
         handlers.export(run_id, [], True)
 
 
-def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, studio, demo_form):
+def test_export_is_off_with_its_reason_while_the_worker_is_busy_and_the_last_zip_comes_back(
+    handlers, studio, run_id, monkeypatch
+):
+    """Issue 26.5: while the worker trains, Export is disabled and says why (it was offered, then refused);
+    revisiting the tab (or reloading the page) shows the last export's zip again."""
+    handlers.export(run_id, ["card"], True)
+    archive = studio.run_dir(run_id) / f"{run_id}-export.zip"
+    assert archive.is_file()
+    again = handlers.export_view(run_id)  # the tab revisited
+    assert again["export_file"] == str(archive) and "The last export" in again["export_summary"]
+    assert again["export_btn"]["interactive"] is True
+    assert handlers.open(run_id)["export_file"] == str(archive)  # a reload opens the run with it
+    monkeypatch.setattr(handlers.worker, "busy_with", lambda: "someone-else")
+    busy = handlers.export_view(run_id)
+    assert busy["export_btn"]["interactive"] is False
+    assert "Export is off now: the model worker is busy with run someone-else" in busy["export_note"]
+    assert handlers.open(run_id)["export_btn"]["interactive"] is False
+    assert handlers.tick(run_id, "")["export_btn"]["interactive"] is False
+    with pytest.raises(gr.Error, match="busy with run someone-else"):
+        handlers.export(run_id, ["card"], True)
+    assert handlers.empty()["export_btn"]["interactive"] is False  # no run: nothing to export
+
+
+def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, studio, demo_form, capsys):
     files, table, form = demo_form
     view = handlers.start_run(files, table, *form_values({**form, "train_steps": 100_000, "name": "long"}))
     run_b = view["run_id"]
@@ -679,6 +852,17 @@ def test_progress_shows_the_stage_and_eta_and_cancel_keeps_the_run(handlers, stu
 
         progress = wait_for(training, 60, "a training progress line with an ETA")
         assert re.search(r"\d+/100000 \(\d+%\)", progress)
+        # a second run waits: one message (the progress line, naming the run it waits for), no toast and
+        # no "is training" in its grid (issue 26.7)
+        capsys.readouterr()
+        waiting = handlers.start_run(files, table, *form_values({**form, "name": "second"}))
+        run_c = waiting["run_id"]
+        assert handlers.worker.state(run_c) == "queued"
+        assert "trains now" not in capsys.readouterr().out  # gr.Info prints outside a request: no toast
+        said = [waiting[k] for k in ("progress", "progress_mini", "grid")]
+        assert [("waits" in text) for text in said] == [True, True, False]
+        assert f"finishes run {run_b} first" in waiting["progress"] and "is training" not in waiting["grid"]
+        handlers.cancel(run_c)
     finally:
         handlers.cancel(run_b)
         assert handlers.worker.wait_idle(60)
@@ -700,6 +884,28 @@ def wait_for(check, timeout: float, what: str):
 
 
 # -- the app: flags, launch, gradio_client -------------------------------------------------------------
+
+
+def test_user_mistakes_are_one_log_line_not_a_traceback(handlers, demo_form, caplog):
+    """Issue 26.11: a ValueError becomes gr.Error with print_exception off (Gradio prints no traceback for
+    it) and one log line; Gradio's share hint names our --share flag."""
+    import io
+    import logging
+
+    files, table, form = demo_form
+    with caplog.at_level(logging.WARNING, logger="gal_studio"), pytest.raises(gr.Error) as caught:
+        handlers.start_run(files, table, *form_values({**form, "k": 30}))
+    assert caught.value.print_exception is False
+    lines = [r.getMessage() for r in caplog.records if r.name == "gal_studio"]
+    assert len(lines) == 1 and "user error (start_run)" in lines[0] and "lower k" in lines[0]
+    assert "\n" not in lines[0] and not caplog.records[-1].exc_info
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gal_studio"), pytest.raises(gr.Error) as caught:
+        handlers.export(None, ["card"], False)  # the handler's own gr.Error: logged once too
+    assert caught.value.print_exception is False and len(caplog.records) == 1
+    out = io.StringIO()
+    app._OurFlags(out).write("* To create a public link, set `share=True` in `launch()`.\n")
+    assert out.getvalue() == "* To create a public link, restart with --share (gal app --share).\n"
 
 
 def test_app_flags_refuse_bad_values(tmp_path, capsys):

@@ -69,7 +69,7 @@ def build(studio: Studio, worker: Worker | None = None) -> gr.Blocks:
                 history.layout(c)
             with gr.Tab("Runs", id="runs", elem_id="gal-tab-runs") as c["runs_tab"]:
                 runs.layout(c)
-            with gr.Tab("Export", id="export", elem_id="gal-tab-export"):
+            with gr.Tab("Export", id="export", elem_id="gal-tab-export") as c["export_tab"]:
                 export.layout(c, handlers)
 
         # ------------------------------------------------------------------------ wiring

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import html
+import logging
 
 import gradio as gr
 
@@ -24,8 +25,13 @@ def text(message) -> str:
     return html.escape(str(message), quote=False)
 
 
+log = logging.getLogger("gal_studio")
+
+
 def error(message) -> gr.Error:
-    return gr.Error(text(message))
+    """A user mistake for the page. ``print_exception=False``: the terminal gets the one line
+    :func:`user_errors` logs, not Gradio's traceback (a session of ordinary mistakes printed seven)."""
+    return gr.Error(text(message), print_exception=False)
 
 
 def warn(message, **kw) -> None:
@@ -44,9 +50,12 @@ def user_errors(handler):
     def wrapper(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as err:
+            if not err.print_exception:
+                log.warning("user error (%s): %s", handler.__name__, html.unescape(str(err.message)))
             raise
         except ValueError as err:
+            log.warning("user error (%s): %s", handler.__name__, err)
             raise error(err) from err
 
     return wrapper

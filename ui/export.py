@@ -19,6 +19,9 @@ EXPORT_CHOICES = [
 ]
 
 
+EXPORT_VIEW = ("export_note", "export_btn", "export_file", "export_summary")
+
+
 def export_choices() -> list[tuple[str, str]]:
     return list(EXPORT_CHOICES)
 
@@ -40,12 +43,49 @@ def layout(c: dict, h) -> None:
 
 
 def connect(c: dict, h) -> None:
+    # revisiting the tab: the worker's state now (Export off while it is busy) and the last export's zip
+    wire(c["export_tab"].select, h.export_view, c["run_id"], EXPORT_VIEW, c, show_progress="hidden")
     wire(c["export_btn"].click, h.export, [c["run_id"], c["formats"], c["replace"]],
          ("export_file", "export_summary"), c, api_name="export")  # fmt: skip
 
 
 class ExportHandlers:
     """The Export tab's events (mixed into ``ui.handlers.Handlers``)."""
+
+    def _archive(self, run_id: str) -> Path:
+        return self.studio.run_dir(run_id) / f"{run_id}-export.zip"
+
+    def export_busy(self) -> str | None:
+        """Why Export cannot run now (the model worker is busy: the fused export needs the model), or None."""
+        busy = self.worker.busy_with()
+        if not busy:
+            return None
+        return f"the model worker is busy with run {busy}: export when its round is in review or finished"
+
+    def export_view(self, run_id: str | None) -> dict:
+        """The Export tab as it stands: the note (with the reason Export is off, if it is), the button, and
+        the last export's zip (kept in the run folder, so it is there after a reload or a revisit)."""
+        busy = self.export_busy() if run_id else None
+        note = self.export_note(run_id)
+        if busy:
+            note += render.message(f"Export is off now: {render.esc(busy)}.", "warn")
+        archive = self._archive(run_id) if run_id else None
+        last = archive if archive is not None and archive.is_file() else None
+        summary = (
+            render.message(
+                f"The last export is below ({last.stat().st_size / 1e6:.1f} MB). To export again, tick "
+                "'Replace the previous export'.",
+                "ok",
+            )
+            if last
+            else ""
+        )
+        return {
+            "export_note": note,
+            "export_btn": gr.update(interactive=bool(run_id) and not busy),
+            "export_file": str(last) if last else None,
+            "export_summary": summary,
+        }
 
     def export_note(self, run_id: str | None) -> str:
         """Which round's LoRA Export writes (the latest trained one), said before the person exports."""
@@ -81,11 +121,9 @@ class ExportHandlers:
             raise error("choose at least one format to export")
         if replace is not None and not isinstance(replace, bool):
             raise ValueError(f"replace must be true or false, got {type(replace).__name__} {replace!r}")
-        busy = self.worker.busy_with()
+        busy = self.export_busy()
         if busy:
-            raise error(
-                f"the model worker is busy with run {busy}: export when its round is in review or finished"
-            )
+            raise error(busy)
         run_dir = self.studio.run_dir(run_id)
         out = run_dir / "export"
         try:

@@ -43,6 +43,9 @@ OPEN_OUTPUTS = (
     "seen",
     *(f"{name}_btn" for name in CONTROLS),
     "export_note",
+    "export_btn",
+    "export_file",
+    "export_summary",
     "revision",
 )
 
@@ -88,17 +91,20 @@ class Handlers(
     def open(self, run_id: str, tab: str | None = "review") -> dict:
         """Everything a page shows for one run (after opening, creating or committing it)."""
         run, rnd = self.studio.snapshot(run_id)
+        view, controls = self.review(run_id), self.controls(run, rnd)
+        if "commit_btn" in view:  # the label (finish or train the next) with the control's interactive
+            controls["commit_btn"] = {**controls["commit_btn"], "value": view.pop("commit_btn")["value"]}
         return {
             "run_id": run_id,
             "run_box": run_id,
             "header": render.header_html(run, rnd, self.worker.state(run_id)),
             "tabs": select_tab(tab),
-            **self.review(run_id),
+            **view,
             "mode": rnd["mode"] if rnd else None,
             **self._progress(run, rnd),
             "seen": self._key(run, rnd),
-            **self.controls(run, rnd),
-            "export_note": self.export_note(run_id),
+            **controls,
+            **self.export_view(run_id),
             "revision": self.studio.revision(run_id, rnd["round_index"]) if rnd else 0,
         }
 
@@ -114,7 +120,7 @@ class Handlers(
             "progress_mini": "",
             "seen": "",
             **self.controls(None, None),
-            "export_note": self.export_note(None),
+            **self.export_view(None),
             "revision": None,
         }
 

@@ -10,8 +10,8 @@ from gal.engine import compare_anchor
 from ui.common import wire
 from ui.render import VERDICT_WORD, esc, file_url, fmt, is_pixel_art
 
-HISTORY_OUTPUTS = ("txt_plot", "img_plot", "ovf_plot", "delta_plot", "metrics", "references", "anchor",
-                   "compare")  # fmt: skip
+HISTORY_OUTPUTS = ("txt_plot", "img_plot", "ovf_plot", "delta_plot", "metrics", "agreement", "references",
+                   "anchor", "compare")  # fmt: skip
 PLOTS = (
     ("txt_plot", "TXT-ALN ↑", "text alignment", "txt"),
     ("img_plot", "IMG-ALN ↑", "subject fidelity", "img"),
@@ -35,6 +35,7 @@ def layout(c: dict) -> None:
             )
     gr.HTML(METRICS_HELP, elem_id="gal-metrics-help")
     c["metrics"] = gr.HTML(elem_id="gal-metrics")
+    c["agreement"] = gr.HTML(agreement_html([]), elem_id="gal-agreement")
     c["references"] = gr.Gallery(
         label="References: the real ones, then those each round added",
         columns=8,
@@ -79,6 +80,7 @@ class HistoryHandlers:
             return {
                 **{key: empty for key, *_ in PLOTS},
                 "metrics": metrics_table_html([]),
+                "agreement": agreement_html([]),
                 "references": [],
                 "anchor": gr.Dropdown(choices=[], value=None),
                 "compare": compare_html("", {}, []),
@@ -118,6 +120,7 @@ class HistoryHandlers:
             "ovf_plot": metric("ovf"),
             "delta_plot": series(lambda r: r.get("openness")),
             "metrics": metrics_table_html(rounds),
+            "agreement": agreement_html(self.studio.judge_agreement(run_id)),
             "references": references,
             "anchor": gr.Dropdown(choices=choices, value=anchor),
             "compare": compare_html(prompt, per_round, sorted(states)),
@@ -133,6 +136,27 @@ class HistoryHandlers:
 
 
 # -- the HTML -----------------------------------------------------------------------------------
+
+
+def agreement_html(rows: list[dict]) -> str:
+    """Per judge, how often you agreed with it on the images you gave a verdict (issue 27): the data to
+    choose a judge by."""
+    if not rows:
+        return (
+            '<div class="gal-muted" data-judges="0">Judge agreement: none yet — it counts the images you '
+            "gave a verdict (a or x) against each judge's verdict.</div>"
+        )
+    body = "".join(
+        f'<tr data-judge="{esc(r["judge"])}"><td>{esc(r["judge"])}</td><td>{r["judged"]}</td>'
+        f"<td>{r['agreed']}</td><td>{r['overruled']}</td><td><b>{r['rate']:.0%}</b></td></tr>"
+        for r in rows
+    )
+    return (
+        f'<table class="gal-agreement" data-judges="{len(rows)}"><caption>How often you agreed with each '
+        "judge (your latest verdict per image)</caption><tr><th>judge</th><th>images you judged</th>"
+        f"<th>agreed</th><th>you overruled</th><th>agreement</th></tr>{body}</table>"
+    )
+
 
 METRICS_HELP = (
     '<ul class="gal-metrics-help">'

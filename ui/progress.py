@@ -33,6 +33,8 @@ TICK_OUTPUTS = (
     "patch",
     "mode",
     *(f"{name}_btn" for name in CONTROLS),
+    "export_note",
+    "export_btn",
     "revision",
 )
 
@@ -66,7 +68,7 @@ class ProgressHandlers:
         job = self.worker.state(run["run_id"])
         return (
             f"{run['run_id']}|{run['status']}|{run['current_round']}|"
-            f"{rnd['state'] if rnd else ''}|{job or ''}"
+            f"{rnd['state'] if rnd else ''}|{rnd['mode'] if rnd else ''}|{job or ''}"
         )
 
     def _progress(self, run: dict, rnd: dict | None) -> dict:
@@ -74,10 +76,15 @@ class ProgressHandlers:
         job_state = self.worker.state(run_id)
         err = self.worker.errors.get(run_id)
         job = self.studio.job(run_id) if job_state == "running" else None
-        full = progress_html(run, rnd, job, job_state, err)
+        busy = self.worker.busy_with() if job_state == "queued" else None
+        full = progress_html(run, rnd, job, job_state, err, busy_with=busy)
         if job is None:  # the last job's log stays readable after it ends
             full += log_html((self.studio.job(run_id) or {}).get("log") or [])
-        mini = progress_html(run, rnd, job, job_state, err, compact=True) if (job_state or err) else ""
+        mini = (
+            progress_html(run, rnd, job, job_state, err, compact=True, busy_with=busy)
+            if (job_state or err)
+            else ""
+        )
         return {"progress": full, "progress_mini": mini}
 
     def controls(self, run: dict | None, rnd: dict | None) -> dict:
@@ -111,16 +118,24 @@ class ProgressHandlers:
                     own = session is not None and self._sent.get(session) == rev
                 if not own:  # another tab's (or the CLI's) verdicts: send them
                     view = self.review(run_id, patch=True, request=request)
-                    out.update({k: view[k] for k in ("counters", "preview", "patch")})
+                    out.update(
+                        {k: view[k] for k in ("counters", "preview", "patch", "commit_btn") if k in view}
+                    )
                 out["revision"] = rev
             return out
+        view, controls = self.review(run_id, request=request), self.controls(run, rnd)
+        if "commit_btn" in view:  # the label (finish or train the next) with the control's interactive
+            controls["commit_btn"] = {**controls["commit_btn"], "value": view.pop("commit_btn")["value"]}
+        export = self.export_view(run_id)
         return {
             **self._progress(run, rnd),
             "header": render.header_html(run, rnd, self.worker.state(run_id)),
             "seen": key,
-            **self.review(run_id, request=request),
+            **view,
             **({"mode": rnd["mode"]} if rnd else {}),
-            **self.controls(run, rnd),
+            **controls,
+            "export_note": export["export_note"],
+            "export_btn": export["export_btn"],
             "revision": rev,
         }
 
@@ -168,6 +183,7 @@ def progress_html(
     job_state: str | None,
     error: str | None,
     compact: bool = False,
+    busy_with: str | None = None,
 ) -> str:
     if run is None:
         return '<div class="gal-progress gal-muted">No run open.</div>'
@@ -213,8 +229,9 @@ def progress_html(
         )
     if job_state == "queued":
         return (
-            '<div class="gal-progress">Queued: waits for the model worker to finish another run.'
-            f"{stages}</div>"
+            f'<div class="gal-progress" data-waiting="1">Round {r} waits: the model worker finishes '
+            f"{'run ' + esc(busy_with) if busy_with and busy_with != run['run_id'] else 'another run'} "
+            f"first, then trains this one.{stages}</div>"
         )
     if error:
         text = (

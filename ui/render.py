@@ -58,6 +58,24 @@ def is_pixel_art(path: str | Path | None) -> bool:
 # -- header ------------------------------------------------------------------------------------
 
 
+def strategy_in_mode(config: dict, mode: str | None) -> str:
+    """The strategy a round uses in ``mode`` (``gal.algorithm.Strategy.in_mode`` on the config's name): a
+    human round takes the person's accepted images, whatever the configured auto strategy."""
+    name = str((config.get("gal") or {}).get("strategy", ""))
+    if mode == "human":
+        return name if name.startswith("human") else "human"
+    if mode == "auto" and name.startswith("human"):
+        return "uncertainty"
+    return name
+
+
+def mode_pill(mode: str | None) -> str:
+    if mode not in ("auto", "human"):
+        return ""
+    tip = "the person's accepted images train the next round" if mode == "human" else "the oracle decides"
+    return f'<span class="gal-pill mode-{mode}" data-mode="{mode}" title="{tip}">{mode} mode</span>'
+
+
 def header_html(run: dict | None, round_row: dict | None = None, job_state: str | None = None) -> str:
     if run is None:
         return (
@@ -71,13 +89,14 @@ def header_html(run: dict | None, round_row: dict | None = None, job_state: str 
     if round_row is not None and status not in ("finished",):
         state += f" · {esc(round_row['state'])}"
     worker = f' <span class="gal-pill">{esc(job_state)}</span>' if job_state else ""
+    mode = round_row.get("mode") if round_row else None
     return (
         f'{SKIP_LINK}<div class="gal-head"><span class="gal-title">GAL Studio</span>'
         f"<span><b>{esc(run.get('name') or run['run_id'])}</b> "
         f'<span class="gal-muted">{esc(run["run_id"])}</span></span>'
-        f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>'
+        f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>{mode_pill(mode)}'
         f'<span class="gal-muted">{esc(config.get("task", ""))} · '
-        f"{esc((config.get('gal') or {}).get('strategy', ''))}"
+        f"{esc(strategy_in_mode(config, mode))}"
         f"{state}</span>{worker}</div>"
     )
 
@@ -143,6 +162,8 @@ def grid_html(
     seq: int = 0,
     ack: int = 0,
     order: str = "omega",
+    waiting: bool = False,
+    queue: list[dict] | None = None,
 ) -> str:
     """The round's images, one block per anchor, each tile showing its final verdict and similarities.
 
@@ -158,6 +179,12 @@ def grid_html(
     rnd = state["round"]
     anchors = state["anchors"]
     images = [im for a in anchors for im in a["images"]]
+    if waiting:  # the run waits for the worker: the line above says so, once (issue 26.7)
+        return (
+            '<div class="gal-grid"><div class="gal-empty" data-waiting="1">'
+            f"Round {rnd['round_index']}'s images appear here once it has trained and been judged."
+            "</div></div>"
+        )
     if rnd["state"] != "review" or not images:
         what = {
             "training": "is training",
@@ -178,6 +205,8 @@ def grid_html(
             f"<br>{esc(extra)}</div></div>"
         )
     picks = {p["image_id"] for p in (preview or {}).get("picks", [])}
+    # Studio.review_queue's order (judges disagree first, then the least confident): each tile's place
+    ranks = {im["id"]: i for i, im in enumerate(queue or [])}
     pixel = is_pixel_art(images[0]["path"]) if images else False
     parts = [
         f'<div class="gal-grid{" pixel" if pixel else ""}" '
@@ -216,10 +245,12 @@ def grid_html(
         )
         tiles = []
         for im in sorted(a["images"], key=lambda x: x["slot"]):
-            tiles.append(tile_html(im, pos, im["id"] in picks))
+            tiles.append(tile_html(im, pos, im["id"] in picks, ranks.get(im["id"])))
             pos += 1
+        first = min((ranks[im["id"]] for im in a["images"] if im["id"] in ranks), default=len(ranks))
         parts.append(
             f'<section class="gal-anchor {css}" data-anchor="{a["anchor_index"]}" data-pool="1" '
+            f'data-disrank="{first}" '
             f'data-omega="{a.get("uncertainty") if a.get("uncertainty") is not None else -1}" '
             f'data-beta="{a.get("overfit_rate") if a.get("overfit_rate") is not None else -1}" '
             f'data-prompt="{esc(a["prompt"])}"><div>{title}{stats}</div>'
@@ -286,7 +317,7 @@ def grid_patch(state: dict, preview: dict | None, seq: int, ack: int) -> str:
     return json.dumps(grid_state(state, preview, seq, ack), separators=(",", ":"), ensure_ascii=False)
 
 
-def tile_html(im: dict, pos: int, picked: bool) -> str:
+def tile_html(im: dict, pos: int, picked: bool, rank: int | None = None) -> str:
     oracle, person = im["oracle_verdict"], im["person_verdict"]
     seen = person is None and bool(im.get("person_seen"))
     final = person if person is not None else oracle
@@ -323,6 +354,7 @@ def tile_html(im: dict, pos: int, picked: bool) -> str:
         f'data-final="{"" if final is None else final}" '
         f'data-sim="{fmt(im.get("sim_anchor"), 3)}" '
         f'data-nonsoi="{fmt(im.get("sim_non_soi"), 3)}" aria-label="{esc(label)}" '
+        f'data-disagree="{1 if im.get("disagree") else 0}" data-rank="{"" if rank is None else rank}" '
         f'title="seed {im.get("seed")}">'
         f'<img src="{esc(file_url(im["path"]))}" alt="" loading="lazy" draggable="false">'
         f'<span class="gal-pick">★ pick</span>'
@@ -410,6 +442,14 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
     note = (
         dilution_note(state, len(picks)) if preview["mode"] == "human" else ""
     )  # auto adds k a round by design
+    effect = pool_effect(preview, state)
+    pool = pool_text(effect, preview["round"])
+    if pool:
+        warn = effect["empties"] or effect["eq10"]
+        note = (
+            f'<div data-leaving="{effect["leaving"]}" data-ends="{int(warn)}">'
+            f"{message(esc(pool), 'warn') if warn else esc(pool)}</div>{note}"
+        )
     return (
         f'<div class="gal-preview" data-picks="{len(picks)}">{head}'
         f"<div>Adds <b>{len(picks)}</b> image{'s' if len(picks) > 1 else ''} from <b>{len(per_anchor)}</b> "
@@ -417,6 +457,56 @@ def preview_html(preview: dict | None, state: dict | None) -> str:
         "in the next round's loss "
         f'(real references weigh 1).</div>{note}<ul>{items}</ul><div class="thumbs">{thumbs}</div></div>'
     )
+
+
+COMMIT_NEXT = "Commit round ▶ train the next"
+COMMIT_FINISH = "Commit and finish"
+
+
+def pool_effect(preview: dict | None, state: dict | None) -> dict | None:
+    """What committing does to the anchor pool: a picked anchor leaves it (official code). ``leaving``
+    anchors go, ``left`` stay; ``finishes`` when this commit ends the run (last round, Eq. 10, empty
+    pool); ``empties`` when the pool is empty afterwards (the next round draws nothing and finishes the
+    run); ``eq10`` when fewer than k anchors stay, so Eq. 10 ends an auto round next."""
+    if preview is None or state is None or preview.get("error"):
+        return None
+    finishes = bool(preview.get("last_round") or preview.get("stop"))
+    leaving = len({p["anchor_index"] for p in preview.get("picks") or []})
+    in_pool = sum(1 for a in state["anchors"] if a["in_pool"])
+    left = max(in_pool - leaving, 0)
+    gal_config = state["config"].gal
+    k = gal_config.k
+    empties = not finishes and leaving > 0 and left == 0
+    eq10 = not finishes and not empties and leaving > 0 and left < k and bool(gal_config.adaptive_stop)
+    return {"finishes": finishes, "leaving": leaving, "left": left, "in_pool": in_pool, "k": k,
+            "empties": empties, "eq10": eq10}  # fmt: skip
+
+
+def pool_text(effect: dict | None, round_index: int) -> str:
+    """The pool effect in words ('' when committing adds nothing or finishes anyway)."""
+    if not effect or effect["finishes"] or not effect["leaving"]:
+        return ""
+    n, left = effect["leaving"], effect["left"]
+    text = (
+        f"{n} anchor{'s' if n != 1 else ''} leave{'s' if n == 1 else ''} the pool "
+        f"({left} of {effect['in_pool']} stay{'s' if left == 1 else ''})."
+    )
+    if effect["empties"]:
+        text += (
+            f" No anchor is left: round {round_index + 1} trains, draws nothing, and the run finishes. "
+            "Accept images in fewer anchors to keep querying."
+        )
+    elif effect["eq10"]:
+        text += (
+            f" Fewer than k = {effect['k']} anchors stay, so Eq. 10 ends the run at round {round_index + 1} "
+            "in auto mode. Accept images in fewer anchors to keep going."
+        )
+    return text
+
+
+def commit_label(preview: dict | None, state: dict | None) -> str:
+    effect = pool_effect(preview, state)
+    return COMMIT_FINISH if effect and effect["finishes"] else COMMIT_NEXT
 
 
 def dilution_note(state: dict, n_picks: int) -> str:

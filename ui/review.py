@@ -21,7 +21,7 @@ REVIEW = {
     "trigger_mode": "multiple",
     "show_progress": "hidden",
 }
-REVIEW_OUTPUTS = ("grid", "counters", "preview", "patch")
+REVIEW_OUTPUTS = ("grid", "counters", "preview", "patch", "commit_btn")
 
 
 def layout(c: dict) -> None:
@@ -34,7 +34,7 @@ def layout(c: dict) -> None:
                 ["auto", "human"], value=None, show_label=False, scale=0, min_width=170, elem_id="gal-mode"
             )
             c["commit_btn"] = gr.Button(
-                "Commit round ▶ train the next",
+                render.COMMIT_NEXT,
                 variant="primary",
                 size="sm",
                 elem_id="gal-commit",
@@ -78,6 +78,7 @@ def layout(c: dict) -> None:
                             ("most mixed first (Ω)", "omega"),
                             ("anchor index", "index"),
                             ("most overfit first (β)", "beta"),
+                            ("judges disagree / least sure first", "disagreement"),
                         ],
                         value="omega",
                         label="Order anchors",
@@ -92,6 +93,7 @@ def layout(c: dict) -> None:
                             ("oracle: overfit", "oracle-overfit"),
                             ("oracle: aligned", "oracle-aligned"),
                             ("mixed anchors only", "mixed"),
+                            ("judges disagree", "disagree"),
                         ],
                         value=[],
                         label="Show only",
@@ -174,10 +176,12 @@ def connect(c: dict, h, open_names: tuple) -> None:
          preprocess=False, **REVIEW)  # fmt: skip
     wire(c["below_btn"].click, h.mark_below, [run, c["threshold"], c["overwrite"]], out, c,
          api_name="mark_below", preprocess=False, **REVIEW)  # fmt: skip
-    wire(c["mode"].input, h.set_mode, [run, c["mode"]], out, c, api_name="set_mode", **REVIEW)
+    # the mode lives in SQLite (the round's): the header says it, other tabs' polls pick it up
+    moded = (*out, "header", "seen")
+    wire(c["mode"].input, h.set_mode, [run, c["mode"]], moded, c, api_name="set_mode", **REVIEW)
     # Commit asks once (what it adds, how many are unreviewed); only "Yes" writes
-    wire(c["commit_btn"].click, h.commit_ask, [run, c["mode"]], ("confirm_box", "confirm_text"), c,
-         show_progress="hidden")  # fmt: skip
+    asked = ("confirm_box", "confirm_text", "confirm_yes")
+    wire(c["commit_btn"].click, h.commit_ask, [run, c["mode"]], asked, c, show_progress="hidden")
     wire(
         c["confirm_yes"].click,
         h.commit,
@@ -201,6 +205,11 @@ def connect(c: dict, h, open_names: tuple) -> None:
     c["tile_size"].change(
         None, c["tile_size"], None, js="(v) => { window.gal.tileSize && window.gal.tileSize(v); }"
     )
+    # a person's change to a review control hands the keyboard back to the grid (issue 26.1)
+    refocus = "() => { window.gal && window.gal.focusGrid && window.gal.focusGrid(); }"
+    for name in ("mode", "order", "filters"):
+        c[name].input(None, None, None, js=refocus)
+    c["tile_size"].release(None, None, None, js=refocus)
 
 
 def _flag(value, name: str) -> bool:
@@ -268,9 +277,18 @@ class ReviewHandlers:
             "counters": render.counters_html(state, preview["mode"] if preview else None),
             "preview": render.preview_html(preview, state),
         }
+        if in_review:
+            view["commit_btn"] = gr.update(value=render.commit_label(preview, state))
         if patch and in_review:
             return {**view, "patch": render.grid_patch(state, preview, seq, ack)}
-        return {**view, "grid": render.grid_html(state, preview, seq=seq, ack=ack)}
+        waiting = not in_review and self.worker.state(run_id) == "queued"
+        queue = (
+            self.studio.review_queue(run_id, state["round"]["round_index"], order="disagreement")
+            if in_review
+            else None
+        )
+        grid = render.grid_html(state, preview, seq=seq, ack=ack, waiting=waiting, queue=queue)
+        return {**view, "grid": grid}
 
     @staticmethod
     def _tiles(state: dict) -> list[dict]:
@@ -421,7 +439,12 @@ class ReviewHandlers:
     def set_mode(self, run_id: str | None, mode: str, request: gr.Request | None = None) -> dict:
         run_id = self._require(run_id)
         self.studio.set_round_mode(run_id, mode)
-        return self.review(run_id, patch=True, request=request)
+        run, rnd = self.studio.snapshot(run_id)
+        return {
+            **self.review(run_id, patch=True, request=request),
+            "header": render.header_html(run, rnd, self.worker.state(run_id)),
+            "seen": self._key(run, rnd),
+        }
 
     @user_errors
     def commit_ask(self, run_id: str | None, mode: str | None) -> dict:
@@ -432,7 +455,8 @@ class ReviewHandlers:
             raise ValueError(preview["error"])
         state = self.studio.review_state(run_id)
         c = state["counters"]
-        if preview.get("last_round") or preview.get("stop"):
+        finishing = bool(preview.get("last_round") or preview.get("stop"))
+        if finishing:
             what = "finishes the run (nothing is added)"
         else:
             n = len(preview["picks"])
@@ -441,6 +465,7 @@ class ReviewHandlers:
                 "to the references and "
                 f"trains round {state['round']['round_index'] + 1}"
             )
+        pool = render.pool_text(render.pool_effect(preview, state), state["round"]["round_index"])
         left = c["total"] - c["reviewed"]
         unreviewed = (
             f" {left} of {c['total']} images are unreviewed: the oracle's verdicts stand for them."
@@ -449,9 +474,14 @@ class ReviewHandlers:
         )
         body = (
             f"<b>Commit round {state['round']['round_index']} ({render.esc(preview['mode'])} mode)?</b> "
-            f"It {render.esc(what)}.{render.esc(unreviewed)} Verdicts cannot change after this."
+            f"It {render.esc(what)}.{render.esc(unreviewed)} {render.esc(pool)} "
+            "Verdicts cannot change after this."
         )
-        return {"confirm_box": gr.update(visible=True), "confirm_text": render.message(body, "warn")}
+        return {
+            "confirm_box": gr.update(visible=True),
+            "confirm_text": render.message(body, "warn"),
+            "confirm_yes": gr.update(value=render.COMMIT_FINISH if finishing else "Yes, commit and train"),
+        }
 
     @user_errors
     def commit(self, run_id: str | None, mode: str | None) -> dict:
@@ -465,8 +495,5 @@ class ReviewHandlers:
         if run["status"] == "finished":
             info("the run is finished: see History, and Export the result")
         else:
-            busy = self.worker.busy_with()
-            self.worker.submit(run_id)
-            if busy and busy != run_id:
-                info(f"round {run['current_round']} is queued: the model worker finishes run {busy} first")
+            self.worker.submit(run_id)  # a wait for another run is said once, on the progress line
         return self.open(run_id, tab=None)

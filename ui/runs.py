@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ui import render
 from ui.common import info, user_errors, wire
 
-RUN_HEADERS = ["run id", "name", "task", "status", "round", "strategy", "created"]
+RUN_HEADERS = ["run id", "name", "task", "status", "round", "mode", "strategy", "created"]
 RUNS_OUTPUTS = ("runs_table", "run_dd")
 
 
@@ -42,6 +43,8 @@ class RunsHandlers:
         rows = []
         for run in self.studio.list_runs():
             config = run.get("config") or {}
+            _, rnd = self.studio.snapshot(run["run_id"])
+            mode = rnd["mode"] if rnd else ""  # the mode its current round is reviewed in (issue 26.8)
             rows.append(
                 [
                     run["run_id"],
@@ -49,7 +52,8 @@ class RunsHandlers:
                     config.get("task", ""),
                     run["status"],
                     run["current_round"],
-                    (config.get("gal") or {}).get("strategy", ""),
+                    mode,
+                    render.strategy_in_mode(config, mode),
                     run["created_at"][:19].replace("T", " "),
                 ]
             )

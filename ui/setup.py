@@ -6,6 +6,7 @@ rows where the page shows it, so a new row in ``gal.fields.FIELDS`` appears, par
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import gradio as gr
@@ -103,6 +104,14 @@ def _paths(files) -> list[str]:
     return paths
 
 
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def references_from(files, table, soi_token: str | None = None) -> list[ReferenceInput]:
     """Pair the uploaded images with the table's rows (one row per image, in order); with ``soi_token``,
     every prompt must contain it (the token is what the model learns to bind to the subject)."""
@@ -148,10 +157,22 @@ def widget(f, value) -> gr.components.Component:
     raise ValueError(f"field {f.name}: unknown widget {f.widget!r} (text, lines, number, radio, checkbox)")
 
 
-def _group(c: dict, form0: dict, group: str) -> None:
+def _group(c: dict, form0: dict, group: str, judges: list[str] | None = None) -> None:
     for f in fields():
         if f.group == group:
-            c[f.name] = widget(f, form0[f.name])
+            if f.name != "oracle" or not judges:
+                c[f.name] = widget(f, form0[f.name])
+            else:  # the judges on offer (issue 27); any spec may still be typed
+                value = form0[f.name]
+                c[f.name] = gr.Dropdown(
+                    list(dict.fromkeys([value, *judges])) if value else judges,
+                    value=value,
+                    allow_custom_value=True,
+                    filterable=True,
+                    label=f.label,
+                    info=f.help,
+                    elem_id="gal-f-oracle",
+                )
 
 
 GROUPS = ("subject", "anchors", "eval", "models", "strategy", "gal", "run", "more", "more2")
@@ -210,7 +231,7 @@ def layout(c: dict, h, form0: dict) -> None:
         with gr.Column():
             _group(c, form0, "eval")
             with gr.Row():
-                _group(c, form0, "models")
+                _group(c, form0, "models", h.studio.judges())
             # the detected family (SD 1.x/2.x, SDXL, FLUX.1) and the defaults it filled
             c["model_family"] = gr.HTML("", elem_id="gal-model-family")
     _group(c, form0, "strategy")
@@ -329,11 +350,50 @@ class SetupHandlers:
                 f"✗ Not ready — fix {'these' if len(problems) > 1 else 'this'} first:<ul>{items}</ul>",
                 "error",
             )
-        return render.message(
+        ready = render.message(
             f"✓ Ready: {len(refs)} reference image{'s' if len(refs) != 1 else ''} with prompts, "
             f"{len(config.anchors)} anchors, settings valid.",
             "ok",
         )
+        return ready + self.builtin_model_warning(config, refs)
+
+    def _demo_hashes(self) -> set[str]:
+        """The built-in demo's reference images by content (an upload is a copy under another name)."""
+        if getattr(self, "_demo_sha", None) is None:
+            found = set()
+            for task in ("object", "style"):
+                try:
+                    found |= {_sha256(r.path) for r in self.studio.demo(task)[1]}
+                except (OSError, ValueError):
+                    pass
+            self._demo_sha = found
+        return self._demo_sha
+
+    def builtin_model_warning(self, config, refs) -> str:
+        """Issue 26.3: a person's own photos on a built-in tiny/toy model give meaningless grids (it draws
+        32-px shapes from random weights): say so and name the fix. '' for the demo's images or a real
+        model."""
+        spec = str(config.model or "").strip()
+        try:
+            _, defaults = self.studio.model_defaults(spec)
+        except ValueError:
+            return ""
+        if defaults is not None:  # a real model: its family's defaults exist
+            return ""
+        try:
+            own = [r for r in refs if _sha256(r.path) not in self._demo_hashes()]
+        except OSError:
+            return ""
+        if not own:
+            return ""
+        text = (
+            f"⚠ Your own photos meet the built-in '{spec}' model: it is a tiny random-weight model for tests "
+            "and the demo, drawing small shapes, so its images and verdicts will say nothing about your "
+            "subject. Use a real model: enter a hub id or a local diffusers folder in Model (More settings), "
+            "or start the app with --model, e.g. "
+            "`./run.sh app --model stable-diffusion-v1-5/stable-diffusion-v1-5`."
+        )
+        return render.message(render.esc(text), "warn")
 
     def check_field(self, *values) -> None:
         """Leaving a field with an invalid form: say why at once (a toast), besides the panel above Start."""
@@ -442,5 +502,8 @@ class SetupHandlers:
         config = config_from_form(_form(values))
         run_id = self.studio.create_run(config, references_from(files, table, config.soi_token))
         self.worker.submit(run_id)
-        info(f"Run {run_id} started: round 1 trains now; its images appear on the Review tab.", duration=5)
+        if self.worker.state(run_id) != "queued":  # a wait is said once, on the progress line (issue 26.7)
+            info(
+                f"Run {run_id} started: round 1 trains now; its images appear on the Review tab.", duration=5
+            )
         return self.open(run_id, tab="review")

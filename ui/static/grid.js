@@ -7,10 +7,15 @@ const WORD = {0: '✓ aligned', 1: '✗ overfit'};
 const SKIP = 2;  // "seen, no opinion": the oracle's verdict stands, the image counts as reviewed
 
 function tileById(id) { return id == null ? null : grid.querySelector(`.gal-tile[data-id="${id}"]`); }
-function typing() {
-  const t = document.activeElement;
-  return !!(t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName)));
+// Controls that take no typed text: a review key pressed while one has focus (the mode switch, a filter
+// checkbox, a button just clicked) is a review key, not lost.
+const NOT_TEXT = new Set(['radio', 'checkbox', 'button', 'submit', 'reset', 'file', 'color', 'range']);
+function isText(t) {
+  if (!t) return false;
+  if (t.isContentEditable || /^(TEXTAREA|SELECT)$/.test(t.tagName)) return true;
+  return t.tagName === 'INPUT' && !NOT_TEXT.has((t.type || 'text').toLowerCase());
 }
+function typing() { return isText(document.activeElement); }
 function reviewed(tile) { return tile.classList.contains('person') || tile.classList.contains('seen'); }
 
 // One cursor: the tile with the outline is the focused tile (roving tabindex: Tab enters the grid once,
@@ -209,6 +214,7 @@ const FILTERS = {
   'oracle-overfit': t => t.dataset.oracle === '1',
   'oracle-aligned': t => t.dataset.oracle === '0',
   'mixed': t => t.closest('.gal-anchor').classList.contains('mixed'),
+  'disagree': t => t.dataset.disagree === '1',  // an ensemble's judges voted differently
 };
 function arrange(order, filters) {
   order = order || 'omega';
@@ -218,7 +224,9 @@ function arrange(order, filters) {
   if (!root) return;
   const sections = Array.from(root.querySelectorAll('.gal-anchor'));
   const num = (s, k) => Number(s.dataset[k] === undefined ? -1 : s.dataset[k]);
-  const key = (s) => order === 'index' ? 0 : -num(s, order === 'beta' ? 'beta' : 'omega');
+  // disagreement: Studio.review_queue's order (the server's data-disrank: the anchor's first place in it)
+  const key = (s) => order === 'index' ? 0 : (order === 'disagreement' ? num(s, 'disrank')
+                                             : -num(s, order === 'beta' ? 'beta' : 'omega'));
   sections.sort((x, y) => (x.dataset.pool === '0') - (y.dataset.pool === '0') || key(x) - key(y)
                           || Number(x.dataset.anchor) - Number(y.dataset.anchor));
   for (const s of sections) root.appendChild(s);
@@ -255,9 +263,15 @@ function lightbox() {
     lb.setAttribute('role', 'dialog');
     lb.setAttribute('aria-modal', 'true');
     lb.setAttribute('aria-label', 'the image under the cursor, large');
-    lb.innerHTML = '<div class="gal-lb-body"><img alt=""><div class="gal-lb-info" aria-live="polite"></div></div>' +
+    lb.innerHTML = '<div class="gal-lb-body"><img alt=""><div class="gal-lb-side"><div class="gal-lb-info" aria-live="polite"></div>' +
+      '<div class="gal-lb-actions">' +
+      '<button type="button" data-k="a" class="gal-lb-a">✓ Aligned (a)</button>' +
+      '<button type="button" data-k="x" class="gal-lb-x">✗ Overfit (x)</button>' +
+      '<button type="button" data-k="s" class="gal-lb-s">Skip (s)</button></div></div></div>' +
       '<button type="button" class="gal-lb-close" aria-label="Close (Esc)">×</button>';
     lb.addEventListener('click', (e) => {
+      const act = e.target.closest('.gal-lb-actions button');
+      if (act) { e.preventDefault(); window.gal.key(act.dataset.k); return; }
       if (e.target === lb || e.target.closest('.gal-lb-close')) closeLightbox();
     });
     document.body.appendChild(lb);
@@ -339,6 +353,15 @@ function goGrid() {
   }, 60);
 }
 window.gal.goGrid = goGrid;
+// After a review control changes (mode, order, filters, tile size): focus back on the cursor's tile, so
+// the next key judges instead of going to the control.
+window.gal.focusGrid = function () {
+  setTimeout(() => {
+    if (!grid.isConnected || grid.offsetParent === null || window.gal.lightboxOpen) return;
+    const t = tileById(window.gal.cursor) || firstUnreviewed(null) || tiles()[0];
+    if (t) { setCursor(t, false, false); t.focus({preventScroll: true}); }
+  }, 0);
+};
 
 function click(id) { const b = document.getElementById(id); if (b && !b.disabled) b.click(); }
 
@@ -372,11 +395,13 @@ function key(k) {
 }
 window.gal.key = key;
 
+// A click selects (the cursor moves there, focus with it); a double-click or z zooms; verdicts come
+// from the keys and the buttons only -- a double-click used to record (and flip) a verdict.
 grid.addEventListener('click', (e) => {
   const tile = e.target.closest('.gal-tile');
   if (!tile || !grid.contains(tile)) return;
   setCursor(tile, false);
-  decide(tile, tile.dataset.final === '1' ? 0 : 1);
+  if (document.activeElement !== tile) tile.focus({preventScroll: true});
 });
 grid.addEventListener('dblclick', (e) => {
   const tile = e.target.closest('.gal-tile');
@@ -393,9 +418,11 @@ function normal(e) { return e.key === 'U' ? 'U' : (e.key.length === 1 ? e.key.to
 function onKey(e) {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const t = e.target;
-  if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+  if (isText(t)) return;
   const k = normal(e);
   if (!KEYS.has(k)) return;
+  // a range slider and a radio group own their arrows; every other review key goes through
+  if (k.startsWith('Arrow') && t && t.tagName === 'INPUT' && (t.type === 'range' || t.type === 'radio')) return;
   if (k === 'g') { e.preventDefault(); goGrid(); return; }  // from any tab: straight to the grid
   if (!grid.isConnected || grid.offsetParent === null) return;  // the rest only while the Review tab shows
   if (k === ' ' && !window.gal.lightboxOpen && !(t && grid.contains(t)) && t && t.tagName === 'BUTTON') return;
