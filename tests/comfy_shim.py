@@ -1,15 +1,18 @@
 """ComfyUI's own LoRA loading code, run on CPU against our exported files (no ComfyUI install).
 
-The ComfyUI sources are not part of this repository (GPL, and large): put them in the git-ignored
-``.comfy/`` folder at the repository root —
+The ComfyUI sources are not part of this repository (GPL, and large): a ComfyUI tree at ``GAL_COMFYUI``
+(default ``~/.cache/gal-studio/comfyui``, the one ``family_checks.comfy`` imports whole), or just its
+LoRA code in the git-ignored ``.comfy/`` folder at the repository root —
 
     git -C <mirror of Comfy-Org/ComfyUI> archive HEAD comfy/lora.py comfy/weight_adapter | tar -x -C .comfy
 
-plus ``.comfy/<family>_keymap.py`` (a family's key-map function transcribed from a ComfyUI version that has
-it, with its commit named at the top). The tests that need them skip, naming this, when they are missing.
-``comfy.lora.load_lora`` + ``comfy.lora.calculate_weight`` + ``comfy.weight_adapter`` run unchanged; only
-``comfy.model_management`` (device casting) and ``comfy.utils``/``comfy.model_base`` (not used on these
-paths) are stubbed.
+plus ``<family>_keymap.py`` in either folder (a family's key-map function transcribed from a ComfyUI version
+that has it, with its commit named at the top). The tests that need them skip, naming this, when they are
+missing. With a whole tree, ComfyUI's real package is imported (one ``comfy`` per test process, shared with
+``family_checks``); with ``.comfy/`` alone,
+``comfy.lora.load_lora`` + ``comfy.lora.calculate_weight`` +
+``comfy.weight_adapter`` run unchanged and only ``comfy.model_management`` (device casting) and
+``comfy.utils``/``comfy.model_base`` (not used on these paths) are stubbed.
 """
 
 from __future__ import annotations
@@ -22,24 +25,41 @@ import types
 from pathlib import Path
 
 import torch
+from family_checks import COMFYUI
 
-COMFY = Path(__file__).resolve().parents[1] / ".comfy"
+LOCAL = Path(__file__).resolve().parents[1] / ".comfy"
+ROOTS = (COMFYUI, LOCAL)  # a whole ComfyUI tree first, then the LoRA code alone
+
+
+def _root() -> Path:
+    return next((r for r in ROOTS if (r / "comfy" / "lora.py").exists()), LOCAL)
+
+
+def _keymap_file(name: str) -> Path:
+    return next((r / f"{name}.py" for r in ROOTS if (r / f"{name}.py").exists()), LOCAL / f"{name}.py")
 
 
 def available(keymap: str) -> str | None:
     """None when ComfyUI's code and the family's key map are there, else what is missing."""
-    for need in (COMFY / "comfy" / "lora.py", COMFY / "comfy" / "weight_adapter", COMFY / f"{keymap}.py"):
+    root = _root()
+    for need in (root / "comfy" / "lora.py", root / "comfy" / "weight_adapter", _keymap_file(keymap)):
         if not need.exists():
             return f"{need} missing (see tests/comfy_shim.py)"
     return None
 
 
 def comfy_lora():
-    """``comfy.lora`` imported from ``.comfy/`` with the GPU-management module stubbed."""
+    """``comfy.lora``: ComfyUI's real package from a whole tree, else ``.comfy/`` with the GPU-management
+    module stubbed."""
     if "comfy.lora" in sys.modules:
         return sys.modules["comfy.lora"]
+    if (_root() / "comfy" / "model_management.py").exists():
+        from family_checks import comfy
+
+        return comfy().lora
+    root = _root()
     pkg = types.ModuleType("comfy")
-    pkg.__path__ = [str(COMFY / "comfy")]
+    pkg.__path__ = [str(root / "comfy")]
     mm = types.ModuleType("comfy.model_management")
     mm.cast_to_device = lambda t, device, dtype, copy=False: t.to(device=device, dtype=dtype, copy=copy)
     stubs = {
@@ -55,7 +75,7 @@ def comfy_lora():
 
 
 def keymap_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"comfy_keymap_{name}", COMFY / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"comfy_keymap_{name}", _keymap_file(name))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
