@@ -398,7 +398,8 @@ def train_lora(
     # 4. train
     result = TrainResult()
     first = 0
-    saved = state.load() if state is not None else None
+    # The main process reads the saved state and hands it to the others: they resume at its step together.
+    saved = processes.broadcast(state.load() if processes.is_main else None) if state is not None else None
     if saved is not None:
         first = state.restore(saved, params, optimizer, scheduler, generator)
         result.losses, result.steps = list(saved["losses"]), first
