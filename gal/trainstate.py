@@ -24,9 +24,9 @@ STATE_FILE = "train_state.pt"
 
 
 def interval(every: int | None, steps: int, device) -> int:
-    """Steps between saves: the config's, or (None) 50 on a GPU, a third of the round on the CPU."""
+    """Steps between saves: the config's, or (None) 100 on a GPU, a third of the round on the CPU."""
     if every is None:
-        return 50 if torch.device(device).type == "cuda" else max(1, steps // 3)
+        return 100 if torch.device(device).type == "cuda" else max(1, steps // 3)
     return every
 
 
