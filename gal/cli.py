@@ -137,6 +137,8 @@ def _progress_printer():
                 total=total, desc=label, unit="step" if stage == "train" else "img", file=sys.stderr
             )
         bar = bars[key]
+        if info.get("resumed"):
+            bar.write(f"{bar.desc}: resumed at step {info['resumed']}/{total}", file=sys.stderr)
         bar.n = done
         if "loss" in info:
             bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)

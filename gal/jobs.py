@@ -76,6 +76,8 @@ class Jobs:
                 if stage == "train":
                     job["losses"] = []
                 log(job, f"{stage}: {total} to do" + (f" (round {info['round']})" if "round" in info else ""))
+            if info.get("resumed"):
+                log(job, f"{stage}: resumed at step {info['resumed']}/{total}")
             eta = estimate(job, done, total, now)
             job.update(done=done, total=total, eta=eta, info=info, updated=now)
             if stage == "train" and isinstance(info.get("loss"), (int, float)):

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import storage
-from gal import judges, tblog
+from gal import judges, tblog, trainstate
 from gal.config import GenerateConfig, RunConfig
 from gal.distributed import Processes
 from gal.evaluation import round_metrics
@@ -111,6 +111,15 @@ def train(rnd: Round) -> StepResult:
             info["previews"] = draw_previews(rnd, pipe, anchors, step)
         rnd.report("train", step, total, **info)
 
+    every = trainstate.interval(config.train.checkpoint_every, config.train.steps, rnd.models.device)
+    state = trainstate.TrainState(
+        folder.path(f"rounds/r{r:02d}/{trainstate.STATE_FILE}"),
+        trainstate.fingerprint(rnd.run_id, r, config.to_json(), examples, config.train.steps),
+        every,
+        writer=rnd.processes.is_main,
+        round_index=r,
+        on_resume=lambda k: rnd.report("train", k, config.train.steps, round=r, resumed=k),
+    )
     result = train_lora(
         pipe,
         examples,
@@ -122,6 +131,7 @@ def train(rnd: Round) -> StepResult:
         progress=on_step,
         cancel=rnd.cancel,
         processes=rnd.processes,
+        state=state,
     )
     rel = RunFolder.adapter_dir(r)
     if rnd.processes.is_main:  # every process holds the same adapter; one file is written
@@ -130,6 +140,7 @@ def train(rnd: Round) -> StepResult:
                 pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)}
             )
             save_training_set(folder, f"{rel}/{TRAINING_SET}", refs, captions)
+            state.remove()  # the round's adapter is saved: its mid-round state is spent
         except Exception as err:  # a full disk, however safetensors words it, is one OSError(ENOSPC)
             if not disk_full(err) or isinstance(err, OSError):
                 raise

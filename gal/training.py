@@ -331,6 +331,7 @@ def train_lora(
     progress: Callable[[int, int, float], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     processes=None,
+    state=None,
 ) -> TrainResult:
     """Train the ``gal`` LoRA adapter on the pipeline's denoiser (its family's UNet or transformer); on return
     the adapter is active for generation.
@@ -342,6 +343,10 @@ def train_lora(
     ``processes`` (``gal.distributed.Processes``): several processes split each step's batch — every one
     draws the same batch, noise and timesteps, computes its slice, and the LoRA gradients are summed — so
     they train the adapter one process would.
+
+    ``state`` (``gal.trainstate.TrainState``): resume from its saved step when one matches this round,
+    save every ``state.every`` steps and on a cancel; the rest of the round is the one an uninterrupted
+    run trains, bit for bit.
     """
     from gal.distributed import Processes
 
@@ -415,9 +420,19 @@ def train_lora(
 
     # 4. train
     result = TrainResult()
+    first = 0
+    # The main process reads the saved state and hands it to the others: they resume at its step together.
+    saved = processes.broadcast(state.load() if processes.is_main else None) if state is not None else None
+    if saved is not None:
+        first = state.restore(saved, params, optimizer, scheduler, generator)
+        result.losses, result.steps = list(saved["losses"]), first
+        if state.on_resume is not None:
+            state.on_resume(first)
     try:
-        for step in range(cfg.steps):
+        for step in range(first, cfg.steps):
             if cancel is not None and cancel():
+                if state is not None and state.every > 0 and step > first:  # keep what this session trained
+                    state.save(step, params, optimizer, scheduler, generator, result.losses)
                 raise Cancelled(f"training cancelled at step {step}/{cfg.steps}")
             batch, coef = draw_batch(examples, cfg, generator, n_class=len(class_examples or []))
             batch, coef = batch.to(device), coef.to(device)
@@ -457,6 +472,8 @@ def train_lora(
             result.steps = step + 1
             if progress is not None:
                 progress(step + 1, cfg.steps, result.losses[-1])
+            if state is not None and state.due(step + 1, cfg.steps):
+                state.save(step + 1, params, optimizer, scheduler, generator, result.losses)
     finally:
         if swap is not None:
             swap.close()

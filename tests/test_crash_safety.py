@@ -416,3 +416,23 @@ def test_stale_verdict_file_is_refused_and_blank_means_no_change(shared_studio, 
         for im in a["images"]
     }
     assert state[ids[3]] is None and state[ids[2]] == 1
+
+
+def test_a_kill_mid_training_resumes_from_the_saved_step_bit_for_bit(setup, uninterrupted, tmp_path):
+    """Training saves its state every N steps (a third of the 6 steps on the CPU); a SIGKILL right after
+    round 1's first save, then ``gal run --resume``, continues from step 2 (not 0) and ends the run
+    exactly as an uninterrupted one: every adapter tensor, every image's pixels, every row."""
+    import torch
+
+    runs = tmp_path / "runs"
+    killed = _start(runs, setup, env={"GAL_KILL_AT": "training.saved@1"})
+    assert killed.returncode == -9, f"not killed mid-training: rc {killed.returncode} {killed.stderr[-800:]}"
+    state_file = runs / _run_id(runs) / "rounds" / "r01" / "train_state.pt"
+    saved = torch.load(state_file, weights_only=True)
+    assert saved["step"] == 2 and saved["fingerprint"]["round"] == 1 and len(saved["losses"]) == 2
+    assert not (runs / _run_id(runs) / "rounds" / "r01" / "adapter").exists()
+    resumed = _gal(runs, "run", "--resume", _run_id(runs))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed at step 2" in resumed.stdout + resumed.stderr
+    assert not state_file.exists()  # spent once the round's adapter is saved
+    assert_same_run(snapshot(runs), uninterrupted)

@@ -117,3 +117,87 @@ def test_cosine_schedule_warms_up_then_decays_to_zero_and_constant_stays_put():
     assert {lr_factor(s, total, "constant") for s in range(0, total, 50)} == {1.0}
     with pytest.raises(ValueError, match="constant or cosine"):
         TrainConfig(lr_schedule="linear").validate()
+
+
+def _adapter_and_images(studio, run_id):
+    from safetensors.torch import load_file
+
+    folder = studio.folder(run_id)
+    adapters = {
+        p.parent.parent.name: load_file(str(p))
+        for p in sorted(folder.root.glob("rounds/r*/adapter/*.safetensors"))
+    }
+    images = {
+        str(p.relative_to(folder.root)): np.asarray(Image.open(p)).tobytes()
+        for p in sorted(folder.root.glob("rounds/**/*.png"))
+    }
+    return adapters, images
+
+
+def test_cancel_mid_training_then_continue_resumes_at_the_step_and_ends_bit_for_bit(
+    shared_studio, references
+):
+    """Cancel at step 3 of 6 (between the every-2-steps saves: the cancel saves its own state), then
+    Continue (the engine's advance, as the app's button and ``gal run --resume`` call it): training goes
+    on from step 3, the job log says so, and the run ends with the adapters and images of an
+    uninterrupted run exactly."""
+    config = tiny_config("uncertainty")
+    plain = shared_studio.create_run(config, references)
+    assert shared_studio.advance(plain)["status"] == "finished"
+
+    run_id = shared_studio.create_run(config, references)
+    steps_seen = []
+
+    def cancel_at_three(stage, done, total, info):
+        if stage == "train":
+            steps_seen.append(done)
+            if done == 3 and info.get("round") == 1:
+                shared_studio.cancel(run_id)
+
+    with pytest.raises(training.Cancelled, match="step 3/6"):
+        shared_studio.advance(run_id, cancel_at_three)
+    state_file = shared_studio.folder(run_id).root / "rounds" / "r01" / "train_state.pt"
+    assert torch.load(state_file, weights_only=True)["step"] == 3
+    steps_seen.clear()
+    assert shared_studio.advance(run_id, lambda stage, done, total, info: steps_seen.append(done)
+                                 if stage == "train" else None)["status"] == "finished"  # fmt: skip
+    assert steps_seen[:4] == [3, 4, 5, 6]  # not 0/6 again: step 3 reported as the resume point, then 4..6
+    assert any("train: resumed at step 3/6" in line for line in shared_studio.job(run_id)["log"])
+    assert not state_file.exists()
+    adapters, images = _adapter_and_images(shared_studio, run_id)
+    adapters0, images0 = _adapter_and_images(shared_studio, plain)
+    assert sorted(adapters) == sorted(adapters0) == ["r01", "r02"] and images.keys() == images0.keys()
+    for r in adapters0:
+        assert adapters[r].keys() == adapters0[r].keys()
+        assert all(torch.equal(adapters[r][k], adapters0[r][k]) for k in adapters0[r])
+    assert images == images0
+
+
+def test_a_saved_state_of_another_round_or_config_is_never_used(tmp_path):
+    from gal.trainstate import TrainState, fingerprint
+
+    examples = _examples(2, [0.5])
+    mine = fingerprint("run-a", 1, tiny_config().to_json(), examples, 6)
+    others = [
+        fingerprint("run-b", 1, tiny_config().to_json(), examples, 6),
+        fingerprint("run-a", 2, tiny_config().to_json(), examples, 6),
+        fingerprint("run-a", 1, tiny_config("uncertainty").to_json(), examples, 6),
+        fingerprint("run-a", 1, tiny_config().to_json(), _examples(2, [0.25]), 6),
+        fingerprint("run-a", 1, tiny_config().to_json(), examples, 8),
+    ]
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "train_state.pt"
+    for other in others:
+        assert other != mine
+        TrainState(path, other, 2).save(2, [p], opt, sched, g, [0.1, 0.2])
+        assert TrainState(path, mine, 2).load() is None
+    TrainState(path, mine, 2).save(2, [p], opt, sched, g, [0.1, 0.2])
+    assert TrainState(path, mine, 2).load()["step"] == 2
+    assert TrainState(path, mine, 0).load() is None  # checkpoint_every 0: off, a stale file is ignored
+    path.write_bytes(b"torn")
+    assert TrainState(path, mine, 2).load() is None
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainConfig(checkpoint_every=-1).validate()
