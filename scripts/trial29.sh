@@ -7,7 +7,7 @@
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 PY=${PY:-/work/main/.venv/bin/python}
-T1="nice -n 19 $PY bench/table1.py --tasks known --eval-images 4 --jobs 1 --out artifacts/trial29"
+T1="nice -n ${NICE:-19} $PY bench/table1.py --tasks known --eval-images 4 --jobs 1 --out artifacts/trial29"
 ROWS="--rounds 2 --steps 450 --m 4"
 FRONTIER="--frontier 100 300 600 200 --m 2"
 for seed in "$@"; do
