@@ -114,7 +114,7 @@ def train(rnd: Round) -> StepResult:
     every = trainstate.interval(config.train.checkpoint_every, config.train.steps, rnd.models.device)
     state = trainstate.TrainState(
         folder.path(f"rounds/r{r:02d}/{trainstate.STATE_FILE}"),
-        trainstate.fingerprint(rnd.run_id, r, config.to_json(), examples, config.train.steps),
+        trainstate.fingerprint(rnd.run_id, r, config.identity_json(), examples, config.train.steps),
         every,
         writer=rnd.processes.is_main,
         round_index=r,

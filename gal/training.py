@@ -57,12 +57,12 @@ def lora_config(cfg: TrainConfig, family=None, *, text_encoder: bool = False):
     targets = list(family.text_encoder_targets if text_encoder else target_modules(cfg, family))
     network = "lora" if text_encoder else getattr(cfg, "network", "lora")
     if network == "lokr":  # zero-initialised w2: the adapter starts as the base, as LoRA's zero B does
-        return LoKrConfig(r=cfg.rank, alpha=cfg.alpha, target_modules=targets, init_weights=True)
+        return LoKrConfig(r=cfg.rank, alpha=cfg.lora_alpha, target_modules=targets, init_weights=True)
     if network == "loha":
-        return LoHaConfig(r=cfg.rank, alpha=cfg.alpha, target_modules=targets, init_weights=True)
+        return LoHaConfig(r=cfg.rank, alpha=cfg.lora_alpha, target_modules=targets, init_weights=True)
     return LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.lora_alpha,
         init_lora_weights="gaussian",
         target_modules=targets,
         use_dora=network == "dora",

@@ -611,16 +611,16 @@ def test_app_export_folder_inside_the_run_is_allowed(shared_studio, one_run):
 
 
 def test_rank_alpha_rule():
-    assert TrainConfig().alpha == 8.0 and TrainConfig(rank=16).alpha == 16.0
+    assert TrainConfig().lora_alpha == 8.0 and TrainConfig(rank=16).lora_alpha == 16.0
     t = TrainConfig(rank=4)
     t.rank = 32
-    assert t.alpha == 32.0  # alpha follows the rank when it was not given
+    assert t.lora_alpha == 32.0  # alpha follows the rank when it was not given
     t.alpha = 8.0
     t.rank = 4
-    assert t.alpha == 8.0  # an explicit alpha stays
+    assert t.lora_alpha == 8.0  # an explicit alpha stays
     old = RunConfig.from_dict({"train": {"rank": 16, "alpha": 8.0}})
-    assert old.train.alpha == 8.0
-    assert RunConfig.from_dict({"train": {"rank": 16, "alpha": None}}).train.alpha == 16.0
+    assert old.train.lora_alpha == 8.0
+    assert RunConfig.from_dict({"train": {"rank": 16, "alpha": None}}).train.lora_alpha == 16.0
     assert RunConfig().config_hash() == RunConfig(train=TrainConfig(alpha=8.0)).config_hash()
 
 
@@ -631,9 +631,9 @@ def test_cli_rank_and_alpha_flags(tmp_path):
         args = build_parser().parse_args(["--runs-dir", str(tmp_path), "run", "--demo", *flags])
         return _new_config(args)[0].train
 
-    assert cfg().alpha == cfg().rank
-    assert (cfg("--rank", "16").rank, cfg("--rank", "16").alpha) == (16, 16.0)
-    assert cfg("--rank", "4", "--alpha", "8").alpha == 8.0
+    assert cfg().lora_alpha == cfg().rank
+    assert (cfg("--rank", "16").rank, cfg("--rank", "16").lora_alpha) == (16, 16.0)
+    assert cfg("--rank", "4", "--alpha", "8").lora_alpha == 8.0
     with pytest.raises(ValueError, match="train.alpha must be a number > 0"):
         t = cfg("--alpha", "0")
         t.validate()

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import storage
 from gal import families
-from gal.config import GenerateConfig, RunConfig, TrainConfig
+from gal.config import FlowOptions, GenerateConfig, RunConfig, TrainConfig
 from gal.families.flux import FLUX_TARGETS, bfl_state_dict
 from gal.families.memory import advice, training_bytes
 from gal.generation import generate
@@ -356,18 +356,18 @@ def test_export_round_trip_per_family_in_a_fresh_process(studios, references, tm
         assert (
             kohya["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"].shape[0] == 3 * config.train.rank
         )
-        assert alphas["lora_unet_double_blocks_0_img_attn_qkv.alpha"] == 3 * config.train.alpha
+        assert alphas["lora_unet_double_blocks_0_img_attn_qkv.alpha"] == 3 * config.train.lora_alpha
         # the unfused modules are padded to the fused rank 3r (alpha 3·alpha, the same scale), so kohya's
         # one ss_network_dim / ss_network_alpha are true of every module (issue 22)
-        assert alphas["lora_unet_double_blocks_0_img_mlp_0.alpha"] == 3 * config.train.alpha
+        assert alphas["lora_unet_double_blocks_0_img_mlp_0.alpha"] == 3 * config.train.lora_alpha
         downs = {v.shape[0] for k, v in kohya.items() if k.endswith(".lora_down.weight")}
         assert downs == {3 * config.train.rank}
         assert meta["ss_network_dim"] == str(3 * config.train.rank)
-        assert float(meta["ss_network_alpha"]) == 3 * config.train.alpha
+        assert float(meta["ss_network_alpha"]) == 3 * config.train.lora_alpha
         assert meta["ss_network_module"] == "networks.lora_flux"
         assert meta["ss_base_model_version"] == "flux1"
     else:
-        assert set(alphas.values()) == {config.train.alpha} and meta["ss_base_model_version"].startswith(
+        assert set(alphas.values()) == {config.train.lora_alpha} and meta["ss_base_model_version"].startswith(
             "sdxl"
         )
 
@@ -552,7 +552,7 @@ def test_flux_flow_matching_loss_decreases_on_a_fixed_batch(reference_files):
         opt.step()
     after = fixed_loss()
     assert after < 0.9 * before, f"flow-matching loss {before:.4f} -> {after:.4f}"
-    logit = TrainConfig(weighting_scheme="logit_normal")
+    logit = TrainConfig(flow=FlowOptions(weighting_scheme="logit_normal"))
     value = family.per_sample_loss(pipe, sched, batch, cond4, torch.Generator().manual_seed(1), logit, False)
     assert value.shape == (4,) and torch.isfinite(value).all()
 

@@ -4,7 +4,7 @@ Defaults follow the paper and its official code (see README "Defaults"), except 
 from the official full-UNet DreamBooth (learning rate, steps).
 
 - :mod:`gal.config.run`: ``RunConfig`` (the whole run, its (de)serialisation and hash), the prompt helpers;
-- :mod:`gal.config.train`: ``TrainConfig``;
+- :mod:`gal.config.train`: ``TrainConfig`` (its flow-matching options: :mod:`gal.flow_options`);
 - :mod:`gal.config.sections`: ``GenerateConfig``, ``GALConfig``, ``EvalConfig``;
 - :mod:`gal.config.checks`: the type and range checks they share.
 """
@@ -17,9 +17,9 @@ from gal.config.train import (
     OPTIMIZERS,
     QUANTIZE_BASE,
     REFERENCE_SAMPLING,
-    WEIGHTING_SCHEMES,
     TrainConfig,
 )
+from gal.flow_options import WEIGHTING_SCHEMES, FlowOptions
 
 __all__ = [
     "CAPTIONS",
@@ -31,6 +31,7 @@ __all__ = [
     "TASKS",
     "WEIGHTING_SCHEMES",
     "EvalConfig",
+    "FlowOptions",
     "GALConfig",
     "GenerateConfig",
     "RunConfig",

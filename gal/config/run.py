@@ -11,6 +11,7 @@ from pathlib import Path
 from gal.config.checks import check_type
 from gal.config.sections import EvalConfig, GALConfig, GenerateConfig
 from gal.config.train import TrainConfig
+from gal.flow_options import FlowOptions, flatten, nest_flat_keys
 
 TASKS = ("object", "style")
 PRESETS_FILE = Path(__file__).parents[1] / "presets" / "anchor_prompts.json"
@@ -141,36 +142,70 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def identity(self) -> dict:
+        """What a run's config hash and its training-state fingerprint are computed from: ``to_dict`` in the
+        layout configs had before ``train.flow`` and ``lora_alpha`` (the flow options flat in ``train``,
+        alpha a number), so an existing run's hash and a saved mid-round state stay valid."""
+        data = self.to_dict()
+        data["train"] = flatten(data["train"])
+        data["train"]["alpha"] = self.train.lora_alpha
+        return data
+
+    def identity_json(self) -> str:
+        return json.dumps(self.identity(), indent=2, sort_keys=True)
+
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        nested = {"train": TrainConfig, "generate": GenerateConfig, "gal": GALConfig, "eval": EvalConfig}
+        """A saved config (a run's ``config.json``, the database row, a config file), checked key by key;
+        an old file's flat flow-matching keys in ``train`` move to ``train.flow``."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         kwargs = {}
         for key, value in data.items():
-            if key in nested and not isinstance(value, dict):
-                raise ValueError(
-                    f"config key {key!r} must be an object of {key} settings, got {type(value).__name__}"
-                )
-            if key in nested:
-                sub_fields = {f.name: f for f in fields(nested[key])}
-                bad = set(value) - set(sub_fields)
-                if bad:
-                    raise ValueError(f"unknown {key} config keys: {', '.join(sorted(bad))}")
-                for sub_key, sub_value in value.items():
-                    check_type(f"{key}.{sub_key}", sub_fields[sub_key].type, sub_value)
-                value = nested[key](**value)
+            if key in SECTIONS:
+                value = _section(key, value)
             else:
                 check_type(key, next(f.type for f in fields(cls) if f.name == key), value)
             kwargs[key] = value
         if kwargs.get("task", "object") not in TASKS:  # checked before anything looks up the task's presets
             raise ValueError(f"task must be 'object' or 'style', got {kwargs['task']!r}")
         return cls(**kwargs)
+
+
+# The config's sections by their path: each is read from a JSON object of its own.
+SECTIONS = {
+    "train": TrainConfig,
+    "train.flow": FlowOptions,
+    "generate": GenerateConfig,
+    "gal": GALConfig,
+    "eval": EvalConfig,
+}
+
+
+def _section(path: str, value):
+    if not isinstance(value, dict):
+        kind = type(value).__name__
+        raise ValueError(f"config key {path!r} must be an object of {path} settings, got {kind}")
+    if path == "train":
+        value = nest_flat_keys(value)
+    cls = SECTIONS[path]
+    sub_fields = {f.name: f for f in fields(cls)}
+    bad = set(value) - set(sub_fields)
+    if bad:
+        raise ValueError(f"unknown {path} config keys: {', '.join(sorted(bad))}")
+    kwargs = {}
+    for key, sub_value in value.items():
+        if f"{path}.{key}" in SECTIONS:
+            sub_value = _section(f"{path}.{key}", sub_value)
+        else:
+            check_type(f"{path}.{key}", sub_fields[key].type, sub_value)
+        kwargs[key] = sub_value
+    return cls(**kwargs)
 
 
 def fill(template: str, subject_phrase: str) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gal.config.checks import positive_float, positive_int
+from gal.flow_options import FlowOptions
 
 OPTIMIZERS = ("adamw", "adamw8bit")
 QUANTIZE_BASE = (None, "none", "int8", "nf4", "fp8")
-WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 
 REFERENCE_SAMPLING = ("pooled", "real-rate")
 CAPTIONS = ("plain", "informative", "vlm")
@@ -24,9 +24,8 @@ class TrainConfig:
     # product, LyCORIS) or "loha" (Hadamard product of two low-rank pairs, LyCORIS). See gal.training.
     network: str = "lora"
     # LoRA alpha; the adapter's scale is alpha / rank. None (the default) means alpha = rank, scale 1,
-    # and follows the rank when the rank is changed later; a number given here, by --alpha or in a
-    # saved config is kept as it is (old configs saved alpha 8.0 and keep it). After construction
-    # the attribute always holds a number, so training and exports read one value.
+    # whatever the rank is set to later; a number given here, by --alpha or in a saved config is kept as it
+    # is (old configs saved alpha 8.0 and keep it). Training and exports read ``lora_alpha``, a number.
     alpha: float | None = None
     learning_rate: float = 1e-4  # LoRA on SD-1.x; the official full-UNet run used 5e-6
     steps: int = 400  # optimiser steps per round (official: 800 object / 500 style, full UNet)
@@ -86,34 +85,20 @@ class TrainConfig:
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
-    # -- flow matching (FLUX.1, SD3.5: gal.families.flow), as diffusers' train_dreambooth_lora_*.py --
-    weighting_scheme: str = (
-        "none"  # timestep density / loss weighting: "none" (uniform) or "logit_normal", ...
-    )
-    logit_mean: float = 0.0  # logit_normal's mean
-    logit_std: float = 1.0  # logit_normal's std
-    mode_scale: float = 1.29  # the "mode" scheme's scale
-    guidance_scale: float = (
-        3.5  # FLUX.1-dev's distilled guidance embedded while training (diffusers' default)
-    )
+    # -- flow matching (FLUX.1, SD3.5, ...: gal.families.flow), as diffusers' train_dreambooth_lora_*.py --
+    flow: FlowOptions = field(default_factory=FlowOptions)
 
-    def __setattr__(self, name, value) -> None:
-        # ``_alpha_follows_rank`` is a plain attribute, not a field: not saved, not hashed.
-        if name == "alpha":
-            if value is None:  # the rule: alpha = rank
-                object.__setattr__(self, "_alpha_follows_rank", True)
-                value = float(self.rank) if isinstance(self.rank, int) else self.rank
-            else:
-                object.__setattr__(self, "_alpha_follows_rank", False)
-        object.__setattr__(self, name, value)
-        if name == "rank" and getattr(self, "_alpha_follows_rank", False) and isinstance(value, int):
-            object.__setattr__(self, "alpha", float(value))
+    @property
+    def lora_alpha(self) -> float:
+        """The alpha the adapter trains with: ``alpha``, or the rank when it is None (scale 1)."""
+        return float(self.rank) if self.alpha is None else self.alpha
 
     def validate(self) -> None:
         positive_int("train.rank", self.rank, most=1024)
         positive_int("train.steps", self.steps, most=1_000_000)
         positive_int("train.batch_size", self.batch_size, most=1024)
-        positive_float("train.alpha", self.alpha, most=1e4)
+        if self.alpha is not None:
+            positive_float("train.alpha", self.alpha, most=1e4)
         positive_float("train.learning_rate", self.learning_rate, most=1.0)
         positive_float("train.max_grad_norm", self.max_grad_norm, most=1e6)
         weight = self.prior_loss_weight
@@ -185,8 +170,4 @@ class TrainConfig:
             raise ValueError(f"train.blocks_to_swap must be an integer >= 0, got {self.blocks_to_swap!r}")
         elif not 0 <= self.blocks_to_swap <= 1000:
             raise ValueError(f"train.blocks_to_swap must be between 0 and 1000, got {self.blocks_to_swap!r}")
-        if self.weighting_scheme not in WEIGHTING_SCHEMES:
-            raise ValueError(
-                f"train.weighting_scheme must be one of {', '.join(WEIGHTING_SCHEMES)}, "
-                f"got {self.weighting_scheme!r}"
-            )
+        self.flow.validate()

@@ -63,8 +63,8 @@ def model_card(
         f"- task: {config.task}; SoI token `{config.soi_token}`; subject phrase `{config.subject_phrase}`",
         f"- strategy: {config.gal.strategy}; m={config.gal.m}, k={config.gal.k}, λ={config.gal.lam}, "
         f"rounds={len(rounds)} (max {config.gal.max_rounds})",
-        f"- LoRA: rank {config.train.rank}, alpha {config.train.alpha} "
-        f"(scale {config.train.alpha / config.train.rank:g}), "
+        f"- LoRA: rank {config.train.rank}, alpha {config.train.lora_alpha} "
+        f"(scale {config.train.lora_alpha / config.train.rank:g}), "
         f"lr {config.train.learning_rate}, {config.train.steps} steps/round, "
         f"targets {', '.join(config.train.target_modules)}",
         f"- references: {sum(r['source'] == 'real' for r in references)} real, "

@@ -60,7 +60,7 @@ def _lora_scales(meta: dict, component: str, config: RunConfig) -> tuple[float, 
         adapter = json.loads(meta.get("lora_adapter_metadata", "{}"))
     except ValueError:
         adapter = {}
-    alpha = adapter.get(f"{component}.lora_alpha", config.train.alpha)
+    alpha = adapter.get(f"{component}.lora_alpha", config.train.lora_alpha)
     rank = adapter.get(f"{component}.r")
     if adapter.get(f"{component}.alpha_pattern") or adapter.get(f"{component}.rank_pattern"):
         raise ValueError(
@@ -146,7 +146,7 @@ def variant_state_dict(state: dict, metadata: dict, config: RunConfig, family: F
         adapter = json.loads(metadata.get("lora_adapter_metadata", "{}"))
     except ValueError:
         adapter = {}
-    alpha = float(adapter.get("unet.alpha", adapter.get("unet.lora_alpha", config.train.alpha)))
+    alpha = float(adapter.get("unet.alpha", adapter.get("unet.lora_alpha", config.train.lora_alpha)))
     rank = int(adapter.get("unet.r", config.train.rank))
     head = "unet."
     parts = {k.partition(".")[0] for k in state}

@@ -72,7 +72,7 @@ def config_defaults(name: str) -> dict[str, dict]:
         "train": {
             "learning_rate": d.learning_rate,
             "rank": d.rank,
-            "alpha": float(d.rank),
+            "alpha": None,  # alpha = rank (scale 1), also when the rank is changed after
             "target_modules": list(d.target_modules),
         },
         "generate": {"steps": d.steps, "guidance_scale": d.guidance_scale, "scheduler": d.scheduler},

@@ -47,11 +47,11 @@ class FlowMatching:
         b = len(latents)
         noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
         u = compute_density_for_timestep_sampling(
-            getattr(cfg, "weighting_scheme", "none"),
+            cfg.flow.weighting_scheme,
             b,
-            logit_mean=getattr(cfg, "logit_mean", 0.0),
-            logit_std=getattr(cfg, "logit_std", 1.0),
-            mode_scale=getattr(cfg, "mode_scale", 1.29),
+            logit_mean=cfg.flow.logit_mean,
+            logit_std=cfg.flow.logit_std,
+            mode_scale=cfg.flow.mode_scale,
             generator=generator,
         )
         indices = (u * scheduler.config.num_train_timesteps).long().clamp(max=len(scheduler.timesteps) - 1)
@@ -69,7 +69,7 @@ class FlowMatching:
         """The weighted MSE per sample ``[b]`` (float32)."""
         from diffusers.training_utils import compute_loss_weighting_for_sd3
 
-        weighting = compute_loss_weighting_for_sd3(getattr(cfg, "weighting_scheme", "none"), sigmas).float()
+        weighting = compute_loss_weighting_for_sd3(cfg.flow.weighting_scheme, sigmas).float()
         b = len(pred)
         return (weighting * (pred.float() - target.float()).pow(2)).reshape(b, -1).mean(dim=1)
 

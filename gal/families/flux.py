@@ -190,7 +190,7 @@ class FluxFamily(FlowMatching, Family):
         text_ids = torch.zeros(d.cond["embeds"].shape[1], 3, device=device, dtype=dtype)
         guidance = None
         if transformer.config.guidance_embeds:
-            guidance = torch.full((b,), float(getattr(cfg, "guidance_scale", 3.5)), device=device)
+            guidance = torch.full((b,), float(cfg.flow.guidance_scale), device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             pred = transformer(
                 hidden_states=packed.to(dtype),

@@ -67,7 +67,6 @@ MISTRAL_SMALL_TEXT = dict(
 )  # fmt: skip
 PIXTRAL_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                       head_dim=64, patch_size=14, image_size=1540)  # fmt: skip
-TRAIN_GUIDANCE = 3.5  # the scripts' --guidance_scale default (used where the transformer embeds guidance)
 
 
 class Flux2Family(FlowMatching, Family):
@@ -352,7 +351,7 @@ class Flux2Family(FlowMatching, Family):
         text_ids = pipe_cls._prepare_text_ids(embeds).to(device)
         guidance = None
         if transformer.config.guidance_embeds:
-            guidance = torch.full((b,), float(getattr(cfg, "guidance_scale", TRAIN_GUIDANCE)), device=device)
+            guidance = torch.full((b,), float(cfg.flow.guidance_scale), device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             pred = transformer(
                 hidden_states=packed.to(dtype),
