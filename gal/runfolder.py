@@ -205,6 +205,11 @@ class RunFolder:
         return f"rounds/r{round_index:02d}/previews/s{step:06d}_a{anchor_index:02d}.png"
 
     @staticmethod
+    def embeddings_file(round_index: int) -> str:
+        """The oracle's image embeddings of a round's images (the judge step writes, selection reads)."""
+        return f"rounds/r{round_index:02d}/embeddings.npz"
+
+    @staticmethod
     def eval_file(round_index: int, i: int) -> str:
         return f"rounds/r{round_index:02d}/eval/e{i:03d}.png"
 

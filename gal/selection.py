@@ -98,9 +98,8 @@ def select(
 def _embeddings(db, run_id: str, r: int, ids: np.ndarray) -> np.ndarray:
     """``[A, m, d]`` oracle image embeddings of round ``r`` (saved by the judge step), zeros where no
     image."""
-    from gal.steps import embeddings_file
-
-    path = RunFolder(Path(storage.get_run(db, run_id)["run_dir"]).parent, run_id).path(embeddings_file(r))
+    folder = RunFolder(Path(storage.get_run(db, run_id)["run_dir"]).parent, run_id)
+    path = folder.path(folder.embeddings_file(r))
     if not path.exists():
         raise ValueError(f"round {r} has no image embeddings ({path.name}): resume the run to judge it again")
     saved = np.load(path)

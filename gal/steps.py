@@ -372,14 +372,10 @@ def non_soi_texts(db, run_id: str) -> list[str]:
     return list(dict.fromkeys(x["non_soi_text"] for x in refs if x["source"] == "real"))
 
 
-def embeddings_file(round_index: int) -> str:
-    return f"rounds/r{round_index:02d}/embeddings.npz"
-
-
 def save_embeddings(folder: RunFolder, r: int, ids: list[int], embeddings: np.ndarray) -> None:
     """The oracle's image embeddings of round ``r``'s images, by image id (re-judging overwrites them)."""
     ids, embeddings = np.asarray(ids, dtype=np.int64), np.asarray(embeddings, dtype=np.float32)
-    folder.write_atomic(embeddings_file(r), lambda tmp: np.savez(tmp, ids=ids, embeddings=embeddings))
+    folder.write_atomic(folder.embeddings_file(r), lambda tmp: np.savez(tmp, ids=ids, embeddings=embeddings))
 
 
 def save_training_set(folder: RunFolder, relative: str, refs: list[dict], captions: list[str]) -> None:
