@@ -1,7 +1,8 @@
 """Steps 1-3 of the loop (train, generate, judge) and the held-out evaluation, as plain functions.
 
-Each step takes a :class:`Round` (the models, the run folder, the config, where to report) and returns
-a :class:`StepResult`: its seconds, the metrics and round fields it adds, and the rows it stores.
+Each step takes a :class:`~gal.round.Round` (the models, the run folder, the config, where to report) and
+returns a :class:`~gal.round.StepResult`: its seconds, the metrics and round fields it adds, and the rows
+it stores. Its helpers: ``gal.captions`` (training captions), ``gal.previews`` (previews while training).
 The loop (``gal.engine``) writes those rows and moves the round to its next state in **one**
 transaction, so a kill at any instant leaves either the step undone (it runs again, overwriting its own
 files) or done and recorded — never rows without the state, or the state without its rows.
@@ -14,69 +15,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image
 
 import storage
 from gal import judges, tblog, trainstate
-from gal.config import GenerateConfig, RunConfig
-from gal.distributed import Processes
+from gal.captions import informative_caption, training_captions
 from gal.evaluation import round_metrics
-from gal.families.base import of
 from gal.generation import generate as draw
 from gal.judges import JudgeRequest
 from gal.judges.clip import clip_scores
-from gal.loaded import LoadedModels
-from gal.models import native_resolution, set_scheduler
+from gal.previews import draw_previews, pool_anchors, preview_interval
 from gal.review import store_anchor_scores
+from gal.round import Round, StepResult
 from gal.runfolder import RunFolder, as_disk_full, disk_full
 from gal.seeds import class_image_seed, eval_image_seed, image_seed, training_seed
 from gal.training import TRAINING_SET, TrainExample, adapter_state, save_adapter, train_lora
 
-
-@dataclass
-class Round:
-    """What a step needs: the models, the run's folder and config, the round, and where to report."""
-
-    models: LoadedModels
-    folder: RunFolder
-    config: RunConfig
-    index: int
-    db: Callable[[], object]  # opens a connection (one per call: steps run in worker threads)
-    report: Callable[..., None]  # report(stage, done, total, **info)
-    cancel: Callable[[], bool]
-    processes: Processes  # one, or several splitting the round's work (only the main one writes SQLite)
-
-    @property
-    def run_id(self) -> str:
-        return self.folder.run_id
-
-    @property
-    def adapter_key(self) -> tuple[str, int]:
-        return (self.run_id, self.index)
-
-    def pipeline(self):
-        """The generator with this round's adapter active (loaded from disk after a restart) and the run's
-        sampler (the pipeline is shared by every run of this model)."""
-        with self.db() as db:
-            adapter = storage.get_round(db, self.run_id, self.index)["adapter_path"]
-        pipe = self.models.with_adapter(self.config.model, self.adapter_key, self.folder.path(adapter))
-        set_scheduler(pipe, self.config.generate.scheduler)
-        return pipe
-
-    def resolution(self, pipe) -> int:
-        return self.config.train.resolution or native_resolution(pipe)
-
-
-@dataclass
-class StepResult:
-    seconds: float
-    metrics: dict = field(default_factory=dict)  # merged into rounds.metrics
-    fields: dict = field(default_factory=dict)  # other round columns (adapter_path)
-    write: Callable[[object], None] | None = None  # stores the step's rows, with the state change
+# Where they were before the helpers had their own modules (engine, tests and benches import them from here).
+__all__ = ["STEPS", "Round", "StepResult", "evaluate", "generate", "informative_caption", "judge", "train"]
 
 
 # -- 1. train -------------------------------------------------------------------------------------
@@ -103,7 +61,7 @@ def train(rnd: Round) -> StepResult:
     class_examples = _class_examples(rnd) if config.train.prior_preservation else None
     rnd.models.mark(spec, None)  # training replaces whatever adapter was active
     every = preview_interval(config.train.preview_every, rnd.models.device)
-    anchors = [a for a in _pool_anchors(rnd)][:2] if every else []
+    anchors = [a for a in pool_anchors(rnd)][:2] if every else []
 
     def on_step(step: int, total: int, loss: float) -> None:
         info = {"loss": loss, "round": r}
@@ -155,120 +113,6 @@ def train(rnd: Round) -> StepResult:
         metrics={"train_loss": float(np.mean(result.losses[-20:]))},
         fields={"adapter_path": rel},
     )
-
-
-def preview_interval(preview_every: int | None, device) -> int:
-    """Steps between training previews: the config's, or (None) 100 on a GPU and none on the CPU."""
-    if preview_every is None:
-        return 100 if device.type == "cuda" else 0
-    return preview_every
-
-
-def _pool_anchors(rnd: Round) -> list[dict]:
-    with rnd.db() as db:
-        return [a for a in storage.list_anchors(db, rnd.run_id, rnd.index) if a["in_pool"]]
-
-
-@torch.no_grad()
-def draw_previews(rnd: Round, pipe, anchors: list[dict], step: int) -> list[str]:
-    """Slot 0 of each anchor with the adapter as it is at ``step`` (the image generation will draw later),
-    saved under the round's ``previews/``. The training draws are untouched: the previews use their own
-    generators and no gradients, so a run with previews trains exactly as one without."""
-    family = of(pipe)
-    denoiser = family.denoiser(pipe)
-    if any(te.device != denoiser.device for te in family.text_encoders(pipe)):
-        return []  # text encoders offloaded to save memory while training: no previews
-    if not rnd.processes.is_main:
-        return []
-    config = rnd.config
-    cfg = GenerateConfig(
-        scheduler=config.generate.scheduler, steps=min(config.generate.steps, 20),
-        guidance_scale=config.generate.guidance_scale, batch_size=len(anchors),
-        negative_prompt=config.generate.negative_prompt,
-    )  # fmt: skip
-    set_scheduler(pipe, cfg.scheduler)
-    was_training = denoiser.training
-    denoiser.eval()
-    try:
-        with torch.autocast(
-            denoiser.device.type, dtype=denoiser.dtype, enabled=denoiser.device.type == "cuda"
-        ):
-            images = draw(pipe, [a["prompt"] for a in anchors],
-                          [image_seed(config.seed, a["anchor_index"], 0) for a in anchors], cfg,
-                          resolution=rnd.resolution(pipe))  # fmt: skip
-    finally:
-        denoiser.train(was_training)
-    paths = []
-    for a, image in zip(anchors, images, strict=True):
-        rel = RunFolder.preview_file(rnd.index, step, a["anchor_index"])
-        rnd.folder.save(image, rel)
-        paths.append(str(rnd.folder.path(rel)))
-    return paths
-
-
-def informative_caption(prompt: str, non_soi_text: str) -> str:
-    """A real reference's caption that names its non-SoI content (SID seed): the prompt, then the words of
-    the non-SoI caption after its longest prefix the prompt already holds in order.
-
-    ``("a <sks> star", "a star on stairs")`` -> ``"a <sks> star on stairs"``; a prompt that already names
-    it (``"a <sks> star on stairs"``) is returned unchanged.
-    """
-    words, extra = prompt.split(), non_soi_text.split()
-    at = 0  # how many leading non-SoI words the prompt holds, in order
-    pos = 0
-    lowered = [w.lower() for w in words]
-    while at < len(extra):
-        try:
-            pos = lowered.index(extra[at].lower(), pos) + 1
-        except ValueError:
-            break
-        at += 1
-    return " ".join(words + extra[at:])
-
-
-def training_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -> list[str]:
-    """The caption each reference trains on (``train.captions``): its prompt ("plain"), or ("informative")
-    real references' prompts naming their non-SoI content and added images captioned by what the oracle
-    sees — the generator prompt of the anchor (or reference) text the oracle scores highest."""
-    config = rnd.config
-    if config.train.captions == "vlm":
-        return vlm_captions(rnd, refs, images)
-    if config.train.captions != "informative":
-        return [x["prompt"] for x in refs]
-    real = [x for x in refs if x["source"] == "real"]
-    captions = [
-        informative_caption(x["prompt"], x["non_soi_text"]) if x["source"] == "real" else None for x in refs
-    ]
-    added = [i for i, x in enumerate(refs) if x["source"] != "real"]
-    if added:
-        # what the oracle can read, each with the prompt that would draw it
-        readings = dict(zip(config.anchor_oracle_texts(), config.anchor_prompts(), strict=True))
-        for x in real:
-            readings.setdefault(x["non_soi_text"], informative_caption(x["prompt"], x["non_soi_text"]))
-        texts = list(readings)
-        sims = rnd.models.oracle(config.oracle).text_similarities([images[i] for i in added], texts)  # [n, t]
-        for i, row in zip(added, sims, strict=True):
-            captions[i] = readings[texts[int(np.argmax(row))]]
-    return captions
-
-
-def vlm_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -> list[str]:
-    """``train.captions: vlm``: each reference's prompt, then what the run's VLM judge says surrounds the
-    subject in its image (SID: the class name and the non-subject content, not the subject's details)."""
-    name = judges.uses_vlm(rnd.config.oracle)
-    if name is None:
-        raise ValueError(
-            f"train.captions vlm needs a VLM judge; oracle is {rnd.config.oracle!r}: use vlm:tiny"
-        )
-    top = rnd.models.judge(rnd.config.oracle)
-    vlm = next((m for m in getattr(top, "members", [top]) if m.name == name), None) or rnd.models.judge(name)
-    subject = rnd.config.anchor_subject()
-    captions = []
-    for i, (x, image) in enumerate(zip(refs, images, strict=True)):
-        rnd.report("captions", i, len(refs), round=rnd.index)
-        words = vlm.describe(image, subject)
-        captions.append(f"{x['prompt']}, {words}" if words else x["prompt"])
-    return captions
 
 
 def _class_examples(rnd: Round) -> list[TrainExample]:
