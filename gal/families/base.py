@@ -309,7 +309,11 @@ class Family(abc.ABC):
     def meta_parts(self, variant: str = "") -> dict[str, torch.nn.Module]:
         """The full-size model's parts (``denoiser_name``, ``text_encoder*``, ``vae``) from the published
         configs on the meta device (shapes only, nothing downloaded) for ``bench/families.py``. Families
-        without a full-size config raise NotImplementedError."""
+        without a full-size config raise NotImplementedError. The configs are ``gal.families.published``'s."""
+        from gal.families.published import PUBLISHED, parts
+
+        if any(family == self.name for family, _ in PUBLISHED):
+            return parts(self.name, variant)
         raise NotImplementedError(f"{self.label}: no full-size config")
 
     def needs_memory_saving(self) -> bool:

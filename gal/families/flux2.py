@@ -49,24 +49,6 @@ FLUX2_FACTS = ExportFacts(
     network_module="networks.lora_flux_2",
 )
 # Full-size transformer configs (the published config.json values; dev is the class default).
-FLUX2_VARIANTS = {
-    "klein-4b": dict(num_layers=5, num_single_layers=20, num_attention_heads=24, joint_attention_dim=7680,
-                     guidance_embeds=False),
-    "klein-9b": dict(num_layers=8, num_single_layers=24, num_attention_heads=32, joint_attention_dim=12288,
-                     guidance_embeds=False),
-    "dev": dict(num_layers=8, num_single_layers=48, num_attention_heads=48, joint_attention_dim=15360,
-                guidance_embeds=True),
-}  # fmt: skip
-QWEN3_8B = dict(
-    vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-)  # fmt: skip
-MISTRAL_SMALL_TEXT = dict(
-    vocab_size=131072, hidden_size=5120, intermediate_size=32768, num_hidden_layers=40,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-)  # fmt: skip
-PIXTRAL_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                      head_dim=64, patch_size=14, image_size=1540)  # fmt: skip
 TRAIN_GUIDANCE = 3.5  # the scripts' --guidance_scale default (used where the transformer embeds guidance)
 
 
@@ -279,41 +261,6 @@ class Flux2Family(FlowMatching, Family):
         pipe.default_sample_size = 16
         pipe.set_progress_bar_config(disable=True)
         return self.attach(pipe)
-
-    def meta_parts(self, variant: str = "klein-4b") -> dict[str, torch.nn.Module]:
-        """The full-size components of ``variant`` (klein-4b, klein-9b, dev) on the meta device."""
-        from accelerate import init_empty_weights
-        from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
-        from transformers import (
-            Mistral3Config,
-            Mistral3ForConditionalGeneration,
-            MistralConfig,
-            PixtralVisionConfig,
-            Qwen3Config,
-            Qwen3ForCausalLM,
-        )
-
-        from gal.families.zimage import QWEN3_4B
-
-        if variant not in FLUX2_VARIANTS:
-            raise ValueError(f"unknown FLUX.2 variant {variant!r}: one of {', '.join(FLUX2_VARIANTS)}")
-        with init_empty_weights():
-            if variant == "dev":
-                text_encoder = Mistral3ForConditionalGeneration(
-                    Mistral3Config(
-                        text_config=MistralConfig(**MISTRAL_SMALL_TEXT),
-                        vision_config=PixtralVisionConfig(**PIXTRAL_VISION),
-                    )
-                )
-            else:
-                text_encoder = Qwen3ForCausalLM(
-                    Qwen3Config(**(QWEN3_4B if variant == "klein-4b" else QWEN3_8B))
-                )
-            return {
-                "transformer": Flux2Transformer2DModel(**FLUX2_VARIANTS[variant]),
-                "text_encoder": text_encoder,
-                "vae": AutoencoderKLFlux2(),
-            }
 
     def native_resolution(self, pipe) -> int:
         return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)

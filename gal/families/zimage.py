@@ -42,23 +42,6 @@ ZIMAGE_FACTS = ExportFacts(
     network_module="networks.lora_zimage",
 )
 
-# Full-size configs (the published config.json values of Tongyi-MAI/Z-Image and Qwen/Qwen3-4B), for the
-# meta-device memory table (``meta_parts``).
-ZIMAGE_TRANSFORMER = dict(
-    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
-    n_heads=30, n_kv_heads=30, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
-    axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
-)  # fmt: skip
-QWEN3_4B = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-    num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-)  # fmt: skip
-FLUX1_VAE = dict(
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, use_quant_conv=False,
-    use_post_quant_conv=False, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-)  # fmt: skip
-
 # Qwen3 special tokens the template uses (ids 0..4 in the tiny vocabulary; <|endoftext|> also pads).
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 # A minimal Qwen3 chat template: what ZImagePipeline / Flux2KleinPipeline render before tokenizing
@@ -247,19 +230,6 @@ class ZImageFamily(FlowMatching, Family):
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
-
-    def meta_parts(self, variant: str = "") -> dict[str, torch.nn.Module]:
-        """The full-size components on the meta device (shapes only: parameter counts, memory estimates)."""
-        from accelerate import init_empty_weights
-        from diffusers import AutoencoderKL, ZImageTransformer2DModel
-        from transformers import Qwen3Config, Qwen3Model
-
-        with init_empty_weights():
-            return {
-                "transformer": ZImageTransformer2DModel(**ZIMAGE_TRANSFORMER),
-                "text_encoder": Qwen3Model(Qwen3Config(**QWEN3_4B)),
-                "vae": AutoencoderKL(**FLUX1_VAE),
-            }
 
     def native_resolution(self, pipe) -> int:
         # ZImagePipeline draws 1024 px unless told; the tiny model is built for 32 px (no larger config).
