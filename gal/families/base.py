@@ -223,11 +223,27 @@ class Family(abc.ABC):
         """Extra ``from_pretrained`` arguments (e.g. no safety checker)."""
         return {}
 
+    # The diffusers class of the transformer a single file holds, for families whose single files hold the
+    # denoiser only (the text encoders, VAE and tokenizers come from the diffusers folder ``config``);
+    # "": the single file is a whole-pipeline checkpoint (SD, SDXL).
+    single_file_transformer: str = ""
+
     def load_single_file(self, path: str, config: str, dtype):
         """A single-file checkpoint, configs and tokenizers from the diffusers folder ``config``."""
-        return self.pipeline_class().from_single_file(
-            path, config=config, torch_dtype=dtype, **self.load_kwargs()
-        )
+        if not self.single_file_transformer:
+            return self.pipeline_class().from_single_file(
+                path, config=config, torch_dtype=dtype, **self.load_kwargs()
+            )
+        transformer = self.transformer_from_single_file(path, config, dtype)
+        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
+
+    def transformer_from_single_file(self, path: str, config: str, dtype):
+        """``single_file_transformer`` from the file (original or diffusers layout), its config from
+        ``config``'s ``transformer`` folder."""
+        import diffusers
+
+        cls = getattr(diffusers, self.single_file_transformer)
+        return cls.from_single_file(path, config=config, subfolder="transformer", torch_dtype=dtype)
 
     @abc.abstractmethod
     def build_tiny(self, seed: int = 0):

@@ -27,8 +27,9 @@ import torch
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
+from gal.families.kohya import folded_state_dict
 from gal.families.memory import transformer_activations
-from gal.families.zimage import folded_state_dict, qwen_tokenizer
+from gal.families.zimage import qwen_tokenizer
 
 # The scripts' default targets; 48 single blocks covers dev (klein 4B has 20, klein 9B 24).
 FLUX2_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "to_qkv_mlp_proj"] + [
@@ -56,6 +57,7 @@ class Flux2Family(FlowMatching, Family):
     name = "flux2"
     label = "FLUX.2"
     pipeline_classes = ("Flux2KleinPipeline", "Flux2Pipeline")
+    single_file_transformer = "Flux2Transformer2DModel"
     unsupported = {
         "Flux2KleinInpaintPipeline": "FLUX.2 klein inpainting",
         "Flux2KleinKVPipeline": "FLUX.2 klein with reference-image KV cache (editing)",
@@ -105,11 +107,8 @@ class Flux2Family(FlowMatching, Family):
         from pathlib import Path
 
         import diffusers
-        from diffusers import Flux2Transformer2DModel
 
-        transformer = Flux2Transformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
+        transformer = self.transformer_from_single_file(path, config, dtype)
         cls = json.loads((Path(config) / "model_index.json").read_text())["_class_name"]
         if cls not in self.pipeline_classes:
             raise ValueError(
@@ -374,23 +373,12 @@ def mistral_tokenizer(model_max_length: int = 128):
     """An offline byte-level BPE ``PreTrainedTokenizerFast`` with Mistral's special-token ids, trained on
     FLUX.2's system message and a small prompt vocabulary (so the system prompt takes few tokens)."""
     from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from gal.families.tiny import bpe_tokenizer
     from gal.families.zimage import _CORPUS_WORDS
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=_MISTRAL_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    words = _CORPUS_WORDS.split()
-    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] + [SYSTEM_MESSAGE] * 8
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    tok = bpe_tokenizer(_MISTRAL_SPECIALS, _CORPUS_WORDS, (SYSTEM_MESSAGE,) * 8)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

@@ -18,13 +18,13 @@ diffusers names with ``alpha/r`` folded into ``lora_B`` (scale 1 in every loader
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
+from gal.families.kohya import folded_state_dict
 from gal.families.memory import transformer_activations
+from gal.families.tiny import bpe_vocab
 
 ZIMAGE_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the script's default --lora_layers
 
@@ -65,37 +65,12 @@ _CORPUS_WORDS = (
 )
 
 
-@lru_cache(maxsize=4)
-def _qwen_vocab(vocab_size: int) -> tuple[dict, list]:
-    """A byte-level BPE trained offline on the template words and a small prompt vocabulary: the same
-    vocabulary and merges on every machine (the trainer is deterministic on a fixed corpus)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=QWEN_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    words = _CORPUS_WORDS.split()
-    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] + ["\n\n", "\n"]
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
-    import json
-
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return dict(model["vocab"]), merges
-
-
 def qwen_tokenizer(model_max_length: int = 128, vocab_size: int = 1024):
     """An offline Qwen2/3 tokenizer (transformers' ``Qwen2Tokenizer`` with Qwen2's own pre-tokenizer) and
     a minimal Qwen3 chat template; ``<|endoftext|>`` is id 0 and pads."""
     from transformers import Qwen2Tokenizer
 
-    vocab, merges = _qwen_vocab(vocab_size)
+    vocab, merges = bpe_vocab(QWEN_SPECIALS, _CORPUS_WORDS, ("\n\n", "\n"), vocab_size)
     tok = Qwen2Tokenizer(
         vocab=dict(vocab),
         merges=list(merges),
@@ -110,6 +85,7 @@ class ZImageFamily(FlowMatching, Family):
     name = "zimage"
     label = "Z-Image"
     pipeline_classes = ("ZImagePipeline",)
+    single_file_transformer = "ZImageTransformer2DModel"
     unsupported = {
         "ZImageImg2ImgPipeline": "Z-Image img2img",
         "ZImageInpaintPipeline": "Z-Image inpainting",
@@ -151,15 +127,6 @@ class ZImageFamily(FlowMatching, Family):
         from diffusers import ZImagePipeline
 
         return ZImagePipeline
-
-    def load_single_file(self, path: str, config: str, dtype):
-        """Z-Image single files hold the transformer only: the rest comes from the diffusers folder."""
-        from diffusers import ZImageTransformer2DModel
-
-        transformer = ZImageTransformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
-        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
 
     def build_tiny(self, seed: int = 0):
         """A random-init Z-Image-shaped pipeline at 32 px; same seed, same weights."""
@@ -308,36 +275,3 @@ class ZImageFamily(FlowMatching, Family):
         ``diffusion_model.``, ``lora_A``/``lora_B`` with ``alpha/r`` folded into ``lora_B``, so the strength
         is right in loaders that read no metadata (ComfyUI) and in diffusers (which then uses scale 1)."""
         return folded_state_dict(diffusers_state, scales, "transformer", "diffusion_model", self.label)
-
-
-def folded_state_dict(
-    diffusers_state: dict[str, torch.Tensor],
-    scales: dict[str, tuple[float, int | None]],
-    part: str,
-    prefix: str,
-    label: str,
-    alpha_tensors: bool = True,
-) -> dict[str, torch.Tensor]:
-    """``<part>.<module>.lora_A/B.weight`` -> ``<prefix>.<module>.lora_A/B.weight`` with ``lora_B ·= alpha/r``
-    and ``<prefix>.<module>.alpha = r`` (per module: ΔW = B·A·alpha/r unchanged; loaders that read the
-    ``.alpha`` tensor and those that default to scale 1 agree, and so does kohya's ``ss_network_alpha``).
-    ``alpha_tensors=False`` leaves them out (diffusers' FLUX.2 loader refuses ``.alpha`` keys beside
-    ``transformer.…lora_A/B``)."""
-    alpha, rank = scales.get(part, (None, None))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in diffusers_state.items():
-        head, _, rest = key.partition(".")
-        if head != part:
-            raise ValueError(f"the {label} LoRA holds {key!r}: only the {part} is adapted here")
-        module, _, kind = rest.rpartition(".lora_")
-        if kind not in ("A.weight", "B.weight"):
-            raise ValueError(f"unexpected LoRA key {key!r}: re-save the adapter with diffusers")
-        if kind == "B.weight":
-            r = value.shape[1]
-            if rank is not None and int(rank) != r:
-                raise ValueError(f"{key} has rank {r} but the adapter says r={rank}: re-export the round")
-            value = value.float() * (float(alpha if alpha is not None else r) / r)
-            if alpha_tensors:  # scale 1 stated per module: kohya's header (read from the tensors) agrees
-                out[f"{prefix}.{module}.alpha"] = torch.tensor(float(r))
-        out[f"{prefix}.{module}.lora_{kind}"] = value.contiguous()
-    return out
