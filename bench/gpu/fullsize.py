@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from bench.gpu.common import built_directly
-from gal.families.published import CLIP_L, T5_XXL  # noqa: F401  (shared with the memory table)
+from gal.families.published import CLIP_G, CLIP_L, T5_XXL  # noqa: F401  (shared with the memory table)
 
 # -- published configs (hub config.json values) ------------------------------------------------------
 VAE_SD = dict(
@@ -53,16 +53,7 @@ SDXL_UNET = dict(
     addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
 )
-SDXL_TE2 = dict(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_attention_heads=20,
-    num_hidden_layers=32,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    projection_dim=1280,
-    hidden_act="gelu",
-)
+SDXL_TE2 = CLIP_G  # OpenCLIP bigG: SDXL's second encoder, SD3.5's too
 FLUX_DEV = dict(
     patch_size=1,
     in_channels=64,
