@@ -43,10 +43,17 @@ def test_detected_from_model_index_and_single_file_keys(tmp_path):
     assert families.detect(tmp_path / "m") is FAMILY and model_family(MODEL) is FAMILY
     native = ["layers.0.attention.qkv.weight", "noise_refiner.0.attention.qkv.weight",
               "context_refiner.0.attention.out.weight", "cap_embedder.1.weight"]  # fmt: skip
-    assert families.detect_keys([f"model.diffusion_model.{k}" for k in native]) is FAMILY
+    prefixed = [f"model.diffusion_model.{k}" for k in native]
+    gemma = {"model.diffusion_model.cap_embedder.1.weight": [2304, 2304]}  # fed by Gemma-2-2B
+    assert families.detect_keys(prefixed, gemma) is FAMILY
+    assert families.detect_keys(
+        prefixed, {"model.diffusion_model.cap_embedder.1.weight": [3840, 2560]}
+    ).name == (
+        "zimage"  # Z-Image's NextDiT, fed by Qwen3-4B
+    )
+    assert families.detect_keys(prefixed).name == "zimage"  # names alone: the more common model
+    assert families.detect_keys([*native, "x_pad_token", "cap_pad_token"], gemma).name == "zimage"
     assert families.detect_keys(list(FAMILY.build_tiny().transformer.state_dict())) is FAMILY
-    z_image = [*native, "x_pad_token", "cap_pad_token"]  # Z-Image's NextDiT carries pad tokens
-    assert families.detect_keys(z_image).name == "zimage"
     keys = {
         "noise_refiner.0.attn.to_q.weight": (2, 2),
         "time_caption_embed.caption_embedder.1.weight": (2, 2),

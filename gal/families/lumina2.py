@@ -27,6 +27,7 @@ from gal.families.memory import transformer_activations
 from gal.families.tiny import bpe_tokenizer
 
 LUMINA2_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the script's default --lora_layers
+GEMMA2_WIDTH = 2304  # google/gemma-2-2b's hidden size: Lumina 2's caption embedder input
 
 LUMINA2_FACTS = ExportFacts(
     variant="lumina2",
@@ -91,21 +92,26 @@ class Lumina2Family(FlowMatching, Family):
     )
     text_encoder_targets = []  # Gemma is never adapted (the script trains the transformer only)
     detect_priority = 4  # before Z-Image, whose single files share the NextDiT names
+    shape_keys = ("cap_embedder.1.weight",)
     # 2.6B transformer + 2.6B Gemma: checkpointing and the encoder offloaded fit bf16 on 24 GB (estimate
     # in docs/bench/families.txt)
     preset_24gb = {"gradient_checkpointing": True, "offload_text_encoders": True}
 
     # -- detection ----------------------------------------------------------------------------------
     def claims_keys(self, keys, shapes, where) -> bool:
-        """NextDiT refiners + caption embedder without Z-Image's pad tokens (original layout), or
-        diffusers' ``time_caption_embed`` (diffusers layout)."""
+        """diffusers layout: NextDiT refiners + ``time_caption_embed``. Original layout: the refiners and
+        ``cap_embedder`` are Z-Image's names too (ComfyUI loads both as its Lumina2 model); a Lumina 2 file
+        has no pad tokens and a caption embedder fed by Gemma-2-2B (input width 2304, Z-Image's Qwen3: 2560).
+        An original-layout file without shapes stays Z-Image's (the later, more common model)."""
         has_refiners = any(k.startswith(("noise_refiner.", "context_refiner.")) for k in keys)
         if not has_refiners:
             return False
         if any(k.startswith("time_caption_embed.") for k in keys):
             return True
-        z_image = any(k in ("x_pad_token", "cap_pad_token") or k.startswith("all_x_embedder.") for k in keys)
-        return not z_image and any(k.startswith("cap_embedder.") for k in keys)
+        if any(k in ("x_pad_token", "cap_pad_token") for k in keys):
+            return False
+        width = next((s for k, s in shapes.items() if k.endswith("cap_embedder.1.weight")), None)
+        return width is not None and len(width) == 2 and int(width[1]) == GEMMA2_WIDTH
 
     # -- loading ------------------------------------------------------------------------------------
     def pipeline_class(self):
