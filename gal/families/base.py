@@ -304,6 +304,16 @@ class Family(abc.ABC):
     def pipe_kwargs(self, cfg, n: int) -> dict:
         """The pipeline's ``__call__`` arguments from a GenerateConfig for ``n`` prompts."""
 
+    @staticmethod
+    def real_cfg_kwargs(cfg, n: int) -> dict:
+        """``pipe_kwargs`` of a pipeline with real classifier-free guidance: steps, guidance and the negative
+        prompt once per prompt (None when empty: the pipeline's own empty negative)."""
+        return {
+            "negative_prompt": [cfg.negative_prompt] * n if cfg.negative_prompt else None,
+            "num_inference_steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale,
+        }
+
     def call_kwargs(self, pipe) -> dict:
         """``__call__`` arguments that come from the pipeline itself (e.g. the T5 sequence length)."""
         return {}

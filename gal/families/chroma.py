@@ -155,11 +155,7 @@ class ChromaFamily(FluxFamily):
 
     def pipe_kwargs(self, cfg, n: int) -> dict:
         """Chroma takes real CFG and negative prompts (not guidance-distilled, unlike FLUX.1-dev)."""
-        return {
-            "negative_prompt": [cfg.negative_prompt] * n if cfg.negative_prompt else None,
-            "num_inference_steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale,
-        }
+        return self.real_cfg_kwargs(cfg, n)
 
     def export_facts(self, pipe) -> ExportFacts:
         return CHROMA_FACTS

@@ -231,10 +231,7 @@ class Lumina2Family(FlowMatching, Family):
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:
-        kwargs = {"num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
-        if cfg.negative_prompt:
-            kwargs["negative_prompt"] = [cfg.negative_prompt] * n
-        return kwargs
+        return self.real_cfg_kwargs(cfg, n)
 
     def call_kwargs(self, pipe) -> dict:
         return {"max_sequence_length": self.max_sequence_length(pipe)}

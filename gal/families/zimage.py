@@ -238,15 +238,12 @@ class ZImageFamily(FlowMatching, Family):
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:
-        kwargs = {"num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
-        if cfg.negative_prompt:
-            if cfg.guidance_scale <= 0:
-                raise ValueError(
-                    "a negative prompt needs classifier-free guidance: set generate.guidance_scale > 0 "
-                    "(Z-Image Turbo runs at 0: leave the negative prompt empty)"
-                )
-            kwargs["negative_prompt"] = [cfg.negative_prompt] * n
-        return kwargs
+        if cfg.negative_prompt and cfg.guidance_scale <= 0:
+            raise ValueError(
+                "a negative prompt needs classifier-free guidance: set generate.guidance_scale > 0 "
+                "(Z-Image Turbo runs at 0: leave the negative prompt empty)"
+            )
+        return self.real_cfg_kwargs(cfg, n)
 
     def call_kwargs(self, pipe) -> dict:
         return {"max_sequence_length": self.max_sequence_length(pipe)}
