@@ -79,6 +79,20 @@ def shared_run(tmp_path_factory, references, model: str, lr: float = 1e-2, alpha
     return SharedRun(fresh, run_id, config, before, after, adapter.stat().st_mtime_ns != mtime)
 
 
+def shared_run_fixture(model: str, lr: float = 1e-2, alpha: float | None = None):
+    """A module-scoped ``finished`` fixture: the family file's one ``shared_run`` on the session's reference
+    images (``finished = shared_run_fixture(MODEL, …)`` in the test file)."""
+
+    @pytest.fixture(scope="module")
+    def finished(tmp_path_factory, reference_files) -> SharedRun:
+        from gal.engine import ReferenceInput
+
+        refs = [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files]
+        return shared_run(tmp_path_factory, refs, model, lr, alpha)
+
+    return finished
+
+
 def resumed_where_it_stopped(run: SharedRun) -> None:
     """The shared run's cancel + resume: images drawn before the cancel kept, the rest drawn, round 1's
     adapter read from disk (not retrained)."""

@@ -15,7 +15,7 @@ from family_checks import (
     killed_cli_run_resumes,
     replay_in_fresh_process,
     resumed_where_it_stopped,
-    shared_run,
+    shared_run_fixture,
 )
 from PIL import Image
 from safetensors.torch import load_file
@@ -37,14 +37,9 @@ def flux2_config(**gal):
     return config
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, reference_files):
-    """The file's one 2-round run (alpha = 2r; cancelled mid-generation, finished by a fresh Studio)."""
-    from gal.engine import ReferenceInput
-
-    refs = [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files]
-    cfg = flux2_config()
-    return shared_run(tmp_path_factory, refs, MODEL, cfg.train.learning_rate, cfg.train.alpha)
+finished = shared_run_fixture(
+    MODEL, flux2_config().train.learning_rate, flux2_config().train.alpha
+)  # alpha = 2r
 
 
 # -- detection ----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from family_checks import (
     killed_cli_run_resumes,
     replay_in_fresh_process,
     resumed_where_it_stopped,
-    shared_run,
+    shared_run_fixture,
 )
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -27,13 +27,7 @@ MODEL = "tiny-krea2"
 FAMILY = families.get("krea2")
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, reference_files):
-    """The file's one 2-round run (cancelled mid-generation, finished by a fresh Studio)."""
-    from gal.engine import ReferenceInput
-
-    refs = [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files]
-    return shared_run(tmp_path_factory, refs, MODEL, lr=5e-2)
+finished = shared_run_fixture(MODEL, lr=5e-2)
 
 
 def test_detected_from_model_index_and_single_file_keys(tmp_path):
