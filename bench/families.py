@@ -90,7 +90,8 @@ ROWS = (  # label, family, meta_parts variant, the peers' published LoRA figures
     ("SD-1.5", "sd", "", "target < 8 (issue 14)"),
     ("SDXL base", "sdxl", "", "target < 16 (issue 14)"),
     ("FLUX.1-dev", "flux", "", "target < 24 (issue 14)"),
-    ("SD3.5", "sd3", "", "—"),
+    ("SD3.5 Large", "sd3", "large", "—"),
+    ("SD3.5 Medium", "sd3", "medium", "—"),
     ("Z-Image", "zimage", "", "32-40 bf16 / 16-24 int8 / 10-12 nf4"),
     ("FLUX.2 klein 4B", "flux2", "klein-4b", "~12 bf16 / 8 int8"),
     ("FLUX.2 klein 9B", "flux2", "klein-9b", "~22 bf16 / 14 int8"),
@@ -166,7 +167,10 @@ def estimate_table() -> list[str]:
         denoiser = parts[family.denoiser_name]
         tes = [m for k, m in parts.items() if k.startswith("text_encoder")]
         res = 512 if name == "sd" else 1024
-        vae_scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+        vae = parts["vae"]  # the Qwen-Image VAE (Wan-style) has no block_out_channels: 8x by its downsamples
+        vae_scale = getattr(vae, "spatial_compression_ratio", None) or 2 ** (
+            len(vae.config.block_out_channels) - 1
+        )
         full, ckpt = activations_of(family, denoiser, res, 1, vae_scale)
         blocks = swappable_blocks(denoiser) if family.denoiser_name == "transformer" else []
         sizes = dict(

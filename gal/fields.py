@@ -68,7 +68,8 @@ class Field:
         return tuple(value for _, value in self.choices)
 
     def cli_type(self):
-        return {"whole": int, "at_least_one": int, "resolution": int, "number": float}.get(self.parse, str)
+        types = {"whole": int, "at_least_one": int, "optional_count": int, "resolution": int, "number": float}
+        return types.get(self.parse, str)
 
     def cli_choices(self) -> list | None:
         choices = self.flag_choices or self.values()
@@ -163,6 +164,13 @@ FIELDS: tuple[Field, ...] = (
           flag_help="training captions: the prompts (plain), naming the non-SoI content (informative), "
           "or the VLM judge's description of what surrounds the subject (vlm; needs --oracle vlm:... or an "
           "ensemble)"),
+    Field("blocks_to_swap", "Blocks swapped to the CPU", "transformer families: keep this many blocks' "
+          "weights in CPU memory and stream each in as it runs (how 20B models fit 24 GB; slower). "
+          "Empty: the family's 24 GB preset on a GPU, else 0", "number", "train.blocks_to_swap",
+          "optional_count",
+          "more2", says="blocks swapped to the CPU", flag="--blocks-to-swap",
+          flag_help="transformer blocks kept on the CPU and streamed in (default: the family's 24 GB preset "
+          "on a GPU; 0: off)"),
     Field("log_dir", "TensorBoard log folder", "optional: event files (loss, lr, per-round metrics, a sample "
           "grid) go to FOLDER/<run id>; open with `tensorboard --logdir FOLDER`", "text", "train.log_dir",
           "optional_text", "more2", says="TensorBoard log folder", flag="--log-dir",
@@ -232,6 +240,16 @@ def _at_least_one(value, f: Field) -> int:
     number = _whole(value, f)
     if number < 1:
         raise ValueError(f"{f.named} must be at least 1, got {number}")
+    return number
+
+
+def _optional_count(value, f: Field) -> int | None:
+    """A whole number >= 0, or None when left empty (the default applies)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = _whole(value, f)
+    if number < 0:
+        raise ValueError(f"{f.named} must be 0 or more (empty: the default), got {number}")
     return number
 
 
@@ -306,6 +324,7 @@ PARSERS = {
     "number": _number,
     "whole": _whole,
     "at_least_one": _at_least_one,
+    "optional_count": _optional_count,
     "resolution": _resolution,
     "text": _text,
     "phrase": _phrase,

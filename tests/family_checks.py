@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,77 @@ from gal.training import LORA_FILE, adapter_state
 COMFYUI = Path(os.environ.get("GAL_COMFYUI", Path.home() / ".cache" / "gal-studio" / "comfyui"))
 
 
-def family_config(model: str, lr: float = 1e-2, **gal) -> RunConfig:
+def family_config(model: str, lr: float = 1e-2, alpha: float | None = None, **gal) -> RunConfig:
     config = tiny_config(**gal)
     config.model = model
     config.train.learning_rate = lr  # 6 steps at 1e-3 barely move the tiny models' images
+    if alpha is not None:
+        config.train.alpha = alpha
     return config
+
+
+@dataclass
+class SharedRun:
+    """One 2-round run per family test file: cancelled in round 1's generation, finished by a fresh Studio."""
+
+    studio: object  # the fresh Studio that finished the run
+    run_id: str
+    config: RunConfig
+    before: dict  # image id -> file recorded before the cancel
+    after: dict  # image id -> file of round 1 once finished
+    round1_retrained: bool
+
+
+def shared_run(tmp_path_factory, references, model: str, lr: float = 1e-2, alpha=None) -> SharedRun:
+    """The run every loop/export test of a family file reads (a module-scoped fixture builds it once): the
+    cancel-and-resume path and the full 2-round run in one, instead of a run per test."""
+    from gal.engine import Studio
+    from gal.training import Cancelled
+
+    root = tmp_path_factory.mktemp(model)
+    studio = Studio(root, model=model, oracle="tiny")
+    config = family_config(model, lr, alpha)
+    config.generate.batch_size = 4
+    run_id = studio.create_run(config, references)
+
+    def progress(stage, done, total, info):
+        if stage == "generate" and done >= 4:
+            studio.cancel(run_id)
+
+    with pytest.raises(Cancelled):
+        studio.advance(run_id, progress)
+    with storage.open_db(studio.db_path) as db:
+        assert storage.get_round(db, run_id, 1)["state"] == "generating"
+        before = {im["id"]: im["file"] for im in storage.list_images(db, run_id, 1)}
+        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 1)["adapter_path"] / LORA_FILE
+    mtime = adapter.stat().st_mtime_ns
+    fresh = Studio(root, model=model, oracle="tiny")
+    assert fresh.advance(run_id)["status"] == "finished"
+    with storage.open_db(fresh.db_path) as db:
+        after = {im["id"]: im["file"] for im in storage.list_images(db, run_id, 1)}
+    return SharedRun(fresh, run_id, config, before, after, adapter.stat().st_mtime_ns != mtime)
+
+
+def shared_run_fixture(model: str, lr: float = 1e-2, alpha: float | None = None):
+    """A module-scoped ``finished`` fixture: the family file's one ``shared_run`` on the session's reference
+    images (``finished = shared_run_fixture(MODEL, …)`` in the test file)."""
+
+    @pytest.fixture(scope="module")
+    def finished(tmp_path_factory, reference_files) -> SharedRun:
+        from gal.engine import ReferenceInput
+
+        refs = [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files]
+        return shared_run(tmp_path_factory, refs, model, lr, alpha)
+
+    return finished
+
+
+def resumed_where_it_stopped(run: SharedRun) -> None:
+    """The shared run's cancel + resume: images drawn before the cancel kept, the rest drawn, round 1's
+    adapter read from disk (not retrained)."""
+    assert 0 < len(run.before) < 12
+    assert len(run.after) == 12 and {i: f for i, f in run.after.items() if i in run.before} == run.before
+    assert not run.round1_retrained
 
 
 def two_rounds(studio, references, model: str, family, lr: float = 1e-2) -> tuple[str, RunConfig]:
@@ -39,11 +106,21 @@ def two_rounds(studio, references, model: str, family, lr: float = 1e-2) -> tupl
     run_id = studio.create_run(config, references)
     run = studio.advance(run_id)
     assert run["status"] == "finished"
+    check_two_rounds(studio, run_id, config, family)
+    return run_id, config
+
+
+def check_two_rounds(studio, run_id: str, config: RunConfig, family) -> None:
+    """A finished 2-round run: both rounds done, k selections weighed at round 1's openness, selected
+    anchors left the pool, the LoRA file has the family's keys and visibly changes the images."""
+    model = config.model
     with storage.open_db(studio.db_path) as db:
         rounds = storage.list_rounds(db, run_id)
         refs = storage.list_references(db, run_id)
         images_r2 = storage.list_images(db, run_id, 2)
+        selections = storage.list_selections(db, run_id)
     assert [r["state"] for r in rounds] == ["done", "done"]
+    assert len(selections) == config.gal.k
     assert all(np.isfinite(r["metrics"]["train_loss"]) for r in rounds)
     added = [x for x in refs if x["source"] == "synthetic"]
     assert added and [x["weight"] for x in added] == pytest.approx([rounds[0]["openness"]] * len(added))
@@ -67,57 +144,73 @@ def two_rounds(studio, references, model: str, family, lr: float = 1e-2) -> tupl
         ]
     )
     assert diff > 1.0, f"{model}: the LoRA changed images by only {diff:.3f}/255"
-    return run_id, config
-
-
-def resume_after_cancel(studios, references, model: str) -> None:
-    """Cancel in the middle of round 1's generation, resume in a fresh Studio (adapter from disk)."""
-    from gal.engine import Studio
-    from gal.training import Cancelled
-
-    studio = studios(model)
-    config = family_config(model)
-    config.generate.batch_size = 4
-    run_id = studio.create_run(config, references)
-
-    def progress(stage, done, total, info):
-        if stage == "generate" and done >= 4:
-            studio.cancel(run_id)
-
-    with pytest.raises(Cancelled):
-        studio.advance(run_id, progress)
-    with storage.open_db(studio.db_path) as db:
-        assert storage.get_round(db, run_id, 1)["state"] == "generating"
-        before = {im["id"]: im["file"] for im in storage.list_images(db, run_id, 1)}
-        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 1)["adapter_path"] / LORA_FILE
-    assert 0 < len(before) < 12
-    mtime = adapter.stat().st_mtime_ns
-    fresh = Studio(studio.runs_root, model=model, oracle="tiny")
-    assert fresh.advance(run_id)["status"] == "finished"
-    with storage.open_db(fresh.db_path) as db:
-        after = storage.list_images(db, run_id, 1)
-    assert len(after) == 12 and {i["id"]: i["file"] for i in after if i["id"] in before} == before
-    assert adapter.stat().st_mtime_ns == mtime  # round 1 was not retrained
 
 
 REPLAY = textwrap.dedent("""
-    import json, sys
+    import json, sys, traceback
     import numpy as np
     from gal import families
     from gal.config import GenerateConfig
     from gal.generation import generate
-    model, out, cases, weights = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    cfg = GenerateConfig(**json.loads(sys.argv[5]))
-    family = families.get(families.TINY[model])
-    results = {}
-    for name, weight in list(weights.items()) + [("base", None)]:
-        pipe = family.build_tiny()
-        if weight:
-            pipe.load_lora_weights(out, weight_name=weight)
-        ims = generate(pipe, [c["prompt"] for c in cases], [c["seed"] for c in cases], cfg, resolution=32)
-        results[name] = [np.asarray(im, dtype=np.float32).tolist() for im in ims]
-    print(json.dumps(results))
+    for line in sys.stdin:
+        job = json.loads(line)
+        try:
+            cfg = GenerateConfig(**job["gen"])
+            family = families.get(families.TINY[job["model"]])
+            cases, results = job["cases"], {}
+            for name, weight in list(job["weights"].items()) + [("base", None)]:
+                pipe = family.build_tiny()
+                if weight:
+                    pipe.load_lora_weights(job["out"], weight_name=weight)
+                prompts, seeds = [c["prompt"] for c in cases], [c["seed"] for c in cases]
+                ims = generate(pipe, prompts, seeds, cfg, resolution=32)
+                results[name] = [np.asarray(im, dtype=np.float32).tolist() for im in ims]
+            answer = {"results": results}
+        except Exception:
+            answer = {"error": traceback.format_exc()}
+        print("REPLAY " + json.dumps(answer), flush=True)
 """)
+
+
+class _Replayer:
+    """One process, separate from the test process that trained and exported, that redraws images from
+    exported files: each job builds a fresh tiny pipeline and loads the file with diffusers'
+    ``load_lora_weights``. It lives for the test session, so diffusers is imported once (~5 s), not once
+    per family file."""
+
+    proc: subprocess.Popen | None = None
+
+    def ask(self, job: dict) -> dict:
+        if self.proc is None or self.proc.poll() is not None:
+            import atexit
+            import tempfile
+
+            self.log = tempfile.NamedTemporaryFile("w+", suffix=".replay.log", delete=False)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", REPLAY],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.log,
+                text=True,
+            )
+            atexit.register(self.close)
+        self.proc.stdin.write(json.dumps(job) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("REPLAY "):
+                answer = json.loads(line.removeprefix("REPLAY "))
+                assert "error" not in answer, answer.get("error", "")[-3000:]
+                return answer["results"]
+        self.log.seek(0)
+        raise AssertionError(f"the replay process ended: {self.log.read()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stdin.close()  # the worker's loop ends at EOF
+            self.proc.wait(timeout=60)
+
+
+REPLAYER = _Replayer()
 
 
 def replay_in_fresh_process(
@@ -134,23 +227,8 @@ def replay_in_fresh_process(
         "negative_prompt": config.generate.negative_prompt,
         "batch_size": 2,
     }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            REPLAY,
-            config.model,
-            str(out),
-            json.dumps(cases),
-            json.dumps(weights),
-            json.dumps(gen),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    job = {"model": config.model, "out": str(out), "cases": cases, "weights": weights, "gen": gen}
+    results = REPLAYER.ask(job)
     saved = [np.asarray(Image.open(im["path"]), dtype=np.float32) for im in images]
     gaps = {}
     for name in weights:
@@ -232,3 +310,23 @@ def killed_cli_run_resumes(tmp_path, model: str) -> None:
         assert storage.get_run(db, run_id)["status"] == "finished"
         after = {im["id"]: im["file"] for im in storage.list_images(db, run_id, 1)}
     assert len(after) == 180 and all(after[im["id"]] == im["file"] for im in before)
+
+
+def block_swap_trains_the_same_adapter(reference_files, model: str, blocks: int) -> None:
+    """Two steps with ``blocks`` blocks swapped to the CPU train the same adapter as no swap, to the bit
+    (same seed; on CPU the swap moves nothing, it runs the same hooks and checkpointed blocks)."""
+    from gal.config import TrainConfig
+    from gal.models import load_pipeline
+    from gal.training import TrainExample, adapter_state, train_lora
+
+    pipe = load_pipeline(model, torch.device("cpu"), torch.float32)
+    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
+    states = []
+    for n in (0, blocks):
+        cfg = TrainConfig(
+            steps=2, learning_rate=1e-2, batch_size=2, blocks_to_swap=n, gradient_checkpointing=True
+        )
+        train_lora(pipe, examples, cfg, resolution=32, seed=1)
+        states.append(adapter_state(pipe))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -153,3 +153,32 @@ def test_memory_advice_sizes_the_block_swap_that_fits():
         f"20B/60 blocks fp8, 22 GiB free: {need['total'] / 2**30:.1f} GiB -> blocks_to_swap={n}: "
         f"{swapped['total'] / 2**30:.1f} GiB"
     )
+
+
+def test_the_refusal_names_the_block_swap_setting_of_the_field_table():
+    """The refusal's words for block swap are a real row of gal/fields.py: its label on the Set up page, its
+    ``gal run`` flag, and both set ``train.blocks_to_swap`` (empty in the form: the family's preset)."""
+    import argparse
+
+    from gal import fields
+    from gal.config import RunConfig
+    from gal.families.memory import advice, training_bytes
+
+    shape = dict(denoiser_params=20e9, text_encoder_params=8e9, vae_params=1e8, lora_params=4e7,
+                 activations_16bit=60e9, activations_ckpt_16bit=3e9, quantize_base="fp8", blocks=60,
+                 offload_text_encoders=True, gradient_checkpointing=True, block_params=20e9 / 60)  # fmt: skip
+    cfg = TrainConfig(quantize_base="fp8", offload_text_encoders=True, gradient_checkpointing=True)
+    message = advice(training_bytes(**shape), 22 * 2**30, cfg, families.get("flux"))
+    n = int(message.split("train.blocks_to_swap=")[1].split(" ")[0])
+    (row,) = [f for f in fields.fields() if f.path == "train.blocks_to_swap"]
+    assert f"'{row.label}' = {n}" in message and f"gal run {row.flag} {n}" in message
+    parser = argparse.ArgumentParser()
+    fields.add_flags(parser)
+    config = RunConfig()
+    fields.apply_flags(config, parser.parse_args([row.flag, str(n)]))
+    assert config.train.blocks_to_swap == n
+    assert fields.parse(row.name, "") is None and fields.parse(row.name, str(n)) == n
+    with pytest.raises(ValueError, match=row.says):
+        fields.parse(row.name, "-1")
+    form = fields.default_form("tiny", "tiny")
+    assert form[row.name] is None and fields.config_from_form({**form, row.name: n}).train.blocks_to_swap == n

@@ -6,12 +6,14 @@ import json
 import pytest
 import torch
 from family_checks import (
+    block_swap_trains_the_same_adapter,
+    check_two_rounds,
     comfy,
     comfy_check,
     killed_cli_run_resumes,
     replay_in_fresh_process,
-    resume_after_cancel,
-    two_rounds,
+    resumed_where_it_stopped,
+    shared_run_fixture,
 )
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -26,18 +28,7 @@ MODEL = "tiny-chroma"
 FAMILY = families.get("chroma")
 
 
-@pytest.fixture(scope="module")
-def studios(tmp_path_factory):
-    from gal.engine import Studio
-
-    made = {}
-
-    def get(model):
-        if model not in made:
-            made[model] = Studio(tmp_path_factory.mktemp(model), model=model, oracle="tiny")
-        return made[model]
-
-    return get
+finished = shared_run_fixture(MODEL)
 
 
 def test_detected_from_model_index_and_single_file_keys(tmp_path):
@@ -72,13 +63,13 @@ def test_defaults_negative_prompts_and_memory_preset():
     assert len(blockswap.swappable_blocks(pipe.transformer)) == 4  # 2 double + 2 single blocks
 
 
-def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(studios, references, tmp_path):
+def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(finished, tmp_path):
     """``gal export`` of the run: the diffusers LoRA (``ChromaPipeline.save_lora_weights``, alpha/r folded)
     reloads in a fresh process to the run's own images; the kohya/BFL file (the ComfyUI file) carries
     Chroma's kohya/modelspec facts. diffusers' kohya importer hard-codes FLUX.1's widths for fused single
     blocks, so the BFL file is checked by ComfyUI's own code (next test), not reloaded by diffusers here."""
-    studio = studios(MODEL)
-    run_id, config = two_rounds(studio, references, MODEL, FAMILY)
+    studio, run_id, config = finished.studio, finished.run_id, finished.config
+    check_two_rounds(studio, run_id, config, FAMILY)
     out = tmp_path / "export"
     written = studio.export(run_id, out, ("diffusers", "kohya"))
     with safe_open(str(written["kohya"]), "pt") as f:
@@ -150,25 +141,11 @@ def test_comfyui_key_map_takes_every_key_at_the_adapters_strength(alpha):
 
 
 def test_block_swap_on_chroma_trains_the_same_adapter(reference_files):
-    from PIL import Image
-
-    from gal.training import TrainExample, adapter_state, train_lora
-
-    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
-    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
-    states = []
-    for n in (0, 4):
-        cfg = TrainConfig(
-            steps=2, learning_rate=1e-2, batch_size=2, blocks_to_swap=n, gradient_checkpointing=True
-        )
-        train_lora(pipe, examples, cfg, resolution=32, seed=1)
-        states.append(adapter_state(pipe))
-    assert states[0].keys() == states[1].keys()
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    block_swap_trains_the_same_adapter(reference_files, MODEL, 4)
 
 
-def test_resume_after_a_cancel_mid_generation(studios, references):
-    resume_after_cancel(studios, references, MODEL)
+def test_resume_after_a_cancel_mid_generation(finished):
+    resumed_where_it_stopped(finished)
 
 
 @pytest.mark.slow

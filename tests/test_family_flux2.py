@@ -4,22 +4,26 @@ fresh process, ComfyUI's own LoRA code maps every key of the ComfyUI file (0 dro
 ΔW = B·A·alpha/r per module."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import comfy_shim
 import numpy as np
 import pytest
 import torch
-from conftest import kill_demo_run_mid_generation, tiny_config
+from conftest import tiny_config
+from family_checks import (
+    check_two_rounds,
+    killed_cli_run_resumes,
+    replay_in_fresh_process,
+    resumed_where_it_stopped,
+    shared_run_fixture,
+)
 from PIL import Image
 from safetensors.torch import load_file
 
 import storage
 from gal import families
 from gal.models import load_pipeline
-from gal.training import TrainExample, adapter_state, train_lora
+from gal.training import TrainExample, train_lora
 
 MODEL = "tiny-flux2"
 CPU = torch.device("cpu")
@@ -33,27 +37,9 @@ def flux2_config(**gal):
     return config
 
 
-@pytest.fixture(scope="module")
-def studio(tmp_path_factory):
-    from gal.engine import Studio
-
-    return Studio(tmp_path_factory.mktemp("flux2"), model=MODEL, oracle="tiny")
-
-
-@pytest.fixture(scope="module")
-def finished(studio, references_module):
-    """One finished 2-round run shared by the loop and export tests."""
-    config = flux2_config()
-    run_id = studio.create_run(config, references_module)
-    assert studio.advance(run_id)["status"] == "finished"
-    return run_id, config
-
-
-@pytest.fixture(scope="module")
-def references_module(reference_files):
-    from gal.engine import ReferenceInput
-
-    return [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files]
+finished = shared_run_fixture(
+    MODEL, flux2_config().train.learning_rate, flux2_config().train.alpha
+)  # alpha = 2r
 
 
 # -- detection ----------------------------------------------------------------------------------------
@@ -139,113 +125,40 @@ def test_flux2_loss_is_the_scripts_and_training_lowers_it(reference_files):
 # -- the GAL loop -------------------------------------------------------------------------------------
 
 
-def test_two_round_gal_run(studio, finished):
-    from gal.generation import generate
+def test_two_round_gal_run(finished):
+    check_two_rounds(finished.studio, finished.run_id, finished.config, families.get("flux2"))
 
-    run_id, config = finished
-    with storage.open_db(studio.db_path) as db:
-        rounds = storage.list_rounds(db, run_id)
-        selections = storage.list_selections(db, run_id)
-        refs = storage.list_references(db, run_id)
-        images_r2 = storage.list_images(db, run_id, 2)
-    assert [r["state"] for r in rounds] == ["done", "done"]
-    assert all(np.isfinite(r["metrics"]["train_loss"]) for r in rounds)
-    assert len(selections) == config.gal.k
-    added = [x for x in refs if x["source"] == "synthetic"]
-    assert added and [x["weight"] for x in added] == pytest.approx([rounds[0]["openness"]] * len(added))
-    assert len(images_r2) == 3 * (4 - config.gal.k)
 
-    adapter = studio.folder(run_id).path(rounds[1]["adapter_path"])
-    pipe = studio.models.with_adapter(config.model, (run_id, 2), adapter)
-    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter_state(pipe).items())
-    prompts, seeds = ["a <sks> star on grass"] * 2, [3, 4]
-    with_lora = generate(pipe, prompts, seeds, config.generate, resolution=32)
-    base = generate(studio.models.base(config.model), prompts, seeds, config.generate, resolution=32)
-    diff = np.mean(
-        [
-            np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean()
-            for a, b in zip(with_lora, base)
-        ]
-    )
-    assert diff > 1.0, f"the LoRA changed images by only {diff:.3f}/255"
+def test_resume_after_a_cancel_mid_generation(finished):
+    resumed_where_it_stopped(finished)
 
 
 @pytest.mark.slow
 def test_killed_flux2_cli_run_resumes(tmp_path):
-    runs = tmp_path / "runs"
-    run_id, before = kill_demo_run_mid_generation(runs, MODEL)
-    done = subprocess.run(
-        [sys.executable, "-m", "gal", "--runs-dir", str(runs), "run", "--resume", run_id],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    with storage.open_db(runs / "gal.db") as db:
-        assert storage.get_run(db, run_id)["status"] == "finished"
-        after = {i["id"]: i["file"] for i in storage.list_images(db, run_id, 1)}
-    assert len(after) == 180 and all(after[i["id"]] == i["file"] for i in before)
+    killed_cli_run_resumes(tmp_path, MODEL)
 
 
 # -- exports ------------------------------------------------------------------------------------------
-
-REPLAY = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    from gal import families
-    from gal.config import GenerateConfig
-    from gal.generation import generate
-    out, cases, comfy = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-    cfg = GenerateConfig(**json.loads(sys.argv[4]))
-    family = families.get("flux2")
-    results = {}
-    for name, weight in (("diffusers", "pytorch_lora_weights.safetensors"), ("comfy", comfy), ("base", None)):
-        pipe = family.build_tiny()
-        if weight:
-            pipe.load_lora_weights(out, weight_name=weight)
-        ims = generate(pipe, [c["prompt"] for c in cases], [c["seed"] for c in cases], cfg, resolution=32)
-        results[name] = [np.asarray(im, dtype=np.float32).tolist() for im in ims]
-    print(json.dumps(results))
-""")
 
 
 def _export(studio, run_id, out):
     return studio.export(run_id, out, ("diffusers", "kohya"))
 
 
-def test_exports_redraw_the_runs_images_in_a_fresh_process(studio, finished, tmp_path):
-    run_id, config = finished
+def test_exports_redraw_the_runs_images_in_a_fresh_process(finished, tmp_path):
     out = tmp_path / "export"
-    written = _export(studio, run_id, out)
-    images = [im for a in studio.review_state(run_id, 2)["anchors"] for im in a["images"]][:2]
-    assert len(images) == 2
-    cases = [{"seed": im["seed"], "prompt": im["prompt"]} for im in images]
-    gen = {"steps": config.generate.steps, "guidance_scale": config.generate.guidance_scale, "batch_size": 2}
-    proc = subprocess.run(
-        [sys.executable, "-c", REPLAY, str(out), json.dumps(cases), written["kohya"].name, json.dumps(gen)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    saved = [np.asarray(Image.open(im["path"]), dtype=np.float32) for im in images]
-    for name in ("diffusers", "comfy"):
-        for im, redrawn in zip(saved, results[name]):
-            assert np.allclose(np.asarray(redrawn), im, atol=3.0), (
-                f"the {name} file does not redraw the image"
-            )
-    gap = max(np.abs(np.asarray(b) - im).max() for b, im in zip(results["base"], saved))
-    assert gap > 6.0, f"the base model draws the same images (gap {gap}): the round trip would prove nothing"
+    written = _export(finished.studio, finished.run_id, out)
+    weights = {"diffusers": written["diffusers"].name, "comfy": written["kohya"].name}
+    replay_in_fresh_process(finished.studio, finished.run_id, finished.config, out, weights)
 
 
-def test_comfyui_maps_every_key_at_the_trained_strength(studio, finished, tmp_path):
+def test_comfyui_maps_every_key_at_the_trained_strength(finished, tmp_path):
     """ComfyUI's load_lora + calculate_weight (its own code) on the exported ComfyUI file: 0 keys dropped,
     and each module's ΔW (slices of the fused qkv included) equals B·A·alpha/r of the trained adapter."""
     missing = comfy_shim.available("flux2_keymap")
     if missing:
         pytest.skip(missing)
-    run_id, config = finished
+    studio, run_id, config = finished.studio, finished.run_id, finished.config
     written = _export(studio, run_id, tmp_path / "export")
     lora = load_file(str(written["kohya"]))
     assert not any(k.endswith(".alpha") for k in lora)  # alpha folded into lora_B: scale 1 everywhere

@@ -6,7 +6,14 @@ import json
 
 import pytest
 import torch
-from family_checks import killed_cli_run_resumes, replay_in_fresh_process, resume_after_cancel, two_rounds
+from family_checks import (
+    block_swap_trains_the_same_adapter,
+    check_two_rounds,
+    killed_cli_run_resumes,
+    replay_in_fresh_process,
+    resumed_where_it_stopped,
+    shared_run_fixture,
+)
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -20,18 +27,7 @@ MODEL = "tiny-krea2"
 FAMILY = families.get("krea2")
 
 
-@pytest.fixture(scope="module")
-def studios(tmp_path_factory):
-    from gal.engine import Studio
-
-    made = {}
-
-    def get(model):
-        if model not in made:
-            made[model] = Studio(tmp_path_factory.mktemp(model), model=model, oracle="tiny")
-        return made[model]
-
-    return get
+finished = shared_run_fixture(MODEL, lr=5e-2)
 
 
 def test_detected_from_model_index_and_single_file_keys(tmp_path):
@@ -68,9 +64,9 @@ def test_defaults_cfg_and_targets():
     assert len(blockswap.swappable_blocks(pipe.transformer)) == 2
 
 
-def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(studios, references, tmp_path):
-    studio = studios(MODEL)
-    run_id, config = two_rounds(studio, references, MODEL, FAMILY, lr=5e-2)
+def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(finished, tmp_path):
+    studio, run_id, config = finished.studio, finished.run_id, finished.config
+    check_two_rounds(studio, run_id, config, FAMILY)
     out = tmp_path / "export"
     written = studio.export(run_id, out, ("diffusers", "kohya"))
     with safe_open(str(written["kohya"]), "pt") as f:
@@ -117,25 +113,11 @@ def test_original_names_invert_diffusers_importer():
 
 
 def test_block_swap_on_krea2_trains_the_same_adapter(reference_files):
-    from PIL import Image
-
-    from gal.training import TrainExample, adapter_state, train_lora
-
-    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
-    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
-    states = []
-    for n in (0, 2):
-        cfg = TrainConfig(
-            steps=2, learning_rate=1e-2, batch_size=2, blocks_to_swap=n, gradient_checkpointing=True
-        )
-        train_lora(pipe, examples, cfg, resolution=32, seed=1)
-        states.append(adapter_state(pipe))
-    assert states[0].keys() == states[1].keys()
-    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    block_swap_trains_the_same_adapter(reference_files, MODEL, 2)
 
 
-def test_resume_after_a_cancel_mid_generation(studios, references):
-    resume_after_cancel(studios, references, MODEL)
+def test_resume_after_a_cancel_mid_generation(finished):
+    resumed_where_it_stopped(finished)
 
 
 @pytest.mark.slow

@@ -7,12 +7,12 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from family_checks import COMFYUI, REPLAYER
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -23,8 +23,6 @@ from gal.families.sd3 import SD3_TARGETS
 from gal.training import LORA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-# A ComfyUI checkout (or its comfy/ files) to check the key names with ComfyUI's own code; not committed.
-COMFYUI = Path(os.environ.get("GAL_COMFYUI", ROOT / "tmp" / "comfyui"))
 
 
 def _gal(runs: Path, *args: str) -> subprocess.CompletedProcess:
@@ -67,25 +65,6 @@ def test_two_round_gal_run_on_tiny_sd3(sd3_run):
     assert sd3_run["images"], "round 2 drew no images"
 
 
-REPLAY = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    from gal import families
-    from gal.config import GenerateConfig
-    from gal.generation import generate
-    out, cases, cfg = sys.argv[1], json.loads(sys.argv[2]), GenerateConfig(**json.loads(sys.argv[3]))
-    family = families.get(families.TINY["tiny-sd3"])
-    results = {}
-    for name, weight in (("diffusers", "pytorch_lora_weights.safetensors"), ("base", None)):
-        pipe = family.build_tiny()  # a fresh pipeline, in a fresh process
-        if weight:
-            pipe.load_lora_weights(out, weight_name=weight)
-        ims = generate(pipe, [c["prompt"] for c in cases], [c["seed"] for c in cases], cfg, resolution=32)
-        results[name] = [np.asarray(im, dtype=np.float32).tolist() for im in ims]
-    print(json.dumps(results))
-""")
-
-
 def test_the_diffusers_export_redraws_the_runs_images_in_a_fresh_pipeline(sd3_run):
     config = json.loads((sd3_run["out"] / "gal_config.json").read_text())
     images = [im for im in sd3_run["images"] if im["kind"] != "eval"][:2]
@@ -93,16 +72,10 @@ def test_the_diffusers_export_redraws_the_runs_images_in_a_fresh_pipeline(sd3_ru
     gen = {k: config["generate"][k] for k in ("steps", "guidance_scale", "negative_prompt")} | {
         "batch_size": 2
     }
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", REPLAY, str(sd3_run["out"]), json.dumps(cases), json.dumps(gen)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    # a fresh pipeline in a process of its own (shared with the other families' replays)
+    weights = {"diffusers": "pytorch_lora_weights.safetensors"}
+    job = {"model": "tiny-sd3", "out": str(sd3_run["out"]), "cases": cases, "weights": weights, "gen": gen}
+    results = REPLAYER.ask(job)
     run_dir = Path(sd3_run["run"]["run_dir"])
     saved = [np.asarray(Image.open(run_dir / im["file"]), dtype=np.float32) for im in images]
     for im, redrawn in zip(saved, results["diffusers"]):

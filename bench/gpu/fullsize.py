@@ -12,18 +12,9 @@ from __future__ import annotations
 import torch
 
 from bench.gpu.common import built_directly
+from gal.families.published import CLIP_G, CLIP_L, T5_XXL  # noqa: F401  (shared with the memory table)
 
 # -- published configs (hub config.json values) ------------------------------------------------------
-CLIP_L = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_attention_heads=12,
-    num_hidden_layers=12,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    projection_dim=768,
-    hidden_act="quick_gelu",
-)
 VAE_SD = dict(
     block_out_channels=(128, 256, 512, 512),
     layers_per_block=2,
@@ -62,16 +53,7 @@ SDXL_UNET = dict(
     addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
 )
-SDXL_TE2 = dict(
-    hidden_size=1280,
-    intermediate_size=5120,
-    num_attention_heads=20,
-    num_hidden_layers=32,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    projection_dim=1280,
-    hidden_act="gelu",
-)
+SDXL_TE2 = CLIP_G  # OpenCLIP bigG: SDXL's second encoder, SD3.5's too
 FLUX_DEV = dict(
     patch_size=1,
     in_channels=64,
@@ -93,16 +75,6 @@ FLUX_VAE = dict(
     use_post_quant_conv=False,
     scaling_factor=0.3611,
     shift_factor=0.1159,
-)
-T5_XXL = dict(
-    d_model=4096,
-    d_ff=10240,
-    d_kv=64,
-    num_heads=64,
-    num_layers=24,
-    vocab_size=32128,
-    feed_forward_proj="gated-gelu",
-    relative_attention_num_buckets=32,
 )
 NATIVE = {"sd": 512, "sdxl": 1024, "flux": 1024}  # published native resolution per family
 

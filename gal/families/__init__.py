@@ -17,6 +17,7 @@ from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
 from gal.families.flux2 import Flux2Family
 from gal.families.krea2 import Krea2Family
+from gal.families.lumina2 import Lumina2Family
 from gal.families.qwenimage import QwenImageFamily
 from gal.families.sd import SDFamily
 from gal.families.sd3 import SD3Family
@@ -36,6 +37,7 @@ FAMILIES: dict[str, Family] = {
         ZImageFamily(),
         Flux2Family(),
         Krea2Family(),
+        Lumina2Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family

@@ -223,11 +223,27 @@ class Family(abc.ABC):
         """Extra ``from_pretrained`` arguments (e.g. no safety checker)."""
         return {}
 
+    # The diffusers class of the transformer a single file holds, for families whose single files hold the
+    # denoiser only (the text encoders, VAE and tokenizers come from the diffusers folder ``config``);
+    # "": the single file is a whole-pipeline checkpoint (SD, SDXL).
+    single_file_transformer: str = ""
+
     def load_single_file(self, path: str, config: str, dtype):
         """A single-file checkpoint, configs and tokenizers from the diffusers folder ``config``."""
-        return self.pipeline_class().from_single_file(
-            path, config=config, torch_dtype=dtype, **self.load_kwargs()
-        )
+        if not self.single_file_transformer:
+            return self.pipeline_class().from_single_file(
+                path, config=config, torch_dtype=dtype, **self.load_kwargs()
+            )
+        transformer = self.transformer_from_single_file(path, config, dtype)
+        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
+
+    def transformer_from_single_file(self, path: str, config: str, dtype):
+        """``single_file_transformer`` from the file (original or diffusers layout), its config from
+        ``config``'s ``transformer`` folder."""
+        import diffusers
+
+        cls = getattr(diffusers, self.single_file_transformer)
+        return cls.from_single_file(path, config=config, subfolder="transformer", torch_dtype=dtype)
 
     @abc.abstractmethod
     def build_tiny(self, seed: int = 0):
@@ -288,6 +304,16 @@ class Family(abc.ABC):
     def pipe_kwargs(self, cfg, n: int) -> dict:
         """The pipeline's ``__call__`` arguments from a GenerateConfig for ``n`` prompts."""
 
+    @staticmethod
+    def real_cfg_kwargs(cfg, n: int) -> dict:
+        """``pipe_kwargs`` of a pipeline with real classifier-free guidance: steps, guidance and the negative
+        prompt once per prompt (None when empty: the pipeline's own empty negative)."""
+        return {
+            "negative_prompt": [cfg.negative_prompt] * n if cfg.negative_prompt else None,
+            "num_inference_steps": cfg.steps,
+            "guidance_scale": cfg.guidance_scale,
+        }
+
     def call_kwargs(self, pipe) -> dict:
         """``__call__`` arguments that come from the pipeline itself (e.g. the T5 sequence length)."""
         return {}
@@ -309,7 +335,11 @@ class Family(abc.ABC):
     def meta_parts(self, variant: str = "") -> dict[str, torch.nn.Module]:
         """The full-size model's parts (``denoiser_name``, ``text_encoder*``, ``vae``) from the published
         configs on the meta device (shapes only, nothing downloaded) for ``bench/families.py``. Families
-        without a full-size config raise NotImplementedError."""
+        without a full-size config raise NotImplementedError. The configs are ``gal.families.published``'s."""
+        from gal.families.published import PUBLISHED, parts
+
+        if any(family == self.name for family, _ in PUBLISHED):
+            return parts(self.name, variant)
         raise NotImplementedError(f"{self.label}: no full-size config")
 
     def needs_memory_saving(self) -> bool:

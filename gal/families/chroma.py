@@ -39,6 +39,7 @@ class ChromaFamily(FluxFamily):
     name = "chroma"
     label = "Chroma"
     pipeline_classes = ("ChromaPipeline",)
+    single_file_transformer = "ChromaTransformer2DModel"
     unsupported = {"ChromaImg2ImgPipeline": "Chroma img2img"}
     detect_priority = 5  # before FLUX.1: a Chroma file has FLUX.1's block names too
     defaults = FamilyDefaults(
@@ -67,15 +68,6 @@ class ChromaFamily(FluxFamily):
         from diffusers import ChromaPipeline
 
         return ChromaPipeline
-
-    def load_single_file(self, path: str, config: str, dtype):
-        """Chroma single files hold the transformer: T5, VAE and tokenizer come from the folder ``config``."""
-        from diffusers import ChromaTransformer2DModel
-
-        transformer = ChromaTransformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
-        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
 
     def build_tiny(self, seed: int = 0):
         """A random-init Chroma-shaped pipeline at 32 px (diffusers' test transformer at FLUX.1's tiny
@@ -150,53 +142,20 @@ class ChromaFamily(FluxFamily):
         )
         return {"embeds": embeds, "mask": mask}
 
-    def per_sample_loss(
-        self, pipe, scheduler, latents, cond, generator, cfg, autocast, rows=None
-    ) -> torch.Tensor:
-        """FLUX.1's flow-matching loss with Chroma's conditioning: no pooled projection, no guidance
-        embedding, the text mask extended over the image tokens (``_prepare_attention_mask``)."""
-        from diffusers import ChromaPipeline
-
-        transformer = pipe.transformer
-        device, dtype = latents.device, transformer.dtype
-        d = self.flow_draw(scheduler, latents, cond, generator, cfg, rows)
-        if d.empty:
-            return latents.new_zeros(0)
-        b, c, h, w = d.latents.shape
-        packed = ChromaPipeline._pack_latents(d.noisy, b, c, h, w)
-        image_ids = ChromaPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
-        text_ids = torch.zeros(d.cond["embeds"].shape[1], 3, device=device, dtype=dtype)
+    def conditioning(self, pipe, d, packed: torch.Tensor, cfg) -> dict:
+        """FLUX.1's loss (``FluxFamily.per_sample_loss``) with Chroma's conditioning: no pooled projection,
+        no guidance embedding, the text mask extended over the image tokens (``_prepare_attention_mask``)."""
         mask = pipe._prepare_attention_mask(
-            batch_size=b, sequence_length=packed.shape[1], dtype=dtype, attention_mask=d.cond["mask"]
+            batch_size=packed.shape[0],
+            sequence_length=packed.shape[1],
+            dtype=pipe.transformer.dtype,
+            attention_mask=d.cond["mask"],
         )
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-            pred = transformer(
-                hidden_states=packed.to(dtype),
-                timestep=d.timesteps / 1000,
-                encoder_hidden_states=d.cond["embeds"],
-                txt_ids=text_ids,
-                img_ids=image_ids,
-                attention_mask=mask,
-                return_dict=False,
-            )[0]
-        scale = int(pipe.vae_scale_factor)
-        pred = ChromaPipeline._unpack_latents(pred, height=h * scale, width=w * scale, vae_scale_factor=scale)
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return {"attention_mask": mask}
 
     def pipe_kwargs(self, cfg, n: int) -> dict:
         """Chroma takes real CFG and negative prompts (not guidance-distilled, unlike FLUX.1-dev)."""
-        return {
-            "negative_prompt": [cfg.negative_prompt] * n if cfg.negative_prompt else None,
-            "num_inference_steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale,
-        }
-
-    def save_lora(self, pipe, folder, layers, metadata) -> None:
-        if set(layers) != {"transformer"}:
-            raise ValueError(
-                "Chroma LoRA here adapts the transformer only: turn train.train_text_encoder off"
-            )
-        super().save_lora(pipe, folder, layers, metadata)
+        return self.real_cfg_kwargs(cfg, n)
 
     def export_facts(self, pipe) -> ExportFacts:
         return CHROMA_FACTS

@@ -36,6 +36,7 @@ class FluxFamily(FlowMatching, Family):
     name = "flux"
     label = "FLUX.1"
     pipeline_classes = ("FluxPipeline",)
+    single_file_transformer = "FluxTransformer2DModel"
     denoiser_name = "transformer"
     lora_prefix = "transformer"
     defaults = FamilyDefaults(
@@ -84,16 +85,6 @@ class FluxFamily(FlowMatching, Family):
         from diffusers import FluxPipeline
 
         return FluxPipeline
-
-    def load_single_file(self, path: str, config: str, dtype):
-        """FLUX.1 single files hold the transformer only (BFL or diffusers layout): the text encoders, VAE
-        and tokenizers come from the diffusers folder ``config``."""
-        from diffusers import FluxTransformer2DModel
-
-        transformer = FluxTransformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
-        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
 
     def build_tiny(self, seed: int = 0):
         """A random-init FLUX.1-dev-shaped pipeline at 32 px (the notes' recipe); same seed, same weights."""
@@ -188,23 +179,28 @@ class FluxFamily(FlowMatching, Family):
         packed = FluxPipeline._pack_latents(d.noisy, b, c, h, w)
         image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
         text_ids = torch.zeros(d.cond["embeds"].shape[1], 3, device=device, dtype=dtype)
-        guidance = None
-        if transformer.config.guidance_embeds:
-            guidance = torch.full((b,), float(cfg.flow.guidance_scale), device=device)
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             pred = transformer(
                 hidden_states=packed.to(dtype),
                 timestep=d.timesteps / 1000,
-                guidance=guidance,
-                pooled_projections=d.cond["pooled"],
                 encoder_hidden_states=d.cond["embeds"],
                 txt_ids=text_ids,
                 img_ids=image_ids,
                 return_dict=False,
+                **self.conditioning(pipe, d, packed, cfg),
             )[0]
         scale = int(pipe.vae_scale_factor)
         pred = FluxPipeline._unpack_latents(pred, height=h * scale, width=w * scale, vae_scale_factor=scale)
         return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+
+    def conditioning(self, pipe, d, packed: torch.Tensor, cfg) -> dict:
+        """The transformer's inputs beyond latents, text and ids: FLUX.1's pooled CLIP projection and, for
+        guidance-distilled checkpoints, the distilled guidance (Chroma overrides: a text mask instead)."""
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            b = packed.shape[0]
+            guidance = torch.full((b,), float(cfg.flow.guidance_scale), device=packed.device)
+        return {"guidance": guidance, "pooled_projections": d.cond["pooled"]}
 
     def pipe_kwargs(self, cfg, n: int) -> dict:
         if cfg.negative_prompt:
@@ -217,7 +213,7 @@ class FluxFamily(FlowMatching, Family):
     def save_lora(self, pipe, folder, layers, metadata) -> None:
         if set(layers) != {"transformer"}:
             raise ValueError(
-                "FLUX.1 LoRA here adapts the transformer only: turn train.train_text_encoder off"
+                f"{self.label} LoRA here adapts the transformer only: turn train.train_text_encoder off"
             )
         super().save_lora(pipe, folder, layers, metadata)
 

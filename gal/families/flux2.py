@@ -27,8 +27,9 @@ import torch
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
+from gal.families.kohya import folded_state_dict
 from gal.families.memory import transformer_activations
-from gal.families.zimage import folded_state_dict, qwen_tokenizer
+from gal.families.zimage import qwen_tokenizer
 
 # The scripts' default targets; 48 single blocks covers dev (klein 4B has 20, klein 9B 24).
 FLUX2_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "to_qkv_mlp_proj"] + [
@@ -49,30 +50,13 @@ FLUX2_FACTS = ExportFacts(
     network_module="networks.lora_flux_2",
 )
 # Full-size transformer configs (the published config.json values; dev is the class default).
-FLUX2_VARIANTS = {
-    "klein-4b": dict(num_layers=5, num_single_layers=20, num_attention_heads=24, joint_attention_dim=7680,
-                     guidance_embeds=False),
-    "klein-9b": dict(num_layers=8, num_single_layers=24, num_attention_heads=32, joint_attention_dim=12288,
-                     guidance_embeds=False),
-    "dev": dict(num_layers=8, num_single_layers=48, num_attention_heads=48, joint_attention_dim=15360,
-                guidance_embeds=True),
-}  # fmt: skip
-QWEN3_8B = dict(
-    vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-)  # fmt: skip
-MISTRAL_SMALL_TEXT = dict(
-    vocab_size=131072, hidden_size=5120, intermediate_size=32768, num_hidden_layers=40,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-)  # fmt: skip
-PIXTRAL_VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                      head_dim=64, patch_size=14, image_size=1540)  # fmt: skip
 
 
 class Flux2Family(FlowMatching, Family):
     name = "flux2"
     label = "FLUX.2"
     pipeline_classes = ("Flux2KleinPipeline", "Flux2Pipeline")
+    single_file_transformer = "Flux2Transformer2DModel"
     unsupported = {
         "Flux2KleinInpaintPipeline": "FLUX.2 klein inpainting",
         "Flux2KleinKVPipeline": "FLUX.2 klein with reference-image KV cache (editing)",
@@ -122,11 +106,8 @@ class Flux2Family(FlowMatching, Family):
         from pathlib import Path
 
         import diffusers
-        from diffusers import Flux2Transformer2DModel
 
-        transformer = Flux2Transformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
+        transformer = self.transformer_from_single_file(path, config, dtype)
         cls = json.loads((Path(config) / "model_index.json").read_text())["_class_name"]
         if cls not in self.pipeline_classes:
             raise ValueError(
@@ -279,41 +260,6 @@ class Flux2Family(FlowMatching, Family):
         pipe.set_progress_bar_config(disable=True)
         return self.attach(pipe)
 
-    def meta_parts(self, variant: str = "klein-4b") -> dict[str, torch.nn.Module]:
-        """The full-size components of ``variant`` (klein-4b, klein-9b, dev) on the meta device."""
-        from accelerate import init_empty_weights
-        from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
-        from transformers import (
-            Mistral3Config,
-            Mistral3ForConditionalGeneration,
-            MistralConfig,
-            PixtralVisionConfig,
-            Qwen3Config,
-            Qwen3ForCausalLM,
-        )
-
-        from gal.families.zimage import QWEN3_4B
-
-        if variant not in FLUX2_VARIANTS:
-            raise ValueError(f"unknown FLUX.2 variant {variant!r}: one of {', '.join(FLUX2_VARIANTS)}")
-        with init_empty_weights():
-            if variant == "dev":
-                text_encoder = Mistral3ForConditionalGeneration(
-                    Mistral3Config(
-                        text_config=MistralConfig(**MISTRAL_SMALL_TEXT),
-                        vision_config=PixtralVisionConfig(**PIXTRAL_VISION),
-                    )
-                )
-            else:
-                text_encoder = Qwen3ForCausalLM(
-                    Qwen3Config(**(QWEN3_4B if variant == "klein-4b" else QWEN3_8B))
-                )
-            return {
-                "transformer": Flux2Transformer2DModel(**FLUX2_VARIANTS[variant]),
-                "text_encoder": text_encoder,
-                "vae": AutoencoderKLFlux2(),
-            }
-
     def native_resolution(self, pipe) -> int:
         return int(pipe.default_sample_size) * int(pipe.vae_scale_factor)
 
@@ -426,23 +372,12 @@ def mistral_tokenizer(model_max_length: int = 128):
     """An offline byte-level BPE ``PreTrainedTokenizerFast`` with Mistral's special-token ids, trained on
     FLUX.2's system message and a small prompt vocabulary (so the system prompt takes few tokens)."""
     from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from gal.families.tiny import bpe_tokenizer
     from gal.families.zimage import _CORPUS_WORDS
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=_MISTRAL_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    words = _CORPUS_WORDS.split()
-    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] + [SYSTEM_MESSAGE] * 8
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    tok = bpe_tokenizer(_MISTRAL_SPECIALS, _CORPUS_WORDS, (SYSTEM_MESSAGE,) * 8)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

@@ -51,3 +51,36 @@ def module_kohya_state_dict(
                 )
             out[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return out
+
+
+def folded_state_dict(
+    diffusers_state: dict[str, torch.Tensor],
+    scales: dict[str, tuple[float, int | None]],
+    part: str,
+    prefix: str,
+    label: str,
+    alpha_tensors: bool = True,
+) -> dict[str, torch.Tensor]:
+    """``<part>.<module>.lora_A/B.weight`` -> ``<prefix>.<module>.lora_A/B.weight`` with ``lora_B ·= alpha/r``
+    and ``<prefix>.<module>.alpha = r`` (per module: ΔW = B·A·alpha/r unchanged; loaders that read the
+    ``.alpha`` tensor and those that default to scale 1 agree, and so does kohya's ``ss_network_alpha``).
+    ``alpha_tensors=False`` leaves them out (diffusers' FLUX.2 loader refuses ``.alpha`` keys beside
+    ``transformer.…lora_A/B``)."""
+    alpha, rank = scales.get(part, (None, None))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in diffusers_state.items():
+        head, _, rest = key.partition(".")
+        if head != part:
+            raise ValueError(f"the {label} LoRA holds {key!r}: only the {part} is adapted here")
+        module, _, kind = rest.rpartition(".lora_")
+        if kind not in ("A.weight", "B.weight"):
+            raise ValueError(f"unexpected LoRA key {key!r}: re-save the adapter with diffusers")
+        if kind == "B.weight":
+            r = value.shape[1]
+            if rank is not None and int(rank) != r:
+                raise ValueError(f"{key} has rank {r} but the adapter says r={rank}: re-export the round")
+            value = value.float() * (float(alpha if alpha is not None else r) / r)
+            if alpha_tensors:  # scale 1 stated per module: kohya's header (read from the tensors) agrees
+                out[f"{prefix}.{module}.alpha"] = torch.tensor(float(r))
+        out[f"{prefix}.{module}.lora_{kind}"] = value.contiguous()
+    return out

@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 
 from gal.families.base import ExportFacts, FamilyDefaults
+from gal.families.kohya import folded_state_dict
 from gal.families.memory import transformer_activations
-from gal.families.qwenimage import QwenImageFamily, folded_state_dict, qwen_tokenizer, template_tokens
+from gal.families.qwenimage import QwenImageFamily, qwen_tokenizer, template_tokens
 
 KREA2_TARGETS = [
     "img_in",
@@ -62,6 +63,7 @@ class Krea2Family(QwenImageFamily):
     name = "krea2"
     label = "Krea 2"
     pipeline_classes = ("Krea2Pipeline",)
+    single_file_transformer = "Krea2Transformer2DModel"
     unsupported = {}
     defaults = FamilyDefaults(
         resolution=1024,  # the pipeline's default size (the script trains at 512)
@@ -92,14 +94,6 @@ class Krea2Family(QwenImageFamily):
         from diffusers import Krea2Pipeline
 
         return Krea2Pipeline
-
-    def load_single_file(self, path: str, config: str, dtype):
-        from diffusers import Krea2Transformer2DModel
-
-        transformer = Krea2Transformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
-        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
 
     def build_tiny(self, seed: int = 0):
         """A random-init Krea 2-shaped pipeline at 32 px: diffusers' test transformer, a small Qwen-Image
@@ -278,7 +272,9 @@ class Krea2Family(QwenImageFamily):
 
     def kohya_state_dict(self, diffusers_state, scales, pipe=None) -> dict[str, torch.Tensor]:
         """The original-layout file (see the module docstring), alpha/r folded into ``lora_B``."""
-        folded = folded_state_dict(diffusers_state, scales, "transformer", "transformer", self.label)
+        folded = folded_state_dict(
+            diffusers_state, scales, "transformer", "transformer", self.label, alpha_tensors=False
+        )
         out = {}
         for key, value in folded.items():
             module, _, kind = key.removeprefix("transformer.").rpartition(".lora_")

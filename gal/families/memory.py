@@ -142,6 +142,17 @@ def estimate_from_pipe(pipe, family, cfg, resolution: int) -> dict[str, float]:
     )
 
 
+# The app's setting and ``gal run``'s flag for ``train.blocks_to_swap`` (its row in gal/fields.py; a test
+# holds the two together — gal.fields is not imported here: it would close an import circle).
+SWAP_SETTING = "Blocks swapped to the CPU"
+SWAP_FLAG = "--blocks-to-swap"
+
+
+def swap_option(n: int) -> str:
+    """How the refusal names block swap: the config key, the app's setting and ``gal run``'s flag."""
+    return f"train.blocks_to_swap={n} (Set up: '{SWAP_SETTING}' = {n}; gal run {SWAP_FLAG} {n})"
+
+
 def advice(need: dict[str, float], free_bytes: float, cfg, family) -> str | None:
     """None when ``need['total']`` fits in ``free_bytes``; else a message naming the options still off."""
     if need["total"] <= free_bytes:
@@ -165,7 +176,7 @@ def advice(need: dict[str, float], free_bytes: float, cfg, family) -> str | None
         # enough blocks to cover the shortfall, plus the two that are streamed in at a time
         n = swapped + math.ceil((need["total"] - free_bytes) / need["block_bytes"]) + (0 if swapped else 2)
         if n <= need["blocks"] - 1:
-            options.append(f"train.blocks_to_swap={n}")
+            options.append(swap_option(n))
     gib = 2**30
     fix = (
         f"turn on {', '.join(options)}"

@@ -20,13 +20,13 @@ Memory (full size): transformer 20.4B, text encoder 8.3B (~16 GB bf16), VAE 0.13
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
+from gal.families.kohya import folded_state_dict
 from gal.families.memory import transformer_activations
+from gal.families.tiny import bpe_vocab
 
 QWEN_IMAGE_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the script's default --lora_layers
 
@@ -55,37 +55,12 @@ _CORPUS = (
 )
 
 
-@lru_cache(maxsize=4)
-def qwen_bpe(vocab_size: int = 1024) -> tuple[dict, list]:
-    """A byte-level BPE trained offline (deterministic) on the template words and a small prompt
-    vocabulary, so each template word is one token as in the real Qwen2 vocabulary."""
-    import json
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=QWEN_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    words = _CORPUS.split()
-    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] + ["\n", "\n\n", ":\n"]
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return dict(model["vocab"]), merges
-
-
 def qwen_tokenizer(model_max_length: int = 1024):
-    """transformers' ``Qwen2Tokenizer`` (Qwen2's own pre-tokenizer) over ``qwen_bpe``; ``<|endoftext|>`` is
-    id 0 and pads."""
+    """transformers' ``Qwen2Tokenizer`` (Qwen2's own pre-tokenizer) over ``tiny.bpe_vocab``;
+    ``<|endoftext|>`` is id 0 and pads."""
     from transformers import Qwen2Tokenizer
 
-    vocab, merges = qwen_bpe()
+    vocab, merges = bpe_vocab(QWEN_SPECIALS, _CORPUS, ("\n", "\n\n", ":\n"))
     return Qwen2Tokenizer(
         vocab=dict(vocab),
         merges=list(merges),
@@ -104,6 +79,7 @@ class QwenImageFamily(FlowMatching, Family):
     name = "qwenimage"
     label = "Qwen-Image"
     pipeline_classes = ("QwenImagePipeline",)
+    single_file_transformer = "QwenImageTransformer2DModel"
     unsupported = {
         "QwenImageEditPipeline": "Qwen-Image-Edit (editing)",
         "QwenImageEditPlusPipeline": "Qwen-Image-Edit-2509 (editing)",
@@ -148,15 +124,6 @@ class QwenImageFamily(FlowMatching, Family):
         from diffusers import QwenImagePipeline
 
         return QwenImagePipeline
-
-    def load_single_file(self, path: str, config: str, dtype):
-        """A single file holds the transformer; the rest comes from the diffusers folder ``config``."""
-        from diffusers import QwenImageTransformer2DModel
-
-        transformer = QwenImageTransformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
-        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
 
     def build_tiny(self, seed: int = 0):
         """A random-init Qwen-Image-shaped pipeline at 32 px (diffusers' test transformer, a small
@@ -334,25 +301,6 @@ class QwenImageFamily(FlowMatching, Family):
     def kohya_state_dict(self, diffusers_state, scales, pipe=None) -> dict[str, torch.Tensor]:
         """The ComfyUI file: ``diffusion_model.<module>.lora_A/B.weight`` with ``alpha / r`` folded into
         ``lora_B`` (ComfyUI and diffusers' non-diffusers Qwen importer read it at the trained strength)."""
-        return folded_state_dict(diffusers_state, scales, "transformer", "diffusion_model", self.label)
-
-
-def folded_state_dict(diffusers_state, scales, part: str, prefix: str, label: str) -> dict[str, torch.Tensor]:
-    """``<part>.<module>.lora_A/B.weight`` -> ``<prefix>.<module>.lora_A/B.weight`` with ``lora_B ·= alpha/r``
-    (ΔW = B·A·alpha/r per module unchanged; a loader's default scale of 1 is then right)."""
-    alpha, rank = scales.get(part, (None, None))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in diffusers_state.items():
-        head, _, rest = key.partition(".")
-        if head != part:
-            raise ValueError(f"the {label} LoRA holds {key!r}: only the {part} is adapted here")
-        module, _, kind = rest.rpartition(".lora_")
-        if kind not in ("A.weight", "B.weight"):
-            raise ValueError(f"unexpected LoRA key {key!r}: re-save the adapter with diffusers")
-        if kind == "B.weight":
-            r = value.shape[1]
-            if rank is not None and int(rank) != r:
-                raise ValueError(f"{key} has rank {r} but the adapter says r={rank}: re-export the round")
-            value = value.float() * (float(alpha if alpha is not None else r) / r)
-        out[f"{prefix}.{module}.lora_{kind}"] = value.contiguous()
-    return out
+        return folded_state_dict(
+            diffusers_state, scales, "transformer", "diffusion_model", self.label, alpha_tensors=False
+        )

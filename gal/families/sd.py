@@ -249,11 +249,7 @@ class SDFamily(Family):
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:
         """The family's __call__ arguments from a GenerateConfig for ``n`` prompts."""
-        return {
-            "negative_prompt": [cfg.negative_prompt] * n if cfg.negative_prompt else None,
-            "num_inference_steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale,
-        }
+        return self.real_cfg_kwargs(cfg, n)
 
     # -- memory -------------------------------------------------------------------------------------
     def activations(self, denoiser, resolution: int, batch: int, vae_scale: int) -> tuple[float, float]:

@@ -185,11 +185,7 @@ class SD3Family(FlowMatching, Family):
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:
-        return {
-            "negative_prompt": [cfg.negative_prompt] * n if cfg.negative_prompt else None,
-            "num_inference_steps": cfg.steps,
-            "guidance_scale": cfg.guidance_scale,
-        }
+        return self.real_cfg_kwargs(cfg, n)
 
     def call_kwargs(self, pipe) -> dict:
         return {"max_sequence_length": self.max_sequence_length(pipe)}

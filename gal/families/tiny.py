@@ -88,3 +88,42 @@ def tiny_t5(tokenizer, d_model: int, seed: int):
             decoder_start_token_id=0,
         )
     ).eval()
+
+
+@lru_cache(maxsize=8)
+def _bpe_json(
+    specials: tuple[str, ...], words: tuple[str, ...], extra: tuple[str, ...], vocab_size: int
+) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] + list(extra)
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
+    return tok.to_str()
+
+
+def bpe_tokenizer(specials, words: str, extra=(), vocab_size: int = 1024):
+    """A byte-level BPE (``tokenizers.Tokenizer``) trained offline on every rotation of ``words`` plus the
+    ``extra`` texts (a template, a system message), ``specials`` first (ids 0, 1, …): the same vocabulary
+    and merges on every machine (the trainer is deterministic on a fixed corpus), each corpus word one
+    token as in the real vocabularies. The tiny Qwen, Gemma and Mistral encoders' tokenizers wrap it."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(_bpe_json(tuple(specials), tuple(words.split()), tuple(extra), vocab_size))
+
+
+def bpe_vocab(specials, words: str, extra=(), vocab_size: int = 1024) -> tuple[dict, list]:
+    """``bpe_tokenizer``'s vocabulary and merges (as transformers' slow-style constructors take them)."""
+    import json
+
+    model = json.loads(_bpe_json(tuple(specials), tuple(words.split()), tuple(extra), vocab_size))["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return dict(model["vocab"]), merges

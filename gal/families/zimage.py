@@ -18,13 +18,13 @@ diffusers names with ``alpha/r`` folded into ``lora_B`` (scale 1 in every loader
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
+from gal.families.kohya import folded_state_dict
 from gal.families.memory import transformer_activations
+from gal.families.tiny import bpe_vocab
 
 ZIMAGE_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the script's default --lora_layers
 
@@ -41,23 +41,6 @@ ZIMAGE_FACTS = ExportFacts(
     writes_prediction_type=False,
     network_module="networks.lora_zimage",
 )
-
-# Full-size configs (the published config.json values of Tongyi-MAI/Z-Image and Qwen/Qwen3-4B), for the
-# meta-device memory table (``meta_parts``).
-ZIMAGE_TRANSFORMER = dict(
-    all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
-    n_heads=30, n_kv_heads=30, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
-    axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
-)  # fmt: skip
-QWEN3_4B = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-    num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-)  # fmt: skip
-FLUX1_VAE = dict(
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, use_quant_conv=False,
-    use_post_quant_conv=False, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-)  # fmt: skip
 
 # Qwen3 special tokens the template uses (ids 0..4 in the tiny vocabulary; <|endoftext|> also pads).
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -82,37 +65,12 @@ _CORPUS_WORDS = (
 )
 
 
-@lru_cache(maxsize=4)
-def _qwen_vocab(vocab_size: int) -> tuple[dict, list]:
-    """A byte-level BPE trained offline on the template words and a small prompt vocabulary: the same
-    vocabulary and merges on every machine (the trainer is deterministic on a fixed corpus)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=QWEN_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    words = _CORPUS_WORDS.split()
-    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))] + ["\n\n", "\n"]
-    tok.train_from_iterator(corpus * 4, trainer=trainer)
-    import json
-
-    model = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return dict(model["vocab"]), merges
-
-
 def qwen_tokenizer(model_max_length: int = 128, vocab_size: int = 1024):
     """An offline Qwen2/3 tokenizer (transformers' ``Qwen2Tokenizer`` with Qwen2's own pre-tokenizer) and
     a minimal Qwen3 chat template; ``<|endoftext|>`` is id 0 and pads."""
     from transformers import Qwen2Tokenizer
 
-    vocab, merges = _qwen_vocab(vocab_size)
+    vocab, merges = bpe_vocab(QWEN_SPECIALS, _CORPUS_WORDS, ("\n\n", "\n"), vocab_size)
     tok = Qwen2Tokenizer(
         vocab=dict(vocab),
         merges=list(merges),
@@ -127,6 +85,7 @@ class ZImageFamily(FlowMatching, Family):
     name = "zimage"
     label = "Z-Image"
     pipeline_classes = ("ZImagePipeline",)
+    single_file_transformer = "ZImageTransformer2DModel"
     unsupported = {
         "ZImageImg2ImgPipeline": "Z-Image img2img",
         "ZImageInpaintPipeline": "Z-Image inpainting",
@@ -168,15 +127,6 @@ class ZImageFamily(FlowMatching, Family):
         from diffusers import ZImagePipeline
 
         return ZImagePipeline
-
-    def load_single_file(self, path: str, config: str, dtype):
-        """Z-Image single files hold the transformer only: the rest comes from the diffusers folder."""
-        from diffusers import ZImageTransformer2DModel
-
-        transformer = ZImageTransformer2DModel.from_single_file(
-            path, config=config, subfolder="transformer", torch_dtype=dtype
-        )
-        return self.pipeline_class().from_pretrained(config, transformer=transformer, dtype=dtype)
 
     def build_tiny(self, seed: int = 0):
         """A random-init Z-Image-shaped pipeline at 32 px; same seed, same weights."""
@@ -248,19 +198,6 @@ class ZImageFamily(FlowMatching, Family):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def meta_parts(self, variant: str = "") -> dict[str, torch.nn.Module]:
-        """The full-size components on the meta device (shapes only: parameter counts, memory estimates)."""
-        from accelerate import init_empty_weights
-        from diffusers import AutoencoderKL, ZImageTransformer2DModel
-        from transformers import Qwen3Config, Qwen3Model
-
-        with init_empty_weights():
-            return {
-                "transformer": ZImageTransformer2DModel(**ZIMAGE_TRANSFORMER),
-                "text_encoder": Qwen3Model(Qwen3Config(**QWEN3_4B)),
-                "vae": AutoencoderKL(**FLUX1_VAE),
-            }
-
     def native_resolution(self, pipe) -> int:
         # ZImagePipeline draws 1024 px unless told; the tiny model is built for 32 px (no larger config).
         size = getattr(pipe.transformer.config, "dim", 0)
@@ -301,15 +238,12 @@ class ZImageFamily(FlowMatching, Family):
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:
-        kwargs = {"num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance_scale}
-        if cfg.negative_prompt:
-            if cfg.guidance_scale <= 0:
-                raise ValueError(
-                    "a negative prompt needs classifier-free guidance: set generate.guidance_scale > 0 "
-                    "(Z-Image Turbo runs at 0: leave the negative prompt empty)"
-                )
-            kwargs["negative_prompt"] = [cfg.negative_prompt] * n
-        return kwargs
+        if cfg.negative_prompt and cfg.guidance_scale <= 0:
+            raise ValueError(
+                "a negative prompt needs classifier-free guidance: set generate.guidance_scale > 0 "
+                "(Z-Image Turbo runs at 0: leave the negative prompt empty)"
+            )
+        return self.real_cfg_kwargs(cfg, n)
 
     def call_kwargs(self, pipe) -> dict:
         return {"max_sequence_length": self.max_sequence_length(pipe)}
@@ -338,36 +272,3 @@ class ZImageFamily(FlowMatching, Family):
         ``diffusion_model.``, ``lora_A``/``lora_B`` with ``alpha/r`` folded into ``lora_B``, so the strength
         is right in loaders that read no metadata (ComfyUI) and in diffusers (which then uses scale 1)."""
         return folded_state_dict(diffusers_state, scales, "transformer", "diffusion_model", self.label)
-
-
-def folded_state_dict(
-    diffusers_state: dict[str, torch.Tensor],
-    scales: dict[str, tuple[float, int | None]],
-    part: str,
-    prefix: str,
-    label: str,
-    alpha_tensors: bool = True,
-) -> dict[str, torch.Tensor]:
-    """``<part>.<module>.lora_A/B.weight`` -> ``<prefix>.<module>.lora_A/B.weight`` with ``lora_B ·= alpha/r``
-    and ``<prefix>.<module>.alpha = r`` (per module: ΔW = B·A·alpha/r unchanged; loaders that read the
-    ``.alpha`` tensor and those that default to scale 1 agree, and so does kohya's ``ss_network_alpha``).
-    ``alpha_tensors=False`` leaves them out (diffusers' FLUX.2 loader refuses ``.alpha`` keys beside
-    ``transformer.…lora_A/B``)."""
-    alpha, rank = scales.get(part, (None, None))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in diffusers_state.items():
-        head, _, rest = key.partition(".")
-        if head != part:
-            raise ValueError(f"the {label} LoRA holds {key!r}: only the {part} is adapted here")
-        module, _, kind = rest.rpartition(".lora_")
-        if kind not in ("A.weight", "B.weight"):
-            raise ValueError(f"unexpected LoRA key {key!r}: re-save the adapter with diffusers")
-        if kind == "B.weight":
-            r = value.shape[1]
-            if rank is not None and int(rank) != r:
-                raise ValueError(f"{key} has rank {r} but the adapter says r={rank}: re-export the round")
-            value = value.float() * (float(alpha if alpha is not None else r) / r)
-            if alpha_tensors:  # scale 1 stated per module: kohya's header (read from the tensors) agrees
-                out[f"{prefix}.{module}.alpha"] = torch.tensor(float(r))
-        out[f"{prefix}.{module}.lora_{kind}"] = value.contiguous()
-    return out
