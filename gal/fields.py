@@ -68,7 +68,13 @@ class Field:
         return tuple(value for _, value in self.choices)
 
     def cli_type(self):
-        return {"whole": int, "at_least_one": int, "resolution": int, "number": float}.get(self.parse, str)
+        return {
+            "whole": int,
+            "optional_whole": int,
+            "at_least_one": int,
+            "resolution": int,
+            "number": float,
+        }.get(self.parse, str)
 
     def cli_choices(self) -> list | None:
         choices = self.flag_choices or self.values()
@@ -167,6 +173,12 @@ FIELDS: tuple[Field, ...] = (
           "grid) go to FOLDER/<run id>; open with `tensorboard --logdir FOLDER`", "text", "train.log_dir",
           "optional_text", "more2", says="TensorBoard log folder", flag="--log-dir",
           flag_help="write TensorBoard event files to FOLDER/<run id> (off by default)"),
+    Field("checkpoint_every", "save training state every", "steps between saves of the round's training "
+          "state (adapter, optimiser, RNG), so Cancel/Continue or a killed run resumes mid-round; empty: 100 "
+          "on a GPU, a third of the round on the CPU; 0: off", "number", "train.checkpoint_every",
+          "optional_whole", "more2", says="training-state interval", flag="--checkpoint-every",
+          flag_help="save the training state every N steps so a killed round resumes mid-round "
+          "(default: 100 on a GPU, a third of the round on the CPU; 0: off)"),
     Field("adaptive_stop", "Adaptive stop (Eq. 10)", "finish early when fewer than k anchors are mixed",
           "checkbox", "gal.adaptive_stop", "bool", "more2"),
     Field("name", "Run name", "optional; shown in the Runs list", "text", "name", "text", "more2",
@@ -232,6 +244,16 @@ def _at_least_one(value, f: Field) -> int:
     number = _whole(value, f)
     if number < 1:
         raise ValueError(f"{f.named} must be at least 1, got {number}")
+    return number
+
+
+def _optional_whole(value, f: Field) -> int | None:
+    """A whole number >= 0, or empty: None (the config's automatic choice)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = _whole(value, f)
+    if number < 0:
+        raise ValueError(f"{f.named} must be 0 (off) or more steps, or empty (automatic), got {number}")
     return number
 
 
@@ -306,6 +328,7 @@ PARSERS = {
     "number": _number,
     "whole": _whole,
     "at_least_one": _at_least_one,
+    "optional_whole": _optional_whole,
     "resolution": _resolution,
     "text": _text,
     "phrase": _phrase,
