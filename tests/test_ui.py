@@ -26,7 +26,7 @@ import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 from gal.fields import config_from_form, default_form, field_names, form_from_config  # noqa: E402
 from gal_studio import app  # noqa: E402
-from ui import progress, render  # noqa: E402
+from ui import progress, render, selection  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
 from ui.setup import references_from  # noqa: E402
 
@@ -626,8 +626,8 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
         assert 'data-picks="1"' in preview and "would fill only" not in preview
         state = studio.review_state(run_id)
         many = [{"anchor_index": 0, "slot": i, "image_id": -1 - i} for i in range(12)]
-        assert "would fill only" in render.dilution_note(state, 12)
-        auto = render.preview_html(
+        assert "would fill only" in selection.dilution_note(state, 12)
+        auto = selection.preview_html(
             {
                 "mode": "auto",
                 "strategy": "uncertainty+balance",
@@ -678,7 +678,7 @@ def test_human_preview_counts_the_anchors_leaving_the_pool_and_warns_when_the_ru
         assert (
             "1 anchor leaves the pool (3 of 4 stay)" in view["preview"] and 'data-ends="0"' in view["preview"]
         )
-        assert view["commit_btn"]["value"] == render.COMMIT_NEXT
+        assert view["commit_btn"]["value"] == selection.COMMIT_NEXT
         assert handlers.commit_ask(run_id, "human")["confirm_yes"]["value"] == "Yes, commit and train"
     finally:
         studio.decide_many(run_id, before)
@@ -686,8 +686,9 @@ def test_human_preview_counts_the_anchors_leaving_the_pool_and_warns_when_the_ru
     state = studio.review_state(run_id)
     last = {"mode": "auto", "strategy": "s", "openness": 0.0, "weight": 0.0, "round": 1, "picks": [],
             "last_round": True, "stop": False}  # fmt: skip
-    assert render.commit_label(last, state) == render.COMMIT_FINISH == "Commit and finish"
-    assert render.commit_label({**last, "last_round": False, "stop": True}, state) == render.COMMIT_FINISH
+    assert selection.commit_label(last, state) == selection.COMMIT_FINISH == "Commit and finish"
+    stop = {**last, "last_round": False, "stop": True}
+    assert selection.commit_label(stop, state) == selection.COMMIT_FINISH
 
 
 def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):

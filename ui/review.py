@@ -12,7 +12,7 @@ import math
 import gradio as gr
 
 from gal.engine import parse_verdict
-from ui import assets, render
+from ui import assets, render, selection
 from ui.common import error, info, user_errors, warn, wire
 
 REVIEW = {
@@ -34,7 +34,7 @@ def layout(c: dict) -> None:
                 ["auto", "human"], value=None, show_label=False, scale=0, min_width=170, elem_id="gal-mode"
             )
             c["commit_btn"] = gr.Button(
-                render.COMMIT_NEXT,
+                selection.COMMIT_NEXT,
                 variant="primary",
                 size="sm",
                 elem_id="gal-commit",
@@ -153,7 +153,7 @@ def layout(c: dict) -> None:
                 render.grid_html(None), js_on_load=assets.GRID_JS, elem_id="gal-grid", apply_default_css=False
             )
         with gr.Column(scale=1, min_width=240):
-            c["preview"] = gr.HTML(render.preview_html(None, None), elem_id="gal-preview")
+            c["preview"] = gr.HTML(selection.preview_html(None, None), elem_id="gal-preview")
     # verdict events send the grid's new state here as JSON; the grid's script applies it
     c["patch"] = gr.HTML(
         "", visible="hidden", elem_id="gal-patch", apply_default_css=False, js_on_load=assets.PATCH_JS
@@ -262,7 +262,7 @@ class ReviewHandlers:
             return {
                 "grid": render.grid_html(None),
                 "counters": render.counters_html(None),
-                "preview": render.preview_html(None, None),
+                "preview": selection.preview_html(None, None),
             }
         session = getattr(request, "session_hash", None)
         with self._read_lock:
@@ -275,10 +275,10 @@ class ReviewHandlers:
             preview = self.studio.preview_selection(run_id) if in_review else None
         view = {
             "counters": render.counters_html(state, preview["mode"] if preview else None),
-            "preview": render.preview_html(preview, state),
+            "preview": selection.preview_html(preview, state),
         }
         if in_review:
-            view["commit_btn"] = gr.update(value=render.commit_label(preview, state))
+            view["commit_btn"] = gr.update(value=selection.commit_label(preview, state))
         if patch and in_review:
             return {**view, "patch": render.grid_patch(state, preview, seq, ack)}
         waiting = not in_review and self.worker.state(run_id) == "queued"
@@ -465,7 +465,7 @@ class ReviewHandlers:
                 "to the references and "
                 f"trains round {state['round']['round_index'] + 1}"
             )
-        pool = render.pool_text(render.pool_effect(preview, state), state["round"]["round_index"])
+        pool = selection.pool_text(selection.pool_effect(preview, state), state["round"]["round_index"])
         left = c["total"] - c["reviewed"]
         unreviewed = (
             f" {left} of {c['total']} images are unreviewed: the oracle's verdicts stand for them."
@@ -480,7 +480,7 @@ class ReviewHandlers:
         return {
             "confirm_box": gr.update(visible=True),
             "confirm_text": render.message(body, "warn"),
-            "confirm_yes": gr.update(value=render.COMMIT_FINISH if finishing else "Yes, commit and train"),
+            "confirm_yes": gr.update(value=selection.COMMIT_FINISH if finishing else "Yes, commit and train"),
         }
 
     @user_errors
