@@ -1064,3 +1064,24 @@ def test_the_training_view_shows_the_latest_previews():
     html_ = progress.progress_html(run, rnd, job, "running", None)
     assert 'class="gal-previews"' in html_ and "s000004_a00.png" in html_
     assert "gal-previews" not in progress.progress_html(run, rnd, {**job, "previews": []}, "running", None)
+
+
+def test_the_header_names_a_run_once_without_a_name_and_name_plus_id_with_one(handlers, studio, run_id):
+    """Issue 26.12: a run without a name showed its id twice in the header."""
+    run, rnd = studio.snapshot(run_id)
+    unnamed = render.header_html({**run, "name": ""}, rnd)
+    assert unnamed.count(run_id) == 1
+    named = render.header_html({**run, "name": "my <mug>"}, rnd)
+    assert named.count(run_id) == 1 and "my &lt;mug&gt;" in named
+    assert handlers.open(run_id)["header"].count(run_id) == 1
+
+
+def test_export_offers_the_single_file_checkpoint_and_writes_it(handlers, studio, run_id):
+    """Issue 26.12: the UI's Export tab offers the single-file checkpoint `gal export` already wrote."""
+    from ui.export import export_choices
+
+    assert "checkpoint" in [value for _, value in export_choices()]
+    out = handlers.export(run_id, ["checkpoint"], True)
+    names = zipfile.ZipFile(out["export_file"]).namelist()
+    assert any(n.endswith(".safetensors") and "/" not in n for n in names), names
+    assert "checkpoint" in out["export_summary"]

@@ -75,6 +75,14 @@ def mode_pill(mode: str | None) -> str:
     return f'<span class="gal-pill mode-{mode}" data-mode="{mode}" title="{tip}">{mode} mode</span>'
 
 
+def run_title(run: dict) -> str:
+    """A run as the page names it: its name with the id beside it, or the id alone (never twice)."""
+    name = str(run.get("name") or "").strip()
+    if not name or name == run["run_id"]:
+        return f'<b class="gal-run-name">{esc(run["run_id"])}</b>'
+    return f'<b class="gal-run-name">{esc(name)}</b> <span class="gal-muted">{esc(run["run_id"])}</span>'
+
+
 def header_html(run: dict | None, round_row: dict | None = None, job_state: str | None = None) -> str:
     if run is None:
         return (
@@ -91,8 +99,7 @@ def header_html(run: dict | None, round_row: dict | None = None, job_state: str 
     mode = round_row.get("mode") if round_row else None
     return (
         f'{SKIP_LINK}<div class="gal-head"><span class="gal-title">GAL Studio</span>'
-        f"<span><b>{esc(run.get('name') or run['run_id'])}</b> "
-        f'<span class="gal-muted">{esc(run["run_id"])}</span></span>'
+        f"<span>{run_title(run)}</span>"
         f'<span class="gal-pill {esc(status)}">{esc(status.replace("_", " "))}</span>{mode_pill(mode)}'
         f'<span class="gal-muted">{esc(config.get("task", ""))} · '
         f"{esc(strategy_in_mode(config, mode))}"
