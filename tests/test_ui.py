@@ -28,7 +28,7 @@ from gal.fields import config_from_form, default_form, field_names, form_from_co
 from gal_studio import app  # noqa: E402
 from ui import progress, render, selection  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
-from ui.setup import references_from  # noqa: E402
+from ui.references import references_from  # noqa: E402
 
 FORM_FIELDS = field_names()
 FILLED = ("files", "gallery", "table", *FORM_FIELDS, "validation")  # what the demo and a preset fill
