@@ -396,6 +396,11 @@ def form_from_config(config: RunConfig) -> dict:
     return {f.name: _show(f, _get(config, f.path)) for f in fields()}
 
 
+def form_from_saved(config: dict) -> dict:
+    """The form of a run's saved config (``runs.config`` as stored: a dict)."""
+    return form_from_config(RunConfig.from_dict(config))
+
+
 def default_form(model: str, oracle: str, task: str = "object") -> dict:
     presets = load_presets()
     config = RunConfig(

@@ -1085,3 +1085,26 @@ def test_export_offers_the_single_file_checkpoint_and_writes_it(handlers, studio
     names = zipfile.ZipFile(out["export_file"]).namelist()
     assert any(n.endswith(".safetensors") and "/" not in n for n in names), names
     assert "checkpoint" in out["export_summary"]
+
+
+def test_one_reference_passes_with_a_hint_and_several_without(handlers, demo_form):
+    """Issue 26.12: a single reference passed validation with no word about what to expect."""
+    files, table, form = demo_form
+    one = handlers.validate_setup(files[:1], table[:1], *form_values(form))
+    assert "✓ Ready: 1 reference image " in one and "Only one reference image" in one
+    assert "Only one reference image" not in handlers.validate_setup(files, table, *form_values(form))
+
+
+def test_setup_says_which_run_is_open_and_can_take_its_settings(handlers, studio, run_id):
+    """Issue 26.12: the Set up tab did not reflect the open run; now it names it and can copy its settings."""
+    assert "No run is open" in handlers.empty()["setup_run"]
+    assert handlers.empty()["setup_use_btn"]["visible"] is False
+    opened = handlers.open(run_id)
+    assert f'data-run="{run_id}"' in opened["setup_run"] and "new</b> run" in opened["setup_run"]
+    assert opened["setup_use_btn"]["visible"] is True
+    run, _ = studio.snapshot(run_id)
+    form = handlers.use_run_settings(run_id)
+    assert form["m"] == run["config"]["gal"]["m"] and form["train_steps"] == run["config"]["train"]["steps"]
+    assert form["anchors"].splitlines() == run["config"]["anchors"]
+    with pytest.raises(gr.Error, match="no run is open"):
+        handlers.use_run_settings(None)

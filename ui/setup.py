@@ -17,6 +17,7 @@ from gal.fields import (
     field_names,
     fields,
     form_from_config,
+    form_from_saved,
     paper_presets,
 )
 from ui import render
@@ -74,6 +75,16 @@ def layout(c: dict, h, form0: dict) -> None:
     unplaced = {f.group for f in fields()} - set(GROUPS)
     if unplaced:
         raise ValueError(f"field groups {sorted(unplaced)} have no place on the page: one of {GROUPS}")
+    with gr.Row(equal_height=True, elem_id="gal-setup-run-row"):
+        c["setup_run"] = gr.HTML(setup_run_html(None), elem_id="gal-setup-run")
+        c["setup_use_btn"] = gr.Button(
+            "Use the open run's settings",
+            size="sm",
+            scale=0,
+            min_width=220,
+            elem_id="gal-setup-use",
+            visible=False,
+        )
     with gr.Row():
         c["demo_btn"] = gr.Button(
             "Use the built-in demo", elem_id="gal-demo", variant="secondary", scale=0, min_width=240
@@ -197,6 +208,8 @@ def connect(demo: gr.Blocks, c: dict, h, open_names: tuple) -> None:
         trigger_mode="always_last",
         api_visibility="private",
     )
+    wire(c["setup_use_btn"].click, h.use_run_settings, [c["run_id"], c["files"], c["table"]],
+         (*field_names(), "validation"), c, api_name="use_run_settings")  # fmt: skip
     wire(c["demo_btn"].click, h.demo_fill, c["task"], filled, c, api_name="demo")
     # Start and Save take the form raw (preprocess=False): the field table's parsers check every value's
     # type and name the field ("m must be a number, got 'abc'"), where Gradio's own checks fail unnamed
@@ -206,6 +219,34 @@ def connect(demo: gr.Blocks, c: dict, h, open_names: tuple) -> None:
          ("preset_dd",), c, api_name="save_preset", preprocess=False)  # fmt: skip
     wire(c["preset_load"].click, h.load_preset, c["preset_dd"], filled, c, api_name="load_preset")
     wire(demo.load, h.presets, None, ("preset_dd",), c, show_progress="hidden")
+
+
+def single_reference_hint(refs) -> str:
+    """One reference passes, but it is the hardest case: say what to expect and what helps."""
+    if len(refs) != 1:
+        return ""
+    text = (
+        "Only one reference image: the model sees the subject in one setting, so it tends to copy that "
+        "photo's background and pose (overfit) and GAL has little to separate the subject from. 3-5 photos "
+        "in different places work better; with one, describe its background in the non-SoI caption."
+    )
+    return render.message(render.esc(text), "warn")
+
+
+def setup_run_html(run: dict | None, round_row: dict | None = None) -> str:
+    """What the Set up tab says about the open run: which one it is and that Start makes a new run."""
+    if run is None:
+        return render.message("No run is open: the settings below start a new one.")
+    config = run.get("config") or {}
+    rounds = (config.get("gal") or {}).get("max_rounds", "?")
+    where = f"round {run['current_round']}/{rounds}" + (f" · {round_row['state']}" if round_row else "")
+    text = (
+        f"Open: run {render.run_title(run)} ({render.esc(config.get('task', ''))}, "
+        f"{render.esc(config.get('model', ''))}, {render.esc(run['status'].replace('_', ' '))}, "
+        f"{render.esc(where)}). Start below makes a <b>new</b> run; the open run's settings can fill the "
+        "form."
+    )
+    return f'<div data-run="{render.esc(run["run_id"])}">{render.message(text, "ok")}</div>'
 
 
 class SetupHandlers:
@@ -246,7 +287,7 @@ class SetupHandlers:
             f"{len(config.anchors)} anchors, settings valid.",
             "ok",
         )
-        return ready + self.builtin_model_warning(config, refs)
+        return ready + single_reference_hint(refs) + self.builtin_model_warning(config, refs)
 
     def _demo_hashes(self) -> set[str]:
         """The built-in demo's reference images by content (an upload is a copy under another name)."""
@@ -285,6 +326,23 @@ class SetupHandlers:
             "`./run.sh app --model stable-diffusion-v1-5/stable-diffusion-v1-5`."
         )
         return render.message(render.esc(text), "warn")
+
+    def setup_view(self, run_id: str | None) -> dict:
+        """The Set up tab's line about the open run (and its 'Use the open run's settings' button)."""
+        if not run_id:
+            return {"setup_run": setup_run_html(None), "setup_use_btn": gr.update(visible=False)}
+        run, rnd = self.studio.snapshot(run_id)
+        return {"setup_run": setup_run_html(run, rnd), "setup_use_btn": gr.update(visible=True)}
+
+    @user_errors
+    def use_run_settings(self, run_id: str | None, files=None, table=None) -> dict:
+        """Fill every field from the open run's settings (the images and prompts stay as they are)."""
+        if not run_id:
+            raise ValueError("no run is open: open one from the Runs tab first")
+        run, _ = self.studio.snapshot(run_id)
+        form = form_from_saved(run["config"])
+        values = [form[n] for n in field_names()]
+        return {**form, "validation": self.validate_setup(files, table, *values)}
 
     def check_field(self, *values) -> None:
         """Leaving a field with an invalid form: say why at once (a toast), besides the panel above Start."""
