@@ -11,6 +11,7 @@ from gradio.components.dataframe import DataframeData
 from pydantic import ValidationError, model_validator
 
 from gal.engine import ReferenceInput
+from ui import render
 from ui.common import error
 
 TABLE_HEADERS = ["image", "prompt (with the SoI token)", "non-SoI caption (what the model must NOT learn)"]
@@ -119,3 +120,53 @@ def references_from(files, table, soi_token: str | None = None) -> list[Referenc
             )
         refs.append(ReferenceInput(path, prompt, non_soi))
     return refs
+
+
+def single_reference_hint(refs) -> str:
+    """One reference passes, but it is the hardest case: say what to expect and what helps."""
+    if len(refs) != 1:
+        return ""
+    text = (
+        "Only one reference image: the model sees the subject in one setting, so it tends to copy that "
+        "photo's background and pose (overfit) and GAL has little to separate the subject from. 3-5 photos "
+        "in different places work better; with one, describe its background in the non-SoI caption."
+    )
+    return render.message(render.esc(text), "warn")
+
+
+def demo_hashes(studio) -> set[str]:
+    """The built-in demo's reference images by content (an upload is a copy under another name)."""
+    found = set()
+    for task in ("object", "style"):
+        try:
+            found |= {_sha256(r.path) for r in studio.demo(task)[1]}
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def builtin_model_warning(studio, config, refs, demo: set[str]) -> str:
+    """Issue 26.3: a person's own photos on a built-in tiny/toy model give meaningless grids (it draws
+    32-px shapes from random weights): say so and name the fix. '' for the demo's images (``demo``: their
+    hashes) or a real model."""
+    spec = str(config.model or "").strip()
+    try:
+        _, defaults = studio.model_defaults(spec)
+    except ValueError:
+        return ""
+    if defaults is not None:  # a real model: its family's defaults exist
+        return ""
+    try:
+        own = [r for r in refs if _sha256(r.path) not in demo]
+    except OSError:
+        return ""
+    if not own:
+        return ""
+    text = (
+        f"⚠ Your own photos meet the built-in '{spec}' model: it is a tiny random-weight model for tests "
+        "and the demo, drawing small shapes, so its images and verdicts will say nothing about your "
+        "subject. Use a real model: enter a hub id or a local diffusers folder in Model (More settings), "
+        "or start the app with --model, e.g. "
+        "`./run.sh app --model stable-diffusion-v1-5/stable-diffusion-v1-5`."
+    )
+    return render.message(render.esc(text), "warn")

@@ -22,7 +22,16 @@ from gal.fields import (
 )
 from ui import render
 from ui.common import info, user_errors, warn, wire
-from ui.references import TABLE_HEADERS, _paths, _rows, _sha256, reference_table, references_from
+from ui.references import (
+    TABLE_HEADERS,
+    _paths,
+    _rows,
+    builtin_model_warning,
+    demo_hashes,
+    reference_table,
+    references_from,
+    single_reference_hint,
+)
 
 # What a model's family fills when the Model field is left (the family's defaults).
 FAMILY_FIELDS = ("resolution", "learning_rate", "rank", "gen_steps", "guidance")
@@ -221,18 +230,6 @@ def connect(demo: gr.Blocks, c: dict, h, open_names: tuple) -> None:
     wire(demo.load, h.presets, None, ("preset_dd",), c, show_progress="hidden")
 
 
-def single_reference_hint(refs) -> str:
-    """One reference passes, but it is the hardest case: say what to expect and what helps."""
-    if len(refs) != 1:
-        return ""
-    text = (
-        "Only one reference image: the model sees the subject in one setting, so it tends to copy that "
-        "photo's background and pose (overfit) and GAL has little to separate the subject from. 3-5 photos "
-        "in different places work better; with one, describe its background in the non-SoI caption."
-    )
-    return render.message(render.esc(text), "warn")
-
-
 def setup_run_html(run: dict | None, round_row: dict | None = None) -> str:
     """What the Set up tab says about the open run: which one it is and that Start makes a new run."""
     if run is None:
@@ -289,43 +286,11 @@ class SetupHandlers:
         )
         return ready + single_reference_hint(refs) + self.builtin_model_warning(config, refs)
 
-    def _demo_hashes(self) -> set[str]:
-        """The built-in demo's reference images by content (an upload is a copy under another name)."""
-        if getattr(self, "_demo_sha", None) is None:
-            found = set()
-            for task in ("object", "style"):
-                try:
-                    found |= {_sha256(r.path) for r in self.studio.demo(task)[1]}
-                except (OSError, ValueError):
-                    pass
-            self._demo_sha = found
-        return self._demo_sha
-
     def builtin_model_warning(self, config, refs) -> str:
-        """Issue 26.3: a person's own photos on a built-in tiny/toy model give meaningless grids (it draws
-        32-px shapes from random weights): say so and name the fix. '' for the demo's images or a real
-        model."""
-        spec = str(config.model or "").strip()
-        try:
-            _, defaults = self.studio.model_defaults(spec)
-        except ValueError:
-            return ""
-        if defaults is not None:  # a real model: its family's defaults exist
-            return ""
-        try:
-            own = [r for r in refs if _sha256(r.path) not in self._demo_hashes()]
-        except OSError:
-            return ""
-        if not own:
-            return ""
-        text = (
-            f"⚠ Your own photos meet the built-in '{spec}' model: it is a tiny random-weight model for tests "
-            "and the demo, drawing small shapes, so its images and verdicts will say nothing about your "
-            "subject. Use a real model: enter a hub id or a local diffusers folder in Model (More settings), "
-            "or start the app with --model, e.g. "
-            "`./run.sh app --model stable-diffusion-v1-5/stable-diffusion-v1-5`."
-        )
-        return render.message(render.esc(text), "warn")
+        """Issue 26.3: own photos on a built-in tiny/toy model (``ui.references.builtin_model_warning``)."""
+        if getattr(self, "_demo_sha", None) is None:
+            self._demo_sha = demo_hashes(self.studio)
+        return builtin_model_warning(self.studio, config, refs, self._demo_sha)
 
     def setup_view(self, run_id: str | None) -> dict:
         """The Set up tab's line about the open run (and its 'Use the open run's settings' button)."""
