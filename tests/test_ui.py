@@ -779,13 +779,14 @@ def test_the_mode_shows_in_the_header_and_runs_table_and_reaches_other_tabs(hand
     try:
         changed = handlers.set_mode(run_id, "human")
         assert 'data-mode="human"' in changed["header"] and "uncertainty" not in changed["header"]
+        assert changed["order"] == "disagreement"  # human mode: the judges' disagreements first
         assert changed["seen"] != before["seen"]
         other = handlers.tick(run_id, before["seen"])  # a second tab, opened before the change
         assert other["mode"] == "human" and 'data-mode="human"' in other["header"]
         row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
         assert row[5:7] == ["human", "human"]
     finally:
-        handlers.set_mode(run_id, "auto")
+        assert "order" not in handlers.set_mode(run_id, "auto")  # the person's order stays
     row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
     assert row[5] == "auto" and row[6] == studio.snapshot(run_id)[0]["config"]["gal"]["strategy"]
 

@@ -223,8 +223,8 @@ def grid_html(
         '<div class="gal-legend"><b class="a">✓ aligned</b> (green) · <b class="o">✗ overfit</b> (red) · '
         "solid border: your verdict, dashed: the oracle's · ✎ you overrode the oracle · "
         "<b>★</b> commit would add it · numbers: sim(image, anchor) / sim(image, non-SoI caption) · "
-        "click flips · keys <kbd>a</kbd> <kbd>x</kbd> <kbd>s</kbd> skip <kbd>z</kbd> zoom "
-        "<kbd>n</kbd> next unreviewed "
+        "click selects, double-click zooms · keys <kbd>a</kbd> <kbd>x</kbd> <kbd>s</kbd> skip "
+        "<kbd>z</kbd> zoom <kbd>n</kbd> next unreviewed "
         "<kbd>u</kbd>/<kbd>U</kbd> undo/redo <kbd>?</kbd> all keys</div>",
     ]
     pos = 0

@@ -177,7 +177,7 @@ def connect(c: dict, h, open_names: tuple) -> None:
     wire(c["below_btn"].click, h.mark_below, [run, c["threshold"], c["overwrite"]], out, c,
          api_name="mark_below", preprocess=False, **REVIEW)  # fmt: skip
     # the mode lives in SQLite (the round's): the header says it, other tabs' polls pick it up
-    moded = (*out, "header", "seen")
+    moded = (*out, "header", "seen", "order")
     wire(c["mode"].input, h.set_mode, [run, c["mode"]], moded, c, api_name="set_mode", **REVIEW)
     # Commit asks once (what it adds, how many are unreviewed); only "Yes" writes
     asked = ("confirm_box", "confirm_text", "confirm_yes")
@@ -440,11 +440,14 @@ class ReviewHandlers:
         run_id = self._require(run_id)
         self.studio.set_round_mode(run_id, mode)
         run, rnd = self.studio.snapshot(run_id)
-        return {
+        out = {
             **self.review(run_id, patch=True, request=request),
             "header": render.header_html(run, rnd, self.worker.state(run_id)),
             "seen": self._key(run, rnd),
         }
+        if mode == "human":  # the person's verdicts now train: show first where the judges disagree
+            out["order"] = "disagreement"
+        return out
 
     @user_errors
     def commit_ask(self, run_id: str | None, mode: str | None) -> dict:
