@@ -245,3 +245,22 @@ def test_training_previews_are_drawn_and_change_nothing(shared_studio, reference
             assert [p.rsplit("/", 1)[-1] for p in live["previews"]] == ["s000006_a00.png", "s000006_a01.png"]
     assert adapters[0].keys() == adapters[1].keys()
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
+def test_generation_is_announced_and_every_rounds_loss_curve_is_kept(shared_studio, references):
+    """Issue 26.9: the page said nothing between training's last step and the first batch of images (16 s
+    on 2 cores), and a round's loss curve was gone once the round ended."""
+    config = tiny_config(max_rounds=2, strategy="uncertainty")
+    config.gal.pause_for_review = False
+    run_id = shared_studio.create_run(config, references)
+    reports = []
+    shared_studio.advance(
+        run_id, progress=lambda stage, done, total, info: reports.append((stage, done, total))
+    )
+    first = next(i for i, r in enumerate(reports) if r[0] == "generate")
+    assert reports[first][1] == 0 and reports[first][2] > 0  # said before the first image is drawn
+    assert reports[first - 1][0] == "train" and reports[first - 1][1] == reports[first - 1][2]
+    curves = shared_studio.loss_curves(run_id)
+    assert sorted(curves) == [1, 2] and all(len(c) == config.train.steps for c in curves.values())
+    live = shared_studio.jobs.live[run_id]["losses"]  # the last round's, as the page saw it
+    assert [v for _, v in live] == curves[2]
