@@ -26,7 +26,7 @@ import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 from gal.fields import config_from_form, default_form, field_names, form_from_config  # noqa: E402
 from gal_studio import app  # noqa: E402
-from ui import progress, render, selection  # noqa: E402
+from ui import charts, progress, render, selection  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
 from ui.references import references_from  # noqa: E402
 
@@ -588,8 +588,8 @@ def test_the_eta_counts_a_stages_first_chunk_and_the_loss_curve_fills():
     assert [s for s, _ in job["losses"]] == [1, 2, 3, 4, 5] and any(
         "train: done" in line for line in job["log"]
     )
-    svg = progress.loss_curve_svg(job["losses"])
-    assert "<polyline" in svg and "loss 0.2000" in svg
+    svg = charts.training_chart(job["losses"], {}, 1)
+    assert "<polyline" in svg and "round 1: 0.419 (smoothed)" in svg  # EMA 0.9, debiased
     assert "job started" in progress.log_html(job["log"])
 
 
@@ -1109,3 +1109,35 @@ def test_setup_says_which_run_is_open_and_can_take_its_settings(handlers, studio
     assert form["anchors"].splitlines() == run["config"]["anchors"]
     with pytest.raises(gr.Error, match="no run is open"):
         handlers.use_run_settings(None)
+
+
+def test_the_training_view_smooths_keeps_every_round_and_never_reads_zero(handlers, run_id):
+    """Issue 26.9: raw loss only, 'loss 0.000' late in a run (its minimum was 2e-5), and the curve gone once
+    the round ended. Now: EMA over the faint raw loss, log axis, every finished round's curve kept."""
+    late = [(s, 2e-5 + 0.5 / s**2) for s in range(1, 301)]
+    svg = charts.training_chart(late, {1: [0.4, 0.3, 0.2, 0.1], 2: [0.2, 0.1, 0.05]}, 3)
+    assert 'data-scale="log"' in svg and 'data-rounds="1,2,3"' in svg
+    assert 'class="raw"' in svg and 'class="ema"' in svg and svg.count('class="past"') == 2
+    labels = re.findall(r">([^<>]+)</text>", svg)
+    assert "0.0001" in labels and "0.001" in labels and "1e-05" not in labels  # log ticks at the decades
+    assert not any(re.search(r"(^|\s)0\.0+($|\s)", t) for t in labels), labels  # never a "0.000"
+    assert charts.ema([1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]  # debiased: no pull towards 0 at the start
+    line = progress.progress_html(
+        {"run_id": "r", "status": "active", "current_round": 3}, {"state": "training"},
+        {"total": 300, "done": 300, "stage": "train", "info": {"loss": 2.3e-5}, "losses": late},
+        "running", None,
+    )  # fmt: skip
+    assert "loss 2.3e-05" in line and "loss 0.000" not in line
+    done = handlers.open(run_id)["progress"]  # round 1 ended: its curve is still drawn
+    assert 'data-rounds="1"' in done and 'class="past"' in done
+
+
+def test_a_cancelled_round_says_cancelled_once():
+    """Issue 26.4: the progress line read "cancelled: cancelled"."""
+    run = {"run_id": "r", "status": "cancelled", "current_round": 1}
+    line = progress.progress_html(run, {"state": "training"}, None, None, "cancelled")
+    assert line.count("cancelled") == 1 and "resume" in line
+    failed = progress.progress_html(
+        {**run, "status": "failed"}, {"state": "training"}, None, None, "OSError: x"
+    )
+    assert "<b>failed</b>: OSError: x" in failed
