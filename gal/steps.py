@@ -104,12 +104,12 @@ def train(rnd: Round) -> StepResult:
         init_state = adapter_state(prev_pipe)
     class_examples = _class_examples(rnd) if config.train.prior_preservation else None
     rnd.models.mark(spec, None)  # training replaces whatever adapter was active
-    every = preview_interval(config.train.preview_every, rnd.models.device)
-    anchors = [a for a in _pool_anchors(rnd)][:2] if every else []
+    preview_every = preview_interval(config.train.preview_every, rnd.models.device)
+    anchors = [a for a in _pool_anchors(rnd)][:2] if preview_every else []
 
     def on_step(step: int, total: int, loss: float) -> None:
         info = {"loss": loss, "round": r}
-        if anchors and (step % every == 0 or step == total):
+        if anchors and (step % preview_every == 0 or step == total):
             info["previews"] = draw_previews(rnd, pipe, anchors, step)
         rnd.report("train", step, total, **info)
 

@@ -232,6 +232,7 @@ def test_training_previews_are_drawn_and_change_nothing(shared_studio, reference
     for every in (0, 2):
         config = tiny_config(max_rounds=1)
         config.train.preview_every = every
+        config.train.checkpoint_every = 5  # its own interval: previews keep theirs (they used this one)
         run_id = shared_studio.create_run(config, references)
         shared_studio.advance(run_id)
         folder = shared_studio.run_dir(run_id)
