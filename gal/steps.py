@@ -104,7 +104,7 @@ def train(rnd: Round) -> StepResult:
         init_state = adapter_state(prev_pipe)
     class_examples = _class_examples(rnd) if config.train.prior_preservation else None
     rnd.models.mark(spec, None)  # training replaces whatever adapter was active
-    preview_every = preview_interval(config.train.preview_every, rnd.models.device)
+    preview_every = preview_interval(config.train.preview_every, rnd.models.device, config.model)
     anchors = [a for a in _pool_anchors(rnd)][:2] if preview_every else []
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -182,10 +182,19 @@ def read_losses(path: Path) -> list[float] | None:
         return None
 
 
-def preview_interval(preview_every: int | None, device) -> int:
-    """Steps between training previews: the config's, or (None) 100 on a GPU and none on the CPU."""
+# The built-in toy model draws a preview (2 images, 20 steps) in ~1 s on 2 cores: every 100 steps is ~5 % of
+# a 900-step demo round (bench/bench_previews.py, docs/bench/previews.txt). Other models cost far more per
+# preview on the CPU (one SD-1.5 UNet step is ~4.5 s at 512 px there), so they draw none unless asked.
+CPU_PREVIEW_MODELS = {"toy": 100}
+
+
+def preview_interval(preview_every: int | None, device, model: str = "") -> int:
+    """Steps between training previews: the config's, or (None) 100 on a GPU, on the CPU 100 for the toy
+    demo model (cheap there) and none for any other."""
     if preview_every is None:
-        return 100 if device.type == "cuda" else 0
+        if torch.device(device).type == "cuda":
+            return 100
+        return CPU_PREVIEW_MODELS.get(str(model or "").strip(), 0)
     return preview_every
 
 

@@ -265,3 +265,14 @@ def test_generation_is_announced_and_every_rounds_loss_curve_is_kept(shared_stud
     assert sorted(curves) == [1, 2] and all(len(c) == config.train.steps for c in curves.values())
     live = shared_studio.jobs.live[run_id]["losses"]  # the last round's, as the page saw it
     assert [v for _, v in live] == curves[2]
+
+
+def test_the_cpu_demo_draws_previews_where_they_are_cheap():
+    """Issue 26.9: no sample images on the demo. The toy model's previews cost ~4-5 % of a demo round at every
+    100 steps (bench/bench_previews.py), so the CPU demo draws them; other CPU models do not by default."""
+    from gal.steps import preview_interval
+
+    assert preview_interval(None, "cpu", "toy") == 100
+    assert preview_interval(None, "cpu", "tiny") == 0 and preview_interval(None, "cpu", "some/sd15") == 0
+    assert preview_interval(None, "cuda", "some/sd15") == 100
+    assert preview_interval(0, "cpu", "toy") == 0 and preview_interval(7, "cpu", "tiny") == 7
