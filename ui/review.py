@@ -31,7 +31,7 @@ def layout(c: dict) -> None:
         with gr.Row(equal_height=True):
             c["counters"] = gr.HTML(render.counters_html(None), elem_id="gal-counters")
             c["mode"] = gr.Radio(
-                ["auto", "human"], value=None, show_label=False, scale=0, min_width=170, elem_id="gal-mode"
+                ["auto", "human"], value=None, show_label=False, scale=0, min_width=230, elem_id="gal-mode"
             )
             c["commit_btn"] = gr.Button(
                 selection.COMMIT_NEXT,
@@ -83,8 +83,8 @@ def layout(c: dict) -> None:
                         value="omega",
                         label="Order anchors",
                         elem_id="gal-order",
-                        scale=1,
-                        min_width=200,
+                        scale=2,
+                        min_width=250,
                     )
                     c["filters"] = gr.CheckboxGroup(
                         [
@@ -107,20 +107,29 @@ def layout(c: dict) -> None:
                         step=16,
                         label="Tile size (px)",
                         elem_id="gal-tile-size",
-                        scale=1,
-                        min_width=160,
+                        scale=2,
+                        min_width=210,
                     )
         with gr.Column(scale=1, min_width=300):
             with gr.Accordion("Bulk actions (each is one undo step)", open=False, elem_id="gal-bulk"):
-                with gr.Row(equal_height=False):
+                with gr.Row(equal_height=True):
                     c["oracle_btn"] = gr.Button(
                         "Accept the oracle's verdicts on every image you have not judged",
                         size="sm",
                         elem_id="gal-accept-oracle",
-                        min_width=200,
-                        scale=2,
+                        min_width=220,
+                        scale=3,
                         interactive=False,
                     )
+                    c["overwrite"] = gr.Checkbox(
+                        False,
+                        label="also overwrite my own verdicts",
+                        elem_id="gal-overwrite",
+                        info="off: bulk actions touch only images you have not judged",
+                        scale=2,
+                        min_width=180,
+                    )
+                with gr.Row(equal_height=True):
                     c["threshold"] = gr.Slider(
                         -1.0,
                         1.0,
@@ -129,23 +138,16 @@ def layout(c: dict) -> None:
                         label="similarity threshold",
                         info="sim(image, anchor), the first number on each tile",
                         elem_id="gal-threshold",
-                        scale=2,
-                        min_width=200,
+                        scale=3,
+                        min_width=220,
                     )
                     c["below_btn"] = gr.Button(
                         "Mark every image you have not judged under the threshold overfit",
                         size="sm",
                         elem_id="gal-mark-below",
-                        min_width=200,
+                        min_width=180,
                         scale=2,
                         interactive=False,
-                    )
-                    c["overwrite"] = gr.Checkbox(
-                        False,
-                        label="also overwrite my own verdicts",
-                        elem_id="gal-overwrite",
-                        info="off: bulk actions touch only images you have not judged",
-                        scale=1,
                     )
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):

@@ -123,6 +123,7 @@ def layout(c: dict, h, form0: dict) -> None:
                 "empty: the prompt without the token)",
                 elem_id="gal-ref-table",
                 wrap=True,
+                column_widths=["22%", "39%", "39%"],  # "image" broke as "imag e" at 1280 px
             )
         with gr.Column(scale=2):
             c["gallery"] = gr.Gallery(
@@ -155,10 +156,12 @@ def layout(c: dict, h, form0: dict) -> None:
             _group(c, form0, "more")
         with gr.Row():
             _group(c, form0, "more2")
-    c["validation"] = gr.HTML(
-        h.validate_setup(None, None, *(form0[n] for n in field_names())), elem_id="gal-validation"
-    )
-    c["start_btn"] = gr.Button("Start run", variant="primary", elem_id="gal-start")
+    # the Start bar sticks to the bottom of the window: at 1280×800 Start sat ~1,900 px down the form
+    with gr.Column(elem_id="gal-start-bar"):
+        c["validation"] = gr.HTML(
+            h.validate_setup(None, None, *(form0[n] for n in field_names())), elem_id="gal-validation"
+        )
+        c["start_btn"] = gr.Button("Start run", variant="primary", elem_id="gal-start")
     with gr.Row(equal_height=True):
         c["preset_name"] = gr.Textbox(
             label="Preset name",
