@@ -7,12 +7,10 @@ from SQLite; bad input to a scripted call becomes ``gr.Error`` naming the field.
 
 from __future__ import annotations
 
-import math
-
 import gradio as gr
 
 from gal.engine import parse_verdict
-from ui import assets, render, selection
+from ui import assets, render, review_tools, selection
 from ui.common import error, info, user_errors, warn, wire
 
 REVIEW = {
@@ -69,86 +67,7 @@ def layout(c: dict) -> None:
                 kw = {} if elem in ("zoom", "help") else {"interactive": False}
                 c[key] = gr.Button(label, size="sm", elem_id=f"gal-btn-{elem}", min_width=90, **kw)
         gr.HTML(assets.HELP_HTML, elem_id="gal-help")
-    with gr.Row(equal_height=False, elem_id="gal-tools"):
-        with gr.Column(scale=1, min_width=300):
-            with gr.Accordion("Order, filters, tile size", open=False, elem_id="gal-view"):
-                with gr.Row(equal_height=True, elem_id="gal-view-row"):
-                    c["order"] = gr.Dropdown(
-                        [
-                            ("most mixed first (Ω)", "omega"),
-                            ("anchor index", "index"),
-                            ("most overfit first (β)", "beta"),
-                            ("judges disagree / least sure first", "disagreement"),
-                        ],
-                        value="omega",
-                        label="Order anchors",
-                        elem_id="gal-order",
-                        scale=2,
-                        min_width=250,
-                    )
-                    c["filters"] = gr.CheckboxGroup(
-                        [
-                            ("unreviewed", "unreviewed"),
-                            ("your overrides", "overrides"),
-                            ("oracle: overfit", "oracle-overfit"),
-                            ("oracle: aligned", "oracle-aligned"),
-                            ("mixed anchors only", "mixed"),
-                            ("judges disagree", "disagree"),
-                        ],
-                        value=[],
-                        label="Show only",
-                        elem_id="gal-filters",
-                        scale=3,
-                    )
-                    c["tile_size"] = gr.Slider(
-                        64,
-                        320,
-                        value=128,
-                        step=16,
-                        label="Tile size (px)",
-                        elem_id="gal-tile-size",
-                        scale=2,
-                        min_width=210,
-                    )
-        with gr.Column(scale=1, min_width=300):
-            with gr.Accordion("Bulk actions (each is one undo step)", open=False, elem_id="gal-bulk"):
-                with gr.Row(equal_height=True):
-                    c["oracle_btn"] = gr.Button(
-                        "Accept the oracle's verdicts on every image you have not judged",
-                        size="sm",
-                        elem_id="gal-accept-oracle",
-                        min_width=220,
-                        scale=3,
-                        interactive=False,
-                    )
-                    c["overwrite"] = gr.Checkbox(
-                        False,
-                        label="also overwrite my own verdicts",
-                        elem_id="gal-overwrite",
-                        info="off: bulk actions touch only images you have not judged",
-                        scale=2,
-                        min_width=180,
-                    )
-                with gr.Row(equal_height=True):
-                    c["threshold"] = gr.Slider(
-                        -1.0,
-                        1.0,
-                        value=0.2,
-                        step=0.01,
-                        label="similarity threshold",
-                        info="sim(image, anchor), the first number on each tile",
-                        elem_id="gal-threshold",
-                        scale=3,
-                        min_width=220,
-                    )
-                    c["below_btn"] = gr.Button(
-                        "Mark every image you have not judged under the threshold overfit",
-                        size="sm",
-                        elem_id="gal-mark-below",
-                        min_width=180,
-                        scale=2,
-                        interactive=False,
-                    )
+    review_tools.layout(c)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
             c["grid"] = gr.HTML(
@@ -212,29 +131,6 @@ def connect(c: dict, h, open_names: tuple) -> None:
     for name in ("mode", "order", "filters"):
         c[name].input(None, None, None, js=refocus)
     c["tile_size"].release(None, None, None, js=refocus)
-
-
-def _flag(value, name: str) -> bool:
-    """A yes/no from a script: a real boolean (or nothing, meaning no); "yes" or 1 is refused."""
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _threshold(value) -> float:
-    if value is None or value == "":
-        raise ValueError("enter a similarity threshold first, e.g. 0.25")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"the similarity threshold must be a number, got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"the similarity threshold must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"the similarity threshold must be a finite number, e.g. 0.25, got {value!r}")
-    return number
 
 
 def _run_id(value) -> str:
@@ -414,7 +310,7 @@ class ReviewHandlers:
         """Bulk: agree with the oracle on every image you have not judged (``overwrite``: on all).
         One undo step."""
         run_id = self._require(run_id)
-        overwrite = _flag(overwrite, "overwrite")
+        overwrite = review_tools.flag(overwrite, "overwrite")
         n = self.studio.accept_oracle(run_id, overwrite=overwrite)
         whose = "" if overwrite else " you had not judged"
         info(f"you agreed with the oracle on {n} image{'s' if n != 1 else ''}{whose} — one u undoes it all")
@@ -427,8 +323,8 @@ class ReviewHandlers:
         """Bulk: mark overfit every image under the threshold you have not judged
         (``overwrite``: yours too)."""
         run_id = self._require(run_id)
-        threshold = _threshold(threshold)
-        overwrite = _flag(overwrite, "overwrite")
+        threshold = review_tools.threshold(threshold)
+        overwrite = review_tools.flag(overwrite, "overwrite")
         n = self.studio.mark_below(run_id, threshold, verdict=1, overwrite=overwrite)
         kept = "" if overwrite else "; your own verdicts are kept"
         info(
