@@ -8,7 +8,8 @@ The app runs as its own process (``python app.py``, tiny models), as in ``bench/
   key -> painted    a key (x or a) to the frame where the judged tile and the next tile's cursor are painted
                     (the browser's Event Timing API: keydown timestamp to the next presented frame)
   lightbox open     z to the frame where the lightbox shows its image (decoded)
-  click -> SQLite   a click to its decision row (``created_at``), idle and while another run trains
+  click -> SQLite   a click on a tile (it selects) and a verdict key (a/x, flipping it) to its decision row
+                    (``created_at``), idle and while another run trains
 Prints a table with the machine's load average beside it; not a test.
 """
 

@@ -1,4 +1,5 @@
-"""Review latency through a real browser: a click on a tile to its row in SQLite, and to the grid re-rendered.
+"""Review latency through a real browser: a click on a tile and a verdict key to its row in SQLite, and to the
+grid re-rendered (a click selects; the key judges).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_ui.py --clicks 200
 
@@ -50,7 +51,8 @@ CLICK_JS = """async (id) => {
   const tile = document.querySelector(`#gal-grid .gal-tile[data-id="${id}"]`);
   const before = window.gal.renders || 0;
   const t0 = Date.now();
-  tile.click();
+  tile.click();  // a click selects (issue 26.2); the verdict is the key that follows, flipping the tile
+  window.gal.key(tile.dataset.final === '1' ? 'a' : 'x');
   const t1 = await new Promise((resolve) => {
     const poll = () => ((window.gal.renders || 0) > before ? resolve(Date.now()) : setTimeout(poll, 1));
     poll();

@@ -35,7 +35,7 @@ from gal.models import default_model, default_oracle, pick_device, resolve_model
 from gal.presets import Presets
 from gal.references import ReferenceInput
 from gal.runfolder import RunFolder, check_run_id, load_image, new_run_id
-from gal.steps import STEPS, Round
+from gal.steps import STEPS, Round, losses_file, read_losses
 from gal.training import Cancelled
 
 
@@ -369,6 +369,16 @@ class Studio:
     def selections(self, run_id: str, round_index: int | None = None) -> list[dict]:
         with self.db() as db:
             return storage.list_selections(db, run_id, round_index)
+
+    def loss_curves(self, run_id: str) -> dict[int, list[float]]:
+        """Every trained round's loss per step (``rounds/rNN/train_losses.json``), by round index: the
+        Progress tab draws the running round over the earlier ones."""
+        check_run_id(run_id)
+        folder = self.folder(run_id)
+        with self.db() as db:
+            rounds = [r["round_index"] for r in storage.list_rounds(db, run_id)]
+        curves = {r: read_losses(folder.path(losses_file(r))) for r in rounds}
+        return {r: c for r, c in curves.items() if c}
 
     def job(self, run_id: str) -> dict | None:
         """The run's live job (stage, done/total, ETA, losses, log), or its last one after it ended."""

@@ -68,8 +68,13 @@ class Field:
         return tuple(value for _, value in self.choices)
 
     def cli_type(self):
-        types = {"whole": int, "at_least_one": int, "optional_count": int, "resolution": int, "number": float}
-        return types.get(self.parse, str)
+        return {
+            "whole": int,
+            "optional_whole": int,
+            "at_least_one": int,
+            "resolution": int,
+            "number": float,
+        }.get(self.parse, str)
 
     def cli_choices(self) -> list | None:
         choices = self.flag_choices or self.values()
@@ -167,7 +172,7 @@ FIELDS: tuple[Field, ...] = (
     Field("blocks_to_swap", "Blocks swapped to the CPU", "transformer families: keep this many blocks' "
           "weights in CPU memory and stream each in as it runs (how 20B models fit 24 GB; slower). "
           "Empty: the family's 24 GB preset on a GPU, else 0", "number", "train.blocks_to_swap",
-          "optional_count",
+          "optional_whole",
           "more2", says="blocks swapped to the CPU", flag="--blocks-to-swap",
           flag_help="transformer blocks kept on the CPU and streamed in (default: the family's 24 GB preset "
           "on a GPU; 0: off)"),
@@ -175,6 +180,12 @@ FIELDS: tuple[Field, ...] = (
           "grid) go to FOLDER/<run id>; open with `tensorboard --logdir FOLDER`", "text", "train.log_dir",
           "optional_text", "more2", says="TensorBoard log folder", flag="--log-dir",
           flag_help="write TensorBoard event files to FOLDER/<run id> (off by default)"),
+    Field("checkpoint_every", "save training state every", "steps between saves of the round's training "
+          "state (adapter, optimiser, RNG), so Cancel/Continue or a killed run resumes mid-round; empty: 100 "
+          "on a GPU, a third of the round on the CPU; 0: off", "number", "train.checkpoint_every",
+          "optional_whole", "more2", says="training-state interval", flag="--checkpoint-every",
+          flag_help="save the training state every N steps so a killed round resumes mid-round "
+          "(default: 100 on a GPU, a third of the round on the CPU; 0: off)"),
     Field("adaptive_stop", "Adaptive stop (Eq. 10)", "finish early when fewer than k anchors are mixed",
           "checkbox", "gal.adaptive_stop", "bool", "more2"),
     Field("name", "Run name", "optional; shown in the Runs list", "text", "name", "text", "more2",
@@ -243,13 +254,13 @@ def _at_least_one(value, f: Field) -> int:
     return number
 
 
-def _optional_count(value, f: Field) -> int | None:
-    """A whole number >= 0, or None when left empty (the default applies)."""
+def _optional_whole(value, f: Field) -> int | None:
+    """A whole number >= 0, or empty: None (the config's automatic choice)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     number = _whole(value, f)
     if number < 0:
-        raise ValueError(f"{f.named} must be 0 or more (empty: the default), got {number}")
+        raise ValueError(f"{f.named} must be 0 or more, or empty (automatic), got {number}")
     return number
 
 
@@ -324,7 +335,7 @@ PARSERS = {
     "number": _number,
     "whole": _whole,
     "at_least_one": _at_least_one,
-    "optional_count": _optional_count,
+    "optional_whole": _optional_whole,
     "resolution": _resolution,
     "text": _text,
     "phrase": _phrase,
@@ -390,6 +401,11 @@ def config_from_form(form: dict) -> RunConfig:
 
 def form_from_config(config: RunConfig) -> dict:
     return {f.name: _show(f, _get(config, f.path)) for f in fields()}
+
+
+def form_from_saved(config: dict) -> dict:
+    """The form of a run's saved config (``runs.config`` as stored: a dict)."""
+    return form_from_config(RunConfig.from_dict(config))
 
 
 def default_form(model: str, oracle: str, task: str = "object") -> dict:

@@ -14,11 +14,19 @@ from gal.round import Round
 from gal.runfolder import RunFolder
 from gal.seeds import image_seed
 
+# The built-in toy model draws a preview (2 images, 20 steps) in ~1 s on 2 cores: every 100 steps is ~5 % of
+# a 900-step demo round (bench/bench_previews.py, docs/bench/previews.txt). Other models cost far more per
+# preview on the CPU (one SD-1.5 UNet step is ~4.5 s at 512 px there), so they draw none unless asked.
+CPU_PREVIEW_MODELS = {"toy": 100}
 
-def preview_interval(preview_every: int | None, device) -> int:
-    """Steps between training previews: the config's, or (None) 100 on a GPU and none on the CPU."""
+
+def preview_interval(preview_every: int | None, device, model: str = "") -> int:
+    """Steps between training previews: the config's, or (None) 100 on a GPU, on the CPU 100 for the toy
+    demo model (cheap there) and none for any other."""
     if preview_every is None:
-        return 100 if device.type == "cuda" else 0
+        if torch.device(device).type == "cuda":
+            return 100
+        return CPU_PREVIEW_MODELS.get(str(model or "").strip(), 0)
     return preview_every
 
 

@@ -13,8 +13,10 @@ keeps what it drew); it skips what is already saved.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -60,12 +62,12 @@ def train(rnd: Round) -> StepResult:
         init_state = adapter_state(prev_pipe)
     class_examples = _class_examples(rnd) if config.train.prior_preservation else None
     rnd.models.mark(spec, None)  # training replaces whatever adapter was active
-    every = preview_interval(config.train.preview_every, rnd.models.device)
-    anchors = [a for a in pool_anchors(rnd)][:2] if every else []
+    preview_every = preview_interval(config.train.preview_every, rnd.models.device, config.model)
+    anchors = [a for a in pool_anchors(rnd)][:2] if preview_every else []
 
     def on_step(step: int, total: int, loss: float) -> None:
         info = {"loss": loss, "round": r}
-        if anchors and (step % every == 0 or step == total):
+        if anchors and (step % preview_every == 0 or step == total):
             info["previews"] = draw_previews(rnd, pipe, anchors, step)
         rnd.report("train", step, total, **info)
 
@@ -98,6 +100,7 @@ def train(rnd: Round) -> StepResult:
                 pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)}
             )
             save_training_set(folder, f"{rel}/{TRAINING_SET}", refs, captions)
+            save_losses(folder.path(losses_file(r)), r, result.losses)
             state.remove()  # the round's adapter is saved: its mid-round state is spent
         except Exception as err:  # a full disk, however safetensors words it, is one OSError(ENOSPC)
             if not disk_full(err) or isinstance(err, OSError):
@@ -113,6 +116,28 @@ def train(rnd: Round) -> StepResult:
         metrics={"train_loss": float(np.mean(result.losses[-20:]))},
         fields={"adapter_path": rel},
     )
+
+
+def losses_file(round_index: int) -> str:
+    """Where a round's per-step training loss is kept (the Progress tab draws every round's curve)."""
+    return f"rounds/r{round_index:02d}/train_losses.json"
+
+
+def save_losses(path: Path, round_index: int, losses: list[float]) -> None:
+    """The round's loss per step (step i + 1 is ``losses[i]``), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"round": round_index, "losses": [float(x) for x in losses]}))
+    os.replace(tmp, path)
+
+
+def read_losses(path: Path) -> list[float] | None:
+    """A round's saved losses, or None (not trained yet, or an unreadable file)."""
+    try:
+        data = json.loads(path.read_text())
+        return [float(x) for x in data["losses"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _class_examples(rnd: Round) -> list[TrainExample]:
@@ -163,6 +188,9 @@ def generate(rnd: Round) -> StepResult:
     mine = processes.shard(todo)  # each process draws its share; every image keeps its own seed
     drawn: list[dict] = []  # this process's rows, stored by the main process with the state change
     if mine:
+        # say so before the adapter loads and the first batch is drawn (that took ~16 s of silence after
+        # training's last step on 2 cores)
+        rnd.report("generate", 0, len(mine), round=r)
         pipe = rnd.pipeline()
 
         def save(start: int, images: list[Image.Image]) -> None:
@@ -311,6 +339,9 @@ def evaluate(rnd: Round) -> StepResult:
     mine = rnd.processes.shard(range(len(prompts)))  # each process draws and scores its share
     scored = []  # per image: its row, sim to its prompt, sims to the non-SoI captions, sims to the references
     if mine:
+        # say so before the adapter loads and the first batch is drawn (that took ~16 s of silence after
+        # training's last step on 2 cores)
+        rnd.report("generate", 0, len(mine), round=r)
         pipe = rnd.pipeline()
         images = draw(
             pipe,

@@ -5,7 +5,8 @@
     gal app --port 7870                # the same, through the CLI
 
 Binds 127.0.0.1 unless --host says otherwise; no public link unless --share; serves only files under
---runs-dir (the run folders), never the database itself. Every request passes ``ui.security.WebGuard``:
+--runs-dir (the run folders), never the database itself. Every request passes
+``gal_studio.security.WebGuard``:
 Host allow-list (loopback names, --host's name, --allowed-host), Origin check on state-changing calls,
 a bound on uploads (--max-file-size) and on request bodies, and a login throttle under --auth.
 """
@@ -111,7 +112,7 @@ def create_app(args: argparse.Namespace):
     """(studio, blocks, launch kwargs) for ``args``; raises ValueError naming the fix."""
     import ui
     from gal.engine import Studio
-    from ui import security
+    from gal_studio import security
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be 1-65535, got {args.port}")

@@ -232,6 +232,7 @@ def test_training_previews_are_drawn_and_change_nothing(shared_studio, reference
     for every in (0, 2):
         config = tiny_config(max_rounds=1)
         config.train.preview_every = every
+        config.train.checkpoint_every = 5  # its own interval: previews keep theirs (they used this one)
         run_id = shared_studio.create_run(config, references)
         shared_studio.advance(run_id)
         folder = shared_studio.run_dir(run_id)
@@ -245,3 +246,33 @@ def test_training_previews_are_drawn_and_change_nothing(shared_studio, reference
             assert [p.rsplit("/", 1)[-1] for p in live["previews"]] == ["s000006_a00.png", "s000006_a01.png"]
     assert adapters[0].keys() == adapters[1].keys()
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
+def test_generation_is_announced_and_every_rounds_loss_curve_is_kept(shared_studio, references):
+    """Issue 26.9: the page said nothing between training's last step and the first batch of images (16 s
+    on 2 cores), and a round's loss curve was gone once the round ended."""
+    config = tiny_config(max_rounds=2, strategy="uncertainty")
+    config.gal.pause_for_review = False
+    run_id = shared_studio.create_run(config, references)
+    reports = []
+    shared_studio.advance(
+        run_id, progress=lambda stage, done, total, info: reports.append((stage, done, total))
+    )
+    first = next(i for i, r in enumerate(reports) if r[0] == "generate")
+    assert reports[first][1] == 0 and reports[first][2] > 0  # said before the first image is drawn
+    assert reports[first - 1][0] == "train" and reports[first - 1][1] == reports[first - 1][2]
+    curves = shared_studio.loss_curves(run_id)
+    assert sorted(curves) == [1, 2] and all(len(c) == config.train.steps for c in curves.values())
+    live = shared_studio.jobs.live[run_id]["losses"]  # the last round's, as the page saw it
+    assert [v for _, v in live] == curves[2]
+
+
+def test_the_cpu_demo_draws_previews_where_they_are_cheap():
+    """Issue 26.9: no sample images on the demo. The toy model's previews cost ~4-5 % of a demo round at every
+    100 steps (bench/bench_previews.py), so the CPU demo draws them; other CPU models do not by default."""
+    from gal.steps import preview_interval
+
+    assert preview_interval(None, "cpu", "toy") == 100
+    assert preview_interval(None, "cpu", "tiny") == 0 and preview_interval(None, "cpu", "some/sd15") == 0
+    assert preview_interval(None, "cuda", "some/sd15") == 100
+    assert preview_interval(0, "cpu", "toy") == 0 and preview_interval(7, "cpu", "tiny") == 7

@@ -119,3 +119,26 @@ def test_the_cli_flags_are_the_rows_flags():
     config = RunConfig()
     fields.apply_flags(config, args)
     assert (config.gal.m, config.gal.lam, config.train.reference_sampling) == (3, 0.01, "real-rate")
+
+
+def test_the_training_state_interval_is_a_row_widget_form_and_flag(tmp_path):
+    """Issue 26.4: train.checkpoint_every on the page and on `gal run` (empty: the automatic interval)."""
+    form = default_form("tiny", "tiny")
+    assert form["checkpoint_every"] is None and config_from_form(form).train.checkpoint_every is None
+    assert config_from_form({**form, "checkpoint_every": ""}).train.checkpoint_every is None
+    assert config_from_form({**form, "checkpoint_every": 25}).train.checkpoint_every == 25
+    assert config_from_form({**form, "checkpoint_every": "0"}).train.checkpoint_every == 0
+    with pytest.raises(ValueError, match="training-state interval must be 0"):
+        config_from_form({**form, "checkpoint_every": -3})
+    with pytest.raises(ValueError, match="training-state interval must be a whole number"):
+        config_from_form({**form, "checkpoint_every": 2.5})
+    args = build_parser().parse_args(["run", "--checkpoint-every", "7"])
+    config = RunConfig()
+    fields.apply_flags(config, args)
+    assert config.train.checkpoint_every == 7
+    from gal.engine import Studio
+    from ui import build
+
+    demo = build(Studio(tmp_path / "runs", model="tiny", oracle="tiny"))
+    widget = demo.gal_components["checkpoint_every"]
+    assert widget.elem_id == "gal-f-checkpoint-every" and widget.value is None

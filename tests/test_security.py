@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gal_studio import app
-from ui.security import (
+from gal_studio.security import (
     LoginThrottle,
     WebGuard,
     WebPolicy,

@@ -26,9 +26,9 @@ import storage  # noqa: E402
 from gal.engine import Studio  # noqa: E402
 from gal.fields import config_from_form, default_form, field_names, form_from_config  # noqa: E402
 from gal_studio import app  # noqa: E402
-from ui import progress, render  # noqa: E402
+from ui import charts, progress, render, selection  # noqa: E402
 from ui.handlers import Handlers  # noqa: E402
-from ui.setup import references_from  # noqa: E402
+from ui.references import references_from  # noqa: E402
 
 FORM_FIELDS = field_names()
 FILLED = ("files", "gallery", "table", *FORM_FIELDS, "validation")  # what the demo and a preset fill
@@ -588,8 +588,8 @@ def test_the_eta_counts_a_stages_first_chunk_and_the_loss_curve_fills():
     assert [s for s, _ in job["losses"]] == [1, 2, 3, 4, 5] and any(
         "train: done" in line for line in job["log"]
     )
-    svg = progress.loss_curve_svg(job["losses"])
-    assert "<polyline" in svg and "loss 0.2000" in svg
+    svg = charts.training_chart(job["losses"], {}, 1)
+    assert "<polyline" in svg and "round 1: 0.419 (smoothed)" in svg  # EMA 0.9, debiased
     assert "job started" in progress.log_html(job["log"])
 
 
@@ -626,8 +626,8 @@ def test_human_preview_warns_when_added_images_would_outnumber_the_references(ha
         assert 'data-picks="1"' in preview and "would fill only" not in preview
         state = studio.review_state(run_id)
         many = [{"anchor_index": 0, "slot": i, "image_id": -1 - i} for i in range(12)]
-        assert "would fill only" in render.dilution_note(state, 12)
-        auto = render.preview_html(
+        assert "would fill only" in selection.dilution_note(state, 12)
+        auto = selection.preview_html(
             {
                 "mode": "auto",
                 "strategy": "uncertainty+balance",
@@ -678,7 +678,7 @@ def test_human_preview_counts_the_anchors_leaving_the_pool_and_warns_when_the_ru
         assert (
             "1 anchor leaves the pool (3 of 4 stay)" in view["preview"] and 'data-ends="0"' in view["preview"]
         )
-        assert view["commit_btn"]["value"] == render.COMMIT_NEXT
+        assert view["commit_btn"]["value"] == selection.COMMIT_NEXT
         assert handlers.commit_ask(run_id, "human")["confirm_yes"]["value"] == "Yes, commit and train"
     finally:
         studio.decide_many(run_id, before)
@@ -686,8 +686,9 @@ def test_human_preview_counts_the_anchors_leaving_the_pool_and_warns_when_the_ru
     state = studio.review_state(run_id)
     last = {"mode": "auto", "strategy": "s", "openness": 0.0, "weight": 0.0, "round": 1, "picks": [],
             "last_round": True, "stop": False}  # fmt: skip
-    assert render.commit_label(last, state) == render.COMMIT_FINISH == "Commit and finish"
-    assert render.commit_label({**last, "last_round": False, "stop": True}, state) == render.COMMIT_FINISH
+    assert selection.commit_label(last, state) == selection.COMMIT_FINISH == "Commit and finish"
+    stop = {**last, "last_round": False, "stop": True}
+    assert selection.commit_label(stop, state) == selection.COMMIT_FINISH
 
 
 def test_commit_trains_round_two_in_the_worker(handlers, studio, run_id):
@@ -778,13 +779,14 @@ def test_the_mode_shows_in_the_header_and_runs_table_and_reaches_other_tabs(hand
     try:
         changed = handlers.set_mode(run_id, "human")
         assert 'data-mode="human"' in changed["header"] and "uncertainty" not in changed["header"]
+        assert changed["order"] == "disagreement"  # human mode: the judges' disagreements first
         assert changed["seen"] != before["seen"]
         other = handlers.tick(run_id, before["seen"])  # a second tab, opened before the change
         assert other["mode"] == "human" and 'data-mode="human"' in other["header"]
         row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
         assert row[5:7] == ["human", "human"]
     finally:
-        handlers.set_mode(run_id, "auto")
+        assert "order" not in handlers.set_mode(run_id, "auto")  # the person's order stays
     row = next(r for r in handlers.runs()["runs_table"] if r[0] == run_id)
     assert row[5] == "auto" and row[6] == studio.snapshot(run_id)[0]["config"]["gal"]["strategy"]
 
@@ -1063,3 +1065,79 @@ def test_the_training_view_shows_the_latest_previews():
     html_ = progress.progress_html(run, rnd, job, "running", None)
     assert 'class="gal-previews"' in html_ and "s000004_a00.png" in html_
     assert "gal-previews" not in progress.progress_html(run, rnd, {**job, "previews": []}, "running", None)
+
+
+def test_the_header_names_a_run_once_without_a_name_and_name_plus_id_with_one(handlers, studio, run_id):
+    """Issue 26.12: a run without a name showed its id twice in the header."""
+    run, rnd = studio.snapshot(run_id)
+    unnamed = render.header_html({**run, "name": ""}, rnd)
+    assert unnamed.count(run_id) == 1
+    named = render.header_html({**run, "name": "my <mug>"}, rnd)
+    assert named.count(run_id) == 1 and "my &lt;mug&gt;" in named
+    assert handlers.open(run_id)["header"].count(run_id) == 1
+
+
+def test_export_offers_the_single_file_checkpoint_and_writes_it(handlers, studio, run_id):
+    """Issue 26.12: the UI's Export tab offers the single-file checkpoint `gal export` already wrote."""
+    from ui.export import export_choices
+
+    assert "checkpoint" in [value for _, value in export_choices()]
+    out = handlers.export(run_id, ["checkpoint"], True)
+    names = zipfile.ZipFile(out["export_file"]).namelist()
+    assert any(n.endswith(".safetensors") and "/" not in n for n in names), names
+    assert "checkpoint" in out["export_summary"]
+
+
+def test_one_reference_passes_with_a_hint_and_several_without(handlers, demo_form):
+    """Issue 26.12: a single reference passed validation with no word about what to expect."""
+    files, table, form = demo_form
+    one = handlers.validate_setup(files[:1], table[:1], *form_values(form))
+    assert "✓ Ready: 1 reference image " in one and "Only one reference image" in one
+    assert "Only one reference image" not in handlers.validate_setup(files, table, *form_values(form))
+
+
+def test_setup_says_which_run_is_open_and_can_take_its_settings(handlers, studio, run_id):
+    """Issue 26.12: the Set up tab did not reflect the open run; now it names it and can copy its settings."""
+    assert "No run is open" in handlers.empty()["setup_run"]
+    assert handlers.empty()["setup_use_btn"]["visible"] is False
+    opened = handlers.open(run_id)
+    assert f'data-run="{run_id}"' in opened["setup_run"] and "new</b> run" in opened["setup_run"]
+    assert opened["setup_use_btn"]["visible"] is True
+    run, _ = studio.snapshot(run_id)
+    form = handlers.use_run_settings(run_id)
+    assert form["m"] == run["config"]["gal"]["m"] and form["train_steps"] == run["config"]["train"]["steps"]
+    assert form["anchors"].splitlines() == run["config"]["anchors"]
+    with pytest.raises(gr.Error, match="no run is open"):
+        handlers.use_run_settings(None)
+
+
+def test_the_training_view_smooths_keeps_every_round_and_never_reads_zero(handlers, run_id):
+    """Issue 26.9: raw loss only, 'loss 0.000' late in a run (its minimum was 2e-5), and the curve gone once
+    the round ended. Now: EMA over the faint raw loss, log axis, every finished round's curve kept."""
+    late = [(s, 2e-5 + 0.5 / s**2) for s in range(1, 301)]
+    svg = charts.training_chart(late, {1: [0.4, 0.3, 0.2, 0.1], 2: [0.2, 0.1, 0.05]}, 3)
+    assert 'data-scale="log"' in svg and 'data-rounds="1,2,3"' in svg
+    assert 'class="raw"' in svg and 'class="ema"' in svg and svg.count('class="past"') == 2
+    labels = re.findall(r">([^<>]+)</text>", svg)
+    assert "0.0001" in labels and "0.001" in labels and "1e-05" not in labels  # log ticks at the decades
+    assert not any(re.search(r"(^|\s)0\.0+($|\s)", t) for t in labels), labels  # never a "0.000"
+    assert charts.ema([1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]  # debiased: no pull towards 0 at the start
+    line = progress.progress_html(
+        {"run_id": "r", "status": "active", "current_round": 3}, {"state": "training"},
+        {"total": 300, "done": 300, "stage": "train", "info": {"loss": 2.3e-5}, "losses": late},
+        "running", None,
+    )  # fmt: skip
+    assert "loss 2.3e-05" in line and "loss 0.000" not in line
+    done = handlers.open(run_id)["progress"]  # no job runs: every trained round's curve is still drawn
+    assert re.search(r'data-rounds="1(,\d+)*"', done) and 'class="past"' in done
+
+
+def test_a_cancelled_round_says_cancelled_once():
+    """Issue 26.4: the progress line read "cancelled: cancelled"."""
+    run = {"run_id": "r", "status": "cancelled", "current_round": 1}
+    line = progress.progress_html(run, {"state": "training"}, None, None, "cancelled")
+    assert line.count("cancelled") == 1 and "resume" in line
+    failed = progress.progress_html(
+        {**run, "status": "failed"}, {"state": "training"}, None, None, "OSError: x"
+    )
+    assert "<b>failed</b>: OSError: x" in failed

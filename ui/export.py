@@ -14,6 +14,7 @@ EXPORT_CHOICES = [
     ("diffusers LoRA (load_lora_weights)", "diffusers"),
     ("kohya / A1111 / ComfyUI LoRA", "kohya"),
     ("fused pipeline (LoRA merged into the base model)", "fused"),
+    ("single-file checkpoint (.safetensors with the LoRA merged: A1111, ComfyUI)", "checkpoint"),
     ("dataset (references + captions + weights)", "dataset"),
     ("model card (README.md)", "card"),
 ]

@@ -47,6 +47,8 @@ OPEN_OUTPUTS = (
     "export_file",
     "export_summary",
     "revision",
+    "setup_run",
+    "setup_use_btn",
 )
 
 
@@ -106,6 +108,7 @@ class Handlers(
             **controls,
             **self.export_view(run_id),
             "revision": self.studio.revision(run_id, rnd["round_index"]) if rnd else 0,
+            **self.setup_view(run_id),
         }
 
     def empty(self, tab: str | None = "setup") -> dict:
@@ -122,6 +125,7 @@ class Handlers(
             **self.controls(None, None),
             **self.export_view(None),
             "revision": None,
+            **self.setup_view(None),
         }
 
     def load(self, request: gr.Request | None = None) -> dict:

@@ -39,7 +39,8 @@ def layout(c: dict) -> None:
     c["references"] = gr.Gallery(
         label="References: the real ones, then those each round added",
         columns=8,
-        height=240,
+        height="auto",  # whole images: a fixed 240 px cut the references at 1280 px
+        object_fit="contain",
         allow_preview=True,
         elem_id="gal-refs",
     )

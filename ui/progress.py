@@ -8,7 +8,7 @@ import time
 
 import gradio as gr
 
-from ui import render
+from ui import charts, render
 from ui.common import CONTROLS, error, info, wire
 from ui.render import esc, file_url, message
 
@@ -77,8 +77,10 @@ class ProgressHandlers:
         err = self.worker.errors.get(run_id)
         job = self.studio.job(run_id) if job_state == "running" else None
         busy = self.worker.busy_with() if job_state == "queued" else None
-        full = progress_html(run, rnd, job, job_state, err, busy_with=busy)
-        if job is None:  # the last job's log stays readable after it ends
+        curves = self.studio.loss_curves(run_id)
+        full = progress_html(run, rnd, job, job_state, err, busy_with=busy, curves=curves)
+        if job is None:  # every round's loss curve and the last job's log stay after it ends
+            full += charts.training_chart([], curves)
             full += log_html((self.studio.job(run_id) or {}).get("log") or [])
         mini = (
             progress_html(run, rnd, job, job_state, err, compact=True, busy_with=busy)
@@ -184,7 +186,10 @@ def progress_html(
     error: str | None,
     compact: bool = False,
     busy_with: str | None = None,
+    curves: dict[int, list[float]] | None = None,
 ) -> str:
+    """The progress line (``compact``: the one on the Review tab); the full one draws the training view
+    (``curves``: finished rounds' losses, ``Studio.loss_curves``) beside the live job."""
     if run is None:
         return '<div class="gal-progress gal-muted">No run open.</div>'
     status, r = run["status"], run["current_round"]
@@ -201,7 +206,7 @@ def progress_html(
         done, total = job.get("done", 0), job.get("total", 0)
         share = done / total if total else 0.0
         info = job.get("info") or {}
-        loss = f" · loss {info['loss']:.3f}" if isinstance(info.get("loss"), (int, float)) else ""
+        loss = f" · loss {info['loss']:.3g}" if isinstance(info.get("loss"), (int, float)) else ""
         stage = STAGE_NAMES.get(job.get("stage"), job.get("stage", "working"))
         fresh = time.time() - job.get("updated", time.time())
         stale = f" · last update {fresh:.0f} s ago" if fresh > 10 else ""
@@ -209,7 +214,7 @@ def progress_html(
             ""
             if compact
             else (
-                loss_curve_svg(job.get("losses") or [])
+                charts.training_chart(job.get("losses") or [], curves, r)
                 + previews_html(job.get("previews") or [])
                 + log_html(job.get("log") or [])
             )
@@ -234,9 +239,14 @@ def progress_html(
             f"first, then trains this one.{stages}</div>"
         )
     if error:
+        said = (
+            esc(error)
+            if error.split(" ", 1)[0].rstrip(":") == status
+            else f"<b>{esc(status)}</b>: {esc(error)}"
+        )
         text = (
-            f"<b>{esc(status)}</b>: {esc(error)}. What was saved is kept — "
-            "press <b>Continue</b> to resume from the last saved step."
+            f"{said}. What was saved is kept — press <b>Continue</b> to resume from the last saved step "
+            "(training resumes at its last saved step, train.checkpoint_every)."
         )
         return f'<div class="gal-progress">{message(text, "error")}{stages}</div>'
     texts = {
@@ -257,38 +267,6 @@ def progress_html(
     return (
         f'<div class="gal-progress" data-status="{esc(status)}">'
         f"{message(esc(texts.get(status, status)), kind)}{stages}</div>"
-    )
-
-
-def loss_curve_svg(losses: list, width: int = 520, height: int = 140) -> str:
-    """The round's training loss per step as an inline SVG line (no plot component: the poll re-sends it
-    each second), with the first/last/min values labelled. Empty until two steps are in."""
-    if len(losses) < 2:
-        return ""
-    steps = [float(s) for s, _ in losses]
-    values = [float(v) for _, v in losses]
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    x0, x1 = min(steps), max(steps)
-    xs = (x1 - x0) or 1.0
-    pad = 42
-    pts = " ".join(
-        f"{pad + (s - x0) / xs * (width - pad - 6):.1f},{6 + (hi - v) / span * (height - 26):.1f}"
-        for s, v in zip(steps, values, strict=True)
-    )
-    return (
-        f'<figure class="gal-loss" aria-label="training loss per step"><svg viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img">'
-        f"<title>training loss, step {int(x0)} to {int(x1)}</title>"
-        f'<line x1="{pad}" y1="{height - 20}" x2="{width - 6}" y2="{height - 20}" class="axis"/>'
-        f'<line x1="{pad}" y1="6" x2="{pad}" y2="{height - 20}" class="axis"/>'
-        f'<polyline points="{pts}" fill="none" class="curve"/>'
-        f'<text x="{pad - 4}" y="12" text-anchor="end">{hi:.3g}</text>'
-        f'<text x="{pad - 4}" y="{height - 20}" text-anchor="end">{lo:.3g}</text>'
-        f'<text x="{pad}" y="{height - 4}">step {int(x0)}</text>'
-        f'<text x="{width - 6}" y="{height - 4}" text-anchor="end">'
-        f"step {int(x1)} · loss {values[-1]:.4f}</text>"
-        f"</svg><figcaption>training loss (each step's batch)</figcaption></figure>"
     )
 
 

@@ -7,12 +7,10 @@ from SQLite; bad input to a scripted call becomes ``gr.Error`` naming the field.
 
 from __future__ import annotations
 
-import math
-
 import gradio as gr
 
 from gal.engine import parse_verdict
-from ui import assets, render
+from ui import assets, render, review_tools, selection
 from ui.common import error, info, user_errors, warn, wire
 
 REVIEW = {
@@ -31,10 +29,10 @@ def layout(c: dict) -> None:
         with gr.Row(equal_height=True):
             c["counters"] = gr.HTML(render.counters_html(None), elem_id="gal-counters")
             c["mode"] = gr.Radio(
-                ["auto", "human"], value=None, show_label=False, scale=0, min_width=170, elem_id="gal-mode"
+                ["auto", "human"], value=None, show_label=False, scale=0, min_width=230, elem_id="gal-mode"
             )
             c["commit_btn"] = gr.Button(
-                render.COMMIT_NEXT,
+                selection.COMMIT_NEXT,
                 variant="primary",
                 size="sm",
                 elem_id="gal-commit",
@@ -69,91 +67,14 @@ def layout(c: dict) -> None:
                 kw = {} if elem in ("zoom", "help") else {"interactive": False}
                 c[key] = gr.Button(label, size="sm", elem_id=f"gal-btn-{elem}", min_width=90, **kw)
         gr.HTML(assets.HELP_HTML, elem_id="gal-help")
-    with gr.Row(equal_height=False, elem_id="gal-tools"):
-        with gr.Column(scale=1, min_width=300):
-            with gr.Accordion("Order, filters, tile size", open=False, elem_id="gal-view"):
-                with gr.Row(equal_height=True, elem_id="gal-view-row"):
-                    c["order"] = gr.Dropdown(
-                        [
-                            ("most mixed first (Ω)", "omega"),
-                            ("anchor index", "index"),
-                            ("most overfit first (β)", "beta"),
-                            ("judges disagree / least sure first", "disagreement"),
-                        ],
-                        value="omega",
-                        label="Order anchors",
-                        elem_id="gal-order",
-                        scale=1,
-                        min_width=200,
-                    )
-                    c["filters"] = gr.CheckboxGroup(
-                        [
-                            ("unreviewed", "unreviewed"),
-                            ("your overrides", "overrides"),
-                            ("oracle: overfit", "oracle-overfit"),
-                            ("oracle: aligned", "oracle-aligned"),
-                            ("mixed anchors only", "mixed"),
-                            ("judges disagree", "disagree"),
-                        ],
-                        value=[],
-                        label="Show only",
-                        elem_id="gal-filters",
-                        scale=3,
-                    )
-                    c["tile_size"] = gr.Slider(
-                        64,
-                        320,
-                        value=128,
-                        step=16,
-                        label="Tile size (px)",
-                        elem_id="gal-tile-size",
-                        scale=1,
-                        min_width=160,
-                    )
-        with gr.Column(scale=1, min_width=300):
-            with gr.Accordion("Bulk actions (each is one undo step)", open=False, elem_id="gal-bulk"):
-                with gr.Row(equal_height=False):
-                    c["oracle_btn"] = gr.Button(
-                        "Accept the oracle's verdicts on every image you have not judged",
-                        size="sm",
-                        elem_id="gal-accept-oracle",
-                        min_width=200,
-                        scale=2,
-                        interactive=False,
-                    )
-                    c["threshold"] = gr.Slider(
-                        -1.0,
-                        1.0,
-                        value=0.2,
-                        step=0.01,
-                        label="similarity threshold",
-                        info="sim(image, anchor), the first number on each tile",
-                        elem_id="gal-threshold",
-                        scale=2,
-                        min_width=200,
-                    )
-                    c["below_btn"] = gr.Button(
-                        "Mark every image you have not judged under the threshold overfit",
-                        size="sm",
-                        elem_id="gal-mark-below",
-                        min_width=200,
-                        scale=2,
-                        interactive=False,
-                    )
-                    c["overwrite"] = gr.Checkbox(
-                        False,
-                        label="also overwrite my own verdicts",
-                        elem_id="gal-overwrite",
-                        info="off: bulk actions touch only images you have not judged",
-                        scale=1,
-                    )
+    review_tools.layout(c)
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
             c["grid"] = gr.HTML(
                 render.grid_html(None), js_on_load=assets.GRID_JS, elem_id="gal-grid", apply_default_css=False
             )
         with gr.Column(scale=1, min_width=240):
-            c["preview"] = gr.HTML(render.preview_html(None, None), elem_id="gal-preview")
+            c["preview"] = gr.HTML(selection.preview_html(None, None), elem_id="gal-preview")
     # verdict events send the grid's new state here as JSON; the grid's script applies it
     c["patch"] = gr.HTML(
         "", visible="hidden", elem_id="gal-patch", apply_default_css=False, js_on_load=assets.PATCH_JS
@@ -177,7 +98,7 @@ def connect(c: dict, h, open_names: tuple) -> None:
     wire(c["below_btn"].click, h.mark_below, [run, c["threshold"], c["overwrite"]], out, c,
          api_name="mark_below", preprocess=False, **REVIEW)  # fmt: skip
     # the mode lives in SQLite (the round's): the header says it, other tabs' polls pick it up
-    moded = (*out, "header", "seen")
+    moded = (*out, "header", "seen", "order")
     wire(c["mode"].input, h.set_mode, [run, c["mode"]], moded, c, api_name="set_mode", **REVIEW)
     # Commit asks once (what it adds, how many are unreviewed); only "Yes" writes
     asked = ("confirm_box", "confirm_text", "confirm_yes")
@@ -212,29 +133,6 @@ def connect(c: dict, h, open_names: tuple) -> None:
     c["tile_size"].release(None, None, None, js=refocus)
 
 
-def _flag(value, name: str) -> bool:
-    """A yes/no from a script: a real boolean (or nothing, meaning no); "yes" or 1 is refused."""
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _threshold(value) -> float:
-    if value is None or value == "":
-        raise ValueError("enter a similarity threshold first, e.g. 0.25")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"the similarity threshold must be a number, got {type(value).__name__} {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"the similarity threshold must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"the similarity threshold must be a finite number, e.g. 0.25, got {value!r}")
-    return number
-
-
 def _run_id(value) -> str:
     if not value:
         raise error("no run is open: set one up, or open one from the Runs tab")
@@ -262,7 +160,7 @@ class ReviewHandlers:
             return {
                 "grid": render.grid_html(None),
                 "counters": render.counters_html(None),
-                "preview": render.preview_html(None, None),
+                "preview": selection.preview_html(None, None),
             }
         session = getattr(request, "session_hash", None)
         with self._read_lock:
@@ -275,10 +173,10 @@ class ReviewHandlers:
             preview = self.studio.preview_selection(run_id) if in_review else None
         view = {
             "counters": render.counters_html(state, preview["mode"] if preview else None),
-            "preview": render.preview_html(preview, state),
+            "preview": selection.preview_html(preview, state),
         }
         if in_review:
-            view["commit_btn"] = gr.update(value=render.commit_label(preview, state))
+            view["commit_btn"] = gr.update(value=selection.commit_label(preview, state))
         if patch and in_review:
             return {**view, "patch": render.grid_patch(state, preview, seq, ack)}
         waiting = not in_review and self.worker.state(run_id) == "queued"
@@ -412,7 +310,7 @@ class ReviewHandlers:
         """Bulk: agree with the oracle on every image you have not judged (``overwrite``: on all).
         One undo step."""
         run_id = self._require(run_id)
-        overwrite = _flag(overwrite, "overwrite")
+        overwrite = review_tools.flag(overwrite, "overwrite")
         n = self.studio.accept_oracle(run_id, overwrite=overwrite)
         whose = "" if overwrite else " you had not judged"
         info(f"you agreed with the oracle on {n} image{'s' if n != 1 else ''}{whose} — one u undoes it all")
@@ -425,8 +323,8 @@ class ReviewHandlers:
         """Bulk: mark overfit every image under the threshold you have not judged
         (``overwrite``: yours too)."""
         run_id = self._require(run_id)
-        threshold = _threshold(threshold)
-        overwrite = _flag(overwrite, "overwrite")
+        threshold = review_tools.threshold(threshold)
+        overwrite = review_tools.flag(overwrite, "overwrite")
         n = self.studio.mark_below(run_id, threshold, verdict=1, overwrite=overwrite)
         kept = "" if overwrite else "; your own verdicts are kept"
         info(
@@ -440,11 +338,14 @@ class ReviewHandlers:
         run_id = self._require(run_id)
         self.studio.set_round_mode(run_id, mode)
         run, rnd = self.studio.snapshot(run_id)
-        return {
+        out = {
             **self.review(run_id, patch=True, request=request),
             "header": render.header_html(run, rnd, self.worker.state(run_id)),
             "seen": self._key(run, rnd),
         }
+        if mode == "human":  # the person's verdicts now train: show first where the judges disagree
+            out["order"] = "disagreement"
+        return out
 
     @user_errors
     def commit_ask(self, run_id: str | None, mode: str | None) -> dict:
@@ -465,7 +366,7 @@ class ReviewHandlers:
                 "to the references and "
                 f"trains round {state['round']['round_index'] + 1}"
             )
-        pool = render.pool_text(render.pool_effect(preview, state), state["round"]["round_index"])
+        pool = selection.pool_text(selection.pool_effect(preview, state), state["round"]["round_index"])
         left = c["total"] - c["reviewed"]
         unreviewed = (
             f" {left} of {c['total']} images are unreviewed: the oracle's verdicts stand for them."
@@ -480,7 +381,7 @@ class ReviewHandlers:
         return {
             "confirm_box": gr.update(visible=True),
             "confirm_text": render.message(body, "warn"),
-            "confirm_yes": gr.update(value=render.COMMIT_FINISH if finishing else "Yes, commit and train"),
+            "confirm_yes": gr.update(value=selection.COMMIT_FINISH if finishing else "Yes, commit and train"),
         }
 
     @user_errors

@@ -6,14 +6,10 @@ rows where the page shows it, so a new row in ``gal.fields.FIELDS`` appears, par
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import gradio as gr
-from gradio.components.dataframe import DataframeData
-from pydantic import ValidationError, model_validator
 
-from gal.engine import ReferenceInput
 from gal.fields import (
     DEFAULT_SUBJECT,
     config_from_form,
@@ -21,120 +17,25 @@ from gal.fields import (
     field_names,
     fields,
     form_from_config,
+    form_from_saved,
     paper_presets,
 )
 from ui import render
-from ui.common import error, info, user_errors, warn, wire
+from ui.common import info, user_errors, warn, wire
+from ui.references import (
+    TABLE_HEADERS,
+    _paths,
+    _rows,
+    builtin_model_warning,
+    demo_hashes,
+    reference_table,
+    references_from,
+    single_reference_hint,
+)
 
-TABLE_HEADERS = ["image", "prompt (with the SoI token)", "non-SoI caption (what the model must NOT learn)"]
 # What a model's family fills when the Model field is left (the family's defaults).
 FAMILY_FIELDS = ("resolution", "learning_rate", "rank", "gen_steps", "guidance")
 SETUP_OUTPUTS = ("files", "gallery", "table")  # what loading a set-up fills besides the form
-
-
-class _TableData(DataframeData):
-    """The table as a script may send it: a value that is no table is kept aside (``metadata.invalid``)
-    so the handler refuses it naming the field, instead of failing inside Gradio's validation."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _keep_invalid(cls, value):
-        try:
-            DataframeData.model_validate(value)
-        except ValidationError:
-            return {"headers": [], "data": [], "metadata": {"invalid": [repr(value)[:80]]}}
-        return value
-
-
-def reference_table(**kwargs) -> gr.Dataframe:
-    """The per-image prompts table: Gradio's Dataframe that takes ``None`` from a script as no rows and
-    refuses a value that is no table naming the field. (Set on the instance: a subclass of a Gradio
-    component makes Gradio write a ``.pyi`` stub beside this file on import.)"""
-    table = gr.Dataframe(**kwargs)
-    table.data_model = _TableData
-    preprocess = table.preprocess
-
-    def checked(payload):
-        if payload is None:
-            return []
-        try:
-            _rows(payload.model_dump())  # a value kept aside as no table: the error names the field
-        except ValueError as err:
-            raise error(err) from err
-        return preprocess(payload)
-
-    table.preprocess = checked
-    return table
-
-
-def _rows(table) -> list[list]:
-    """The table's non-empty rows, from the page (rows), a script (``{"headers", "data"}``) or pandas."""
-    if table is None:
-        return []
-    if hasattr(table, "values") and not isinstance(table, dict):  # a pandas DataFrame
-        table = table.values.tolist()
-    if isinstance(table, dict):
-        invalid = (table.get("metadata") or {}).get("invalid")
-        table = invalid[0] if invalid else (table.get("data") or [])
-    if not isinstance(table, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in table):
-        raise ValueError(
-            f"the reference table must be rows of [image, prompt, non-SoI caption], got {str(table):.80}"
-        )
-    return [list(r) for r in table if any(str(c or "").strip() for c in r)]
-
-
-def _paths(files) -> list[str]:
-    """The files' paths, from the page (paths), a script (FileData dicts) or file objects."""
-    if not files:
-        return []
-    if isinstance(files, (str, Path, dict)):
-        files = [files]
-    if not isinstance(files, (list, tuple)):
-        raise ValueError(f"the reference images must be a list of files, got {type(files).__name__}")
-    paths = []
-    for f in files:
-        path = (
-            f.get("path")
-            if isinstance(f, dict)
-            else getattr(f, "name", None) or getattr(f, "path", None) or f
-        )
-        if not isinstance(path, (str, Path)) or not str(path):
-            raise ValueError(f"the reference images must be image files, got {str(f):.80}")
-        paths.append(str(path))
-    return paths
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def references_from(files, table, soi_token: str | None = None) -> list[ReferenceInput]:
-    """Pair the uploaded images with the table's rows (one row per image, in order); with ``soi_token``,
-    every prompt must contain it (the token is what the model learns to bind to the subject)."""
-    paths, rows = _paths(files), _rows(table)
-    if not paths:
-        raise ValueError("no reference images: drop at least one image of the subject or style above")
-    if len(rows) != len(paths):
-        raise ValueError(f"the table has {len(rows)} rows for {len(paths)} images: give each image one row")
-    refs = []
-    for i, (path, row) in enumerate(zip(paths, rows, strict=True), 1):
-        prompt = str(row[1] if len(row) > 1 and row[1] is not None else "").strip()
-        non_soi = str(row[2] if len(row) > 2 and row[2] is not None else "").strip() or None
-        if not prompt:
-            raise ValueError(
-                f"image {i} ({Path(path).name}) has no prompt: describe it, e.g. 'a <sks> cat on the stairs'"
-            )
-        if soi_token and soi_token not in prompt:
-            raise ValueError(
-                f"image {i} ({Path(path).name})'s prompt {prompt!r} lacks the SoI token {soi_token}: "
-                f"write it where the subject is, e.g. 'a {soi_token} cat on the stairs'"
-            )
-        refs.append(ReferenceInput(path, prompt, non_soi))
-    return refs
 
 
 def _form(values) -> dict:
@@ -183,6 +84,16 @@ def layout(c: dict, h, form0: dict) -> None:
     unplaced = {f.group for f in fields()} - set(GROUPS)
     if unplaced:
         raise ValueError(f"field groups {sorted(unplaced)} have no place on the page: one of {GROUPS}")
+    with gr.Row(equal_height=True, elem_id="gal-setup-run-row"):
+        c["setup_run"] = gr.HTML(setup_run_html(None), elem_id="gal-setup-run")
+        c["setup_use_btn"] = gr.Button(
+            "Use the open run's settings",
+            size="sm",
+            scale=0,
+            min_width=220,
+            elem_id="gal-setup-use",
+            visible=False,
+        )
     with gr.Row():
         c["demo_btn"] = gr.Button(
             "Use the built-in demo", elem_id="gal-demo", variant="secondary", scale=0, min_width=240
@@ -212,6 +123,7 @@ def layout(c: dict, h, form0: dict) -> None:
                 "empty: the prompt without the token)",
                 elem_id="gal-ref-table",
                 wrap=True,
+                column_widths=["22%", "39%", "39%"],  # "image" broke as "imag e" at 1280 px
             )
         with gr.Column(scale=2):
             c["gallery"] = gr.Gallery(
@@ -244,10 +156,12 @@ def layout(c: dict, h, form0: dict) -> None:
             _group(c, form0, "more")
         with gr.Row():
             _group(c, form0, "more2")
-    c["validation"] = gr.HTML(
-        h.validate_setup(None, None, *(form0[n] for n in field_names())), elem_id="gal-validation"
-    )
-    c["start_btn"] = gr.Button("Start run", variant="primary", elem_id="gal-start")
+    # the Start bar sticks to the bottom of the window: at 1280×800 Start sat ~1,900 px down the form
+    with gr.Column(elem_id="gal-start-bar"):
+        c["validation"] = gr.HTML(
+            h.validate_setup(None, None, *(form0[n] for n in field_names())), elem_id="gal-validation"
+        )
+        c["start_btn"] = gr.Button("Start run", variant="primary", elem_id="gal-start")
     with gr.Row(equal_height=True):
         c["preset_name"] = gr.Textbox(
             label="Preset name",
@@ -306,6 +220,8 @@ def connect(demo: gr.Blocks, c: dict, h, open_names: tuple) -> None:
         trigger_mode="always_last",
         api_visibility="private",
     )
+    wire(c["setup_use_btn"].click, h.use_run_settings, [c["run_id"], c["files"], c["table"]],
+         (*field_names(), "validation"), c, api_name="use_run_settings")  # fmt: skip
     wire(c["demo_btn"].click, h.demo_fill, c["task"], filled, c, api_name="demo")
     # Start and Save take the form raw (preprocess=False): the field table's parsers check every value's
     # type and name the field ("m must be a number, got 'abc'"), where Gradio's own checks fail unnamed
@@ -315,6 +231,22 @@ def connect(demo: gr.Blocks, c: dict, h, open_names: tuple) -> None:
          ("preset_dd",), c, api_name="save_preset", preprocess=False)  # fmt: skip
     wire(c["preset_load"].click, h.load_preset, c["preset_dd"], filled, c, api_name="load_preset")
     wire(demo.load, h.presets, None, ("preset_dd",), c, show_progress="hidden")
+
+
+def setup_run_html(run: dict | None, round_row: dict | None = None) -> str:
+    """What the Set up tab says about the open run: which one it is and that Start makes a new run."""
+    if run is None:
+        return render.message("No run is open: the settings below start a new one.")
+    config = run.get("config") or {}
+    rounds = (config.get("gal") or {}).get("max_rounds", "?")
+    where = f"round {run['current_round']}/{rounds}" + (f" · {round_row['state']}" if round_row else "")
+    text = (
+        f"Open: run {render.run_title(run)} ({render.esc(config.get('task', ''))}, "
+        f"{render.esc(config.get('model', ''))}, {render.esc(run['status'].replace('_', ' '))}, "
+        f"{render.esc(where)}). Start below makes a <b>new</b> run; the open run's settings can fill the "
+        "form."
+    )
+    return f'<div data-run="{render.esc(run["run_id"])}">{render.message(text, "ok")}</div>'
 
 
 class SetupHandlers:
@@ -355,45 +287,30 @@ class SetupHandlers:
             f"{len(config.anchors)} anchors, settings valid.",
             "ok",
         )
-        return ready + self.builtin_model_warning(config, refs)
-
-    def _demo_hashes(self) -> set[str]:
-        """The built-in demo's reference images by content (an upload is a copy under another name)."""
-        if getattr(self, "_demo_sha", None) is None:
-            found = set()
-            for task in ("object", "style"):
-                try:
-                    found |= {_sha256(r.path) for r in self.studio.demo(task)[1]}
-                except (OSError, ValueError):
-                    pass
-            self._demo_sha = found
-        return self._demo_sha
+        return ready + single_reference_hint(refs) + self.builtin_model_warning(config, refs)
 
     def builtin_model_warning(self, config, refs) -> str:
-        """Issue 26.3: a person's own photos on a built-in tiny/toy model give meaningless grids (it draws
-        32-px shapes from random weights): say so and name the fix. '' for the demo's images or a real
-        model."""
-        spec = str(config.model or "").strip()
-        try:
-            _, defaults = self.studio.model_defaults(spec)
-        except ValueError:
-            return ""
-        if defaults is not None:  # a real model: its family's defaults exist
-            return ""
-        try:
-            own = [r for r in refs if _sha256(r.path) not in self._demo_hashes()]
-        except OSError:
-            return ""
-        if not own:
-            return ""
-        text = (
-            f"⚠ Your own photos meet the built-in '{spec}' model: it is a tiny random-weight model for tests "
-            "and the demo, drawing small shapes, so its images and verdicts will say nothing about your "
-            "subject. Use a real model: enter a hub id or a local diffusers folder in Model (More settings), "
-            "or start the app with --model, e.g. "
-            "`./run.sh app --model stable-diffusion-v1-5/stable-diffusion-v1-5`."
-        )
-        return render.message(render.esc(text), "warn")
+        """Issue 26.3: own photos on a built-in tiny/toy model (``ui.references.builtin_model_warning``)."""
+        if getattr(self, "_demo_sha", None) is None:
+            self._demo_sha = demo_hashes(self.studio)
+        return builtin_model_warning(self.studio, config, refs, self._demo_sha)
+
+    def setup_view(self, run_id: str | None) -> dict:
+        """The Set up tab's line about the open run (and its 'Use the open run's settings' button)."""
+        if not run_id:
+            return {"setup_run": setup_run_html(None), "setup_use_btn": gr.update(visible=False)}
+        run, rnd = self.studio.snapshot(run_id)
+        return {"setup_run": setup_run_html(run, rnd), "setup_use_btn": gr.update(visible=True)}
+
+    @user_errors
+    def use_run_settings(self, run_id: str | None, files=None, table=None) -> dict:
+        """Fill every field from the open run's settings (the images and prompts stay as they are)."""
+        if not run_id:
+            raise ValueError("no run is open: open one from the Runs tab first")
+        run, _ = self.studio.snapshot(run_id)
+        form = form_from_saved(run["config"])
+        values = [form[n] for n in field_names()]
+        return {**form, "validation": self.validate_setup(files, table, *values)}
 
     def check_field(self, *values) -> None:
         """Leaving a field with an invalid form: say why at once (a toast), besides the panel above Start."""

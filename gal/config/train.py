@@ -56,7 +56,8 @@ class TrainConfig:
     # informative descriptions: class name + non-subject content).
     captions: str = "plain"
     # Preview images of two anchors every N training steps, shown on the Progress tab. None: every 100 steps
-    # on a GPU, off on the CPU (there a preview costs more than 10 % of a round); 0: off.
+    # on a GPU and for the CPU demo's toy model (4.6 % of its round), off for other models on the CPU (there
+    # a preview costs more than 10 % of a round); 0: off.
     preview_every: int | None = None
     # Save the training state (adapter, optimiser, scheduler, RNG, step) every N steps, so a killed or
     # cancelled round resumes mid-round. None: 100 on a GPU (a save: ~0.2 s SD-1.5, ~1.9 s FLUX), on the CPU a

@@ -188,6 +188,10 @@ window.gal.applyPatch = function (text) {
   let patch;
   try { patch = JSON.parse(text); } catch (e) { return; }
   applyState(patch);
+  // a filter follows the verdicts a patch brings (an undo, another tab's, a bulk action): one applied
+  // before the patch landed kept showing the old state (the "unreviewed filter" flake on a loaded machine)
+  const view = window.gal.view;
+  if (view && (view.filters || []).length) arrange(view.order, view.filters);
   window.gal.renders = (window.gal.renders || 0) + 1;
 };
 
