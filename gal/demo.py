@@ -33,9 +33,7 @@ def demo_scenario(
         # images stay stable. Measured edges (docs/bench/table1.md): a constant lr >= 5e-3 blows up late in
         # some runs (the loss climbs, the images dissolve into blobs), most often once added images join;
         # cosine 8e-3 overfits almost every image (OVF 0.9-1.0); constant 5e-3 × 300 leaks nothing.
-        train=TrainConfig(
-            steps=900, learning_rate=6e-3, lr_schedule="cosine", batch_size=4, rank=8, alpha=8.0
-        ),
+        train=TrainConfig(steps=900, learning_rate=6e-3, lr_schedule="cosine", batch_size=4, rank=8),
         generate=GenerateConfig(steps=20, guidance_scale=5.0, batch_size=36),
         gal=GALConfig(m=8, k=3),
         eval=EvalConfig(prompts=list(scenario.eval_prompts), images_per_prompt=4),
