@@ -1,8 +1,9 @@
 """The training set: reference images as tensors, their cached latent moments and each step's batch.
 
-``TrainExample`` is one reference (a person's, an added one or a class image) with its caption and loss
-weight; ``image_to_tensor`` resizes and crops it; ``latent_moments`` encodes the references once per round;
-``draw_batch`` draws one step's indices and loss coefficients.
+``TrainExample`` is one reference (a person's, an added one or a class image) with its caption, loss
+weight and optional loss mask; ``image_to_tensor`` resizes and crops it (``loss_masks`` its mask);
+``latent_moments`` encodes the references once per round; ``draw_batch`` draws one step's indices and
+loss coefficients.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from gal.config import TrainConfig
-from gal.families.base import of
+from gal.families.base import fit_mask, of
 
 TRAINING_SET = "training_set.json"  # beside the adapter: each reference's file, caption, weight and source
 
@@ -25,21 +26,40 @@ class TrainExample:
     prompt: str
     weight: float  # real references 1.0; synthetic ones the Δ of the round that added them
     added: bool = False  # added by a GAL round (synthetic), not one of the person's references
+    mask: Image.Image | None = None  # where the loss counts fully (white); elsewhere ``train.mask_floor``
+
+
+def _square(image: Image.Image, resolution: int, resample) -> Image.Image:
+    """Resize the short side to ``resolution`` and centre-crop a square."""
+    w, h = image.size
+    scale = resolution / min(w, h)
+    image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), resample)
+    w, h = image.size
+    left, top = (w - resolution) // 2, (h - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
 
 
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     """Resize the short side to ``resolution``, centre-crop, scale to [-1, 1]. ``-> [3, H, W]``."""
-    image = image.convert("RGB")
-    w, h = image.size
-    scale = resolution / min(w, h)
-    image = image.resize(
-        (max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC
-    )
-    w, h = image.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+    image = _square(image.convert("RGB"), resolution, Image.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def mask_to_tensor(mask: Image.Image, resolution: int) -> torch.Tensor:
+    """A mask cropped as its image is (``image_to_tensor``), scaled to [0, 1]. ``-> [1, H, W]``."""
+    array = np.asarray(_square(mask.convert("L"), resolution, Image.BILINEAR), dtype=np.float32) / 255.0
+    return torch.from_numpy(array)[None]
+
+
+def loss_masks(examples: list[TrainExample], resolution: int, latents: torch.Tensor) -> torch.Tensor | None:
+    """Each example's mask at the latents' size ``[n, 1, h, w]`` (area-averaged; an example without a mask,
+    as every added or class image, is all ones), or None when no example has one (the plain loss)."""
+    if all(e.mask is None for e in examples):
+        return None
+    ones = torch.ones(1, resolution, resolution)
+    pixels = torch.stack([ones if e.mask is None else mask_to_tensor(e.mask, resolution) for e in examples])
+    return fit_mask(pixels, latents).to(latents.device)
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from gal.judges import JudgeRequest
 from gal.judges.clip import clip_scores
 from gal.loaded import LoadedModels
 from gal.models import native_resolution, set_scheduler
+from gal.references import mask_file
 from gal.review import store_anchor_scores
 from gal.runfolder import RunFolder, as_disk_full, disk_full
 from gal.seeds import class_image_seed, eval_image_seed, image_seed, training_seed
@@ -93,7 +94,7 @@ def train(rnd: Round) -> StepResult:
     images = [folder.open_rgb(x["file"]) for x in refs]
     captions = training_captions(rnd, refs, images)
     examples = [
-        TrainExample(image, text, x["weight"], added=x["source"] == "synthetic")
+        TrainExample(image, text, x["weight"], added=x["source"] == "synthetic", mask=_stored_mask(folder, x))
         for x, image, text in zip(refs, images, captions, strict=True)
     ]
     init_state = None
@@ -269,6 +270,15 @@ def vlm_captions(rnd: Round, refs: list[dict], images: list[Image.Image]) -> lis
         words = vlm.describe(image, subject)
         captions.append(f"{x['prompt']}, {words}" if words else x["prompt"])
     return captions
+
+
+def _stored_mask(folder, ref: dict):
+    """A real reference's loss mask, saved beside it when the run was created; added images have none."""
+    path = folder.path(mask_file(ref["file"]).as_posix())
+    if ref["source"] == "synthetic" or not path.is_file():
+        return None
+    with Image.open(path) as mask:
+        return mask.convert("L")
 
 
 def _class_examples(rnd: Round) -> list[TrainExample]:

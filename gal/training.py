@@ -31,8 +31,15 @@ from gal.adapters import (  # noqa: F401  (the adapter's names, re-exported: gal
     saved_network,
 )
 from gal.config import TrainConfig
-from gal.dataset import TRAINING_SET, TrainExample, draw_batch, image_to_tensor, latent_moments  # noqa: F401
-from gal.families.base import flag, of, resolve_memory, target_modules  # noqa: F401  (flag, target_modules: re-exported)
+from gal.dataset import (  # noqa: F401  (TRAINING_SET, TrainExample, image_to_tensor: re-exported)
+    TRAINING_SET,
+    TrainExample,
+    draw_batch,
+    image_to_tensor,
+    latent_moments,
+    loss_masks,
+)
+from gal.families.base import LOSS_MASK, flag, of, resolve_memory, target_modules  # noqa: F401  (flag, target_modules: re-exported)
 
 
 class Cancelled(RuntimeError):
@@ -198,6 +205,7 @@ def train_lora(
     # The noising arithmetic runs in fp32 even when the VAE runs in half precision;
     # autocast casts for the model.
     moments_mean, moments_std = moments_mean.float(), moments_std.float()
+    masks = loss_masks(all_examples, resolution, moments_mean)  # None when no reference has a mask
     prompts = sorted({e.prompt for e in all_examples})
     _move_text_encoders(pipe, family, device)
     cond = family.encode(pipe, prompts, resolution)  # {name: [n_prompts, ...]}
@@ -266,6 +274,8 @@ def train_lora(
                     )
             else:
                 step_cond = {k: v[prompt_index[batch]] for k, v in cond.items()}
+            if masks is not None:  # the family's loss weighs each sample's error by its mask
+                step_cond[LOSS_MASK] = masks[batch]
             optimizer.zero_grad(set_to_none=True)
             if processes.many:  # this process's slice of the batch; the random draws cover all of it
                 rows = processes.batch_slice(len(batch))  # may be empty: the draws are consumed all the same

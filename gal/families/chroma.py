@@ -181,7 +181,7 @@ class ChromaFamily(FluxFamily):
             )[0]
         scale = int(pipe.vae_scale_factor)
         pred = ChromaPipeline._unpack_latents(pred, height=h * scale, width=w * scale, vae_scale_factor=scale)
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents, d.mask)
 
     def pipe_kwargs(self, cfg, n: int) -> dict:
         """Chroma takes real CFG and negative prompts (not guidance-distilled, unlike FLUX.1-dev)."""

@@ -204,7 +204,7 @@ class FluxFamily(FlowMatching, Family):
             )[0]
         scale = int(pipe.vae_scale_factor)
         pred = FluxPipeline._unpack_latents(pred, height=h * scale, width=w * scale, vae_scale_factor=scale)
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents, d.mask)
 
     def pipe_kwargs(self, cfg, n: int) -> dict:
         if cfg.negative_prompt:
