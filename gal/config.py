@@ -101,6 +101,13 @@ class TrainConfig:
     # A folder for TensorBoard event files (one subfolder per run: loss and lr per step, TXT-ALN / IMG-ALN /
     # OVF / Δ and a sample grid per round). None: no event files.
     log_dir: str | None = None
+    # Masked loss: a reference's mask (its alpha channel or NAME.mask.png) weighs the latent loss; the
+    # unmasked area counts at this floor weight (0: not at all, 1: as much as the subject).
+    mask_floor: float = 0.1
+    # Aspect-ratio buckets: each reference is resized to the bucket of its aspect ratio at the family's
+    # native pixel count (not centre-cropped to a square) and a step's batch comes from one bucket. Off:
+    # every reference is centre-cropped to a square, as the paper's runs and every run before it.
+    bucketing: bool = False
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
@@ -171,6 +178,11 @@ class TrainConfig:
                 f"train.network={self.network!r} adapts the denoiser only: turn train.train_text_encoder off "
                 "or use network 'lora'"
             )
+        floor = self.mask_floor
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+            raise ValueError(f"train.mask_floor must be a number from 0 to 1, got {floor!r}")
+        if not isinstance(self.bucketing, bool):
+            raise ValueError(f"train.bucketing must be true or false, got {self.bucketing!r}")
         if self.log_dir is not None and (not isinstance(self.log_dir, str) or not self.log_dir.strip()):
             raise ValueError(f"train.log_dir must be a folder path or left empty, got {self.log_dir!r}")
         if self.checkpoint_every is not None and (
@@ -219,6 +231,9 @@ class GenerateConfig:
     guidance_scale: float = 7.5  # official: 7.5
     batch_size: int = 8  # images per UNet batch, across anchors
     negative_prompt: str = ""
+    # Image size in px of the anchors' images; None: the training resolution, square.
+    width: int | None = None
+    height: int | None = None
     # -- memory (None: on where the model family needs it on CUDA; off on CPU) --
     vae_tiling: bool | None = None  # decode large images tile by tile
     vae_slicing: bool | None = None  # decode a batch one image at a time
@@ -235,6 +250,12 @@ class GenerateConfig:
             raise ValueError(f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(known)}")
         _positive_int("generate.steps", self.steps, most=1000)
         _positive_int("generate.batch_size", self.batch_size, most=1024)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive_int(f"generate.{name}", value, most=8192)
+                if value % 8:
+                    raise ValueError(f"generate.{name} must be a multiple of 8, got {value}")
         scale = self.guidance_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < math.inf:
             raise ValueError(f"generate.guidance_scale must be >= 0, got {scale!r}")

@@ -13,7 +13,7 @@ from gal.dataset import loss_masks
 from gal.families.base import LOSS_MASK, fit_mask, of, reduce_loss
 from gal.models import load_pipeline
 from gal.references import load_mask, pair_masks
-from gal.training import TrainExample
+from gal.training import TrainExample, train_lora
 
 CPU = torch.device("cpu")
 TOL = 1e-5  # relative: float32 sums over a few hundred elements in a different order
@@ -71,8 +71,7 @@ def _loss(pipe, mask, floor, seed=0):
     cond = family.encode(pipe, ["a <sks> star"] * 2, resolution)
     if mask is not None:
         cond[LOSS_MASK] = mask
-    cfg = TrainConfig()
-    cfg.mask_floor = floor
+    cfg = TrainConfig(mask_floor=floor)
     return family.per_sample_loss(pipe, family.noise_scheduler(pipe), latents, cond, g, cfg, False)
 
 
@@ -179,3 +178,27 @@ def test_added_images_get_no_mask_and_no_masks_mean_the_plain_loss():
     assert masks[0, 0, :, :4].eq(1).all() and masks[0, 0, :, 4:].eq(0).all()
     assert masks[1:].eq(1).all()  # the added image and the unmasked reference weigh every pixel fully
     assert loss_masks([added, TrainExample(image, "p", 1.0)], 64, latents) is None
+
+
+def test_mask_floor_is_a_flag_and_out_of_range_values_are_refused():
+    from gal.fields import FIELDS
+
+    row = next(f for f in FIELDS if f.path == "train.mask_floor")
+    assert row.flag == "--mask-floor" and TrainConfig().mask_floor == 0.1
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="train.mask_floor must be a number from 0 to 1"):
+            TrainConfig(mask_floor=bad).validate()
+
+
+def test_training_on_an_all_zero_mask_at_floor_zero_has_zero_loss():
+    pipe = load_pipeline("tiny", CPU, torch.float32)
+    reference = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8"))
+    zero = Image.new("L", (32, 32), 0)
+    cfg = TrainConfig(steps=3, learning_rate=1e-2, batch_size=1, mask_floor=0.0)
+    masked = train_lora(
+        pipe, [TrainExample(reference, "a <sks> star", 1.0, mask=zero)], cfg, resolution=32, seed=0
+    )
+    assert masked.losses == [0.0, 0.0, 0.0]
+    plain = train_lora(pipe, [TrainExample(reference, "a <sks> star", 1.0)], cfg, resolution=32, seed=0)
+    assert min(plain.losses) > 0
+    training.remove_adapter(pipe)
