@@ -202,3 +202,54 @@ def test_training_on_an_all_zero_mask_at_floor_zero_has_zero_loss():
     plain = train_lora(pipe, [TrainExample(reference, "a <sks> star", 1.0)], cfg, resolution=32, seed=0)
     assert min(plain.losses) > 0
     training.remove_adapter(pipe)
+
+
+def test_a_runs_reference_keeps_its_mask_and_its_rounds_train_with_it(
+    shared_studio, reference_files, tmp_path, monkeypatch
+):
+    """create_run stores NAME.mask.png beside the run's copy of the reference; its rounds train with it."""
+    import shutil
+
+    from conftest import tiny_config
+
+    from gal.engine import ReferenceInput
+
+    image = tmp_path / "star.png"
+    shutil.copy(reference_files[0], image)
+    w, h = Image.open(image).size
+    Image.fromarray(np.asarray(_half(1, h, w)[0, 0] * 255, np.uint8)).save(tmp_path / "star.mask.png")
+    refs = [ReferenceInput(image, "a <sks> star on stairs", "a star on stairs")]
+    refs += [ReferenceInput(p, "a <sks> star on stairs", "a star on stairs") for p in reference_files[1:]]
+    run_id = shared_studio.create_run(tiny_config("uncertainty"), refs)
+    folder = shared_studio.run_dir(run_id)
+    stored = Image.open(folder / "references/real_00.mask.png")
+    assert np.array_equal(np.asarray(stored), np.asarray(Image.open(tmp_path / "star.mask.png")))
+    assert not (folder / "references/real_01.mask.png").exists()
+    seen = []
+    real = training.loss_masks
+
+    def spy(examples, resolution, latents):
+        seen.append([e.mask is not None for e in examples])
+        return real(examples, resolution, latents)
+
+    monkeypatch.setattr(training, "loss_masks", spy)
+    assert shared_studio.advance(run_id)["status"] == "finished"
+    n = len(reference_files)
+    assert seen[0] == [True] + [False] * (n - 1)  # round 1: the real references, the first one masked
+    assert (
+        len(seen) == 2 and len(seen[1]) > n and seen[1] == [True] + [False] * (len(seen[1]) - 1)
+    )  # added: none
+
+
+def test_the_setup_upload_pairs_a_mask_with_its_image_and_refuses_an_orphan(tmp_path):
+    from ui.setup import references_from
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()  # the page keeps each upload in its own folder, under its own name
+    Image.new("RGB", (8, 8)).save(tmp_path / "a/cat.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "b/cat.mask.png")
+    files = [str(tmp_path / "a/cat.png"), str(tmp_path / "b/cat.mask.png")]
+    refs = references_from(files, [["cat.png", "a <sks> cat", ""]])
+    assert len(refs) == 1 and refs[0].mask == tmp_path / "b/cat.mask.png"
+    with pytest.raises(ValueError, match="mask cat.mask.png has no image"):
+        references_from(files[1:], [["cat.png", "a <sks> cat", ""]])

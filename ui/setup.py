@@ -23,6 +23,7 @@ from gal.fields import (
     form_from_config,
     paper_presets,
 )
+from gal.references import is_mask, pair_masks
 from ui import render
 from ui.common import error, info, user_errors, warn, wire
 
@@ -115,7 +116,8 @@ def _sha256(path) -> str:
 def references_from(files, table, soi_token: str | None = None) -> list[ReferenceInput]:
     """Pair the uploaded images with the table's rows (one row per image, in order); with ``soi_token``,
     every prompt must contain it (the token is what the model learns to bind to the subject)."""
-    paths, rows = _paths(files), _rows(table)
+    pairs, rows = pair_masks(_paths(files)), _rows(table)  # NAME.mask.png: NAME.png's loss mask, no row
+    paths, masks = [str(p) for p, _ in pairs], [m for _, m in pairs]
     if not paths:
         raise ValueError("no reference images: drop at least one image of the subject or style above")
     if len(rows) != len(paths):
@@ -133,7 +135,7 @@ def references_from(files, table, soi_token: str | None = None) -> list[Referenc
                 f"image {i} ({Path(path).name})'s prompt {prompt!r} lacks the SoI token {soi_token}: "
                 f"write it where the subject is, e.g. 'a {soi_token} cat on the stairs'"
             )
-        refs.append(ReferenceInput(path, prompt, non_soi))
+        refs.append(ReferenceInput(path, prompt, non_soi, masks[i - 1]))
     return refs
 
 
@@ -439,7 +441,7 @@ class SetupHandlers:
         paths = _paths(files)
         typed = {str(r[0]): r for r in _rows(table) if r}
         rows = []
-        for p in paths:
+        for p in (p for p in paths if not is_mask(p)):  # a mask upload gets no row: it goes with its image
             name = Path(p).name
             old = typed.get(name)
             rows.append(
