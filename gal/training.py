@@ -34,10 +34,14 @@ from gal.config import TrainConfig
 from gal.dataset import (  # noqa: F401  (TRAINING_SET, TrainExample, image_to_tensor: re-exported)
     TRAINING_SET,
     TrainExample,
+    bucket_step,
+    crop_facts,
     draw_batch,
+    draw_bucketed,
     image_to_tensor,
     latent_moments,
     loss_masks,
+    make_buckets,
 )
 from gal.families.base import LOSS_MASK, flag, of, resolve_memory, target_modules  # noqa: F401  (flag, target_modules: re-exported)
 
@@ -201,11 +205,23 @@ def train_lora(
 
     # 2. cache what the frozen parts produce
     all_examples = examples + list(class_examples or [])
-    moments_mean, moments_std = latent_moments(pipe, [e.image for e in all_examples], resolution)
-    # The noising arithmetic runs in fp32 even when the VAE runs in half precision;
-    # autocast casts for the model.
-    moments_mean, moments_std = moments_mean.float(), moments_std.float()
-    masks = loss_masks(all_examples, resolution, moments_mean)  # None when no reference has a mask
+    step_px = bucket_step(resolution, getattr(pipe, "vae_scale_factor", 8)) if cfg.bucketing else None
+    buckets = make_buckets(all_examples, resolution, step_px)  # bucketing off: one square bucket of all
+    for bucket in buckets:
+        images = [all_examples[i].image for i in bucket.members]
+        mean, std = latent_moments(pipe, images, bucket.size)
+        # The noising arithmetic runs in fp32 even when the VAE runs in half precision;
+        # autocast casts for the model.
+        bucket.mean, bucket.std = mean.float(), std.float()
+        bucket.masks = loss_masks([all_examples[i] for i in bucket.members], bucket.size, bucket.mean)
+        if step_px is not None:  # each image's true original size and crop (SDXL's micro-conditioning)
+            facts = [crop_facts(image, bucket.size) for image in images]
+            bucket.image_cond = family.image_cond(pipe, *(list(f) for f in zip(*facts, strict=True)))
+    bucket_of = torch.empty(len(all_examples), dtype=torch.long)
+    row_of = torch.empty(len(all_examples), dtype=torch.long)
+    for b, bucket in enumerate(buckets):
+        bucket_of[bucket.members] = b
+        row_of[bucket.members] = torch.arange(len(bucket.members))
     prompts = sorted({e.prompt for e in all_examples})
     _move_text_encoders(pipe, family, device)
     cond = family.encode(pipe, prompts, resolution)  # {name: [n_prompts, ...]}
@@ -263,35 +279,53 @@ def train_lora(
                 if state is not None and state.every > 0 and step > first:  # keep what this session trained
                     state.save(step, params, optimizer, scheduler, generator, result.losses)
                 raise Cancelled(f"training cancelled at step {step}/{cfg.steps}")
-            batch, coef = draw_batch(examples, cfg, generator, n_class=len(class_examples or []))
-            batch, coef = batch.to(device), coef.to(device)
-            eps = torch.randn(moments_mean[batch].shape, generator=generator).to(device, moments_mean.dtype)
-            latents = (moments_mean[batch] + moments_std[batch] * eps - shift) * scaling
-            if train_te:  # the text encoder changes every step: encode this batch's prompts with gradients
-                with torch.autocast(device.type, dtype=dtype, enabled=autocast):
-                    step_cond = family.encode_with_grad(
-                        pipe, [prompts[i] for i in prompt_index[batch].tolist()], resolution
-                    )
-            else:
-                step_cond = {k: v[prompt_index[batch]] for k, v in cond.items()}
-            if masks is not None:  # the family's loss weighs each sample's error by its mask
-                step_cond[LOSS_MASK] = masks[batch]
+            n_class = len(class_examples or [])
+            if step_px is None:
+                batch, coef = draw_batch(examples, cfg, generator, n_class=n_class)
+            else:  # a batch of one bucket's references (their class images may sit in another)
+                batch, coef = draw_bucketed(buckets, examples, cfg, generator, n_class=n_class)
             optimizer.zero_grad(set_to_none=True)
-            if processes.many:  # this process's slice of the batch; the random draws cover all of it
-                rows = processes.batch_slice(len(batch))  # may be empty: the draws are consumed all the same
-                per_sample = family.per_sample_loss(
-                    pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast, rows=rows
-                )
-                part = (per_sample * sample_weight[batch][rows] * coef[rows]).sum()
+            parts = []
+            for b in dict.fromkeys(bucket_of[batch].tolist()):  # each bucket of the batch: one forward
+                at = (bucket_of[batch] == b).nonzero().flatten()
+                bucket, idx = buckets[b], batch[at]
+                rows = row_of[idx].to(bucket.mean.device)
+                idx, c = idx.to(device), coef[at].to(device)
+                eps = torch.randn(bucket.mean[rows].shape, generator=generator).to(device, bucket.mean.dtype)
+                latents = (bucket.mean[rows] + bucket.std[rows] * eps - shift) * scaling
+                if (
+                    train_te
+                ):  # the text encoder changes every step: encode this batch's prompts with gradients
+                    with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+                        step_cond = family.encode_with_grad(
+                            pipe, [prompts[i] for i in prompt_index[idx].tolist()], resolution
+                        )
+                else:
+                    step_cond = {k: v[prompt_index[idx]] for k, v in cond.items()}
+                step_cond.update({k: v[rows] for k, v in bucket.image_cond.items()})
+                if bucket.masks is not None:  # the family's loss weighs each sample's error by its mask
+                    step_cond[LOSS_MASK] = bucket.masks[rows]
+                if processes.many:  # this process's slice of the batch; the random draws cover all of it
+                    part_rows = processes.batch_slice(
+                        len(idx)
+                    )  # may be empty: the draws are consumed all the same
+                    per_sample = family.per_sample_loss(
+                        pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast, rows=part_rows
+                    )
+                    parts.append((per_sample * sample_weight[idx][part_rows] * c[part_rows]).sum())
+                else:
+                    per_sample = family.per_sample_loss(
+                        pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast
+                    )
+                    parts.append((per_sample * sample_weight[idx] * c).sum())  # [b] -> scalar
+            part = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+            if processes.many:
                 if part.requires_grad:
                     part.backward()
                 loss = torch.tensor(processes.sum(float(part.detach())))
                 processes.sum_gradients(params)
             else:
-                per_sample = family.per_sample_loss(
-                    pipe, noise_scheduler, latents, step_cond, generator, cfg, autocast
-                )
-                loss = (per_sample * sample_weight[batch] * coef).sum()  # [b] -> scalar
+                loss = part
                 loss.backward()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}: lower the learning rate")

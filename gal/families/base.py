@@ -286,6 +286,12 @@ class Family(abc.ABC):
         """The same without gradients (cached once per round)."""
         return self.encode_with_grad(pipe, prompts, resolution)
 
+    def image_cond(self, pipe, originals: list, crops: list, targets: list) -> dict[str, torch.Tensor]:
+        """Conditioning that comes from each training image, not its prompt (``train.bucketing``: SDXL's
+        micro-conditioning), each ``[n, ...]``: ``originals`` / ``targets`` (h, w), ``crops`` (top, left)
+        per image. ``{}``: the family has none."""
+        return {}
+
     def latent_dist(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posterior's ``(mean, std)`` of ``pixels [b, 3, h, w]``, each ``[b, c, h, w]`` (a family
         whose VAE takes frames ``[b, 3, t, h, w]`` overrides this)."""
