@@ -33,7 +33,7 @@ from gal.jobs import Jobs, Progress
 from gal.loaded import LoadedModels
 from gal.models import default_model, default_oracle, pick_device, resolve_model_path
 from gal.presets import Presets
-from gal.references import ReferenceInput, load_mask, mask_file
+from gal.references import ReferenceInput, is_mask, load_mask, mask_file, pair_masks
 from gal.runfolder import RunFolder, check_run_id, load_image, new_run_id
 from gal.steps import STEPS, Round
 from gal.training import Cancelled
@@ -450,4 +450,13 @@ class Studio:
 
 # What the UI uses besides the Studio: the verdict words, the cancelled-job signal, the advice (gal.advice).
 parse_verdict = review.parse_verdict
-__all__ = ["Cancelled", "ReferenceInput", "Studio", "compare_anchor", "dilution", "parse_verdict"]
+__all__ = [
+    "Cancelled",
+    "ReferenceInput",
+    "Studio",
+    "compare_anchor",
+    "dilution",
+    "is_mask",
+    "pair_masks",
+    "parse_verdict",
+]

@@ -13,7 +13,7 @@ import gradio as gr
 from gradio.components.dataframe import DataframeData
 from pydantic import ValidationError, model_validator
 
-from gal.engine import ReferenceInput
+from gal.engine import ReferenceInput, is_mask, pair_masks
 from gal.fields import (
     DEFAULT_SUBJECT,
     config_from_form,
@@ -23,7 +23,6 @@ from gal.fields import (
     form_from_config,
     paper_presets,
 )
-from gal.references import is_mask, pair_masks
 from ui import render
 from ui.common import error, info, user_errors, warn, wire
 
