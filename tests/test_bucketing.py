@@ -139,3 +139,24 @@ def test_a_bucketed_run_exports_the_original_references_and_their_masks(shared_s
     assert Image.open(folder / "real_00.png").size == (96, 48)  # the original, not a bucket or a square
     assert Image.open(folder / "real_00.mask.png").size == (96, 48)
     assert not (folder / "real_01.mask.png").exists()
+
+
+def test_bucketing_and_image_size_are_flags_that_reach_the_config():
+    import argparse
+
+    from gal.config import RunConfig
+    from gal.fields import add_flags, apply_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    config = RunConfig()
+    apply_flags(
+        config, parser.parse_args(["--bucketing", "--width", "48", "--height", "24", "--mask-floor", "0"])
+    )
+    assert config.train.bucketing is True and config.train.mask_floor == 0.0
+    assert (config.generate.width, config.generate.height) == (48, 24)
+    config.train.validate()
+    config.generate.validate()
+    default = RunConfig()
+    apply_flags(default, parser.parse_args([]))
+    assert default.train.bucketing is False and default.generate.width is None  # off / square by default
