@@ -44,7 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --demo: the toy-world scenario (known, known-style: a subject / style the toy model "
         "already draws)",
     )
-    run.add_argument("--ref", action="append", default=[], help="a reference image (repeat for several)")
+    run.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        help="a reference image (repeat for several); NAME.mask.png (given or beside it) is its loss mask",
+    )
     run.add_argument("--prompt", help="the references' prompt, e.g. 'a <sks> cat on the stairs'")
     run.add_argument(
         "--non-soi",
@@ -232,13 +237,17 @@ def _new_config(args):
         ):  # the family's defaults (resolution, lr, rank, sampler, guidance); flags below override
             _apply_family_defaults(config, args.model)
     from gal.engine import ReferenceInput
+    from gal.references import pair_masks
 
     if args.ref:
         if not args.prompt:
             raise ValueError("--ref needs --prompt: the caption of the references, with the SoI token")
         # --non-soi with the token (the prompt pasted twice) would score the subject itself as overfitting
         RunConfig(soi_token=args.token or config.soi_token).check_non_soi(args.non_soi, args.prompt)
-        references = [ReferenceInput(path, args.prompt, args.non_soi) for path in args.ref]
+        # NAME.mask.png among the --ref files (or beside an image) is that image's loss mask
+        references = [
+            ReferenceInput(path, args.prompt, args.non_soi, mask) for path, mask in pair_masks(args.ref)
+        ]
     apply_flags(config, args)  # the field table's flags
     for flag, (section, key) in {"alpha": ("train", "alpha"), "scheduler": ("generate", "scheduler")}.items():
         value = getattr(args, flag)

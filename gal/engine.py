@@ -33,7 +33,7 @@ from gal.jobs import Jobs, Progress
 from gal.loaded import LoadedModels
 from gal.models import default_model, default_oracle, pick_device, resolve_model_path
 from gal.presets import Presets
-from gal.references import ReferenceInput
+from gal.references import ReferenceInput, is_mask, load_mask, mask_file, pair_masks
 from gal.runfolder import RunFolder, check_run_id, load_image, new_run_id
 from gal.steps import STEPS, Round, losses_file, read_losses
 from gal.training import Cancelled
@@ -128,7 +128,8 @@ class Studio:
             if non_soi is None or not non_soi.strip():
                 non_soi = config.oracle_text(prompt)
             image, data = load_image(ref.path)
-            loaded.append((image, data, prompt, " ".join(non_soi.split())))
+            mask = load_mask(ref.path, ref.mask)  # its alpha channel or NAME.mask.png, checked here
+            loaded.append((image, data, prompt, " ".join(non_soi.split()), mask))
 
         folder = self.folder(new_run_id(config.name or config.task))
         (folder.root / "references").mkdir(parents=True)
@@ -142,9 +143,11 @@ class Studio:
                 config=config.to_dict(),
                 run_dir=str(folder.root),
             )
-            for i, (image, data, prompt, non_soi) in enumerate(loaded):
+            for i, (image, data, prompt, non_soi, mask) in enumerate(loaded):
                 rel = RunFolder.real_reference_file(i)
                 folder.save(image, rel)
+                if mask is not None:  # beside its image in the run folder, as the person gave it
+                    folder.save(mask, mask_file(rel).as_posix())
                 storage.add_reference(
                     db, run_id=run_id, file=rel, sha256=hashlib.sha256(data).hexdigest(), prompt=prompt,
                     non_soi_text=non_soi, weight=1.0, round_added=0, source="real",
@@ -457,4 +460,13 @@ class Studio:
 
 # What the UI uses besides the Studio: the verdict words, the cancelled-job signal, the advice (gal.advice).
 parse_verdict = review.parse_verdict
-__all__ = ["Cancelled", "ReferenceInput", "Studio", "compare_anchor", "dilution", "parse_verdict"]
+__all__ = [
+    "Cancelled",
+    "ReferenceInput",
+    "Studio",
+    "compare_anchor",
+    "dilution",
+    "is_mask",
+    "pair_masks",
+    "parse_verdict",
+]

@@ -186,6 +186,21 @@ FIELDS: tuple[Field, ...] = (
           "optional_whole", "more2", says="training-state interval", flag="--checkpoint-every",
           flag_help="save the training state every N steps so a killed round resumes mid-round "
           "(default: 100 on a GPU, a third of the round on the CPU; 0: off)"),
+    Field("mask_floor", "Mask floor", "with a mask (alpha channel or NAME.mask.png): how much the area "
+          "outside it counts in the loss (0 = not at all, 1 = fully)", "number", "train.mask_floor", "number",
+          "more2",
+          says="mask floor", flag="--mask-floor",
+          flag_help="weight of the unmasked area of a masked reference in the loss, 0..1 (0.1)"),
+    Field("bucketing", "Aspect buckets", "train each reference whole at its aspect ratio (buckets at the "
+          "model's pixel count) instead of a centre-cropped square", "checkbox", "train.bucketing", "bool",
+          "more2", says="aspect buckets", flag="--bucketing",
+          flag_help="train references at their aspect ratio (aspect buckets), not centre-cropped squares"),
+    Field("gen_width", "image width", "px of the anchors' images; 0 = the training resolution (square)",
+          "number", "generate.width", "resolution", "more2", says="image width", flag="--width",
+          flag_help="generated image width in px (default: square at the training resolution)"),
+    Field("gen_height", "image height", "px of the anchors' images; 0 = the training resolution (square)",
+          "number", "generate.height", "resolution", "more2", says="image height", flag="--height",
+          flag_help="generated image height in px (default: square at the training resolution)"),
     Field("adaptive_stop", "Adaptive stop (Eq. 10)", "finish early when fewer than k anchors are mixed",
           "checkbox", "gal.adaptive_stop", "bool", "more2"),
     Field("name", "Run name", "optional; shown in the Runs list", "text", "name", "text", "more2",

@@ -60,8 +60,8 @@ def generate(
                 prompt=batch_prompts,  # FLUX.2 pipelines take an image first
                 **family.pipe_kwargs(cfg, len(batch_prompts)),
                 **family.call_kwargs(pipe),
-                height=resolution,
-                width=resolution,
+                height=getattr(cfg, "height", None) or resolution,  # square at ``resolution`` unless set
+                width=getattr(cfg, "width", None) or resolution,
                 generator=_generators(batch_seeds, pipe.device),
             ).images
         except torch.OutOfMemoryError:

@@ -29,6 +29,7 @@ from gal.generation import generate as draw
 from gal.judges import JudgeRequest
 from gal.judges.clip import clip_scores
 from gal.previews import draw_previews, pool_anchors, preview_interval
+from gal.references import mask_file
 from gal.review import store_anchor_scores
 from gal.round import Round, StepResult
 from gal.runfolder import RunFolder, as_disk_full, disk_full
@@ -53,7 +54,7 @@ def train(rnd: Round) -> StepResult:
     images = [folder.open_rgb(x["file"]) for x in refs]
     captions = training_captions(rnd, refs, images)
     examples = [
-        TrainExample(image, text, x["weight"], added=x["source"] == "synthetic")
+        TrainExample(image, text, x["weight"], added=x["source"] == "synthetic", mask=_stored_mask(folder, x))
         for x, image, text in zip(refs, images, captions, strict=True)
     ]
     init_state = None
@@ -138,6 +139,15 @@ def read_losses(path: Path) -> list[float] | None:
         return [float(x) for x in data["losses"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _stored_mask(folder, ref: dict):
+    """A real reference's loss mask, saved beside it when the run was created; added images have none."""
+    path = folder.path(mask_file(ref["file"]).as_posix())
+    if ref["source"] == "synthetic" or not path.is_file():
+        return None
+    with Image.open(path) as mask:
+        return mask.convert("L")
 
 
 def _class_examples(rnd: Round) -> list[TrainExample]:

@@ -70,9 +70,7 @@ def test_comfyui_draws_each_variant_at_the_trained_strength(pipe, network):
 
 
 @pytest.mark.parametrize("network", ["dora", "lokr"])
-def test_a_variant_run_exports_diffusers_and_lycoris_keys_and_refuses_the_merge(
-    shared_studio, references, tmp_path, network
-):
+def test_a_variant_run_exports_diffusers_and_lycoris_keys(shared_studio, references, tmp_path, network):
     import json
 
     from conftest import tiny_config
@@ -83,8 +81,6 @@ def test_a_variant_run_exports_diffusers_and_lycoris_keys_and_refuses_the_merge(
     config.train.network = network
     run_id = shared_studio.create_run(config, references)
     assert shared_studio.advance(run_id)["status"] == "finished"
-    with pytest.raises(ValueError, match="not supported yet"):
-        shared_studio.export(run_id, tmp_path / "merged", ("fused",))
     written = shared_studio.export(run_id, tmp_path / "out", ("diffusers", "kohya"))
     kohya_file = next(p for f, p in written.items() if f == "kohya")
     lora = load_file(str(kohya_file))

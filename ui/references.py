@@ -10,7 +10,7 @@ import gradio as gr
 from gradio.components.dataframe import DataframeData
 from pydantic import ValidationError, model_validator
 
-from gal.engine import ReferenceInput
+from gal.engine import ReferenceInput, pair_masks
 from ui import render
 from ui.common import error
 
@@ -100,7 +100,8 @@ def _sha256(path) -> str:
 def references_from(files, table, soi_token: str | None = None) -> list[ReferenceInput]:
     """Pair the uploaded images with the table's rows (one row per image, in order); with ``soi_token``,
     every prompt must contain it (the token is what the model learns to bind to the subject)."""
-    paths, rows = _paths(files), _rows(table)
+    pairs, rows = pair_masks(_paths(files)), _rows(table)  # NAME.mask.png: NAME.png's loss mask, no row
+    paths, masks = [str(p) for p, _ in pairs], [m for _, m in pairs]
     if not paths:
         raise ValueError("no reference images: drop at least one image of the subject or style above")
     if len(rows) != len(paths):
@@ -118,7 +119,7 @@ def references_from(files, table, soi_token: str | None = None) -> list[Referenc
                 f"image {i} ({Path(path).name})'s prompt {prompt!r} lacks the SoI token {soi_token}: "
                 f"write it where the subject is, e.g. 'a {soi_token} cat on the stairs'"
             )
-        refs.append(ReferenceInput(path, prompt, non_soi))
+        refs.append(ReferenceInput(path, prompt, non_soi, masks[i - 1]))
     return refs
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from gal.engine import is_mask
 from gal.fields import (
     DEFAULT_SUBJECT,
     config_from_form,
@@ -356,7 +357,7 @@ class SetupHandlers:
         paths = _paths(files)
         typed = {str(r[0]): r for r in _rows(table) if r}
         rows = []
-        for p in paths:
+        for p in (p for p in paths if not is_mask(p)):  # a mask upload gets no row: it goes with its image
             name = Path(p).name
             old = typed.get(name)
             rows.append(

@@ -17,6 +17,14 @@ TASKS = ("object", "style")
 PRESETS_FILE = Path(__file__).parents[1] / "presets" / "anchor_prompts.json"
 
 
+# Settings added after runs existed, with the default that trains as before: a config that leaves them at it
+# hashes as it did, so an existing run keeps its hash and its saved mid-round training state.
+ADDED_LATER = {
+    "train": {"mask_floor": 0.1, "bucketing": False},
+    "generate": {"width": None, "height": None},
+}
+
+
 @dataclass
 class RunConfig:
     task: str = "object"  # object: a subject (cat, toy); style: a look (watercolor)
@@ -149,6 +157,10 @@ class RunConfig:
         data = self.to_dict()
         data["train"] = flatten(data["train"])
         data["train"]["alpha"] = self.train.lora_alpha
+        for section, added in ADDED_LATER.items():  # at their default they change nothing: not hashed
+            for key, default in added.items():
+                if data[section].get(key) == default:
+                    del data[section][key]
         return data
 
     def identity_json(self) -> str:

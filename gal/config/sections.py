@@ -25,6 +25,9 @@ class GenerateConfig:
     guidance_scale: float = 7.5  # official: 7.5
     batch_size: int = 8  # images per UNet batch, across anchors
     negative_prompt: str = ""
+    # Image size in px of the anchors' images; None: the training resolution, square.
+    width: int | None = None
+    height: int | None = None
     # -- memory (None: on where the model family needs it on CUDA; off on CPU) --
     vae_tiling: bool | None = None  # decode large images tile by tile
     vae_slicing: bool | None = None  # decode a batch one image at a time
@@ -41,6 +44,12 @@ class GenerateConfig:
             raise ValueError(f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(known)}")
         positive_int("generate.steps", self.steps, most=1000)
         positive_int("generate.batch_size", self.batch_size, most=1024)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None:
+                positive_int(f"generate.{name}", value, most=8192)
+                if value % 8:
+                    raise ValueError(f"generate.{name} must be a multiple of 8, got {value}")
         scale = self.guidance_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < math.inf:
             raise ValueError(f"generate.guidance_scale must be >= 0, got {scale!r}")

@@ -83,6 +83,13 @@ class TrainConfig:
     # A folder for TensorBoard event files (one subfolder per run: loss and lr per step, TXT-ALN / IMG-ALN /
     # OVF / Δ and a sample grid per round). None: no event files.
     log_dir: str | None = None
+    # Masked loss: a reference's mask (its alpha channel or NAME.mask.png) weighs the latent loss; the
+    # unmasked area counts at this floor weight (0: not at all, 1: as much as the subject).
+    mask_floor: float = 0.1
+    # Aspect-ratio buckets: each reference is resized to the bucket of its aspect ratio at the family's
+    # native pixel count (not centre-cropped to a square) and a step's batch comes from one bucket. Off:
+    # every reference is centre-cropped to a square, as the paper's runs and every run before it.
+    bucketing: bool = False
     train_text_encoder: bool = (
         False  # also a LoRA on the CLIP text encoder's attention (SD 1.x/2.x), as diffusers' scripts
     )
@@ -124,6 +131,11 @@ class TrainConfig:
             raise ValueError(
                 f"train.mixed_precision must be auto, fp16, bf16 or no, got {self.mixed_precision!r}"
             )
+        floor = self.mask_floor
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+            raise ValueError(f"train.mask_floor must be a number from 0 to 1, got {floor!r}")
+        if not isinstance(self.bucketing, bool):
+            raise ValueError(f"train.bucketing must be true or false, got {self.bucketing!r}")
         if self.preview_every is not None and (
             isinstance(self.preview_every, bool)
             or not isinstance(self.preview_every, int)

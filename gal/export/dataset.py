@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from gal.references import mask_file
 from gal.runfolder import safe_join
 from gal.training import TRAINING_SET
 
@@ -34,6 +35,9 @@ def _write_dataset(
         for ref in references:
             name = Path(ref["file"]).name
             shutil.copyfile(safe_join(run_dir, ref["file"]), folder / name)
+            mask = mask_file(ref["file"]).as_posix()  # a masked reference's mask, as it was given
+            if safe_join(run_dir, mask).is_file():
+                shutil.copyfile(safe_join(run_dir, mask), folder / Path(mask).name)
             caption = captions.get(ref["file"], ref["prompt"])
             (folder / name).with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
             row = {

@@ -131,27 +131,28 @@ def precalculate_safetensors_hashes(tensors: dict, metadata: dict) -> tuple[str,
 
 
 def variant_state_dict(state: dict, metadata: dict, config: RunConfig, family: Family, pipe) -> dict:
-    """A DoRA / LoKr / LoHa denoiser adapter -> kohya/LyCORIS keys (``gal.export.lycoris``). Only the UNet
-    families (module-path ``lora_unet_…`` names) are written; DoRA reads the base weights from ``pipe``."""
+    """A DoRA / LoKr / LoHa denoiser adapter -> kohya/LyCORIS keys (``gal.export.lycoris``): a UNet's as
+    ``lora_unet_<module>`` (kohya), a transformer's as ``lycoris_<diffusers module>`` (the SimpleTuner LyCORIS
+    form ComfyUI maps for FLUX.1, Chroma, SD3 and Qwen-Image). DoRA reads the base weights from ``pipe``."""
     from gal.export.lycoris import lycoris_state_dict
 
-    network = config.train.network
-    if family.lora_prefix != "unet" or pipe is None:
+    network, part = config.train.network, family.lora_prefix
+    if pipe is None:
         raise ValueError(
-            f"the kohya export of a {network} adapter is written for SD 1.x/2.x and SDXL only, "
-            f"not {family.label}: "
-            "export --format diffusers"
+            f"the kohya export of a {network} adapter needs the base model: export --format diffusers"
         )
     try:
         adapter = json.loads(metadata.get("lora_adapter_metadata", "{}"))
     except ValueError:
         adapter = {}
-    alpha = float(adapter.get("unet.alpha", adapter.get("unet.lora_alpha", config.train.lora_alpha)))
-    rank = int(adapter.get("unet.r", config.train.rank))
-    head = "unet."
+    alpha = float(adapter.get(f"{part}.alpha", adapter.get(f"{part}.lora_alpha", config.train.lora_alpha)))
+    rank = int(adapter.get(f"{part}.r", config.train.rank))
+    head = f"{part}."
     parts = {k.partition(".")[0] for k in state}
-    if parts != {"unet"}:
-        raise ValueError(f"a {network} adapter holds {sorted(parts)} weights: only the UNet's can be written")
+    if parts != {part}:
+        raise ValueError(
+            f"a {network} adapter holds {sorted(parts)} weights: only the {part}'s can be written"
+        )
     peft_state = {k[len(head) :]: v for k, v in state.items()}
     base = {}
     if network == "dora":
@@ -160,7 +161,8 @@ def variant_state_dict(state: dict, metadata: dict, config: RunConfig, family: F
             path = key.rpartition(".lora_")[0]
             module = modules[path]
             base[path] = (module.get_base_layer() if hasattr(module, "get_base_layer") else module).weight
-    return lycoris_state_dict(peft_state, network, alpha, rank, base)
+    prefix = "lora_unet" if part == "unet" else "lycoris"
+    return lycoris_state_dict(peft_state, network, alpha, rank, base, prefix=prefix)
 
 
 def write_kohya(

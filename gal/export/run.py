@@ -63,13 +63,6 @@ def export_run(
         images = storage.list_images(db, run_id, final_index, kind=None) if rounds else []
     if not rounds:
         raise ValueError(f"run {run_id} has no trained round yet: run it first (gal run --resume {run_id})")
-    network = config.train.network
-    blocked = [f for f in formats if f in ("fused", "checkpoint")] if network != "lora" else []
-    if blocked:  # the merge of the variants is not written yet
-        raise ValueError(
-            f"export {', '.join(blocked)} of a {network} adapter is not supported yet: "
-            "use --format diffusers,kohya,dataset,card"
-        )
     target._recover_and_clean(out_dir)
     target._check_target(src, run_id, out_dir, force)
     final = rounds[-1]

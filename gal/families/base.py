@@ -159,6 +159,37 @@ def target_modules(cfg, family=None) -> list[str]:
     return list(cfg.target_modules)
 
 
+def fit_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A loss mask ``[b, 1, H, W]`` (1 = learn, 0 = the floor weight) resized by area to ``like``'s last two
+    (spatial) dimensions and shaped to broadcast over it (``[b, 1, ..., h, w]``); None stays None."""
+    if mask is None:
+        return None
+    mask = mask.float().reshape(len(mask), 1, *mask.shape[-2:])
+    if tuple(mask.shape[-2:]) != tuple(like.shape[-2:]):
+        mask = torch.nn.functional.interpolate(mask, size=tuple(like.shape[-2:]), mode="area")
+    return mask.reshape(len(mask), *([1] * (like.ndim - 3)), *mask.shape[-2:]).to(like.device)
+
+
+def reduce_loss(error: torch.Tensor, mask: torch.Tensor | None, floor: float) -> torch.Tensor:
+    """The per-sample loss ``[b]`` of an element-wise error ``[b, ...]``: the plain mean without a mask,
+    else the mean weighted by ``floor + (1 - floor) · mask`` (so the masked area counts fully and the rest
+    at ``floor``), normalised by the weights' sum; a sample whose weights are all 0 has loss 0."""
+    b = len(error)
+    if mask is None:
+        return error.reshape(b, -1).mean(dim=1)
+    weight = (floor + (1.0 - floor) * fit_mask(mask, error)).expand_as(error)
+    total = weight.reshape(b, -1).sum(dim=1)
+    return (weight * error).reshape(b, -1).sum(dim=1) / total.clamp_min(1e-12)
+
+
+LOSS_MASK = "loss_mask"  # the conditioning key the training loop puts a batch's masks under
+
+
+def masked_loss(error: torch.Tensor, cond: dict, cfg) -> torch.Tensor:
+    """``reduce_loss`` with the batch's masks from ``cond`` (none: the plain mean) and ``cfg.mask_floor``."""
+    return reduce_loss(error, cond.get(LOSS_MASK), getattr(cfg, "mask_floor", 0.1))
+
+
 class Family(abc.ABC):
     """One model family. Subclasses set the class attributes and write the abstract methods."""
 
@@ -270,6 +301,12 @@ class Family(abc.ABC):
     def encode(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
         """The same without gradients (cached once per round)."""
         return self.encode_with_grad(pipe, prompts, resolution)
+
+    def image_cond(self, pipe, originals: list, crops: list, targets: list) -> dict[str, torch.Tensor]:
+        """Conditioning that comes from each training image, not its prompt (``train.bucketing``: SDXL's
+        micro-conditioning), each ``[n, ...]``: ``originals`` / ``targets`` (h, w), ``crops`` (top, left)
+        per image. ``{}``: the family has none."""
+        return {}
 
     def latent_dist(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posterior's ``(mean, std)`` of ``pixels [b, 3, h, w]``, each ``[b, c, h, w]`` (a family

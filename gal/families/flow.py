@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gal.families.base import LOSS_MASK, reduce_loss
+
 
 @dataclass
 class FlowDraw:
@@ -23,6 +25,7 @@ class FlowDraw:
     sigmas: torch.Tensor
     noisy: torch.Tensor
     cond: dict[str, torch.Tensor]
+    mask: torch.Tensor | None = None  # the loss masks (``cond[LOSS_MASK]``, taken out of ``cond``)
 
     @property
     def empty(self) -> bool:
@@ -62,16 +65,18 @@ class FlowMatching:
         timesteps = scheduler.timesteps[indices].to(device)
         sigmas = scheduler.sigmas[indices].to(device, torch.float32).view(b, *([1] * (latents.ndim - 1)))
         noisy = (1.0 - sigmas) * latents + sigmas * noise
-        return FlowDraw(latents, noise, timesteps, sigmas, noisy, cond)
+        cond = dict(cond)
+        mask = cond.pop(LOSS_MASK, None)
+        return FlowDraw(latents, noise, timesteps, sigmas, noisy, cond, mask)
 
     @staticmethod
-    def flow_loss(cfg, sigmas, pred, target) -> torch.Tensor:
-        """The weighted MSE per sample ``[b]`` (float32)."""
+    def flow_loss(cfg, sigmas, pred, target, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted MSE per sample ``[b]`` (float32), over ``mask`` when given (``reduce_loss``)."""
         from diffusers.training_utils import compute_loss_weighting_for_sd3
 
         weighting = compute_loss_weighting_for_sd3(cfg.flow.weighting_scheme, sigmas).float()
-        b = len(pred)
-        return (weighting * (pred.float() - target.float()).pow(2)).reshape(b, -1).mean(dim=1)
+        error = weighting * (pred.float() - target.float()).pow(2)
+        return reduce_loss(error, mask, cfg.mask_floor)
 
     def schedulers(self) -> tuple[str, ...]:
         return ("flow-euler",)

@@ -191,7 +191,7 @@ class FluxFamily(FlowMatching, Family):
             )[0]
         scale = int(pipe.vae_scale_factor)
         pred = FluxPipeline._unpack_latents(pred, height=h * scale, width=w * scale, vae_scale_factor=scale)
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents, d.mask)
 
     def conditioning(self, pipe, d, packed: torch.Tensor, cfg) -> dict:
         """The transformer's inputs beyond latents, text and ids: FLUX.1's pooled CLIP projection and, for

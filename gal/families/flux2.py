@@ -309,7 +309,7 @@ class Flux2Family(FlowMatching, Family):
                 return_dict=False,
             )[0]
         pred = pipe_cls._unpack_latents_with_ids(pred[:, : packed.size(1)], latent_ids)
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents, d.mask)
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:

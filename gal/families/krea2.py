@@ -241,7 +241,7 @@ class Krea2Family(QwenImageFamily):
                 return_dict=False,
             )[0]
         pred = pred.view(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, 1, h, w)
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents, d.mask)
 
     def pipe_kwargs(self, cfg, n: int) -> dict:
         return {

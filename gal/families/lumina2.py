@@ -227,7 +227,7 @@ class Lumina2Family(FlowMatching, Family):
                 encoder_attention_mask=d.cond["mask"],
                 return_dict=False,
             )[0]
-        return self.flow_loss(cfg, d.sigmas, pred, d.latents - d.noise)
+        return self.flow_loss(cfg, d.sigmas, pred, d.latents - d.noise, d.mask)
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:

@@ -267,7 +267,7 @@ class QwenImageFamily(FlowMatching, Family):
             )[0]
         scale = int(pipe.vae_scale_factor)
         pred = QwenImagePipeline._unpack_latents(pred, h * scale, w * scale, scale)
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents, d.mask)
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:

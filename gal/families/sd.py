@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from gal.families.base import DEFAULT_CONFIG_TARGETS, ExportFacts, Family, FamilyDefaults
+from gal.families.base import DEFAULT_CONFIG_TARGETS, ExportFacts, Family, FamilyDefaults, masked_loss
 from gal.families.kohya import module_kohya_state_dict
 from gal.families.memory import unet_activations
 
@@ -241,7 +241,7 @@ class SDFamily(Family):
             raise ValueError(f"unsupported prediction type {prediction_type!r}")
         with torch.autocast(device.type, dtype=dtype, enabled=autocast):
             pred = self.predict(pipe, noisy, t, cond)
-        return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+        return masked_loss((pred.float() - target.float()).pow(2), cond, cfg)  # masked: gal.families.base
 
     def predict(self, pipe, noisy, t, cond) -> torch.Tensor:
         return pipe.unet(noisy, t, encoder_hidden_states=cond["embeds"]).sample

@@ -181,7 +181,7 @@ class SD3Family(FlowMatching, Family):
             )[0]
         # precondition_outputs (the script's default, EDM section 5): predict the clean latents
         pred = pred.float() * (-d.sigmas) + d.noisy.float()
-        return self.flow_loss(cfg, d.sigmas, pred, d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.latents, d.mask)
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:

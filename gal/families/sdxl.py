@@ -176,6 +176,17 @@ class SDXLFamily(SDFamily):
     def encode(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
         return self.encode_with_grad(pipe, prompts, resolution)
 
+    def image_cond(self, pipe, originals: list, crops: list, targets: list) -> dict[str, torch.Tensor]:
+        """With aspect buckets: each image's true original size and crop (SDXL's micro-conditioning)."""
+        dim, te = pipe.text_encoder_2.config.projection_dim, pipe.text_encoder_2
+        ids = [
+            pipe._get_add_time_ids(
+                tuple(o), tuple(c), tuple(t), dtype=te.dtype, text_encoder_projection_dim=dim
+            )
+            for o, c, t in zip(originals, crops, targets, strict=True)
+        ]
+        return {"time_ids": torch.cat(ids).to(te.device)}
+
     def predict(self, pipe, noisy, t, cond) -> torch.Tensor:
         added = {"text_embeds": cond["pooled"], "time_ids": cond["time_ids"]}
         return pipe.unet(noisy, t, encoder_hidden_states=cond["embeds"], added_cond_kwargs=added).sample

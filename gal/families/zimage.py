@@ -234,7 +234,7 @@ class ZImageFamily(FlowMatching, Family):
                 list(d.noisy.to(dtype).unsqueeze(2).unbind(0)), timestep, embeds, return_dict=False
             )[0]
         pred = -torch.stack(pred, dim=0).squeeze(2)  # Z-Image predicts x - ε: the script negates it
-        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents)
+        return self.flow_loss(cfg, d.sigmas, pred, d.noise - d.latents, d.mask)
 
     # -- generation ---------------------------------------------------------------------------------
     def pipe_kwargs(self, cfg, n: int) -> dict:
