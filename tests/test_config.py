@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from gal.config import FlowOptions, RunConfig, TrainConfig
+from gal.config.run import ADDED_LATER
 
 # A config.json exactly as the code before ``train.flow`` saved it (commit 63303d7, `RunConfig(anchors=...,
 # train=TrainConfig(rank=16, alpha=8.0, weighting_scheme="logit_normal", guidance_scale=1.0)).to_json()`).
@@ -42,6 +43,9 @@ def _old_form(config: RunConfig) -> dict:
     data["train"].update(data["train"].pop("flow"))
     if data["train"]["alpha"] is None:
         data["train"]["alpha"] = float(data["train"]["rank"])
+    for section, added in ADDED_LATER.items():  # settings the code of then did not have
+        for key in added:
+            del data[section][key]
     return data
 
 
@@ -141,3 +145,18 @@ def test_an_old_run_in_the_database_still_opens_and_runs(shared_studio, referenc
     assert run["status"] == "finished"
     card = shared_studio.export(run_id, tmp_path / "out", ("card",))["card"].read_text()
     assert f"config hash `{_old_hash(old)}`" in card
+
+
+def test_a_setting_added_later_hashes_as_before_at_its_default_and_apart_from_it():
+    """New settings (masked loss floor, aspect buckets, image size) left at their default keep an existing
+    run's hash (and so its saved mid-round state); set otherwise, they make another run."""
+    base = RunConfig()
+    assert base.config_hash() == _old_hash(_old_form(base))
+    for section, key, value in (
+        ("train", "mask_floor", 0.5),
+        ("train", "bucketing", True),
+        ("generate", "width", 64),
+    ):
+        changed = RunConfig()
+        setattr(getattr(changed, section), key, value)
+        assert changed.config_hash() != base.config_hash(), key
