@@ -19,6 +19,7 @@ from gal.families.flux2 import Flux2Family
 from gal.families.krea2 import Krea2Family
 from gal.families.lumina2 import Lumina2Family
 from gal.families.qwenimage import QwenImageFamily
+from gal.families.sana import SanaFamily
 from gal.families.sd import SDFamily
 from gal.families.sd3 import SD3Family
 from gal.families.sdxl import SDXLFamily
@@ -38,6 +39,7 @@ FAMILIES: dict[str, Family] = {
         Flux2Family(),
         Krea2Family(),
         Lumina2Family(),
+        SanaFamily(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family

@@ -257,6 +257,41 @@ LUMINA2 = dict(
     cap_feat_dim=2304,
 )
 
+# Efficient-Large-Model/Sana_1600M_1024px_diffusers: SanaTransformer2DModel's defaults are this config
+SANA_1600M = dict(
+    in_channels=32,
+    out_channels=32,
+    num_attention_heads=70,
+    attention_head_dim=32,
+    num_layers=20,
+    num_cross_attention_heads=20,
+    cross_attention_head_dim=112,
+    cross_attention_dim=2240,
+    caption_channels=2304,
+    mlp_ratio=2.5,
+    sample_size=32,
+    patch_size=1,
+)
+# mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers (Sana's 32x, 32-channel DC-AE)
+DC_AE_F32C32 = dict(
+    in_channels=3,
+    latent_channels=32,
+    attention_head_dim=32,
+    encoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    decoder_block_types=("ResBlock",) * 3 + ("EfficientViTBlock",) * 3,
+    encoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    decoder_block_out_channels=(128, 256, 512, 512, 1024, 1024),
+    encoder_layers_per_block=(2, 2, 2, 3, 3, 3),
+    decoder_layers_per_block=(3, 3, 3, 3, 3, 3),
+    encoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+    decoder_qkv_multiscales=((), (), (), (5,), (5,), (5,)),
+    upsample_block_type="interpolate",
+    downsample_block_type="Conv",
+    decoder_norm_types="rms_norm",
+    decoder_act_fns="silu",
+    scaling_factor=0.41407,
+)
+
 
 @dataclass(frozen=True)
 class Published:
@@ -284,6 +319,9 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ("krea2", ""): Published(None, 4.4 * B, "no published size for Krea 2's transformer; Qwen3-VL-4B: 4.4B"),
     ("lumina2", ""): Published(
         2.6 * B, 2.6 * B, "Alpha-VLLM/Lumina-Image-2.0: 2.6B; google/gemma-2-2b: 2.6B"
+    ),
+    ("sana", ""): Published(
+        1.6 * B, 2.6 * B, "Efficient-Large-Model/Sana_1600M_1024px: 1.6B; google/gemma-2-2b: 2.6B"
     ),
 }
 VARIANTS = {"sd3": ("large", "medium"), "flux2": tuple(FLUX2_VARIANTS)}
@@ -368,5 +406,11 @@ def _parts(family: str, variant: str) -> dict[str, torch.nn.Module]:
                 "transformer": diffusers.Lumina2Transformer2DModel(**LUMINA2),
                 "text_encoder": tf.Gemma2Model(tf.Gemma2Config(**GEMMA2_2B)),
                 "vae": diffusers.AutoencoderKL(**FLUX1_VAE),
+            }
+        if family == "sana":
+            return {
+                "transformer": diffusers.SanaTransformer2DModel(**SANA_1600M),
+                "text_encoder": tf.Gemma2Model(tf.Gemma2Config(**GEMMA2_2B)),
+                "vae": diffusers.AutoencoderDC(**DC_AE_F32C32),
             }
     raise AssertionError(family)
