@@ -24,7 +24,8 @@ size it trained at; a square at the native size is its own bin).
 Export: the diffusers LoRA (``SanaPipeline.save_lora_weights``, the script's output). The kohya/ComfyUI
 file: ComfyUI has no Sana model (its snapshot here has no Sana key map), so the file keeps diffusers'
 module names under ``diffusion_model.`` with ``alpha/r`` folded into ``lora_B``, the layout of the other
-diffusers-named transformer files; no tool is known to read it for Sana.
+diffusers-named transformer files. No tool is known to read it for Sana: diffusers' ``load_lora_weights``
+finds none of its keys (it reads the diffusers file, which is what to give it).
 """
 
 from __future__ import annotations
