@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -23,6 +24,8 @@ from gal.export.target import ExportSource, export_stem
 from gal.families.base import of
 from gal.runfolder import safe_join
 from gal.training import LORA_FILE
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("diffusers", "kohya", "fused", "checkpoint", "dataset", "card")
 DEFAULT_FORMATS = ("diffusers", "kohya", "dataset", "card")
@@ -83,6 +86,14 @@ def export_run(
     pipe = src.pipeline(config.model)
     family = of(pipe)
     facts = family.export_facts(pipe)
+    if "kohya" in formats and not facts.kohya_file:
+        formats = tuple(f for f in formats if f != "kohya")
+        if not formats:
+            raise ValueError(
+                f"no tool loads a kohya/ComfyUI-format LoRA of {family.label} models (ComfyUI has no "
+                f"{family.label} model): export the diffusers LoRA instead (--format diffusers)"
+            )
+        log.warning("%s has no kohya/ComfyUI LoRA format any tool loads: not written", family.label)
     v_pred = getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction"
     resolution = int(config.train.resolution or family.native_resolution(pipe))
     names = {

@@ -75,6 +75,9 @@ class ExportFacts:
     writes_prediction_type: bool = True  # modelspec.prediction_type (epsilon / v); False for flow matching
     network_module: str = "networks.lora"  # kohya ss_network_module of the kohya-format file
     kohya_text_encoder_prefixes: dict[str, str] = field(default_factory=dict)  # diffusers part -> prefix
+    # False where no known tool loads a kohya/ComfyUI-format LoRA of this family (ComfyUI has no such model,
+    # diffusers reads the diffusers file): the export writes none rather than an unreadable file.
+    kohya_file: bool = True
 
 
 def of(pipe) -> Family:

@@ -21,11 +21,10 @@ Generation: real classifier-free guidance (4.5 by default, 20 steps), the DPM-So
 ships (``dpmsolver++``; ``flow-euler`` as an alternative), resolution binning off (GAL asks for the exact
 size it trained at; a square at the native size is its own bin).
 
-Export: the diffusers LoRA (``SanaPipeline.save_lora_weights``, the script's output). The kohya/ComfyUI
-file: ComfyUI has no Sana model (its snapshot here has no Sana key map), so the file keeps diffusers'
-module names under ``diffusion_model.`` with ``alpha/r`` folded into ``lora_B``, the layout of the other
-diffusers-named transformer files. No tool is known to read it for Sana: diffusers' ``load_lora_weights``
-finds none of its keys (it reads the diffusers file, which is what to give it).
+Export: the diffusers LoRA (``SanaPipeline.save_lora_weights``, the script's output). No kohya/ComfyUI file
+(``ExportFacts.kohya_file`` False): ComfyUI has no Sana model (its snapshot here has no Sana key map) and
+diffusers' ``load_lora_weights`` reads only the diffusers file, so the export writes none rather than a file
+nothing loads, and refuses ``--format kohya`` alone.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import torch
 
 from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
-from gal.families.kohya import folded_state_dict
 from gal.families.lumina2 import GEMMA_SPECIALS
 from gal.families.memory import transformer_activations
 from gal.families.tiny import bpe_tokenizer
@@ -53,6 +51,7 @@ SANA_FACTS = ExportFacts(
     license="other",  # the script's model card: license="other" (Sana's weights have their own licence)
     tags=("sana", "sana-diffusers"),  # the script's model-card tags
     writes_prediction_type=False,
+    kohya_file=False,  # ComfyUI has no Sana model and diffusers reads none of a kohya file's keys
 )
 
 _CORPUS_WORDS = (
@@ -310,8 +309,5 @@ class SanaFamily(FlowMatching, Family):
         return SANA_FACTS
 
     def kohya_state_dict(self, diffusers_state, scales, pipe=None) -> dict[str, torch.Tensor]:
-        """The diffusers module names under ``diffusion_model.``, ``alpha/r`` folded into ``lora_B`` (module
-        docstring: ComfyUI has no Sana model to map them)."""
-        return folded_state_dict(
-            diffusers_state, scales, "transformer", "diffusion_model", self.label, alpha_tensors=False
-        )
+        """None: no tool loads a kohya/ComfyUI-format Sana LoRA (``SANA_FACTS.kohya_file`` is False)."""
+        raise ValueError(f"{self.label} has no kohya/ComfyUI LoRA format: use the diffusers LoRA")
