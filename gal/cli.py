@@ -19,7 +19,8 @@ from gal.review import parse_verdict, read_decisions  # noqa: F401  (the CLI's v
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="gal", description="Generative Active Learning for Stable Diffusion personalization"
+        prog="gal",
+        description="Generative Active Learning for text-to-image personalization",
     )
     p.add_argument(
         "--runs-dir",
