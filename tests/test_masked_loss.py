@@ -253,3 +253,16 @@ def test_the_setup_upload_pairs_a_mask_with_its_image_and_refuses_an_orphan(tmp_
     assert len(refs) == 1 and refs[0].mask == tmp_path / "b/cat.mask.png"
     with pytest.raises(ValueError, match="mask cat.mask.png has no image"):
         references_from(files[1:], [["cat.png", "a <sks> cat", ""]])
+
+
+@pytest.mark.parametrize("model", sorted(__import__("gal.families", fromlist=["TINY"]).TINY))
+def test_every_familys_loss_reads_the_mask(model):
+    """A family whose loss forgets the mask would train on the background as before: an all-zero mask at
+    floor 0 gives loss 0 through each family's own loss, and the same draws without it do not."""
+    pipe = load_pipeline(model, CPU, torch.float32)
+    shape = latent_shape(pipe, of(pipe).native_resolution(pipe))
+    with torch.no_grad():
+        masked = _loss(pipe, torch.zeros(2, 1, *shape[-2:]), 0.0)
+        plain = _loss(pipe, None, 0.0)
+    assert masked.tolist() == [0.0, 0.0], model
+    assert (plain > 0).all(), model
