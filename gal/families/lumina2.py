@@ -24,7 +24,7 @@ from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
 from gal.families.kohya import folded_state_dict
 from gal.families.memory import transformer_activations
-from gal.families.tiny import bpe_tokenizer
+from gal.families.tiny import bpe_tokenizer, tiny_gemma2
 
 LUMINA2_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the script's default --lora_layers
 GEMMA2_WIDTH = 2304  # google/gemma-2-2b's hidden size: Lumina 2's caption embedder input
@@ -128,7 +128,6 @@ class Lumina2Family(FlowMatching, Family):
             Lumina2Pipeline,
             Lumina2Transformer2DModel,
         )
-        from transformers import Gemma2Config, Gemma2Model
 
         tokenizer = gemma_tokenizer(64)
         torch.manual_seed(seed)
@@ -164,22 +163,7 @@ class Lumina2Family(FlowMatching, Family):
             use_quant_conv=False,
             use_post_quant_conv=False,
         )
-        torch.manual_seed(seed + 2)
-        text_encoder = Gemma2Model(
-            Gemma2Config(
-                vocab_size=len(tokenizer),
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                head_dim=8,
-                max_position_embeddings=128,
-                pad_token_id=0,
-                eos_token_id=1,
-                bos_token_id=2,
-            )
-        ).eval()
+        text_encoder = tiny_gemma2(tokenizer, seed + 2, max_positions=128)
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=6.0)
         pipe = Lumina2Pipeline(
             scheduler=scheduler,

@@ -37,7 +37,7 @@ from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.flow import FlowMatching
 from gal.families.lumina2 import GEMMA_SPECIALS
 from gal.families.memory import transformer_activations
-from gal.families.tiny import bpe_tokenizer
+from gal.families.tiny import bpe_tokenizer, tiny_gemma2
 
 SANA_TARGETS = ["to_k", "to_q", "to_v"]  # the script's default --lora_layers
 MAX_SEQUENCE_LENGTH = 300  # the script's and the pipeline's default
@@ -137,7 +137,6 @@ class SanaFamily(FlowMatching, Family):
         a two-block linear-attention transformer at width 16, Gemma-2 at width 16 with the offline BPE, the
         DPM-Solver++ flow scheduler Sana ships; same seed, same weights."""
         from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
-        from transformers import Gemma2Config, Gemma2Model
 
         tokenizer = gemma_tokenizer(32)
         torch.manual_seed(seed)
@@ -174,22 +173,7 @@ class SanaFamily(FlowMatching, Family):
             decoder_act_fns="silu",
             scaling_factor=0.41407,  # the f32c32 DC-AE's
         )
-        torch.manual_seed(seed + 2)
-        text_encoder = Gemma2Model(
-            Gemma2Config(
-                vocab_size=len(tokenizer),
-                hidden_size=16,
-                intermediate_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                num_key_value_heads=1,
-                head_dim=8,
-                max_position_embeddings=512,
-                pad_token_id=0,
-                eos_token_id=1,
-                bos_token_id=2,
-            )
-        ).eval()
+        text_encoder = tiny_gemma2(tokenizer, seed + 2, max_positions=512)
         scheduler = DPMSolverMultistepScheduler(
             flow_shift=3.0, prediction_type="flow_prediction", use_flow_sigmas=True
         )

@@ -90,6 +90,29 @@ def tiny_t5(tokenizer, d_model: int, seed: int):
     ).eval()
 
 
+def tiny_gemma2(tokenizer, seed: int, max_positions: int):
+    """A tiny Gemma-2 text encoder (Lumina 2, Sana): width 16, 2 layers, pad/eos/bos 0/1/2."""
+    import torch
+    from transformers import Gemma2Config, Gemma2Model
+
+    torch.manual_seed(seed)
+    return Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=max_positions,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+        )
+    ).eval()
+
+
 @lru_cache(maxsize=8)
 def _bpe_json(
     specials: tuple[str, ...], words: tuple[str, ...], extra: tuple[str, ...], vocab_size: int
