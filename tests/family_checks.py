@@ -241,6 +241,25 @@ def replay_in_fresh_process(
     return gaps
 
 
+def random_adapter_state(family, rank: int, alpha: float):
+    """A tiny pipeline of ``family`` with a rank-``rank`` adapter whose B is random (a fresh adapter is a
+    no-op: B = 0), and that adapter's diffusers state (``transformer.<module>.lora_A/B.weight``)."""
+    from peft.utils import get_peft_model_state_dict
+
+    from gal.config import TrainConfig
+    from gal.training import attach_adapter
+
+    pipe = family.build_tiny()
+    attach_adapter(pipe.transformer, TrainConfig(rank=rank, alpha=alpha), seed=0, family=family)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    state = get_peft_model_state_dict(pipe.transformer, adapter_name="gal")
+    return pipe, {f"transformer.{k}": v for k, v in state.items()}
+
+
 def comfy():
     """ComfyUI's own ``comfy`` package (CPU mode), or skip when no ComfyUI tree is at ``COMFYUI``."""
     if not (COMFYUI / "comfy" / "lora.py").exists():

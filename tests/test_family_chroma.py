@@ -11,6 +11,7 @@ from family_checks import (
     comfy,
     comfy_check,
     killed_cli_run_resumes,
+    random_adapter_state,
     replay_in_fresh_process,
     resumed_where_it_stopped,
     shared_run_fixture,
@@ -19,10 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gal import blockswap, families
-from gal.config import TrainConfig
 from gal.families.chroma import ChromaFamily
 from gal.models import load_pipeline, model_family
-from gal.training import attach_adapter
 
 MODEL = "tiny-chroma"
 FAMILY = families.get("chroma")
@@ -117,20 +116,8 @@ def test_comfyui_key_map_takes_every_key_at_the_adapters_strength(alpha):
     (ComfyUI reads no safetensors metadata, so a diffusers file with alpha ≠ r loads at scale 1 there)."""
     c = comfy()
     model = _comfy_chroma(c)
-    pipe = FAMILY.build_tiny()
     rank = 4
-    attach_adapter(pipe.transformer, TrainConfig(rank=rank, alpha=alpha), seed=0, family=FAMILY)
-    from peft.utils import get_peft_model_state_dict
-
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in pipe.transformer.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)  # a fresh adapter is a no-op (B = 0)
-    state = {
-        f"transformer.{k}": v
-        for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="gal").items()
-    }
+    pipe, state = random_adapter_state(FAMILY, rank, alpha)
     expected = _expected(c, model, state, alpha, rank)
     kohya = FAMILY.kohya_state_dict(state, {"transformer": (alpha, rank)})
     assert (

@@ -12,6 +12,7 @@ from family_checks import (
     comfy,
     comfy_check,
     killed_cli_run_resumes,
+    random_adapter_state,
     replay_in_fresh_process,
     resumed_where_it_stopped,
     shared_run_fixture,
@@ -106,28 +107,14 @@ def test_comfyui_maps_every_key_of_the_comfyui_file_at_the_adapters_strength(alp
     equals B·A·alpha/r of the trained adapter, at alpha = r and alpha ≠ r."""
     import importlib
 
-    from peft.utils import get_peft_model_state_dict
-
-    from gal.training import attach_adapter
-
     c = comfy()
     supported_models = importlib.import_module("comfy.supported_models")
     uc = dict(image_model="lumina2", patch_size=2, in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
               n_heads=2, n_kv_heads=2, axes_dims=[8, 4, 4], axes_lens=[64, 16, 16], cap_feat_dim=16,
               multiple_of=16, norm_eps=1e-5, qk_norm=True, ffn_dim_multiplier=None)  # fmt: skip
     model = supported_models.Lumina2(uc).get_model({})
-    pipe = FAMILY.build_tiny()
     rank = 4
-    attach_adapter(pipe.transformer, TrainConfig(rank=rank, alpha=alpha), seed=0, family=FAMILY)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in pipe.transformer.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)  # a fresh adapter is a no-op (B = 0)
-    state = {
-        f"transformer.{k}": v
-        for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="gal").items()
-    }
+    pipe, state = random_adapter_state(FAMILY, rank, alpha)
 
     def delta(module):
         return state[f"transformer.{module}.lora_B.weight"] @ state[f"transformer.{module}.lora_A.weight"]
