@@ -35,7 +35,7 @@ from gal.models import default_model, default_oracle, pick_device, resolve_model
 from gal.presets import Presets
 from gal.references import ReferenceInput, is_mask, load_mask, mask_file, pair_masks
 from gal.runfolder import RunFolder, check_run_id, load_image, new_run_id
-from gal.steps import STEPS, Round, losses_file, read_losses
+from gal.steps import STEPS, Round, read_losses
 from gal.training import Cancelled
 
 
@@ -380,7 +380,7 @@ class Studio:
         folder = self.folder(run_id)
         with self.db() as db:
             rounds = [r["round_index"] for r in storage.list_rounds(db, run_id)]
-        curves = {r: read_losses(folder.path(losses_file(r))) for r in rounds}
+        curves = {r: read_losses(folder.path(RunFolder.losses_file(r))) for r in rounds}
         return {r: c for r, c in curves.items() if c}
 
     def job(self, run_id: str) -> dict | None:

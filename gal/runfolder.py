@@ -205,6 +205,11 @@ class RunFolder:
         return f"rounds/r{round_index:02d}/previews/s{step:06d}_a{anchor_index:02d}.png"
 
     @staticmethod
+    def losses_file(round_index: int) -> str:
+        """A round's per-step training loss (the Progress tab draws every round's curve)."""
+        return f"rounds/r{round_index:02d}/train_losses.json"
+
+    @staticmethod
     def embeddings_file(round_index: int) -> str:
         """The oracle's image embeddings of a round's images (the judge step writes, selection reads)."""
         return f"rounds/r{round_index:02d}/embeddings.npz"

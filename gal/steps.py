@@ -13,7 +13,6 @@ keeps what it drew); it skips what is already saved.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,7 +100,7 @@ def train(rnd: Round) -> StepResult:
                 pipe, folder.path(rel), config.train, {"gal.run_id": rnd.run_id, "gal.round": str(r)}
             )
             save_training_set(folder, f"{rel}/{TRAINING_SET}", refs, captions)
-            save_losses(folder.path(losses_file(r)), r, result.losses)
+            save_losses(folder, r, result.losses)
             state.remove()  # the round's adapter is saved: its mid-round state is spent
         except Exception as err:  # a full disk, however safetensors words it, is one OSError(ENOSPC)
             if not disk_full(err) or isinstance(err, OSError):
@@ -119,17 +118,10 @@ def train(rnd: Round) -> StepResult:
     )
 
 
-def losses_file(round_index: int) -> str:
-    """Where a round's per-step training loss is kept (the Progress tab draws every round's curve)."""
-    return f"rounds/r{round_index:02d}/train_losses.json"
-
-
-def save_losses(path: Path, round_index: int, losses: list[float]) -> None:
+def save_losses(folder: RunFolder, round_index: int, losses: list[float]) -> None:
     """The round's loss per step (step i + 1 is ``losses[i]``), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"round": round_index, "losses": [float(x) for x in losses]}))
-    os.replace(tmp, path)
+    data = json.dumps({"round": round_index, "losses": [float(x) for x in losses]})
+    folder.write_atomic(RunFolder.losses_file(round_index), lambda tmp: tmp.write_text(data))
 
 
 def read_losses(path: Path) -> list[float] | None:
