@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import torch
 
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks", "layers")
+BLOCK_LISTS = (
+    "transformer_blocks",
+    "single_transformer_blocks",
+    "double_stream_blocks",  # HiDream-I1: double- then single-stream blocks
+    "single_stream_blocks",
+    "blocks",
+    "layers",
+)
 
 
 def swappable_blocks(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
