@@ -18,8 +18,10 @@ MODELSPEC_VERSION = "1.0.1"  # sd-scripts' library/sai_model_spec.py BASE_METADA
 
 
 def base_model_metadata(facts: ExportFacts, *, v_parameterization: bool = False) -> dict[str, str]:
-    """kohya's ``ss_base_model_version`` / ``ss_v2`` / ``ss_v_parameterization`` of a base model."""
-    meta = {"ss_base_model_version": facts.base_model_version, "ss_v2": str(facts.v2)}
+    """kohya's ``ss_base_model_version`` / ``ss_v2`` / ``ss_v_parameterization`` of a base model (no
+    ``ss_base_model_version`` where kohya defines none for the family: ``facts.base_model_version`` "")."""
+    meta = {"ss_base_model_version": facts.base_model_version} if facts.base_model_version else {}
+    meta["ss_v2"] = str(facts.v2)
     if v_parameterization:
         meta["ss_v_parameterization"] = "True"
     return meta
@@ -216,7 +218,9 @@ def write_kohya(
         "ss_max_train_steps": str(config.train.steps),
         "ss_lr_scheduler": config.train.lr_schedule,
         "ss_batch_size_per_device": str(config.train.batch_size),
-        "ss_network_module": facts.network_module if network == "lora" else "lycoris.kohya",
+        # none where no kohya network module trains the family (facts.network_module "")
+        **({"ss_network_module": facts.network_module} if network == "lora" and facts.network_module else {}),
+        **({"ss_network_module": "lycoris.kohya"} if network != "lora" else {}),
         "ss_network_dim": str(dim),
         "ss_network_alpha": str(alpha),
         "ss_mixed_precision": precision,  # what the run trained in, as kohya names it (no / fp16 / bf16)

@@ -65,7 +65,7 @@ class ExportFacts:
     """What the exports write about the base model (values as the tools that read them define them)."""
 
     variant: str  # short name in the card and messages: sd1, sd2, sdxl, flux, sd3, ...
-    base_model_version: str  # kohya ss_base_model_version (sd-scripts' MODEL_VERSION_* constants)
+    base_model_version: str  # kohya ss_base_model_version (sd-scripts' MODEL_VERSION_* constants; "": none)
     architecture: str  # modelspec.architecture of the base (the LoRA adds "/lora")
     implementation: str  # modelspec.implementation of the LoRA file
     implementation_full: str  # modelspec.implementation of a full checkpoint
@@ -73,7 +73,7 @@ class ExportFacts:
     tags: tuple[str, ...]  # model-card tags naming the base family
     v2: bool = False  # kohya ss_v2
     writes_prediction_type: bool = True  # modelspec.prediction_type (epsilon / v); False for flow matching
-    network_module: str = "networks.lora"  # kohya ss_network_module of the kohya-format file
+    network_module: str = "networks.lora"  # kohya ss_network_module of the kohya-format file ("": none)
     kohya_text_encoder_prefixes: dict[str, str] = field(default_factory=dict)  # diffusers part -> prefix
     # False where no known tool loads a kohya/ComfyUI-format LoRA of this family (ComfyUI has no such model,
     # diffusers reads the diffusers file): the export writes none rather than an unreadable file.
