@@ -131,6 +131,18 @@ GEMMA2_2B = dict(
     num_key_value_heads=4,
     head_dim=256,
 )
+# meta-llama/Meta-Llama-3.1-8B-Instruct (HiDream-I1's fourth encoder: every layer's hidden states)
+LLAMA31_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=131072,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
+)
 
 # -- VAEs ----------------------------------------------------------------------------------------------
 # FLUX.1's 16-channel VAE (also SD3.5's, Z-Image's, Chroma's and Lumina 2's)
@@ -272,6 +284,24 @@ SANA_1600M = dict(
     sample_size=32,
     patch_size=1,
 )
+# HiDream-ai/HiDream-I1-Full (-Dev, -Fast: the same transformer config): transformer/config.json, the values
+# ComfyUI's model_detection also sets for HiDream; its CLIP-L/G are long CLIPs (248 positions)
+HIDREAM_I1 = dict(
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=16,
+    num_single_layers=32,
+    attention_head_dim=128,
+    num_attention_heads=20,
+    caption_channels=[4096, 4096],
+    text_emb_dim=2048,
+    num_routed_experts=4,
+    num_activated_experts=2,
+    axes_dims_rope=(64, 32, 32),
+    max_resolution=(128, 128),
+    llama_layers=list(range(32)) + [31] * 16,
+)
 # mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers (Sana's 32x, 32-channel DC-AE)
 DC_AE_F32C32 = dict(
     in_channels=3,
@@ -322,6 +352,11 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ),
     ("sana", ""): Published(
         1.6 * B, 2.6 * B, "Efficient-Large-Model/Sana_1600M_1024px: 1.6B; google/gemma-2-2b: 2.6B"
+    ),
+    ("hidream", ""): Published(
+        17 * B,
+        13.5 * B,
+        "HiDream-ai/HiDream-I1-Full: 17B; Llama-3.1-8B 8.03B + T5-XXL enc. 4.7B + CLIP-L/G 0.12B/0.69B",
     ),
 }
 VARIANTS = {"sd3": ("large", "medium"), "flux2": tuple(FLUX2_VARIANTS)}
@@ -412,5 +447,18 @@ def _parts(family: str, variant: str) -> dict[str, torch.nn.Module]:
                 "transformer": diffusers.SanaTransformer2DModel(**SANA_1600M),
                 "text_encoder": tf.Gemma2Model(tf.Gemma2Config(**GEMMA2_2B)),
                 "vae": diffusers.AutoencoderDC(**DC_AE_F32C32),
+            }
+        if family == "hidream":
+            return {
+                "transformer": diffusers.HiDreamImageTransformer2DModel(**HIDREAM_I1),
+                "text_encoder": tf.CLIPTextModelWithProjection(
+                    tf.CLIPTextConfig(**{**CLIP_L, "max_position_embeddings": 248})
+                ),
+                "text_encoder_2": tf.CLIPTextModelWithProjection(
+                    tf.CLIPTextConfig(**{**CLIP_G, "max_position_embeddings": 248})
+                ),
+                "text_encoder_3": tf.T5EncoderModel(tf.T5Config(**T5_XXL)),
+                "text_encoder_4": tf.LlamaForCausalLM(tf.LlamaConfig(**LLAMA31_8B)),
+                "vae": diffusers.AutoencoderKL(**FLUX1_VAE),
             }
     raise AssertionError(family)
