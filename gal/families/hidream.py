@@ -194,8 +194,7 @@ class HiDreamFamily(FlowMatching, Family):
             axes_dims_rope=(8, 4, 4),
             max_resolution=(16, 16),  # latent px: 16 x the VAE's scale 2 = 32 px native
             llama_layers=[0, 1, 1, 1],
-            force_inference_output=True,
-        )
+        )  # force_inference_output as released (False): ``attach`` sets it, as for a loaded model
         torch.manual_seed(seed + 1)
         vae = AutoencoderKL(**TINY_VAE, shift_factor=0.1159, scaling_factor=0.3611)  # the FLUX.1 VAE's
 
