@@ -108,6 +108,24 @@ def test_loss_is_the_scripts(pipe):
     assert not torch.allclose(loss.detach(), ((pred - (d.noise - latents)) ** 2).mean(dim=(1, 2, 3)))
 
 
+def test_aspect_buckets_train_below_the_token_cap_and_are_refused_above_it(pipe):
+    """A non-square latent is padded to ``max_seq`` tokens: buckets (up to 1.2 × the native area) beyond it
+    are refused by name before training; below the native size they train."""
+    from PIL import Image
+
+    from gal.adapters import remove_adapter
+    from gal.training import TrainExample, train_lora
+
+    images = [Image.new("RGB", size, color) for size, color in (((48, 32), "red"), ((32, 48), "green"))]
+    examples = [TrainExample(im, "a <sks> star", 1.0) for im in images]
+    cfg = TrainConfig(steps=2, batch_size=2, bucketing=True)
+    with pytest.raises(ValueError, match=r"at most 64 image tokens .* 40x28 bucket has 70"):
+        train_lora(pipe, examples, cfg, resolution=32, seed=0)
+    result = train_lora(pipe, examples, cfg, resolution=24, seed=0)
+    assert len(result.losses) == 2 and all(loss > 0 for loss in result.losses)
+    remove_adapter(pipe)
+
+
 def test_defaults_targets_samplers_and_blocks():
     d = FAMILY.defaults
     assert (d.resolution, d.learning_rate, d.rank, d.steps, d.guidance_scale) == (1024, 1e-4, 4, 50, 5.0)

@@ -264,6 +264,22 @@ class HiDreamFamily(FlowMatching, Family):
         )
         return {"t5": t5, "llama3": llama.transpose(0, 1), "pooled": pooled}
 
+    def image_cond(self, pipe, originals: list, crops: list, targets: list) -> dict[str, torch.Tensor]:
+        """None (HiDream has no image micro-conditioning); with aspect buckets, a bucket the transformer can
+        not take is refused here, before training: a non-square latent is padded to ``max_seq`` tokens
+        (``max_resolution`` / patch², 4096 at 1024 px), so a bucket with more image tokens than that fails
+        inside diffusers' ``patchify`` (buckets reach 1.2 × the native area)."""
+        patch = int(pipe.vae_scale_factor) * int(pipe.transformer.config.patch_size)
+        for h, w in targets:
+            tokens = (int(h) // patch) * (int(w) // patch)
+            if h != w and tokens > pipe.transformer.max_seq:
+                raise ValueError(
+                    f"{self.label} takes at most {pipe.transformer.max_seq} image tokens for a non-square "
+                    f"image; the {w}x{h} bucket has {tokens}: turn train.bucketing off or lower "
+                    "train.resolution"
+                )
+        return {}
+
     def noise_scheduler(self, pipe):
         """The script's training table: ``FlowMatchEulerDiscreteScheduler`` from the model's scheduler config
         with ``shift=3.0``."""
