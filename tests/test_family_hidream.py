@@ -213,6 +213,26 @@ def test_block_swap_on_hidream_trains_the_same_adapter(reference_files):
     block_swap_trains_the_same_adapter(reference_files, MODEL, 3)
 
 
+def test_the_24gb_presets_options_train_the_moe_transformer(reference_files):
+    """The preset's int8 base (the experts' linears too; the router's weight is a bare parameter) with
+    blocks swapped and checkpointing trains: finite losses, a LoRA that moved."""
+    pytest.importorskip("torchao", reason="torchao not installed (pip install 'gal-studio[quant]')")
+    from PIL import Image
+
+    from gal.training import TrainExample, adapter_state, train_lora
+
+    assert FAMILY.preset_24gb["quantize_base"] == "int8" and FAMILY.preset_24gb["blocks_to_swap"] > 0
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
+    cfg = TrainConfig(steps=2, learning_rate=1e-2, batch_size=2, quantize_base="int8", blocks_to_swap=2,
+                      gradient_checkpointing=True)  # fmt: skip
+    result = train_lora(pipe, examples, cfg, resolution=32, seed=1)
+    expert = pipe.transformer.single_stream_blocks[0].block.ff_i.experts[0]
+    assert "Int8" in type(expert.w1.weight).__name__  # torchao's int8 tensor
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(v.abs().max() > 0 for k, v in adapter_state(pipe).items() if "lora_B" in k)
+
+
 def test_resume_after_a_cancel_mid_generation(finished):
     resumed_where_it_stopped(finished)
 
