@@ -4,6 +4,7 @@ run with a cancel and resume, the diffusers and ComfyUI files reloaded in a fres
 map and strength on ComfyUI's own HiDream model, block swap over double- and single-stream blocks."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -51,6 +52,34 @@ def test_detected_from_model_index_and_single_file_keys(tmp_path, pipe):
     }
     save_file({k: torch.zeros(s) for k, s in shapes.items()}, str(tmp_path / "h.safetensors"))
     assert families.detect(tmp_path / "h.safetensors") is FAMILY
+
+
+def test_a_folder_without_llama_loads_with_the_llama_the_script_loads(tmp_path, monkeypatch):
+    """HiDream-I1's repositories ship no Llama: ``load_pipeline`` adds Llama-3.1 (``GAL_HIDREAM_LLAMA``, here
+    the tiny one saved alone; loaded in bf16 as the script does, then in the pipeline's dtype), and the
+    loaded pipeline trains on the script's MoE path and draws at its own size what the tiny model draws."""
+    import numpy as np
+
+    from gal.config import GenerateConfig
+    from gal.generation import generate
+
+    tiny = FAMILY.build_tiny()
+    tiny.save_pretrained(tmp_path / "hidream")
+    tiny.text_encoder_4.save_pretrained(tmp_path / "llama")
+    tiny.tokenizer_4.save_pretrained(tmp_path / "llama")
+    for part in ("text_encoder_4", "tokenizer_4"):
+        shutil.rmtree(tmp_path / "hidream" / part)
+    index = json.loads((tmp_path / "hidream" / "model_index.json").read_text())
+    index.update(text_encoder_4=[None, None], tokenizer_4=[None, None])
+    (tmp_path / "hidream" / "model_index.json").write_text(json.dumps(index))
+    monkeypatch.setenv("GAL_HIDREAM_LLAMA", str(tmp_path / "llama"))
+    loaded = load_pipeline(str(tmp_path / "hidream"), torch.device("cpu"), torch.float32)
+    assert loaded.text_encoder_4.dtype == torch.float32 and loaded.transformer.config.force_inference_output
+    assert loaded.default_sample_size == 16 and FAMILY.native_resolution(loaded) == 32
+    cfg = GenerateConfig(steps=3, guidance_scale=5.0)
+    a, b = (generate(p, ["a <sks> star"], [1], cfg, resolution=32)[0] for p in (tiny, loaded))
+    assert b.size == (32, 32)
+    assert np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max() <= 3.0  # Llama went via bf16
 
 
 def test_prompts_are_the_pipelines_four_encoders(pipe):

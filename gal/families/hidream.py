@@ -156,11 +156,17 @@ class HiDreamFamily(FlowMatching, Family):
         }
 
     def attach(self, pipe):
-        """The script's MoE path and the draw size from the transformer's ``max_resolution`` (docstring)."""
+        """The script's MoE path and the draw size from the transformer's ``max_resolution`` (docstring);
+        the Llama ``load_kwargs`` loads in bf16 takes the transformer's dtype (``load_pipeline`` casts a
+        pipeline only when its transformer is not yet in the asked dtype, and the pipeline feeds Llama's
+        states to the transformer uncast)."""
         transformer = getattr(pipe, "transformer", None)
         if transformer is not None:
             script_moe(transformer)
             pipe.default_sample_size = int(transformer.config.max_resolution[0])
+            llama = getattr(pipe, "text_encoder_4", None)
+            if llama is not None and llama.dtype != transformer.dtype:
+                llama.to(transformer.dtype)
         return super().attach(pipe)
 
     def build_tiny(self, seed: int = 0):
