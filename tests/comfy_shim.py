@@ -27,6 +27,10 @@ from pathlib import Path
 
 import torch
 from family_checks import COMFYUI
+from safetensors.torch import load_file
+
+import storage
+from gal.training import LORA_FILE
 
 LOCAL = Path(__file__).resolve().parents[1] / ".comfy"
 ROOTS = (COMFYUI, LOCAL)  # a whole ComfyUI tree first, then the LoRA code alone
@@ -167,3 +171,14 @@ def check_file(family, keymap: str, table: str, unet_config: dict, lora, trained
     targets = (to_native[f"{m}.weight"] for m in modules)
     assert set(patched) == {t if isinstance(t, str) else t[0] for t in targets}  # only what was trained
     return modules
+
+
+def exported_and_trained(finished, out: Path):
+    """A finished shared run's ComfyUI file (exported to ``out``), its last round's trained adapter (diffusers
+    names) and the adapter's scale alpha/r: what ``check_file`` compares."""
+    studio, run_id, train = finished.studio, finished.run_id, finished.config.train
+    lora = load_file(str(studio.export(run_id, out, ("kohya",))["kohya"]))
+    with storage.open_db(studio.db_path) as db:
+        last = storage.list_rounds(db, run_id)[-1]["adapter_path"]
+    trained = load_file(str(studio.run_dir(run_id) / last / LORA_FILE))
+    return lora, trained, train.lora_alpha / train.rank

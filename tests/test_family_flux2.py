@@ -19,9 +19,7 @@ from family_checks import (
     shared_run_fixture,
 )
 from PIL import Image
-from safetensors.torch import load_file
 
-import storage
 from gal import families
 from gal.models import load_pipeline
 from gal.training import TrainExample, train_lora
@@ -172,13 +170,9 @@ def _comfy_check(lora, trained, scale):
 def test_comfyui_maps_every_key_at_the_trained_strength(finished, tmp_path):
     """ComfyUI's load_lora + calculate_weight (its own code) on the exported ComfyUI file: 0 keys dropped,
     and each module's ΔW (slices of the fused qkv included) equals B·A·alpha/r of the trained adapter."""
-    studio, run_id, config = finished.studio, finished.run_id, finished.config
-    lora = load_file(str(_export(studio, run_id, tmp_path / "export")["kohya"]))
+    lora, trained, scale = comfy_shim.exported_and_trained(finished, tmp_path / "export")
     assert not any(k.endswith(".alpha") for k in lora)  # alpha folded into lora_B: scale 1 everywhere
-    with storage.open_db(studio.db_path) as db:
-        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 2)["adapter_path"]
-    trained = load_file(str(adapter / "pytorch_lora_weights.safetensors"))
-    modules = _comfy_check(lora, trained, config.train.lora_alpha / config.train.rank)
+    modules = _comfy_check(lora, trained, scale)
     tr = FAMILY.build_tiny().transformer
     assert len(modules) == 4 * tr.config.num_layers + 2 * tr.config.num_single_layers  # the script's targets
 

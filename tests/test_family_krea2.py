@@ -17,9 +17,8 @@ from family_checks import (
     shared_run_fixture,
 )
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-import storage
 from gal import blockswap, families
 from gal.config import GenerateConfig, TrainConfig
 from gal.families.krea2 import KREA2_TARGETS
@@ -103,12 +102,7 @@ def _comfy_check(lora, trained, scale):
 def test_comfyui_maps_every_key_at_the_trained_strength(finished, tmp_path):
     """ComfyUI's model_lora_keys_unet (its generic loop + its Krea 2 branch), load_lora and calculate_weight
     on the run's exported ComfyUI file: 0 keys dropped, each module's ΔW equals B·A·alpha/r."""
-    studio, run_id, config = finished.studio, finished.run_id, finished.config
-    lora = load_file(str(studio.export(run_id, tmp_path / "export", ("kohya",))["kohya"]))
-    with storage.open_db(studio.db_path) as db:
-        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 2)["adapter_path"]
-    trained = load_file(str(adapter / "pytorch_lora_weights.safetensors"))
-    scale = config.train.lora_alpha / config.train.rank
+    lora, trained, scale = comfy_shim.exported_and_trained(finished, tmp_path / "export")
     assert len(_comfy_check(lora, trained, scale)) == 36  # every adapted module
 
 

@@ -18,9 +18,7 @@ from family_checks import (
     shared_run_fixture,
 )
 from PIL import Image
-from safetensors.torch import load_file
 
-import storage
 from gal import families
 from gal.models import load_pipeline
 from gal.training import TrainExample, train_lora
@@ -150,14 +148,11 @@ def _comfy_check(lora, trained, scale):
 def test_comfyui_maps_every_key_at_the_trained_strength(finished, tmp_path):
     """ComfyUI's load_lora + calculate_weight (its own code) on the exported ComfyUI file: 0 keys dropped,
     and each module's ΔW (slices of the fused qkv included) equals B·A·alpha/r of the trained adapter."""
-    studio, run_id, config = finished.studio, finished.run_id, finished.config
-    lora = load_file(str(_export(studio, run_id, tmp_path / "export")["kohya"]))
+    lora, trained, scale = comfy_shim.exported_and_trained(finished, tmp_path / "export")
     alphas = {k: float(v) for k, v in lora.items() if k.endswith(".alpha")}
-    assert alphas and set(alphas.values()) == {config.train.rank}  # alpha/r folded into lora_B: scale 1
-    with storage.open_db(studio.db_path) as db:
-        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 2)["adapter_path"]
-    trained = load_file(str(adapter / "pytorch_lora_weights.safetensors"))
-    modules = _comfy_check(lora, trained, config.train.lora_alpha / config.train.rank)
+    # alpha/r folded into lora_B: the file's alpha is r (scale 1)
+    assert alphas and set(alphas.values()) == {finished.config.train.rank}
+    modules = _comfy_check(lora, trained, scale)
     tr = FAMILY.build_tiny().transformer
     assert len(modules) == 4 * (tr.config.n_layers + 2 * tr.config.n_refiner_layers)  # the script's targets
 
