@@ -47,9 +47,14 @@ def _keymap_file(name: str) -> Path:
 def available(keymap: str) -> str | None:
     """None when ComfyUI's code and the family's key map are there, else what is missing."""
     root = _root()
-    for need in (root / "comfy" / "lora.py", root / "comfy" / "weight_adapter", _keymap_file(keymap)):
+    for need in (root / "comfy" / "lora.py", root / "comfy" / "weight_adapter"):
         if not need.exists():
             return f"{need} missing (see tests/comfy_shim.py)"
+    if not _keymap_file(keymap).exists():
+        return (
+            f"{_keymap_file(keymap)} missing: write it from a ComfyUI that knows the family with "
+            "`python scripts/comfy_keymaps.py <ComfyUI folder> --source <repo@commit>`"
+        )
     return None
 
 
