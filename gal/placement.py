@@ -44,6 +44,16 @@ def module_bytes(module: torch.nn.Module | None, device: torch.device | None = N
     )
 
 
+def free_bytes(device: torch.device) -> int:
+    """What this process may still allocate on a CUDA ``device``: the driver's free memory, capped by the
+    process's allocator limit (``torch.cuda.set_per_process_memory_fraction``) less what it has reserved."""
+    free, total = torch.cuda.mem_get_info(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    if fraction is not None:
+        free = min(free, int(fraction(device) * total) - torch.cuda.memory_reserved(device))
+    return max(0, int(free))
+
+
 def pipeline_modules(pipe) -> dict[str, torch.nn.Module]:
     return {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
 
@@ -75,7 +85,7 @@ def place(pipe, family, device: torch.device, mode: str | None = None) -> str:
             mode = "whole"
         else:
             total = sum(module_bytes(m) for m in pipeline_modules(pipe).values())
-            free, _ = torch.cuda.mem_get_info(device)
+            free = free_bytes(device)
             mode = choose(total, free)
             if mode == "parts":
                 log.info(

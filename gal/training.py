@@ -133,7 +133,7 @@ def check_memory(pipe, family, cfg: TrainConfig, resolution: int, *, size_swap: 
 
     if free is None:
         # what the pipeline already holds on the device is the estimate's to use again
-        free = torch.cuda.mem_get_info(device)[0] + sum(
+        free = placement.free_bytes(device) + sum(
             placement.module_bytes(m, device) for m in placement.pipeline_modules(pipe).values()
         )
     need = estimate_from_pipe(pipe, family, cfg, resolution)

@@ -133,3 +133,15 @@ def test_an_empty_blocks_to_swap_is_sized_to_the_card():
     with pytest.raises(ValueError, match="needs about"):  # no swap count fits: refused as before
         check_memory(pipe, family, cfg, 32, size_swap=True, free=need["total"] - 10 * need["block_bytes"])
     assert check_memory(pipe, family, cfg, 32, size_swap=True, free=need["total"]) is cfg  # fits: unchanged
+
+
+def test_free_memory_honours_the_process_allocator_cap(monkeypatch):
+    """A process capped at 24 GB of an 80 GB card (set_per_process_memory_fraction) has 24 GB less what it
+    reserved to place a model in, not the driver's 70 GB free."""
+    gb = 10**9
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * gb, 80 * gb))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.3)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 4 * gb)
+    assert placement.free_bytes(torch.device("cuda")) == 20 * gb
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0)
+    assert placement.free_bytes(torch.device("cuda")) == 70 * gb  # uncapped: the driver's figure
