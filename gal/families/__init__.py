@@ -16,6 +16,7 @@ from gal.families.base import ExportFacts, Family, FamilyDefaults
 from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
 from gal.families.flux2 import Flux2Family
+from gal.families.ideogram4 import Ideogram4Family
 from gal.families.krea2 import Krea2Family
 from gal.families.lumina2 import Lumina2Family
 from gal.families.qwenimage import QwenImageFamily
@@ -40,6 +41,7 @@ FAMILIES: dict[str, Family] = {
         Krea2Family(),
         Lumina2Family(),
         SanaFamily(),
+        Ideogram4Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family

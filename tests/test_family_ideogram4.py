@@ -1,0 +1,287 @@
+"""Ideogram 4 (gal/families/ideogram4.py) on tiny-ideogram4: detection and single-file loading, the script's
+loss (and that trimming the text padding leaves it unchanged), the prompt enhancer never run, a 2-round GAL
+run with a cancel and resume, both exports redrawn in a fresh process, the ComfyUI file's strength, block
+swap, and ComfyUI's own key map where its transcription is present (.comfy/ideogram4_keymap.py)."""
+
+import json
+
+import pytest
+import torch
+from comfy_shim import apply, available, keymap_module
+from family_checks import (
+    block_swap_trains_the_same_adapter,
+    check_two_rounds,
+    killed_cli_run_resumes,
+    random_adapter_state,
+    replay_in_fresh_process,
+    resumed_where_it_stopped,
+    shared_run_fixture,
+)
+from safetensors.torch import load_file, save_file
+
+from gal import families
+from gal.config import GenerateConfig, TrainConfig
+from gal.families.ideogram4 import IDEOGRAM4_TARGETS, diffusers_transformer_state, patchify
+from gal.generation import generate
+from gal.models import load_pipeline, model_family
+
+MODEL = "tiny-ideogram4"
+FAMILY = families.get("ideogram4")
+PROMPTS = ["a <sks> star", "a photo of a <sks> star on the beach at night"]
+
+
+finished = shared_run_fixture(MODEL, lr=5e-2, alpha=8.0)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+
+
+def _native_file(transformer) -> dict[str, torch.Tensor]:
+    """The transformer's weights in ComfyUI's layout (comfy/ldm/ideogram4/model.py: fused qkv, ``o``)."""
+    state, out = transformer.state_dict(), {}
+    for key, value in state.items():
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue
+        if ".attention.to_q." in key:
+            parts = [state[key.replace("to_q", p)] for p in ("to_q", "to_k", "to_v")]
+            out["diffusion_model." + key.replace("to_q", "qkv")] = torch.cat(parts)
+        else:
+            out["diffusion_model." + key.replace("attention.to_out.0", "attention.o")] = value
+    return out
+
+
+def test_detected_from_model_index_and_single_file_keys(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps({"_class_name": "Ideogram4Pipeline"}))
+    assert families.detect(tmp_path / "m") is FAMILY and model_family(MODEL) is FAMILY
+    transformer = FAMILY.build_tiny().transformer
+    assert families.detect_keys(list(transformer.state_dict())) is FAMILY  # diffusers layout
+    native = _native_file(transformer)
+    assert any(".attention.qkv." in k for k in native)
+    save_file({k: v.contiguous() for k, v in native.items()}, str(tmp_path / "native.safetensors"))
+    assert families.detect(tmp_path / "native.safetensors") is FAMILY  # ComfyUI's layout
+    assert families.detect_keys([f"conditional_transformer.{k}" for k in transformer.state_dict()]) is FAMILY
+
+
+def test_a_single_file_in_either_layout_loads_with_the_folders_other_parts(tmp_path):
+    """A transformer file (ComfyUI's fused-qkv layout) with a diffusers folder: the conditional transformer
+    comes from the file, everything else (the unconditional transformer included) from the folder."""
+    folder = tmp_path / "folder"
+    base = FAMILY.build_tiny(seed=0)
+    base.save_pretrained(folder)
+    other = FAMILY.build_tiny(seed=7).transformer  # different weights: the file must win
+    save_file(_native_file(other), str(tmp_path / "t.safetensors"))
+    loaded = FAMILY.load_single_file(str(tmp_path / "t.safetensors"), str(folder), torch.float32)
+    for key, value in other.state_dict().items():
+        torch.testing.assert_close(loaded.transformer.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    for key, value in base.unconditional_transformer.state_dict().items():
+        torch.testing.assert_close(loaded.unconditional_transformer.state_dict()[key], value, rtol=0, atol=0)
+    assert loaded.prompt_enhancer_head is None  # the LLM head is never loaded
+    assert diffusers_transformer_state(_native_file(other)).keys() == other.state_dict().keys()
+
+
+def test_prompts_are_the_pipelines_encoding_trimmed_to_the_longest(pipe):
+    """``encode`` is the text part of the pipeline's own packed conditioning, minus the columns that are
+    padding for every prompt; the shorter prompt stays left-padded with its mask."""
+    from diffusers.models.transformers.transformer_ideogram4 import LLM_TOKEN_INDICATOR
+
+    cond = FAMILY.encode(pipe, PROMPTS, 32)
+    n = FAMILY.max_sequence_length(pipe)
+    embeds, _, _, indicator = pipe.encode_prompt(
+        PROMPTS, grid_h=8, grid_w=8, max_sequence_length=n, device="cpu"
+    )
+    lengths = (indicator[:, :n] == LLM_TOKEN_INDICATOR).sum(1)
+    t = int(lengths.max())
+    assert cond["embeds"].shape == (2, t, 13 * 16) and t < n
+    assert cond["mask"].sum(1).tolist() == lengths.tolist() and lengths[0] < lengths[1]
+    assert cond["mask"][0, : t - int(lengths[0])].sum() == 0  # left padding, as the pipeline's
+    torch.testing.assert_close(cond["embeds"], embeds[:, n - t : n], rtol=0, atol=0)
+
+
+def test_trimming_the_padding_leaves_the_loss_unchanged(pipe):
+    """Padding is its own attention segment and text positions count from the first real token: the loss
+    at the pipeline's full padded length equals the trimmed one."""
+    from diffusers.models.transformers.transformer_ideogram4 import LLM_TOKEN_INDICATOR
+
+    n = FAMILY.max_sequence_length(pipe)
+    embeds, _, _, indicator = pipe.encode_prompt(
+        PROMPTS, grid_h=8, grid_w=8, max_sequence_length=n, device="cpu"
+    )
+    full = {"embeds": embeds[:, :n], "mask": (indicator[:, :n] == LLM_TOKEN_INDICATOR).long()}
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    cfg = TrainConfig()
+    with torch.no_grad():
+        trimmed = FAMILY.per_sample_loss(pipe, None, latents, FAMILY.encode(pipe, PROMPTS, 32),
+                                         torch.Generator().manual_seed(5), cfg, False)  # fmt: skip
+        padded = FAMILY.per_sample_loss(
+            pipe, None, latents, full, torch.Generator().manual_seed(5), cfg, False
+        )
+    torch.testing.assert_close(trimmed, padded, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_the_scripts(pipe):
+    """The script's arithmetic from the same draws: patchify + BatchNorm, σ = sigmoid(N(½·log(px/512²), 1.5))
+    used directly, ``[zeros | (1-σ)x + σε]`` at model time ``1 - σ``, target ``x - ε`` on the image tokens."""
+    import math
+
+    from diffusers.models.transformers.transformer_ideogram4 import LLM_TOKEN_INDICATOR
+
+    cfg = TrainConfig()
+    cfg.flow.weighting_scheme, cfg.flow.logit_std = "logit_normal", 1.5  # the script's defaults
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    loss = FAMILY.per_sample_loss(pipe, None, latents, FAMILY.encode(pipe, PROMPTS, 32),
+                                  torch.Generator().manual_seed(5), cfg, False)  # fmt: skip
+
+    vae = pipe.vae
+    x = patchify(latents)
+    x = (x - vae.bn.running_mean.view(1, 1, -1)) / torch.sqrt(vae.bn.running_var + vae.config.batch_norm_eps)
+    g = torch.Generator().manual_seed(5)
+    noise = torch.randn(x.shape, generator=g)
+    mu = 0.0 + 0.5 * math.log(32 * 32 / 512**2)  # the pipeline's _resolution_aware_mu at 32 px
+    sigmas = torch.sigmoid(torch.normal(mu, 1.5, (2,), generator=g)).view(2, 1, 1)
+    n = FAMILY.max_sequence_length(pipe)
+    embeds, position_ids, segment_ids, indicator = pipe.encode_prompt(
+        PROMPTS, grid_h=8, grid_w=8, max_sequence_length=n, device="cpu"
+    )
+    assert (indicator[:, :n] == LLM_TOKEN_INDICATOR).any()
+    packed = torch.cat([torch.zeros(2, n, x.shape[-1]), (1 - sigmas) * x + sigmas * noise], dim=1)
+    with torch.no_grad():
+        pred = pipe.transformer(
+            hidden_states=packed, timestep=(1 - sigmas).view(2), encoder_hidden_states=embeds,
+            position_ids=position_ids, segment_ids=segment_ids, indicator=indicator, return_dict=False,
+        )[0][:, n:]  # fmt: skip
+    script = ((pred - (x - noise)) ** 2).reshape(2, -1).mean(1)
+    torch.testing.assert_close(loss.detach(), script, rtol=1e-5, atol=1e-6)
+
+
+def test_defaults_targets_and_sampler():
+    d = FAMILY.defaults
+    assert (d.learning_rate, d.rank, d.steps, d.guidance_scale, d.resolution) == (1e-4, 16, 48, 7.0, 1024)
+    assert IDEOGRAM4_TARGETS == ["to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3"]
+    assert list(d.target_modules) == IDEOGRAM4_TARGETS
+    pipe = FAMILY.build_tiny()
+    FAMILY.set_scheduler(pipe, None)
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    with pytest.raises(ValueError, match="flow-euler"):
+        FAMILY.set_scheduler(pipe, "ddim")
+    assert FAMILY.load_kwargs() == {"prompt_enhancer_head": None}
+    assert FAMILY.text_encoders(pipe) == [pipe.text_encoder, pipe.unconditional_transformer]
+
+
+def test_generation_never_runs_the_prompt_enhancer(monkeypatch):
+    """Even with an enhancer head attached, drawing passes ``prompt_upsampling=False``: the anchors' prompts
+    are drawn as written (an LLM rewrite would change what GAL judges)."""
+    from diffusers import Ideogram4PromptEnhancerHead
+
+    pipe = FAMILY.build_tiny()
+    pipe.register_modules(prompt_enhancer_head=Ideogram4PromptEnhancerHead(16, len(pipe.tokenizer)))
+    calls = []
+    monkeypatch.setattr(type(pipe), "upsample_prompt", lambda self, *a, **k: calls.append(a) or ["{}"])
+    cfg = GenerateConfig(steps=2, guidance_scale=7.0)
+    images = generate(pipe, ["a <sks> star"], [1], cfg, resolution=32)
+    assert images[0].size == (32, 32) and calls == []
+    assert FAMILY.call_kwargs(pipe)["prompt_upsampling"] is False
+    pipe(["a <sks> star"], height=32, width=32, num_inference_steps=2, guidance_scale=7.0,
+         guidance_schedule=None, prompt_upsampling=True)  # fmt: skip
+    assert len(calls) == 1  # the patch sees a call when one is made: the check above can fail
+    with pytest.raises(ValueError, match="no negative prompt"):
+        generate(pipe, ["a"], [1], GenerateConfig(steps=2, negative_prompt="blurry"), resolution=32)
+
+
+def test_comfyui_file_has_the_adapters_strength_per_native_module():
+    """The ComfyUI file, read as ComfyUI's LoRA patcher reads one (ΔW = up·down·alpha/rank per key): the
+    fused qkv's thirds are the trained to_q/to_k/to_v ΔW, every other module its own, at alpha/r."""
+    pipe, state = random_adapter_state(FAMILY, rank=4, alpha=8.0)
+    lora = FAMILY.kohya_state_dict(state, {"transformer": (8.0, 4)})
+    modules = {k.removesuffix(".lora_down.weight") for k in lora if k.endswith(".lora_down.weight")}
+    for module in modules:
+        down, up = lora[f"{module}.lora_down.weight"], lora[f"{module}.lora_up.weight"]
+        delta = up @ down * float(lora[f"{module}.alpha"]) / down.shape[0]
+        native = module.removeprefix("diffusion_model.")
+        if native.endswith(".qkv"):
+            base = native.removesuffix(".qkv")
+            expect = torch.cat([_delta(state, f"{base}.to_{p}") for p in "qkv"]) * 2.0
+        else:
+            expect = _delta(state, native.replace("attention.o", "attention.to_out.0")) * 2.0
+        torch.testing.assert_close(delta, expect, rtol=1e-5, atol=1e-6, msg=module)
+    assert len(modules) == 2 * 5  # per block: qkv, o, w1, w2, w3
+    with pytest.raises(ValueError, match="no ComfyUI Ideogram 4 name"):
+        FAMILY.kohya_state_dict({"transformer.layers.0.attention.norm_q.lora_A.weight": torch.zeros(4, 8),
+                                 "transformer.layers.0.attention.norm_q.lora_B.weight": torch.zeros(8, 4)},
+                                {"transformer": (4.0, 4)})  # fmt: skip
+
+
+def _delta(state, module):
+    return state[f"transformer.{module}.lora_B.weight"] @ state[f"transformer.{module}.lora_A.weight"]
+
+
+def test_two_round_gal_run_and_both_exports_redraw_it_in_a_fresh_process(finished, tmp_path):
+    """The diffusers LoRA and the ComfyUI file (through diffusers' own Ideogram 4 importer, which reads
+    ComfyUI's ``diffusion_model.`` layout) each redraw the run's round-2 images in a fresh process."""
+    studio, run_id, config = finished.studio, finished.run_id, finished.config
+    check_two_rounds(studio, run_id, config, FAMILY)
+    out = tmp_path / "export"
+    written = studio.export(run_id, out, ("diffusers", "kohya"))
+    comfy = load_file(str(written["kohya"]))
+    assert comfy and all(k.startswith("diffusion_model.layers.") for k in comfy)
+    assert any(".attention.qkv.lora_down" in k for k in comfy)
+    weights = {"diffusers": written["diffusers"].name, "comfy": written["kohya"].name}
+    replay_in_fresh_process(studio, run_id, config, out, weights)
+
+
+def test_comfyui_key_map_loads_every_key_at_the_trained_strength(finished, tmp_path):
+    """ComfyUI's own ``model_lora_keys_unet`` (its generic ``diffusion_model.`` map: it has no Ideogram
+    branch) over its Ideogram 4 model's weight names, then ``load_lora`` + ``calculate_weight``: 0 keys
+    dropped, each patched weight's ΔW the trained one. Needs .comfy/ideogram4_keymap.py (comfy_shim)."""
+    missing = available("ideogram4_keymap")
+    if missing:
+        pytest.skip(missing)
+    keymap = keymap_module("ideogram4_keymap")
+    studio, run_id, config = finished.studio, finished.run_id, finished.config
+    written = studio.export(run_id, tmp_path / "export", ("kohya",))
+    lora = load_file(str(written["kohya"]))
+    tr = FAMILY.build_tiny().transformer
+    c = tr.config
+    model = keymap.ideogram4_model(
+        in_channels=c.in_channels, num_layers=c.num_layers, num_attention_heads=c.num_attention_heads,
+        attention_head_dim=c.attention_head_dim, intermediate_size=c.intermediate_size, adaln_dim=c.adaln_dim,
+        llm_features_dim=c.llm_features_dim,
+    )  # fmt: skip
+    sdk = {f"diffusion_model.{k}": v for k, v in model.state_dict().items()}
+    key_map = keymap.ideogram4_lora_keys(sdk, {})
+    zeros = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in sdk.items()}
+    patched, dropped = apply(lora, key_map, zeros)
+    assert dropped == [], f"ComfyUI drops {dropped}"
+    trained = load_file(str(studio.run_dir(run_id) / _last_adapter(studio, run_id)))
+    scale = config.train.alpha / config.train.rank
+    for i in range(c.num_layers):
+        qkv = patched[f"diffusion_model.layers.{i}.attention.qkv.weight"]
+        want = torch.cat([_delta(trained, f"layers.{i}.attention.to_{p}") for p in "qkv"]) * scale
+        torch.testing.assert_close(qkv, want, rtol=1e-4, atol=1e-6)
+        out = patched[f"diffusion_model.layers.{i}.attention.o.weight"]
+        torch.testing.assert_close(out, _delta(trained, f"layers.{i}.attention.to_out.0") * scale, rtol=1e-4,
+                                   atol=1e-6)  # fmt: skip
+    assert len(patched) == 5 * c.num_layers  # qkv, o, w1, w2, w3 per block
+
+
+def _last_adapter(studio, run_id):
+    import storage
+
+    with storage.open_db(studio.db_path) as db:
+        rounds = storage.list_rounds(db, run_id)
+    return f"{rounds[-1]['adapter_path']}/pytorch_lora_weights.safetensors"
+
+
+def test_block_swap_on_ideogram4_trains_the_same_adapter(reference_files):
+    block_swap_trains_the_same_adapter(reference_files, MODEL, 1)
+
+
+def test_resume_after_a_cancel_mid_generation(finished):
+    resumed_where_it_stopped(finished)
+
+
+@pytest.mark.slow
+def test_killed_cli_run_resumes(tmp_path):
+    killed_cli_run_resumes(tmp_path, MODEL)
