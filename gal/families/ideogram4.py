@@ -190,8 +190,11 @@ class Ideogram4Family(FlowMatching, Family):
         )
         torch.manual_seed(seed)
         transformer = Ideogram4Transformer2DModel(**transformer_config)
-        torch.manual_seed(seed + 3)
+        # The unconditional transformer starts as the same random weights (as if both came from one base):
+        # two unrelated random nets blended at guidance 5-7 extrapolate noise, and nothing would be learnt
+        # from the tiny model's images. It is still a separate module that LoRA never touches.
         unconditional = Ideogram4Transformer2DModel(**transformer_config)
+        unconditional.load_state_dict(transformer.state_dict())
         torch.manual_seed(seed + 1)
         vae = AutoencoderKLFlux2(
             block_out_channels=(4, 8),
