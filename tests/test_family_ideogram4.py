@@ -190,6 +190,39 @@ def test_generation_never_runs_the_prompt_enhancer(monkeypatch):
         generate(pipe, ["a"], [1], GenerateConfig(steps=2, negative_prompt="blurry"), resolution=32)
 
 
+def test_a_folder_with_the_enhancer_head_loads_without_it(tmp_path):
+    """A diffusers folder that ships the prompt enhancer's LM head: ``load_pipeline`` leaves it out
+    (``load_kwargs``), so nothing can rewrite the prompts."""
+    from diffusers import Ideogram4PromptEnhancerHead
+
+    pipe = FAMILY.build_tiny()
+    pipe.register_modules(prompt_enhancer_head=Ideogram4PromptEnhancerHead(16, len(pipe.tokenizer)))
+    pipe.save_pretrained(tmp_path / "folder")
+    assert (tmp_path / "folder" / "prompt_enhancer_head").is_dir()
+    loaded = load_pipeline(str(tmp_path / "folder"), torch.device("cpu"), torch.float32)
+    assert model_family(str(tmp_path / "folder")) is FAMILY and loaded.prompt_enhancer_head is None
+    torch.testing.assert_close(loaded.transformer.state_dict(), pipe.transformer.state_dict(), rtol=0, atol=0)
+
+
+def test_a_batch_split_across_processes_draws_what_one_process_draws(pipe):
+    """``rows``: each process's slice gets the noise and σ it would get in one process."""
+    cond = FAMILY.encode(pipe, PROMPTS + PROMPTS[:1], 32)
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    cfg = TrainConfig()
+    with torch.no_grad():
+        whole = FAMILY.per_sample_loss(
+            pipe, None, latents, cond, torch.Generator().manual_seed(9), cfg, False
+        )
+        parts = [
+            FAMILY.per_sample_loss(
+                pipe, None, latents, cond, torch.Generator().manual_seed(9), cfg, False, rows
+            )
+            for rows in (slice(0, 2), slice(2, 3), slice(3, 3))
+        ]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=1e-5, atol=1e-6)
+    assert len(parts[2]) == 0
+
+
 def test_comfyui_file_has_the_adapters_strength_per_native_module():
     """The ComfyUI file, read as ComfyUI's LoRA patcher reads one (ΔW = up·down·alpha/rank per key): the
     fused qkv's thirds are the trained to_q/to_k/to_v ΔW, every other module its own, at alpha/r."""
