@@ -343,3 +343,31 @@ def test_demo_runs_two_rounds_end_to_end(tmp_path):
         rounds = storage.list_rounds(db, run["run_id"])
     assert run["status"] == "finished" and len(rounds) >= 2
     assert all(r["state"] == "done" for r in rounds)
+
+
+def test_the_24gb_preset_options_train_and_draw_on_cpu(reference_files):
+    """The preset's options set explicitly (on CPU the preset itself never applies): an int8 base, gradient
+    checkpointing, Qwen3-VL and the unconditional transformer offloaded after caching; the step trains and
+    the pipeline draws after (both encoders back for generation)."""
+    pytest.importorskip("torchao", reason="torchao not installed (pip install 'gal-studio[quant]')")
+    import numpy as np
+    from PIL import Image
+
+    from gal.training import TrainExample, adapter_state, train_lora
+
+    assert FAMILY.preset_24gb == {
+        "quantize_base": "int8",
+        "gradient_checkpointing": True,
+        "offload_text_encoders": True,
+    }
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
+    cfg = TrainConfig(steps=3, learning_rate=1e-2, batch_size=2, rank=4, alpha=4.0, **FAMILY.preset_24gb)
+    result = train_lora(pipe, examples, cfg, resolution=32, seed=0)
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    weight = pipe.transformer.layers[0].attention.to_q.base_layer.weight
+    assert "Int8" in type(weight).__name__ or "Affine" in type(weight).__name__, type(weight).__name__
+    assert type(pipe.unconditional_transformer.layers[0].attention.to_q.weight) is torch.nn.Parameter
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter_state(pipe).items())
+    ims = generate(pipe, ["a <sks> star"], [0], GenerateConfig(steps=2), resolution=32)
+    assert np.isfinite(np.asarray(ims[0], np.float32)).all()
