@@ -371,3 +371,30 @@ def test_the_24gb_preset_options_train_and_draw_on_cpu(reference_files):
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in adapter_state(pipe).items())
     ims = generate(pipe, ["a <sks> star"], [0], GenerateConfig(steps=2), resolution=32)
     assert np.isfinite(np.asarray(ims[0], np.float32)).all()
+
+
+def test_a_2to1_reference_trains_in_its_own_bucket_and_draws_non_square(monkeypatch):
+    """Bucketing: a 2:1 reference's latent grid is packed as it is (grid h × w, its own MRoPE positions),
+    and the pipeline draws a 2:1 image (generate.width/height)."""
+    import numpy as np
+    from PIL import Image
+
+    from gal.training import TrainExample, train_lora
+
+    pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, s, dtype=np.uint8)) for s in ((24, 48, 3), (32, 32, 3))]
+    seen = []
+    real = FAMILY.per_sample_loss
+
+    def spy(pipe_, scheduler, latents, *a, **k):
+        seen.append(tuple(latents.shape[-2:]))
+        return real(pipe_, scheduler, latents, *a, **k)
+
+    monkeypatch.setattr(FAMILY, "per_sample_loss", spy)
+    examples = [TrainExample(im, "a <sks> star", 1.0) for im in images]
+    cfg = TrainConfig(steps=4, learning_rate=1e-2, batch_size=1, bucketing=True)
+    result = train_lora(pipe, examples, cfg, resolution=32, seed=0)
+    assert all(np.isfinite(result.losses)) and {s[0] != s[1] for s in seen} == {True, False}, seen
+    cfg = GenerateConfig(steps=2, width=48, height=24)
+    assert generate(pipe, ["a <sks> star"], [0], cfg, resolution=32)[0].size == (48, 24)
