@@ -398,3 +398,23 @@ def test_a_2to1_reference_trains_in_its_own_bucket_and_draws_non_square(monkeypa
     assert all(np.isfinite(result.losses)) and {s[0] != s[1] for s in seen} == {True, False}, seen
     cfg = GenerateConfig(steps=2, width=48, height=24)
     assert generate(pipe, ["a <sks> star"], [0], cfg, resolution=32)[0].size == (48, 24)
+
+
+def test_fused_export_draws_the_runs_images(finished, tmp_path):
+    """The fused export (LoRA merged into the conditional transformer, saved as a diffusers folder) loads
+    as an Ideogram 4 folder and redraws the run's round-2 images."""
+    import numpy as np
+    from PIL import Image
+
+    studio, run_id, config = finished.studio, finished.run_id, finished.config
+    written = studio.export(run_id, tmp_path / "export", ("fused",))
+    pipe = load_pipeline(str(written["fused"]), torch.device("cpu"), torch.float32)
+    assert model_family(str(written["fused"])) is FAMILY
+    images = [im for a in studio.review_state(run_id, 2)["anchors"] for im in a["images"]][:2]
+    cfg = GenerateConfig(steps=config.generate.steps, guidance_scale=config.generate.guidance_scale)
+    drawn = generate(pipe, [im["prompt"] for im in images], [im["seed"] for im in images], cfg, resolution=32)
+    gap = max(
+        np.abs(np.asarray(d, np.float32) - np.asarray(Image.open(im["path"]), np.float32)).max()
+        for d, im in zip(drawn, images)
+    )
+    assert gap <= 3.0, gap
