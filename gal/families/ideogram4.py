@@ -284,12 +284,6 @@ class Ideogram4Family(FlowMatching, Family):
         mean = pipe.vae.encode(pixels).latent_dist.mode()
         return mean, torch.zeros_like(mean)
 
-    def noise_scheduler(self, pipe):
-        """Unused by the loss (σ is drawn directly, not indexed on a scheduler grid); kept for the seam."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-
     @staticmethod
     def normalise(pipe, latents: torch.Tensor) -> torch.Tensor:
         """VAE latents ``[b, c, h, w]`` -> the transformer's normalised tokens ``[b, N, 4c]``."""
@@ -330,8 +324,10 @@ class Ideogram4Family(FlowMatching, Family):
         return FlowDraw(x, noise, 1.0 - sigmas.flatten(), sigmas, noisy, cond, mask)
 
     def per_sample_loss(self, pipe, scheduler, latents, cond, generator, cfg, autocast, rows=None):
-        """The script's arithmetic (module docstring); the error is unpacked to the latent grid so the loss
-        mask (``reduce_loss``) weighs each latent pixel, and the plain mean is the script's."""
+        """The script's arithmetic (module docstring); ``scheduler`` (FlowMatching's) is not read: σ is drawn
+        directly, not indexed on a scheduler grid. The error is unpacked to the latent grid so the loss mask
+        (``reduce_loss``) weighs each latent pixel; the plain mean is the script's. Sampling is the mixin's
+        ``flow-euler``: the pipeline's own scheduler, whose logit-normal sigmas it sets at every call."""
         transformer = pipe.transformer
         device, dtype = latents.device, transformer.dtype
         d = self.draw(pipe, latents, cond, generator, cfg, rows)
@@ -378,16 +374,6 @@ class Ideogram4Family(FlowMatching, Family):
     def call_kwargs(self, pipe) -> dict:
         """The prompt enhancer stays off (GAL's anchor prompts are drawn as written)."""
         return {"max_sequence_length": self.max_sequence_length(pipe), "prompt_upsampling": False}
-
-    def set_scheduler(self, pipe, name: str | None) -> None:
-        """``flow-euler``: the pipeline's own scheduler (it sets its logit-normal sigmas at every call)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        if name not in (None, "flow-euler"):
-            raise ValueError(
-                f"{self.label} samples by flow matching: scheduler {name!r} does not apply, use flow-euler"
-            )
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
     # -- memory -------------------------------------------------------------------------------------
     def activations(self, denoiser, resolution: int, batch: int, vae_scale: int) -> tuple[float, float]:
