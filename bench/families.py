@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from gal import families  # noqa: E402
-from gal.families.memory import activations_of, count, lora_params_of, training_bytes  # noqa: E402
+from gal.families.memory import activations_of, count, lora_params_of, swap_count, training_bytes  # noqa: E402
 
 GIB = 2**30
 
@@ -100,6 +100,7 @@ ROWS = (  # label, family, meta_parts variant, the peers' published LoRA figures
     ("Chroma", "chroma", "", "~28 bf16 / 16 int8 / 11 int4 / 8 nf4"),
     ("Krea 2", "krea2", "", "—"),
 )
+CARD_FREE = 23 * GIB  # what a 24 GB card leaves a run (CUDA context, display): the preset's sized swap
 SWAP = 16  # the block-swap column: int8 base + this many blocks on the CPU (as Qwen-Image's peers)
 OPTIONS = [  # cumulative, in the order the memory advice suggests them
     ("bf16", dict(base="bf16")),
@@ -148,6 +149,8 @@ def estimate_table() -> list[str]:
     lines = [
         "LoRA at the family's default rank and native resolution, batch 1; GiB, estimate (±30 %).",
         f"Options are cumulative left to right; '+ {SWAP} swapped' keeps {SWAP} transformer blocks on CPU.",
+        f"24 GB preset: the family's preset; where it is over {CARD_FREE / GIB:.0f} GiB (a 24 GB card's free "
+        "memory), the blocks_to_swap training sizes when it is left empty.",
         "",
         "| model | px | denoiser | text enc. | VAE | "
         + " | ".join(label for label, _ in OPTIONS)
@@ -190,7 +193,13 @@ def estimate_table() -> list[str]:
                 cells.append("—")
                 continue
             cells.append(f"{training_bytes(**sizes, **opts)['total'] / GIB:.1f}")
-        preset = training_bytes(**sizes, **preset_options(family))["total"] / GIB
+        opts = preset_options(family)
+        need = training_bytes(**sizes, **opts)
+        n = swap_count(need, CARD_FREE, opts["blocks_to_swap"]) if need["total"] > CARD_FREE else None
+        if n is not None:  # what training does with blocks_to_swap left empty: enough streamed to fit
+            need = training_bytes(**sizes, **dict(opts, blocks_to_swap=n, gradient_checkpointing=True))
+            recipe += f"; {n} blocks swapped, sized to fit"
+        preset = need["total"] / GIB
         lines.append(
             f"| {label} | {res} | {sizes['denoiser_params'] / 1e9:.2f} B | "
             f"{sizes['text_encoder_params'] / 1e9:.2f} B | {sizes['vae_params'] / 1e9:.2f} B | "

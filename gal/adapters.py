@@ -97,6 +97,19 @@ def attach_adapter(
     return _trainable(unet)
 
 
+def settle_adapter(pipe) -> None:
+    """In "parts" placement (``gal.placement``) the adapter's weights, created beside base weights that may
+    sit on the CPU, go to the compute device, in place (the optimizer's parameter objects stay the same)."""
+    from gal.placement import is_parts
+
+    if not is_parts(pipe):
+        return
+    device = pipe._gal_device
+    for name, p in of(pipe).denoiser(pipe).named_parameters():
+        if any(k in name for k in ADAPTER_PARAMETERS) and p.device != device:
+            p.data = p.data.to(device)
+
+
 def _unwrap_empty(module) -> None:
     """With no adapter left, put the base layers back in place of peft's empty wrappers: a LoKr after a LoRA
     (another run's network on the shared pipeline) then wraps the base layer, not an empty LoRA layer."""
@@ -184,6 +197,7 @@ def load_adapter(pipe, folder: str | Path) -> None:
     config = saved_network(path, family.lora_prefix)
     if config is None or config.get("peft_type") not in ("LOKR", "LOHA"):
         pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name=ADAPTER)
+        settle_adapter(pipe)
         return
     from peft import LoHaConfig, LoKrConfig
     from peft.utils import set_peft_model_state_dict
@@ -204,6 +218,7 @@ def load_adapter(pipe, folder: str | Path) -> None:
         if any(k in name for k in ADAPTER_PARAMETERS):
             p.data = p.data.to(dtype)  # generation runs the adapter in the pipeline's dtype
             p.requires_grad_(False)
+    settle_adapter(pipe)
 
 
 def add_safetensors_metadata(path: Path, extra: dict[str, str]) -> None:

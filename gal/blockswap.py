@@ -74,7 +74,10 @@ class BlockSwap:
             for module, name in _frozen(block):
                 data = module._parameters[name].detach().to(self.offload)
                 if pin:
-                    data = data.pin_memory()
+                    try:
+                        data = data.pin_memory()
+                    except (NotImplementedError, RuntimeError):  # a quantized tensor subclass may not pin
+                        pass  # streamed from pageable memory: slower copies, the same weights
                 master = torch.nn.Parameter(data, requires_grad=False)
                 module._parameters[name] = master  # the device copy is dropped here
                 entries.append((module, name, master))

@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image
 
+from gal import placement
 from gal.config import GenerateConfig
 from gal.families.base import flag, of
 from gal.seeds import image_seed  # noqa: F401  (re-exported: generation's seed rule)
-from gal.training import Cancelled
+from gal.training import Cancelled, place_for_generation
 
 
 def _generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
@@ -44,6 +45,7 @@ def generate(
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     family = of(pipe)
+    place_for_generation(pipe, family, resolution)
     apply_memory_options(pipe, family, cfg)
     prepare_for_cuda(pipe, family, cfg)
     images: list[Image.Image] = []
@@ -86,7 +88,7 @@ def prepare_for_cuda(pipe, family, cfg: GenerateConfig) -> None:
     diffusers' default) and, with ``generate.compile``, compiled once (off by default: compiling costs a
     minute and an adapter swap recompiles). Nothing changes on CPU."""
     denoiser = family.denoiser(pipe)
-    if denoiser.device.type != "cuda" or getattr(pipe, "_gal_cuda_ready", False):
+    if placement.compute_device(pipe, family).type != "cuda" or getattr(pipe, "_gal_cuda_ready", False):
         return
     if family.channels_last:  # 4-D convolutions gain from channels-last; transformers do not
         denoiser.to(memory_format=torch.channels_last)
@@ -100,14 +102,14 @@ def apply_memory_options(pipe, family, cfg: GenerateConfig) -> None:
 
     Without offload, text encoders that training moved to the CPU after caching come back to the device."""
     offloaded = getattr(pipe, "_gal_offloaded", None)
-    device = offloaded or family.denoiser(pipe).device
+    device = offloaded or placement.compute_device(pipe, family)
 
     def on(name: str) -> bool:
         return flag(getattr(cfg, name, None), getattr(family.defaults, name, False), device)
 
     pipe.vae.enable_tiling() if on("vae_tiling") else pipe.vae.disable_tiling()
     pipe.vae.enable_slicing() if on("vae_slicing") else pipe.vae.disable_slicing()
-    if offloaded:
+    if offloaded or placement.is_parts(pipe):  # parts: gal.placement already moves what runs
         return
     if on("cpu_offload"):
         if device.type != "cuda":

@@ -20,8 +20,9 @@ AdapterKey = tuple[str, int]  # (run id, round index)
 
 
 class LoadedModels:
-    def __init__(self, device: str | None = None, precision: str = "auto"):
+    def __init__(self, device: str | None = None, precision: str = "auto", placement: str | None = None):
         self.device: torch.device = pick_device(device)
+        self.placement = placement  # gal.placement: None = whole where the pipeline fits, else parts
         self.dtype: torch.dtype = pick_dtype(self.device, precision)
         self._pipes: dict[str, object] = {}
         self._oracles: dict[str, Oracle] = {}
@@ -31,7 +32,7 @@ class LoadedModels:
     def pipeline(self, spec: str):
         """The pipeline of ``spec`` (loaded on first use), with whatever adapter it carries."""
         if spec not in self._pipes:
-            self._pipes[spec] = load_pipeline(spec, self.device, self.dtype)
+            self._pipes[spec] = load_pipeline(spec, self.device, self.dtype, placement=self.placement)
             self._active[spec] = None
         return self._pipes[spec]
 

@@ -19,6 +19,7 @@ from gal.families.base import of
 
 # The tiny models' shared parts live with the families (re-exported for callers of gal.models).
 from gal.families.tiny import TINY_CLIP_TEXT, TINY_VAE, clip_tokenizer  # noqa: F401
+from gal.placement import place
 
 ASSETS = Path(__file__).parent / "assets"
 TOY_PIPELINE = ASSETS / "toyworld" / "pipeline"
@@ -123,8 +124,10 @@ def load_pipeline(
     scheduler: str | None = None,
     *,
     config: str | None = None,
+    placement: str | None = None,
 ):
     """Load a pipeline of any supported family by spec, move it to device/dtype and set its scheduler.
+    ``placement`` (``gal.placement``): None puts it on the device whole where it fits, else in parts.
 
     ``spec``: ``tiny`` / ``tiny-sdxl`` / ``tiny-flux`` (random-init, offline), ``toy``, a hub id, a local
     diffusers folder, or a single-file ``.safetensors`` checkpoint with ``config`` (or
@@ -166,7 +169,7 @@ def load_pipeline(
         pipe.to(dtype=dtype)
     for encoder in family.text_encoders(pipe):
         encoder.eval()
-    pipe.to(device)
+    place(pipe, family, device, placement)
     family.set_scheduler(pipe, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe

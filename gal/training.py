@@ -8,6 +8,7 @@ batches) lives in ``gal.dataset``, the adapter (peft configs, attach, save, load
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gal import blockswap
+from gal import blockswap, placement
 from gal.adapters import (  # noqa: F401  (the adapter's names, re-exported: gal.training was their home)
     ADAPTER,
     ADAPTER_PARAMETERS,
@@ -29,6 +30,7 @@ from gal.adapters import (  # noqa: F401  (the adapter's names, re-exported: gal
     remove_adapter,
     save_adapter,
     saved_network,
+    settle_adapter,
 )
 from gal.config import TrainConfig
 from gal.dataset import (  # noqa: F401  (TRAINING_SET, TrainExample, image_to_tensor: re-exported)
@@ -43,7 +45,16 @@ from gal.dataset import (  # noqa: F401  (TRAINING_SET, TrainExample, image_to_t
     loss_masks,
     make_buckets,
 )
-from gal.families.base import LOSS_MASK, flag, of, resolve_memory, target_modules  # noqa: F401  (flag, target_modules: re-exported)
+from gal.families.base import (  # noqa: F401  (flag, target_modules: re-exported)
+    LOSS_MASK,
+    flag,
+    of,
+    resolve_memory,
+    target_modules,
+    with_options,
+)
+
+log = logging.getLogger(__name__)
 
 
 class Cancelled(RuntimeError):
@@ -109,18 +120,51 @@ def make_optimizer(params, cfg: TrainConfig, device: torch.device):
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=1e-2)
 
 
-def check_memory(pipe, family, cfg: TrainConfig, resolution: int) -> None:
-    """On CUDA, refuse before training when the estimate exceeds free memory, naming the option to turn on."""
-    device = family.denoiser(pipe).device
-    if device.type != "cuda":
-        return
-    from gal.families.memory import advice, estimate_from_pipe
+def check_memory(pipe, family, cfg: TrainConfig, resolution: int, *, size_swap: bool = False, free=None):
+    """On CUDA (or with ``free`` bytes given), refuse before training when the estimate exceeds free memory,
+    naming the option to turn on. With ``size_swap`` (the person left ``train.blocks_to_swap`` empty) a run
+    that block swap makes fit is not refused: the returned config swaps that many blocks (the 24 GB
+    preset sized to this model and this card; block swap trains the same adapter). Returns ``cfg``
+    otherwise."""
+    device = placement.compute_device(pipe, family)
+    if device.type != "cuda" and free is None:
+        return cfg
+    from gal.families.memory import advice, estimate_from_pipe, swap_count
 
-    free, _ = torch.cuda.mem_get_info(device)
+    if free is None:
+        # what the pipeline already holds on the device is the estimate's to use again
+        free = placement.free_bytes(device) + sum(
+            placement.module_bytes(m, device) for m in placement.pipeline_modules(pipe).values()
+        )
     need = estimate_from_pipe(pipe, family, cfg, resolution)
+    if size_swap and need["total"] > free:
+        n = swap_count(need, free, int(cfg.blocks_to_swap or 0))
+        if n is not None:
+            sized = with_options(cfg, blocks_to_swap=n)
+            if estimate_from_pipe(pipe, family, sized, resolution)["total"] <= free:
+                log.info(
+                    "%s: about %.1f GiB needed, %.1f GiB free: %d blocks swapped to the CPU "
+                    "(train.blocks_to_swap was empty; set it to choose)",
+                    family.label,
+                    need["total"] / 2**30,
+                    free / 2**30,
+                    n,
+                )
+                return sized
     message = advice(need, free, cfg, family)
     if message:
         raise ValueError(message)
+    return cfg
+
+
+def place_for_generation(pipe, family, resolution: int) -> None:
+    """A pipeline placed in parts (``gal.placement``) that draws before it has trained: its denoiser placed
+    by the family's 24 GB preset, the block swap sized to this card (a later training keeps it)."""
+    if not placement.is_parts(pipe) or pipe._gal_placed is not None:
+        return
+    cfg = resolve_memory(TrainConfig(), family, placement.compute_device(pipe, family))
+    cfg = check_memory(pipe, family, cfg, resolution, size_swap=True)
+    placement.place_denoiser(pipe, family, cfg.blocks_to_swap, cfg.quantize_base)
 
 
 def lr_factor(step: int, total: int, schedule: str) -> float:
@@ -193,14 +237,21 @@ def train_lora(
     family = of(pipe)
     undo_cpu_offload(pipe)
     denoiser = family.denoiser(pipe)
-    device, dtype = denoiser.device, denoiser.dtype
+    device, dtype = placement.compute_device(pipe, family), denoiser.dtype
+    parts = placement.is_parts(pipe)  # the pipeline is placed in parts (gal.placement): it stays so
+    swap_unset = getattr(cfg, "blocks_to_swap", None) is None
     cfg = resolve_memory(cfg, family, device)  # unset memory options: the family's 24 GB preset on CUDA
     train_te = bool(getattr(cfg, "train_text_encoder", False))
     if train_te and not family.text_encoder_targets:
         raise ValueError(
             f"{family.label}: text-encoder LoRA is not supported here; turn train.train_text_encoder off"
         )
-    check_memory(pipe, family, cfg, resolution)
+    if train_te and parts:
+        raise ValueError(
+            f"{family.label} is placed in parts (it does not fit this GPU whole): its text encoder visits "
+            "the GPU only to encode, so it cannot train; turn train.train_text_encoder off"
+        )
+    cfg = check_memory(pipe, family, cfg, resolution, size_swap=swap_unset)
     started = time.perf_counter()
 
     # 2. cache what the frozen parts produce
@@ -216,17 +267,20 @@ def train_lora(
         bucket.masks = loss_masks([all_examples[i] for i in bucket.members], bucket.size, bucket.mean)
         if step_px is not None:  # each image's true original size and crop (SDXL's micro-conditioning)
             facts = [crop_facts(image, bucket.size) for image in images]
-            bucket.image_cond = family.image_cond(pipe, *(list(f) for f in zip(*facts, strict=True)))
+            image_cond = family.image_cond(pipe, *(list(f) for f in zip(*facts, strict=True)))
+            bucket.image_cond = {k: v.to(device) for k, v in image_cond.items()}  # parts: made on the CPU
     bucket_of = torch.empty(len(all_examples), dtype=torch.long)
     row_of = torch.empty(len(all_examples), dtype=torch.long)
     for b, bucket in enumerate(buckets):
         bucket_of[bucket.members] = b
         row_of[bucket.members] = torch.arange(len(bucket.members))
     prompts = sorted({e.prompt for e in all_examples})
-    _move_text_encoders(pipe, family, device)
+    if not parts:  # in parts the encoders visit the device while they run
+        _move_text_encoders(pipe, family, device)
     cond = family.encode(pipe, prompts, resolution)  # {name: [n_prompts, ...]}
+    cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
     offload = flag(getattr(cfg, "offload_text_encoders", None), family.defaults.offload_text_encoders, device)
-    if offload and not train_te:
+    if offload and not train_te and not parts:
         _move_text_encoders(pipe, family, "cpu")  # cached: the encoders' memory goes to the denoiser
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -242,8 +296,12 @@ def train_lora(
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
 
     # 3. adapter and optimiser
-    quantize_base(pipe, family, getattr(cfg, "quantize_base", None))
+    if parts:  # the denoiser's blocks placed once: the swapped ones stream, the rest quantized on the device
+        placement.place_denoiser(pipe, family, cfg.blocks_to_swap, getattr(cfg, "quantize_base", None))
+    else:
+        quantize_base(pipe, family, getattr(cfg, "quantize_base", None))
     params = attach_adapter(denoiser, cfg, init_state, seed=seed, family=family)
+    settle_adapter(pipe)  # parts: LoRA beside a CPU base weight goes to the device
     if train_te:
         params = params + attach_text_encoder_adapter(pipe, cfg, family, seed=seed)
     optimizer = make_optimizer(params, cfg, device)
@@ -253,8 +311,12 @@ def train_lora(
     noise_scheduler = family.noise_scheduler(pipe)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    swap = blockswap.start(denoiser, getattr(cfg, "blocks_to_swap", 0), device)  # streams the last N blocks
-    checkpointing = swap is not None or flag(
+    if parts:  # the placement's swap, kept for generation after training
+        swap, streaming = None, pipe._gal_swap is not None
+    else:
+        swap = blockswap.start(denoiser, getattr(cfg, "blocks_to_swap", 0), device)  # the last N blocks
+        streaming = swap is not None
+    checkpointing = streaming or flag(
         getattr(cfg, "gradient_checkpointing", None), family.defaults.gradient_checkpointing, device
     )
     if checkpointing:

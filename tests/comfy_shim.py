@@ -6,8 +6,9 @@ LoRA code in the git-ignored ``.comfy/`` folder at the repository root —
 
     git -C <mirror of Comfy-Org/ComfyUI> archive HEAD comfy/lora.py comfy/weight_adapter | tar -x -C .comfy
 
-plus ``<family>_keymap.py`` in either folder (a family's key-map function transcribed from a ComfyUI version
-that has it, with its commit named at the top). The tests that need them skip, naming this, when they are
+plus ``<family>_keymap.py`` in either folder: a family's key map as ComfyUI's own code, for families newer
+than the whole tree, written verbatim by ``scripts/comfy_keymaps.py`` from a ComfyUI version that has it
+(its source named at the top). The tests that need them skip, naming this, when they are
 missing. With a whole tree, ComfyUI's real package is imported (one ``comfy`` per test process, shared with
 ``family_checks``); with ``.comfy/`` alone,
 ``comfy.lora.load_lora`` + ``comfy.lora.calculate_weight`` +
@@ -26,6 +27,10 @@ from pathlib import Path
 
 import torch
 from family_checks import COMFYUI
+from safetensors.torch import load_file
+
+import storage
+from gal.training import LORA_FILE
 
 LOCAL = Path(__file__).resolve().parents[1] / ".comfy"
 ROOTS = (COMFYUI, LOCAL)  # a whole ComfyUI tree first, then the LoRA code alone
@@ -42,9 +47,14 @@ def _keymap_file(name: str) -> Path:
 def available(keymap: str) -> str | None:
     """None when ComfyUI's code and the family's key map are there, else what is missing."""
     root = _root()
-    for need in (root / "comfy" / "lora.py", root / "comfy" / "weight_adapter", _keymap_file(keymap)):
+    for need in (root / "comfy" / "lora.py", root / "comfy" / "weight_adapter"):
         if not need.exists():
             return f"{need} missing (see tests/comfy_shim.py)"
+    if not _keymap_file(keymap).exists():
+        return (
+            f"{_keymap_file(keymap)} missing: write it from a ComfyUI that knows the family with "
+            "`python scripts/comfy_keymaps.py <ComfyUI folder> --source <repo@commit>`"
+        )
     return None
 
 
@@ -149,3 +159,31 @@ def check_strength(trained, patched, native, to_native, scale, prefix="transform
             got = got.narrow(*offset)
         torch.testing.assert_close(got, delta.float() * scale, atol=1e-5, rtol=1e-4)
     return modules
+
+
+def check_file(family, keymap: str, table: str, unet_config: dict, lora, trained, scale: float):
+    """ComfyUI's key map ``keymap`` (module in ``.comfy/``: its ``table`` diffusers -> native names and its
+    ``<class>_lora_keys``) on the ComfyUI file ``lora`` against ``family``'s tiny transformer: asserts 0 keys
+    dropped and ΔW = B·A·``scale`` per ``trained`` module; returns the modules checked."""
+    module = keymap_module(keymap)
+    (lora_keys,) = [getattr(module, n) for n in dir(module) if n.endswith("_lora_keys")]
+    to_native = getattr(module, table)(unet_config, output_prefix="diffusion_model.")
+    native = native_weights(family.build_tiny().transformer.state_dict(), to_native)
+    key_map = lora_keys(unet_config, {}, sdk=native.keys())
+    patched, dropped = apply(lora, key_map, native)
+    assert dropped == [], f"ComfyUI drops {dropped}"
+    modules = check_strength(trained, patched, native, to_native, scale)
+    targets = (to_native[f"{m}.weight"] for m in modules)
+    assert set(patched) == {t if isinstance(t, str) else t[0] for t in targets}  # only what was trained
+    return modules
+
+
+def exported_and_trained(finished, out: Path):
+    """A finished shared run's ComfyUI file (exported to ``out``), its last round's trained adapter (diffusers
+    names) and the adapter's scale alpha/r: what ``check_file`` compares."""
+    studio, run_id, train = finished.studio, finished.run_id, finished.config.train
+    lora = load_file(str(studio.export(run_id, out, ("kohya",))["kohya"]))
+    with storage.open_db(studio.db_path) as db:
+        last = storage.list_rounds(db, run_id)[-1]["adapter_path"]
+    trained = load_file(str(studio.run_dir(run_id) / last / LORA_FILE))
+    return lora, trained, train.lora_alpha / train.rank

@@ -153,9 +153,13 @@ def test_the_device_entry_point_runs_end_to_end_on_the_cpu(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     files = {p.name for p in out_dir.iterdir()}
     assert {"gpu_session.md", "gpu_memory.md", "env.txt", "run.log", "session.log", "memory.log"} <= files
+    assert {"gpu_parts.md", "parts.log"} <= files
     assert len(files) <= 8  # what the device sends back
     assert "env check: all imports OK" in (out_dir / "env.txt").read_text()
-    assert "gpu_session exit 0" in run.stdout and "memory exit 0" in run.stdout
+    for step in ("gpu_session", "memory", "parts"):
+        assert f"{step} exit 0" in run.stdout, step
+    parts = (out_dir / "gpu_parts.md").read_text()
+    assert "CPU SMOKE" in parts and "| FLUX.1 |" in parts and "| parts |" in parts and "| ok |" in parts
     session = (out_dir / "gpu_session.md").read_text()
     assert "CPU SMOKE" in session and "NOT a measurement" in session
     for part in ("(a) ours", "(b) paper's recipe", "(c) per-prompt loop", "(c) batched (ours)"):

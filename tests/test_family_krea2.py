@@ -1,15 +1,17 @@
 """Krea 2 (gal/families/krea2.py) on tiny-krea2: detection, the template's token counts, a 2-round GAL run,
-resume, exports reloaded in a fresh process, block swap. (The ComfyUI snapshot here predates Krea 2: its key
-map cannot be run on this family.)"""
+resume, exports reloaded in a fresh process, ComfyUI's own Krea 2 key map (from ``.comfy/krea2_keymap.py``,
+written by ``scripts/comfy_keymaps.py``: the whole ComfyUI tree here predates Krea 2), block swap."""
 
 import json
 
+import comfy_shim
 import pytest
 import torch
 from family_checks import (
     block_swap_trains_the_same_adapter,
     check_two_rounds,
     killed_cli_run_resumes,
+    random_adapter_state,
     replay_in_fresh_process,
     resumed_where_it_stopped,
     shared_run_fixture,
@@ -85,6 +87,32 @@ def test_two_round_gal_run_and_its_exports_reload_in_a_fresh_process(finished, t
         out,
         {"diffusers": written["diffusers"].name, "comfyui": written["kohya"].name},
     )
+
+
+def _comfy_check(lora, trained, scale):
+    missing = comfy_shim.available("krea2_keymap")
+    if missing:
+        pytest.skip(missing)
+    unet_config = {"layers": FAMILY.build_tiny().transformer.config.num_layers}
+    return comfy_shim.check_file(
+        FAMILY, "krea2_keymap", "krea2_to_diffusers", unet_config, lora, trained, scale
+    )
+
+
+def test_comfyui_maps_every_key_at_the_trained_strength(finished, tmp_path):
+    """ComfyUI's model_lora_keys_unet (its generic loop + its Krea 2 branch), load_lora and calculate_weight
+    on the run's exported ComfyUI file: 0 keys dropped, each module's ΔW equals B·A·alpha/r."""
+    lora, trained, scale = comfy_shim.exported_and_trained(finished, tmp_path / "export")
+    assert len(_comfy_check(lora, trained, scale)) == 36  # every adapted module
+
+
+@pytest.mark.parametrize("alpha", [4.0, 12.0])
+def test_comfyui_file_loads_at_alpha_over_rank(alpha):
+    """alpha = r and alpha ≠ r: ComfyUI reads no alpha from this file, so alpha/r must be in lora_B."""
+    rank = 4
+    _, state = random_adapter_state(FAMILY, rank, alpha)
+    lora = FAMILY.kohya_state_dict(state, {"transformer": (alpha, rank)})
+    assert len(_comfy_check(lora, state, alpha / rank)) == 36
 
 
 def test_original_names_invert_diffusers_importer():

@@ -12,19 +12,19 @@ from conftest import tiny_config
 from family_checks import (
     check_two_rounds,
     killed_cli_run_resumes,
+    random_adapter_state,
     replay_in_fresh_process,
     resumed_where_it_stopped,
     shared_run_fixture,
 )
 from PIL import Image
-from safetensors.torch import load_file
 
-import storage
 from gal import families
 from gal.models import load_pipeline
 from gal.training import TrainExample, train_lora
 
 MODEL = "tiny-zimage"
+FAMILY = families.get("zimage")
 CPU = torch.device("cpu")
 
 
@@ -134,36 +134,36 @@ def test_exports_redraw_the_runs_images_in_a_fresh_process(finished, tmp_path):
     replay_in_fresh_process(finished.studio, finished.run_id, finished.config, out, weights)
 
 
-def test_comfyui_maps_every_key_at_the_trained_strength(finished, tmp_path):
-    """ComfyUI's load_lora + calculate_weight (its own code) on the exported ComfyUI file: 0 keys dropped,
-    and each module's ΔW (slices of the fused qkv included) equals B·A·alpha/r of the trained adapter."""
+def _comfy_check(lora, trained, scale):
     missing = comfy_shim.available("zimage_keymap")
     if missing:
         pytest.skip(missing)
-    studio, run_id, config = finished.studio, finished.run_id, finished.config
-    written = _export(studio, run_id, tmp_path / "export")
-    lora = load_file(str(written["kohya"]))
-    alphas = {k: float(v) for k, v in lora.items() if k.endswith(".alpha")}
-    assert alphas and set(alphas.values()) == {config.train.rank}  # alpha/r folded into lora_B: scale 1
-
-    keymap = comfy_shim.keymap_module("zimage_keymap")
-    tr = families.get("zimage").build_tiny().transformer
-    unet_config = {
-        "n_layers": tr.config.n_layers,
-        "dim": tr.config.dim,
-        "n_refiner_layers": tr.config.n_refiner_layers,
-    }
-    # The ComfyUI-native weights, built from the diffusers ones through ComfyUI's own table (qkv fused).
-    to_native = keymap.z_image_to_diffusers(unet_config, output_prefix="diffusion_model.")
-    native = comfy_shim.native_weights(tr.state_dict(), to_native)
-    key_map = keymap.lumina2_lora_keys(unet_config, {})
-    patched, dropped = comfy_shim.apply(lora, key_map, native)
-    assert dropped == [], f"ComfyUI drops {dropped}"
-
-    with storage.open_db(studio.db_path) as db:
-        adapter = studio.run_dir(run_id) / storage.get_round(db, run_id, 2)["adapter_path"]
-    trained = load_file(str(adapter / "pytorch_lora_weights.safetensors"))
-    modules = comfy_shim.check_strength(
-        trained, patched, native, to_native, config.train.alpha / config.train.rank
+    c = FAMILY.build_tiny().transformer.config
+    unet_config = {"n_layers": c.n_layers, "dim": c.dim, "n_refiner_layers": c.n_refiner_layers}
+    return comfy_shim.check_file(
+        FAMILY, "zimage_keymap", "z_image_to_diffusers", unet_config, lora, trained, scale
     )
-    assert len(modules) == 4 * (tr.config.n_layers + 2 * tr.config.n_refiner_layers)  # every attention
+
+
+def test_comfyui_maps_every_key_at_the_trained_strength(finished, tmp_path):
+    """ComfyUI's load_lora + calculate_weight (its own code) on the exported ComfyUI file: 0 keys dropped,
+    and each module's ΔW (slices of the fused qkv included) equals B·A·alpha/r of the trained adapter."""
+    lora, trained, scale = comfy_shim.exported_and_trained(finished, tmp_path / "export")
+    alphas = {k: float(v) for k, v in lora.items() if k.endswith(".alpha")}
+    # alpha/r folded into lora_B: the file's alpha is r (scale 1)
+    assert alphas and set(alphas.values()) == {finished.config.train.rank}
+    modules = _comfy_check(lora, trained, scale)
+    tr = FAMILY.build_tiny().transformer
+    assert len(modules) == 4 * (tr.config.n_layers + 2 * tr.config.n_refiner_layers)  # the script's targets
+
+
+@pytest.mark.parametrize("alpha", [4.0, 12.0])
+def test_comfyui_file_loads_at_alpha_over_rank(alpha):
+    """alpha = r and alpha ≠ r: the ComfyUI file's ΔW in ComfyUI's own maths is B·A·alpha/r per module."""
+    rank = 4
+    _, state = random_adapter_state(FAMILY, rank, alpha)
+    lora = FAMILY.kohya_state_dict(state, {"transformer": (alpha, rank)})
+    tr = FAMILY.build_tiny().transformer
+    assert len(_comfy_check(lora, state, alpha / rank)) == 4 * (
+        tr.config.n_layers + 2 * tr.config.n_refiner_layers
+    )

@@ -2,9 +2,10 @@
 # The whole GPU-machine visit in one command (issues 23 and 24). On the device (carry: [".whl"]):
 #     bash bench/gpu/run.sh
 # installs the carried wheels into /tmp/site, checks that gal/ imports under the device's torch, runs the
-# session bench (SD-1.5 + SDXL, --quick) and the memory bench (every family x option) inside ~8 minutes with
+# parts placement (FLUX.1-dev on an emulated 24 GB card), the session bench (SD-1.5 + SDXL, --quick) and the
+# memory bench (every family x option) inside ~9 minutes with
 # a budget and a hard timeout each, and writes tables + raw logs to $OUT (≤ 8 files):
-#     gpu_session.md  gpu_memory.md  env.txt  session.log  memory.log  run.log
+#     gpu_parts.md  gpu_session.md  gpu_memory.md  env.txt  parts.log  session.log  memory.log  run.log
 # Here, without a GPU, `bash bench/gpu/run.sh --smoke` runs the same steps with --cpu-smoke (tiny models,
 # labelled; the test suite runs it), so the GPU path cannot crash on a typo.
 set -uo pipefail
@@ -20,11 +21,13 @@ exec > >(tee -a "$OUT/run.log") 2>&1
 started=$(date +%s)
 say() { echo "[run.sh $(( $(date +%s) - started )) s] $*"; }
 
-# Budgets (seconds): session stops starting parts after S_BUDGET, is killed at S_HARD; memory likewise.
+# Budgets (seconds): session stops starting parts after S_BUDGET, is killed at S_HARD; memory likewise;
+# the parts placement (FLUX.1-dev on an emulated 24 GB card) is killed at P_HARD.
 if [ "$SMOKE" = 1 ]; then
-  S_BUDGET=60 S_HARD=240 M_BUDGET=60 M_HARD=240 FLAG=--cpu-smoke FAMS="--families sd"
+  S_BUDGET=60 S_HARD=240 M_BUDGET=60 M_HARD=240 P_HARD=240 FLAG=--cpu-smoke FAMS="--families sd"
 else
-  S_BUDGET=${S_BUDGET:-190} S_HARD=${S_HARD:-250} M_BUDGET=${M_BUDGET:-160} M_HARD=${M_HARD:-200} FLAG="" FAMS=""
+  S_BUDGET=${S_BUDGET:-150} S_HARD=${S_HARD:-200} M_BUDGET=${M_BUDGET:-120} M_HARD=${M_HARD:-160}
+  P_HARD=${P_HARD:-150} FLAG="" FAMS=""
 fi
 
 # 1. carried wheels (the device has no diffusers / open_clip / sqlite-utils / torchao)
@@ -39,7 +42,12 @@ fi
 { command -v nvidia-smi >/dev/null && nvidia-smi; $PY bench/gpu/check_env.py; } > "$OUT/env.txt" 2>&1
 say "$(tail -1 "$OUT/env.txt")"
 
-# 3. issue 23: the session table; 4. issue 24: the memory table. SIGINT at the hard limit writes what they have.
+# 3. issue 22: does a model larger than the card train and draw in parts (gal/placement.py)? Killed at P_HARD.
+say "parts (hard ${P_HARD} s)"
+timeout -s INT -k 15 "$P_HARD" $PY bench/gpu/parts.py $FLAG --out "$OUT/gpu_parts.md" > "$OUT/parts.log" 2>&1
+say "parts exit $?"
+
+# 4. issue 23: the session table; 5. issue 24: the memory table. SIGINT at the hard limit writes what they have.
 say "gpu_session (budget ${S_BUDGET} s, hard ${S_HARD} s)"
 timeout -s INT -k 15 "$S_HARD" $PY bench/gpu_session.py $FLAG --quick $FAMS --budget-s "$S_BUDGET" \
   --out "$OUT/gpu_session.md" > "$OUT/session.log" 2>&1
@@ -49,7 +57,7 @@ timeout -s INT -k 15 "$M_HARD" $PY bench/gpu/memory.py $FLAG $FAMS --budget-s "$
   --out "$OUT/gpu_memory.md" > "$OUT/memory.log" 2>&1
 say "memory exit $?"
 
-for f in gpu_session.md gpu_memory.md; do
+for f in gpu_parts.md gpu_session.md gpu_memory.md; do
   echo; echo "===== $f"; cat "$OUT/$f" 2>/dev/null || echo "(not written: see ${f%.md}.log)"
 done
 say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -112,8 +112,6 @@ def resolve_memory(cfg, family, device: torch.device):
     family's ``preset_24gb``, then (CUDA or CPU) the plain fallback (no swap, AdamW, full-precision base).
     A value the person set wins; ``quantize_base="none"`` is an explicit "no quantization". On CPU the
     preset never applies, so CPU runs keep today's path."""
-    import dataclasses
-
     preset = family.preset_24gb if torch.device(device).type == "cuda" else {}
     unknown = sorted(set(preset) - set(PRESET_FALLBACK))
     if unknown:
@@ -127,6 +125,14 @@ def resolve_memory(cfg, family, device: torch.device):
             value = None
         if getattr(cfg, name, fallback) != value:
             changes[name] = value
+    return with_options(cfg, **changes)
+
+
+def with_options(cfg, **changes):
+    """A copy of the TrainConfig ``cfg`` (or a plain object with its fields) with ``changes``; ``cfg`` itself
+    when there are none."""
+    import dataclasses
+
     if not changes:
         return cfg
     if dataclasses.is_dataclass(cfg):

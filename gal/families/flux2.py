@@ -79,8 +79,9 @@ class Flux2Family(FlowMatching, Family):
     text_encoder_targets = []
     detect_priority = 8  # before FLUX.1: both have double/single blocks
     # 24 GB: int8 base + checkpointing + text encoder offloaded: klein-4B 6.3 / klein-9B 12.0 GiB estimated
-    # (peers ~8 / 14 int8). FLUX.2-dev (32B) is 36.6 GiB even so: the refusal in gal.families.memory then
-    # names the train.blocks_to_swap that fits (one class serves dev and klein, so no fixed swap here).
+    # (peers ~8 / 14 int8). FLUX.2-dev (32B) is 36.6 GiB even so: with train.blocks_to_swap left empty,
+    # training sizes the swap to the card (29 blocks on 24 GB, ≈ 22.5 GiB estimated; one class serves dev
+    # and klein, so no fixed swap here).
     preset_24gb = {"quantize_base": "int8", "gradient_checkpointing": True, "offload_text_encoders": True}
     shape_keys = ()
 

@@ -14,9 +14,10 @@ text and time projections), rank 32, lr 3e-4, 512 px.
 Exports: the diffusers LoRA (``Krea2Pipeline.save_lora_weights`` via ``Krea2LoraLoaderMixin``) and the
 original-layout file (``diffusion_model.blocks.N.attn.wq…``, krea-ai/krea-2's module names, alpha/r folded
 into ``lora_B``), the layout diffusers' ``_convert_non_diffusers_krea2_lora_to_diffusers`` documents as the
-Krea 2 reference trainer's and ComfyUI's; ``original_name`` inverts that converter's map. The ComfyUI snapshot
-available here (Comfy-Org/ComfyUI of 2025-10) predates Krea 2, so ComfyUI's own key map cannot be run on it:
-the file is checked by diffusers' importer (a fresh process redraws the run's images from it).
+Krea 2 reference trainer's and ComfyUI's; ``original_name`` inverts that converter's map. The file is checked
+by diffusers' importer (a fresh process redraws the run's images from it) and by ComfyUI's own Krea 2 key map
+(``krea2_to_diffusers`` + its ``model_lora_keys_unet`` branch, run from ``.comfy/`` by the tests: 0 keys
+dropped, ΔW = B·A·alpha/r at alpha = r and alpha ≠ r).
 """
 
 from __future__ import annotations

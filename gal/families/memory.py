@@ -113,9 +113,10 @@ def estimate_from_pipe(pipe, family, cfg, resolution: int) -> dict[str, float]:
     """``training_bytes`` for a loaded pipeline and a TrainConfig
     (options resolved as training resolves them)."""
     from gal.families.base import flag, target_modules
+    from gal.placement import compute_device
 
     denoiser = family.denoiser(pipe)
-    device = denoiser.device
+    device = compute_device(pipe, family)
     dtype = str(denoiser.dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
     dtype = dtype.replace("float16", "fp16")
     full, ckpt = activations_of(family, denoiser, resolution, cfg.batch_size, int(pipe.vae_scale_factor))
@@ -153,6 +154,17 @@ def swap_option(n: int) -> str:
     return f"train.blocks_to_swap={n} (Set up: '{SWAP_SETTING}' = {n}; gal run {SWAP_FLAG} {n})"
 
 
+def swap_count(need: dict[str, float], free_bytes: float, swapped: int = 0) -> int | None:
+    """How many blocks to keep on the CPU so that ``need`` (``training_bytes`` at ``swapped`` blocks
+    swapped) fits in ``free_bytes``: enough blocks to cover the shortfall, plus the two streamed in at a
+    time when none were swapped yet. None when the denoiser has no swappable blocks or swapping all but one
+    would still not do."""
+    if not need.get("block_bytes") or swapped >= need.get("blocks", 0) - 1:
+        return None
+    n = swapped + math.ceil((need["total"] - free_bytes) / need["block_bytes"]) + (0 if swapped else 2)
+    return n if n <= need["blocks"] - 1 else None
+
+
 def advice(need: dict[str, float], free_bytes: float, cfg, family) -> str | None:
     """None when ``need['total']`` fits in ``free_bytes``; else a message naming the options still off."""
     if need["total"] <= free_bytes:
@@ -171,12 +183,9 @@ def advice(need: dict[str, float], free_bytes: float, cfg, family) -> str | None
         options.append("train.quantize_base='int8'")
     if cfg.optimizer != "adamw8bit":
         options.append("train.optimizer='adamw8bit'")
-    swapped = int(getattr(cfg, "blocks_to_swap", 0) or 0)
-    if need.get("block_bytes") and swapped < need.get("blocks", 0) - 1:
-        # enough blocks to cover the shortfall, plus the two that are streamed in at a time
-        n = swapped + math.ceil((need["total"] - free_bytes) / need["block_bytes"]) + (0 if swapped else 2)
-        if n <= need["blocks"] - 1:
-            options.append(swap_option(n))
+    n = swap_count(need, free_bytes, int(getattr(cfg, "blocks_to_swap", 0) or 0))
+    if n is not None:
+        options.append(swap_option(n))
     gib = 2**30
     fix = (
         f"turn on {', '.join(options)}"
