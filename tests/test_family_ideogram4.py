@@ -418,3 +418,29 @@ def test_fused_export_draws_the_runs_images(finished, tmp_path):
         for d, im in zip(drawn, images)
     )
     assert gap <= 3.0, gap
+
+
+def test_parts_placement_trains_and_draws_as_whole(reference_files):
+    """ "parts" placement (a pipeline larger than the GPU): the unconditional transformer, one of the family's
+    ``text_encoders``, visits the device while it runs, as Qwen3-VL's own forward would; on the CPU nothing
+    moves, so the adapter and the images are those of "whole"."""
+    from PIL import Image
+
+    from gal import placement
+    from gal.training import TrainExample, adapter_state, train_lora
+
+    examples = [TrainExample(Image.open(p).convert("RGB"), "a <sks> star", 1.0) for p in reference_files[:2]]
+    results = []
+    for mode in ("whole", "parts"):
+        pipe = load_pipeline(MODEL, torch.device("cpu"), torch.float32, placement=mode)
+        cfg = TrainConfig(
+            steps=2, learning_rate=1e-2, batch_size=2, blocks_to_swap=1, gradient_checkpointing=True
+        )
+        result = train_lora(pipe, examples, cfg, resolution=32, seed=1)
+        images = generate(pipe, PROMPTS, [1, 2], GenerateConfig(steps=2, batch_size=2), resolution=32)
+        results.append((pipe, result.losses, adapter_state(pipe), images))
+    (_, loss_w, state_w, ims_w), (pipe, loss_p, state_p, ims_p) = results
+    assert placement.is_parts(pipe) and pipe.unconditional_transformer._gal_visiting is not None
+    assert loss_w == loss_p and all(torch.equal(state_w[k], state_p[k]) for k in state_w)
+    for a, b in zip(ims_w, ims_p, strict=True):
+        assert (torch.tensor(list(a.getdata())) - torch.tensor(list(b.getdata()))).abs().max() <= 1
