@@ -21,9 +21,10 @@ set ``train.flow.weighting_scheme=logit_normal, logit_std=1.5`` for the script's
 Text length: the pipeline left-pads every prompt to ``max_sequence_length`` (2048). Padding tokens are
 their own attention segment (``segment_ids`` -1: the prompt and image never attend to them) and the text
 positions count from the first real token, so the image tokens' prediction does not depend on the padding
-length. Training therefore keeps only the longest prompt's tokens (``encode`` trims the all-padding
-columns; tests/test_family_ideogram4.py checks the loss is the same as at full length) instead of 2048
-columns of 53248 features per prompt; generation pads as the pipeline does.
+length, and Qwen3-VL (causal, positions from each prompt's first token) gives the same features at any
+padding. Training therefore encodes at the longest prompt's length (tests/test_family_ideogram4.py checks
+the features and the loss are those at the full length) instead of 2048 columns of 53248 features per
+prompt, and the encoder runs on tens of tokens instead of 2048; generation pads as the pipeline does.
 
 The prompt enhancer (``prompt_enhancer_head`` + ``upsample_prompt``, an LLM rewriting a prompt into
 Ideogram's JSON caption) is never run: it would change the anchor prompts GAL trains on and judges. The
@@ -265,18 +266,27 @@ class Ideogram4Family(FlowMatching, Family):
         """The pipeline's 2048 text tokens, or fewer when the tokenizer says so (the tiny one: 128)."""
         return int(min(MAX_SEQUENCE_LENGTH, pipe.tokenizer.model_max_length))
 
+    @staticmethod
+    def prompt_tokens(pipe, prompt: str) -> int:
+        """How many tokens ``encode_prompt`` gives ``prompt`` (its chat template, no special tokens added)."""
+        messages = [{"role": "user", "content": [{"type": "text", "text": prompt}]}]
+        text = pipe.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(pipe.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def encode_with_grad(self, pipe, prompts: list[str], resolution: int) -> dict[str, torch.Tensor]:
         """The pipeline's ``encode_prompt`` (chat template, left padding, the 13 tapped layers per token),
-        the text part of its packed sequence only, trimmed to the longest prompt (module docstring):
-        ``embeds [n, T, features]`` (float32, zero on padding) and ``mask [n, T]`` (1 on text)."""
+        the text part of its packed sequence only, at the longest prompt's length instead of 2048 (module
+        docstring; Qwen3-VL is causal and its positions start at each prompt's first token, so the features
+        are the same and the encoder runs on tens of tokens, not 2048): ``embeds [n, T, features]``
+        (float32, zero on padding) and ``mask [n, T]`` (1 on text)."""
         from diffusers.models.transformers.transformer_ideogram4 import LLM_TOKEN_INDICATOR
 
-        n = self.max_sequence_length(pipe)
+        n = min(self.max_sequence_length(pipe), max(self.prompt_tokens(pipe, p) for p in prompts))
         embeds, _, _, indicator = pipe.encode_prompt(
             prompt=list(prompts), grid_h=1, grid_w=1, max_sequence_length=n, device=pipe.text_encoder.device
         )
         mask = (indicator[:, :n] == LLM_TOKEN_INDICATOR).long()
-        longest = int(mask.sum(1).max())
+        longest = int(mask.sum(1).max())  # n, unless the count above overshot: trim what is padding for all
         return {"embeds": embeds[:, n - longest : n], "mask": mask[:, n - longest :]}
 
     def latent_dist(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
