@@ -17,6 +17,7 @@ from gal.families.chroma import ChromaFamily
 from gal.families.flux import FluxFamily
 from gal.families.flux2 import Flux2Family
 from gal.families.hidream import HiDreamFamily
+from gal.families.ideogram4 import Ideogram4Family
 from gal.families.krea2 import Krea2Family
 from gal.families.lumina2 import Lumina2Family
 from gal.families.qwenimage import QwenImageFamily
@@ -42,6 +43,7 @@ FAMILIES: dict[str, Family] = {
         Lumina2Family(),
         SanaFamily(),
         HiDreamFamily(),
+        Ideogram4Family(),
     )
 }
 TINY = {f.tiny_name: f.name for f in FAMILIES.values()}  # random-init test models per family

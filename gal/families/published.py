@@ -144,6 +144,31 @@ LLAMA31_8B = dict(
     tie_word_embeddings=False,
 )
 
+# Qwen/Qwen3-VL-8B-Instruct (Ideogram 4's encoder: text width 4096, 36 layers; Ideogram4Pipeline loads the
+# head-less Qwen3VLModel, the LM head is the optional prompt enhancer's)
+QWEN3_VL_8B_TEXT = dict(
+    vocab_size=151936,
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    rope_scaling={"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+    rope_theta=5000000,
+)
+QWEN3_VL_8B_VISION = dict(
+    depth=27,
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_heads=16,
+    out_hidden_size=4096,
+    patch_size=16,
+    spatial_merge_size=2,
+    num_position_embeddings=2304,
+    deepstack_visual_indexes=[8, 16, 24],
+)
+
 # -- VAEs ----------------------------------------------------------------------------------------------
 # FLUX.1's 16-channel VAE (also SD3.5's, Z-Image's, Chroma's and Lumina 2's)
 FLUX1_VAE = dict(
@@ -284,6 +309,19 @@ SANA_1600M = dict(
     sample_size=32,
     patch_size=1,
 )
+# ideogram-ai/ideogram-4 transformer (and its unconditional twin): Ideogram4Transformer2DModel's defaults are
+# this config (34 layers, 18 heads x 256, 13 x 4096 = 53248 text features)
+IDEOGRAM4 = dict(
+    in_channels=128,
+    num_layers=34,
+    attention_head_dim=256,
+    num_attention_heads=18,
+    intermediate_size=12288,
+    adaln_dim=512,
+    llm_features_dim=53248,
+    rope_theta=5_000_000,
+    mrope_section=(24, 20, 20),
+)
 # HiDream-ai/HiDream-I1-Full (-Dev, -Fast: the same transformer config): transformer/config.json, the values
 # ComfyUI's model_detection also sets for HiDream; its CLIP-L/G are long CLIPs (248 positions)
 HIDREAM_I1 = dict(
@@ -352,6 +390,14 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ),
     ("sana", ""): Published(
         1.6 * B, 2.6 * B, "Efficient-Large-Model/Sana_1600M_1024px: 1.6B; google/gemma-2-2b: 2.6B"
+    ),
+    # "text" here: Qwen3-VL-8B (8.8B with its 0.62B LM head, which the pipeline does not load: 8.2B) and
+    # the unconditional transformer (the same 9.3B config): the frozen parts Ideogram4Family.text_encoders
+    # offloads
+    ("ideogram4", ""): Published(
+        9.3 * B,
+        (8.8 - 0.62 + 9.3) * B,
+        "ideogram-oss/ideogram4 README: 9.3B DiT (+ an unconditional twin); Qwen/Qwen3-VL-8B-Instruct: 8.8B",
     ),
     ("hidream", ""): Published(
         17 * B,
@@ -447,6 +493,16 @@ def _parts(family: str, variant: str) -> dict[str, torch.nn.Module]:
                 "transformer": diffusers.SanaTransformer2DModel(**SANA_1600M),
                 "text_encoder": tf.Gemma2Model(tf.Gemma2Config(**GEMMA2_2B)),
                 "vae": diffusers.AutoencoderDC(**DC_AE_F32C32),
+            }
+        if family == "ideogram4":
+            config = tf.Qwen3VLConfig(text_config=QWEN3_VL_8B_TEXT, vision_config=QWEN3_VL_8B_VISION)
+            return {
+                "transformer": diffusers.Ideogram4Transformer2DModel(**IDEOGRAM4),
+                "text_encoder": tf.Qwen3VLModel(config),
+                # the unconditional transformer: frozen, offloaded with the text encoder (the family's
+                # text_encoders), so the memory table counts it where it lives
+                "text_encoder_2": diffusers.Ideogram4Transformer2DModel(**IDEOGRAM4),
+                "vae": diffusers.AutoencoderKLFlux2(),
             }
         if family == "hidream":
             return {
