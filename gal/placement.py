@@ -107,8 +107,14 @@ def place(pipe, family, device: torch.device, mode: str | None = None) -> str:
     pipe._gal_placed = None  # (blocks swapped, quantization) once the denoiser is placed
     pipe._gal_swap = None
     pipe.vae.to(device)
+    room = free_bytes(device) if device.type == "cuda" else None
     for encoder in family.text_encoders(pipe):
-        visit_while_running(encoder, device)
+        # An encoder visits whole: one larger than half the free memory (FLUX.2 dev's 48 GB Mistral, Qwen's
+        # 17 GB Qwen2.5-VL next to a resident denoiser) would not fit beside the denoiser: it runs on the CPU.
+        big = room is not None and module_bytes(encoder) > room // 2
+        visit_while_running(encoder, torch.device("cpu") if big else device)
+        if big:
+            log.info("%s: %s runs on the CPU (too large to visit)", family.label, type(encoder).__name__)
     return mode
 
 

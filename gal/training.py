@@ -241,6 +241,9 @@ def train_lora(
     parts = placement.is_parts(pipe)  # the pipeline is placed in parts (gal.placement): it stays so
     swap_unset = getattr(cfg, "blocks_to_swap", None) is None
     cfg = resolve_memory(cfg, family, device)  # unset memory options: the family's 24 GB preset on CUDA
+    if parts and pipe._gal_placed is not None:  # the placement stays: estimate what it is, not the request
+        cfg = with_options(cfg, blocks_to_swap=pipe._gal_placed[0], quantize_base=pipe._gal_placed[1])
+        swap_unset = False
     train_te = bool(getattr(cfg, "train_text_encoder", False))
     if train_te and not family.text_encoder_targets:
         raise ValueError(
