@@ -238,10 +238,10 @@ def train_lora(
     undo_cpu_offload(pipe)
     denoiser = family.denoiser(pipe)
     device, dtype = placement.compute_device(pipe, family), denoiser.dtype
-    parts = placement.is_parts(pipe)  # the pipeline is placed in parts (gal.placement): it stays so
+    in_parts = placement.is_parts(pipe)  # the pipeline is placed in parts (gal.placement): it stays so
     swap_unset = getattr(cfg, "blocks_to_swap", None) is None
     cfg = resolve_memory(cfg, family, device)  # unset memory options: the family's 24 GB preset on CUDA
-    if parts and pipe._gal_placed is not None:  # the placement stays: estimate what it is, not the request
+    if in_parts and pipe._gal_placed is not None:  # the placement stays: estimate what it is, not the request
         cfg = with_options(cfg, blocks_to_swap=pipe._gal_placed[0], quantize_base=pipe._gal_placed[1])
         swap_unset = False
     train_te = bool(getattr(cfg, "train_text_encoder", False))
@@ -249,7 +249,7 @@ def train_lora(
         raise ValueError(
             f"{family.label}: text-encoder LoRA is not supported here; turn train.train_text_encoder off"
         )
-    if train_te and parts:
+    if train_te and in_parts:
         raise ValueError(
             f"{family.label} is placed in parts (it does not fit this GPU whole): its text encoder visits "
             "the GPU only to encode, so it cannot train; turn train.train_text_encoder off"
@@ -278,12 +278,12 @@ def train_lora(
         bucket_of[bucket.members] = b
         row_of[bucket.members] = torch.arange(len(bucket.members))
     prompts = sorted({e.prompt for e in all_examples})
-    if not parts:  # in parts the encoders visit the device while they run
+    if not in_parts:  # in parts the encoders visit the device while they run
         _move_text_encoders(pipe, family, device)
     cond = family.encode(pipe, prompts, resolution)  # {name: [n_prompts, ...]}
     cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
     offload = flag(getattr(cfg, "offload_text_encoders", None), family.defaults.offload_text_encoders, device)
-    if offload and not train_te and not parts:
+    if offload and not train_te and not in_parts:
         _move_text_encoders(pipe, family, "cpu")  # cached: the encoders' memory goes to the denoiser
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -299,7 +299,7 @@ def train_lora(
     shift = float(getattr(vae_cfg, "shift_factor", None) or 0.0)
 
     # 3. adapter and optimiser
-    if parts:  # the denoiser's blocks placed once: the swapped ones stream, the rest quantized on the device
+    if in_parts:  # the denoiser placed once: the swapped blocks stream, the rest quantized on the device
         placement.place_denoiser(pipe, family, cfg.blocks_to_swap, getattr(cfg, "quantize_base", None))
     else:
         quantize_base(pipe, family, getattr(cfg, "quantize_base", None))
@@ -314,7 +314,7 @@ def train_lora(
     noise_scheduler = family.noise_scheduler(pipe)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     autocast = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-    if parts:  # the placement's swap, kept for generation after training
+    if in_parts:  # the placement's swap, kept for generation after training
         swap, streaming = None, pipe._gal_swap is not None
     else:
         swap = blockswap.start(denoiser, getattr(cfg, "blocks_to_swap", 0), device)  # the last N blocks
